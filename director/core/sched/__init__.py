@@ -1,0 +1,57 @@
+"""Scheduler registry, mirroring ``ip_vs_sched.c``.
+
+A scheduler is a small class registered by its unique name.  ``schedule`` picks a real
+server for a new connection from ``svc.dests`` (newest first, as the kernel walks
+``svc->destinations``) or returns None; ``update`` is called after real servers were
+added, removed or edited (the kernel's add_dest/del_dest/upd_dest hooks, folded into one).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from director.core.packet import Packet
+    from director.core.service import Dest, Service
+
+
+class Scheduler:
+    name: ClassVar[str]
+
+    def schedule(self, svc: Service, pkt: Packet) -> Dest | None:
+        raise NotImplementedError
+
+    def update(self, svc: Service) -> None:
+        """Real servers of ``svc`` changed; rebuild any derived state."""
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {}
+
+
+def register(cls: type[Scheduler]) -> type[Scheduler]:
+    """Class decorator: make a scheduler available by its ``name`` (register_ip_vs_scheduler)."""
+    if cls.name in SCHEDULERS:
+        raise ValueError(f"scheduler {cls.name} registered twice")
+    SCHEDULERS[cls.name] = cls
+    return cls
+
+
+def create_scheduler(name: str) -> Scheduler:
+    _load_all()
+    return SCHEDULERS[name]()
+
+
+def scheduler_names() -> list[str]:
+    _load_all()
+    return sorted(SCHEDULERS)
+
+
+def _load_all() -> None:
+    # Importing a scheduler module registers it; the list is the package's contents.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+

@@ -1,0 +1,214 @@
+"""Live virtual services and real servers, mirroring ``struct ip_vs_service`` and
+``struct ip_vs_dest`` (net/netfilter/ipvs/ip_vs_ctl.c).
+
+The table is reconciled from a ``Config`` (``ServiceTable.apply``): services and real
+servers that stay keep their identity, counters and scheduler state, as
+``ipvsadm -E``/``-e`` do in the kernel.  Addresses are packed bytes (4 for IPv4, 16 for
+IPv6) so the per-packet lookup hashes what the packet already holds.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from director.core.stats import Stats
+from director.ctl.config import Config, ConfigError, DestConf, ServiceConf
+
+if TYPE_CHECKING:
+    from director.core.sched import Scheduler
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+PROTO_NUMBERS: dict[str, int] = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
+PROTO_NAMES: dict[int, str] = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}
+
+# Service key: (protocol number, packed VIP, port) or (0, b"", fwmark) for fwmark services.
+ServiceKey = tuple[int, bytes, int]
+
+
+def pack_addr(text: str) -> bytes:
+    """Text address to the packed form packets carry; ConfigError if it is not one."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, text)
+        except OSError:
+            continue
+    raise ConfigError(f"invalid address {text!r}")
+
+
+def unpack_addr(packed: bytes) -> str:
+    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, packed)
+
+
+@dataclass(eq=False, slots=True)
+class Dest:
+    """A real server (``struct ip_vs_dest``).
+
+    ``activeconns`` counts connections in ESTABLISHED, ``inactconns`` every other
+    connection, ``persistconns`` the persistence templates that point here, exactly as
+    ipvsadm's ActiveConn / InActConn columns show them.
+    """
+
+    addr: bytes
+    port: int
+    method: str
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    activeconns: int = 0
+    inactconns: int = 0
+    persistconns: int = 0
+    overloaded: bool = False  # IP_VS_DEST_F_OVERLOAD
+    available: bool = True  # IP_VS_DEST_F_AVAILABLE: false once deleted from its service
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def key(self) -> tuple[bytes, int]:
+        return (self.addr, self.port)
+
+    @property
+    def conns(self) -> int:
+        """All connections bound here (the figure the thresholds compare)."""
+        return self.activeconns + self.inactconns
+
+    def update(self, conf: DestConf) -> None:
+        """ipvsadm -e: change weight, method and thresholds in place (__ip_vs_update_dest)."""
+        self.method = conf.method
+        self.weight = conf.weight
+        self.u_threshold = conf.u_threshold
+        self.l_threshold = conf.l_threshold
+        if not self.u_threshold or self.conns < self.u_threshold:
+            self.overloaded = False
+
+    def describe(self) -> str:
+        return f"{unpack_addr(self.addr)}:{self.port}"
+
+
+@dataclass(eq=False, slots=True)
+class Service:
+    """A virtual service (``struct ip_vs_service``).
+
+    ``dests`` is kept newest first, because the kernel adds real servers at the head of
+    ``svc->destinations`` (list_add_rcu) and every scheduler walks that list from the
+    head: the order decides ties.
+    """
+
+    key: ServiceKey
+    conf: ServiceConf
+    scheduler: Scheduler
+    dests: list[Dest] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def protocol(self) -> int:
+        return self.key[0]
+
+    def find_dest(self, addr: bytes, port: int) -> Dest | None:
+        for dest in self.dests:
+            if dest.addr == addr and dest.port == port:
+                return dest
+        return None
+
+    def describe(self) -> str:
+        proto, addr, port = self.key
+        if not proto:
+            return f"FWM {port}"
+        return f"{PROTO_NAMES[proto]} {unpack_addr(addr)}:{port}"
+
+
+def service_key(conf: ServiceConf) -> ServiceKey:
+    if conf.protocol == "fwm":
+        return (0, b"", conf.fwmark)
+    return (PROTO_NUMBERS[conf.protocol], pack_addr(conf.addr), conf.port)
+
+
+class ServiceTable:
+    """All virtual services, looked up the way ``ip_vs_service_find`` does."""
+
+    def __init__(self) -> None:
+        self.services: dict[ServiceKey, Service] = {}
+        self.fwmarks: dict[int, Service] = {}
+        # Real servers removed from their service but still referenced by connections
+        # (the kernel's dest_trash): kept so counters stay right until they drain.
+        self.trash: list[Dest] = []
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(self.services.values())
+
+    def __len__(self) -> int:
+        return len(self.services)
+
+    def lookup(self, protocol: int, vaddr: bytes, vport: int, mark: int = 0) -> Service | None:
+        """Firewall-mark services first, then (protocol, VIP, port), then port-zero."""
+        if mark and self.fwmarks:
+            svc = self.fwmarks.get(mark)
+            if svc is not None:
+                return svc
+        svc = self.services.get((protocol, vaddr, vport))
+        if svc is None and vport:
+            svc = self.services.get((protocol, vaddr, 0))
+        return svc
+
+    def apply(self, config: Config) -> None:
+        """Make the live table match ``config``, keeping what stays (ip_vs_ctl semantics).
+
+        The caller has validated ``config``: this only fails on a bug.
+        """
+        from director.core.sched import create_scheduler
+
+        wanted = {service_key(conf): conf for conf in config.services}
+        for key in list(self.services):
+            if key not in wanted:
+                self._remove_service(self.services.pop(key))
+        for key, conf in wanted.items():
+            svc = self.services.get(key)
+            if svc is None:
+                svc = Service(key=key, conf=conf, scheduler=create_scheduler(conf.scheduler))
+                self.services[key] = svc
+            elif svc.conf.scheduler != conf.scheduler:
+                svc.scheduler = create_scheduler(conf.scheduler)
+            svc.conf = conf
+            self._reconcile_dests(svc, conf)
+        self.fwmarks = {key[2]: svc for key, svc in self.services.items() if not key[0]}
+
+    def _reconcile_dests(self, svc: Service, conf: ServiceConf) -> None:
+        wanted = {(pack_addr(d.addr), d.port): d for d in conf.dests}
+        for dest in list(svc.dests):
+            if dest.key not in wanted:
+                svc.dests.remove(dest)
+                self._retire(dest)
+        # ServiceConf.dests is oldest first; the kernel list is newest first.
+        for (addr, port), dconf in wanted.items():
+            dest = svc.find_dest(addr, port)
+            if dest is None:
+                dest = self._revive(addr, port) or Dest(addr=addr, port=port, method=dconf.method)
+                dest.available = True
+                svc.dests.insert(0, dest)
+            dest.update(dconf)
+        svc.scheduler.update(svc)
+
+    def _remove_service(self, svc: Service) -> None:
+        for dest in svc.dests:
+            self._retire(dest)
+        svc.dests.clear()
+        svc.scheduler.update(svc)
+
+    def _retire(self, dest: Dest) -> None:
+        dest.available = False
+        if dest.conns or dest.persistconns:
+            self.trash.append(dest)
+
+    def _revive(self, addr: bytes, port: int) -> Dest | None:
+        for dest in self.trash:
+            if dest.addr == addr and dest.port == port:
+                self.trash.remove(dest)
+                return dest
+        return None
+
+    def collect_trash(self) -> None:
+        """Forget removed real servers that no connection uses any more."""
+        self.trash = [d for d in self.trash if d.conns or d.persistconns]

@@ -1,0 +1,88 @@
+"""The configuration an operator gives: virtual services, their real servers, timeouts.
+
+This is what ipvsadm's ``-A/-E/-D/-a/-e/-d/--set`` edit and what ``ipvsadm-save``
+prints: plain, immutable data with text addresses.  It knows nothing of packets or
+connections; the live tables (``director.core.service``) are reconciled from it, so
+every change is "compute a new Config, validate it, then apply it whole", which is
+what makes a change atomic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Forwarding methods, by the names the kernel uses (IP_VS_CONN_F_MASQ, _DROUTE, _TUNNEL,
+# _LOCALNODE) and the words ipvsadm -L prints for them.
+METHOD_WORDS: dict[str, str] = {
+    "masq": "Masq",
+    "droute": "Route",
+    "tunnel": "Tunnel",
+    "local": "Local",
+}
+
+PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "fwm")
+
+DEFAULT_SCHEDULER = "wlc"
+DEFAULT_PERSISTENCE = 360  # seconds, ipvsadm's bare -p
+DEFAULT_NETMASK = "255.255.255.255"
+MAX_WEIGHT = 2147483647  # the kernel takes any non-negative int
+
+
+class ConfigError(ValueError):
+    """The operator's request is wrong; the message is one line that says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DestConf:
+    """One real server of a service (ipvsadm -a)."""
+
+    addr: str
+    port: int
+    method: str = "droute"  # -g is ipvsadm's default
+    weight: int = 1
+    u_threshold: int = 0  # -x, 0 = no limit
+    l_threshold: int = 0  # -y
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.addr, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConf:
+    """One virtual service (ipvsadm -A): by protocol, VIP and port, or by fwmark."""
+
+    protocol: str  # "tcp", "udp" or "fwm"
+    addr: str = ""  # VIP, empty for fwmark services
+    port: int = 0
+    fwmark: int = 0
+    scheduler: str = DEFAULT_SCHEDULER
+    persistent: int | None = None  # -p timeout in seconds, None = not persistent
+    netmask: str = DEFAULT_NETMASK
+    sched_flags: tuple[str, ...] = ()
+    ops: bool = False  # one-packet scheduling
+    dests: tuple[DestConf, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What identifies a service: (protocol, VIP, port) or ("fwm", "", mark)."""
+        if self.protocol == "fwm":
+            return ("fwm", "", self.fwmark)
+        return (self.protocol, self.addr, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """ipvsadm --set tcp tcpfin udp: the ESTABLISHED, FIN_WAIT and UDP timeouts."""
+
+    tcp: int = 900
+    tcpfin: int = 120
+    udp: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon persists in its rules file."""
+
+    services: tuple[ServiceConf, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)

@@ -1,0 +1,71 @@
+"""The shape of what ``dirctl list --json`` prints and the daemon answers to ``list``.
+
+One snapshot carries everything the ipvsadm-style listings need, so the text layouts
+(``director.ctl.listing``) are pure functions of it.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class StatsDict(TypedDict):
+    conns: int
+    inpkts: int
+    outpkts: int
+    inbytes: int
+    outbytes: int
+
+
+class DestDict(TypedDict):
+    addr: str
+    port: int
+    method: str  # "masq", "droute", "tunnel", "local"
+    weight: int
+    u_threshold: int
+    l_threshold: int
+    activeconns: int
+    inactconns: int
+    persistconns: int
+    stats: StatsDict
+
+
+class ServiceDict(TypedDict):
+    protocol: str  # "TCP", "UDP", "FWM"
+    addr: str  # "" for fwmark services
+    port: int
+    fwmark: int
+    scheduler: str
+    persistent: int | None
+    netmask: str
+    sched_flags: list[str]
+    ops: bool
+    stats: StatsDict
+    dests: list[DestDict]
+
+
+class ConnDict(TypedDict):
+    protocol: str  # "TCP", "UDP"
+    state: str  # "ESTABLISHED", "SYN_RECV", ..., "UDP"
+    expires: float  # seconds left
+    caddr: str
+    cport: int
+    vaddr: str
+    vport: int
+    daddr: str
+    dport: int
+
+
+class TimeoutsDict(TypedDict):
+    tcp: int
+    tcpfin: int
+    udp: int
+
+
+class Snapshot(TypedDict):
+    version: str  # "1.2.1", the IPVS version ipvsadm prints
+    conn_tab_size: int
+    services: list[ServiceDict]
+    conns: list[ConnDict]  # empty unless asked for (list -c)
+    timeouts: TimeoutsDict
+    totals: StatsDict

@@ -1,0 +1,25 @@
+"""What the control plane needs from the daemon: the running configuration, a way to
+commit a new one, snapshots for listings, and ``zero``.
+
+``director.ctl.dispatch`` turns a request into calls on this; the daemon implements it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from director.ctl.config import Config
+from director.ctl.snapshot import Snapshot
+
+
+class ControlTarget(Protocol):
+    @property
+    def config(self) -> Config: ...
+
+    def commit(self, config: Config) -> None:
+        """Apply a validated configuration to the live tables and persist it atomically."""
+
+    def snapshot(self, *, conns: bool) -> Snapshot: ...
+
+    def zero(self, key: tuple[str, str, int] | None) -> None:
+        """ipvsadm -Z: zero the counters of one service (by ServiceConf.key) or of all."""
