@@ -1,0 +1,237 @@
+"""Build and tear down the VS/NAT lab of SPEC §3 and §4 in network namespaces.
+
+::
+
+    client (203.0.113.10/24)                    rs1 (198.18.0.2/24, gw .1)
+       eth0 ──veth── ext0  director  br0 ─┬─ rs1 ──veth── eth0
+                     203.0.113.1/24      │ 198.18.0.1/24
+                     203.0.113.5/32 VIP  └─ rs2 ──veth── eth0
+                     ip_forward=1           rs2 (198.18.0.3/24, gw .1)
+
+The VIP is put on the director's outside interface by the lab, as an administrator
+would for IPVS; the daemon never adds addresses.  Every namespace name starts with
+a per-run prefix so that parallel runs and tests do not collide, and teardown
+removes whatever of the lab exists, even after a partial build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pyroute2 import NetNS, netns
+
+CLIENT_ADDR = "203.0.113.10"
+DIRECTOR_OUTSIDE = "203.0.113.1"
+VIP = "203.0.113.5"
+DIRECTOR_INSIDE = "198.18.0.1"
+OUTSIDE_PREFIXLEN = 24
+INSIDE_PREFIXLEN = 24
+REAL_SERVERS: tuple[tuple[str, str], ...] = (("rs1", "198.18.0.2"), ("rs2", "198.18.0.3"))
+BACKEND_PORTS: tuple[int, ...] = (80, 8000, 21)
+
+
+def new_prefix(base: str = "dl") -> str:
+    """A namespace-name prefix unique to this run (short: names show in `ip netns`)."""
+    return f"{base}{os.getpid() % 100000}{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerHost:
+    name: str  # "rs1"
+    addr: str  # "198.18.0.2"
+    netns: str  # namespace name
+
+
+@dataclass(slots=True)
+class Lab:
+    """Names and addresses of one built lab, and the processes it started."""
+
+    prefix: str
+    client: str
+    director: str
+    real_servers: tuple[RealServerHost, ...]
+    vip: str = VIP
+    client_addr: str = CLIENT_ADDR
+    backends: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @classmethod
+    def named(cls, prefix: str) -> Lab:
+        return cls(
+            prefix=prefix,
+            client=f"{prefix}-client",
+            director=f"{prefix}-director",
+            real_servers=tuple(
+                RealServerHost(name, addr, f"{prefix}-{name}") for name, addr in REAL_SERVERS
+            ),
+        )
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.client, self.director, *(rs.netns for rs in self.real_servers))
+
+    def exec_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` inside namespace ``ns``."""
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def run(
+        self, ns: str, argv: Sequence[str], *, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in a namespace and capture its output as text."""
+        return subprocess.run(
+            self.exec_argv(ns, argv),
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    # Inside the namespace only: /proc/sys/net is per network namespace.
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _up(ns: NetNS, ifname: str, addr: str | None = None, prefixlen: int = 24) -> int:
+    idx: int = ns.link_lookup(ifname=ifname)[0]
+    if addr is not None:
+        ns.addr("add", index=idx, address=addr, prefixlen=prefixlen)
+    ns.link("set", index=idx, state="up")
+    return idx
+
+
+def _build(lab: Lab) -> None:
+    for name in lab.namespaces:
+        netns.create(name)
+    for name in lab.namespaces:
+        with NetNS(name) as ns:
+            _up(ns, "lo")
+
+    with NetNS(lab.client) as ns:
+        ns.link(
+            "add", ifname="eth0", kind="veth", peer={"ifname": "ext0", "net_ns_fd": lab.director}
+        )
+        _up(ns, "eth0", CLIENT_ADDR, OUTSIDE_PREFIXLEN)
+        ns.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_OUTSIDE)
+
+    with NetNS(lab.director) as ns:
+        ext = _up(ns, "ext0", DIRECTOR_OUTSIDE, OUTSIDE_PREFIXLEN)
+        ns.addr("add", index=ext, address=VIP, prefixlen=32)
+        ns.link("add", ifname="br0", kind="bridge")
+        _up(ns, "br0", DIRECTOR_INSIDE, INSIDE_PREFIXLEN)
+        br = ns.link_lookup(ifname="br0")[0]
+        for rs in lab.real_servers:
+            ns.link(
+                "add", ifname=rs.name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": rs.netns}
+            )
+            port = ns.link_lookup(ifname=rs.name)[0]
+            ns.link("set", index=port, master=br)
+            ns.link("set", index=port, state="up")
+    _sysctl(lab.director, "net.ipv4.ip_forward", "1")
+
+    for rs in lab.real_servers:
+        with NetNS(rs.netns) as ns:
+            _up(ns, "eth0", rs.addr, INSIDE_PREFIXLEN)
+            ns.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_INSIDE)
+
+
+def build(prefix: str | None = None) -> Lab:
+    """Create the lab's namespaces, links, addresses and routes; undo all on failure."""
+    lab = Lab.named(prefix or new_prefix())
+    try:
+        _build(lab)
+    except BaseException:
+        teardown(lab)
+        raise
+    return lab
+
+
+def start_backends(lab: Lab, ports: Sequence[int] = BACKEND_PORTS, timeout: float = 10.0) -> None:
+    """Start one backend per real server, each answering with its own name, and wait."""
+    for rs in lab.real_servers:
+        argv = [sys.executable, "-m", "director.lab.backend", "--name", rs.name]
+        for port in ports:
+            argv += ["--port", str(port)]
+        lab.backends.append(
+            subprocess.Popen(
+                lab.exec_argv(rs.netns, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    for rs, proc in zip(lab.real_servers, lab.backends, strict=True):
+        while not _listening(lab, rs.netns, ports):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"backend {rs.name} exited: {err.strip()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backend {rs.name} did not listen on {list(ports)}")
+            time.sleep(0.05)
+
+
+def _listening(lab: Lab, ns: str, ports: Sequence[int]) -> bool:
+    out = lab.run(ns, ["ss", "-Hltn"], check=False).stdout
+    local = {line.split()[3].rsplit(":", 1)[-1] for line in out.splitlines() if line.split()}
+    return all(str(p) in local for p in ports)
+
+
+def _kill_namespace_pids(name: str) -> None:
+    """End what still runs in a lab namespace (the lab's own backends and daemons)."""
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    pids = [int(p) for p in out.split()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def teardown(lab: Lab) -> None:
+    """Remove every namespace of the lab that exists; never raises for missing parts."""
+    for proc in lab.backends:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in lab.backends:
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    lab.backends.clear()
+    existing = set(netns.listnetns())
+    for name in lab.namespaces:
+        if name in existing:
+            _kill_namespace_pids(name)
+            try:
+                netns.remove(name)
+            except OSError:
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def list_prefixes() -> list[str]:
+    """Prefixes of the labs whose director namespace exists now."""
+    return sorted(n[: -len("-director")] for n in netns.listnetns() if n.endswith("-director"))
