@@ -1,0 +1,160 @@
+"""The packet path (net/netfilter/ipvs/ip_vs_core.c): packet in, verdict out.
+
+``hook_in`` is ip_vs_in at LOCAL_IN: a packet from a client to a virtual service finds
+its connection, or a new one is scheduled; the connection's state moves by the INPUT
+table and its bound transmitter rewrites the packet.  ``hook_out`` is ip_vs_out at
+FORWARD: a reply from a NAT real server finds its connection by the out key, moves it
+by the OUTPUT table and gets the VIP back as its source.
+
+Pure: no I/O, no clock.  Time comes in as ``now`` (seconds, monotonic).  Packet errors
+never escape: they become a drop reason and a counter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from director.core.conn import Conn, ConnTable
+from director.core.icmp import port_unreachable
+from director.core.packet import TH_RST, TH_SYN, Packet, PacketError, parse
+from director.core.proto_tcp import INPUT, OUTPUT, TcpProtocol
+from director.core.proto_udp import UdpProtocol
+from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Service, ServiceTable
+from director.core.stats import Stats
+from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
+from director.ctl.config import Config
+
+# Packets the director has no business with go on as the kernel would send them.
+_PASS: Verdict = (ACCEPT, None)
+
+
+class Director:
+    """The whole IPVS state of one director: services, connections, counters."""
+
+    def __init__(self) -> None:
+        self.services = ServiceTable()
+        self.conns = ConnTable()
+        self.tcp = TcpProtocol()
+        self.udp = UdpProtocol()
+        self.protocols = {IPPROTO_TCP: self.tcp, IPPROTO_UDP: self.udp}
+        self.totals = Stats()
+        self.verdicts: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+
+    # -- control ---------------------------------------------------------------
+
+    def configure(self, config: Config) -> None:
+        """Make the live tables follow a validated configuration."""
+        self.services.apply(config)
+        self.tcp.set_timeouts(config.timeouts.tcp, config.timeouts.tcpfin)
+        self.udp.set_timeout(config.timeouts.udp)
+
+    def expire(self, now: float) -> int:
+        """The connection collector's tick: remove what timed out, return how many."""
+        expired = self.conns.expire(now)
+        if expired and self.services.trash:
+            self.services.collect_trash()
+        return len(expired)
+
+    # -- packets ---------------------------------------------------------------
+
+    def hook_in(self, buf: bytearray, now: float, mark: int = 0) -> Verdict:
+        """LOCAL_IN: a packet from a client to a VIP."""
+        try:
+            pkt = parse(buf, mark)
+        except PacketError as err:
+            return self._refuse(err.reason)
+        conn = self.conns.in_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+        if conn is None:
+            svc = self.services.lookup(pkt.protocol, pkt.daddr, pkt.dport, mark)
+            if svc is None:
+                return self._count(_PASS)
+            if pkt.protocol == IPPROTO_TCP and not _may_schedule(pkt.tcp_flags):
+                # tcp_conn_schedule: only a SYN opens a connection; anything else is
+                # left to the local stack, which answers it with a reset.
+                return self._count(_PASS)
+            scheduled = self._schedule(svc, pkt, now)
+            if isinstance(scheduled, tuple):
+                return self._count(scheduled)
+            conn = scheduled
+        length = pkt.length
+        dest = conn.dest
+        dest.stats.inpkts += 1
+        dest.stats.inbytes += length
+        svc_stats = conn.svc.stats
+        svc_stats.inpkts += 1
+        svc_stats.inbytes += length
+        self.totals.inpkts += 1
+        self.totals.inbytes += length
+        conn.proto.transition(conn, INPUT, pkt.tcp_flags)
+        conn.expires = now + conn.timeout
+        return self._count(conn.xmit.xmit_in(conn, pkt))
+
+    def hook_out(self, buf: bytearray, now: float) -> Verdict:
+        """FORWARD: a packet from a real server; NAT replies are rewritten."""
+        try:
+            pkt = parse(buf)
+        except PacketError as err:
+            return self._refuse(err.reason)
+        conn = self.conns.out_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+        if conn is None:
+            return self._count(_PASS)
+        length = pkt.length
+        dest = conn.dest
+        dest.stats.outpkts += 1
+        dest.stats.outbytes += length
+        svc_stats = conn.svc.stats
+        svc_stats.outpkts += 1
+        svc_stats.outbytes += length
+        self.totals.outpkts += 1
+        self.totals.outbytes += length
+        conn.proto.transition(conn, OUTPUT, pkt.tcp_flags)
+        conn.expires = now + conn.timeout
+        return self._count(conn.xmit.xmit_out(conn, pkt))
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _schedule(self, svc: Service, pkt: Packet, now: float) -> Conn | Verdict:
+        """ip_vs_schedule, or ip_vs_leave's ICMP port unreachable when no server is left."""
+        dest = svc.scheduler.schedule(svc, pkt)
+        if dest is None:
+            self.drops["no_dest"] += 1
+            return (SEND, port_unreachable(pkt.buf))
+        try:
+            xmit = bind_xmit(dest.method)
+        except KeyError:
+            self.drops["unsupported_method"] += 1
+            return (DROP, "unsupported_method")
+        conn = Conn(
+            self.protocols[pkt.protocol],
+            pkt.protocol,
+            pkt.saddr,
+            pkt.sport,
+            pkt.daddr,
+            pkt.dport,
+            svc,
+            dest,
+            xmit,
+        )
+        conn.expires = now + conn.timeout
+        self.conns.add(conn)
+        dest.stats.conns += 1
+        svc.stats.conns += 1
+        self.totals.conns += 1
+        return conn
+
+    def _refuse(self, reason: str) -> Verdict:
+        if reason == "unhandled_protocol":
+            return self._count(_PASS)
+        self.drops[reason] += 1
+        return self._count((DROP, reason))
+
+    def _count(self, verdict: Verdict) -> Verdict:
+        self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
+        return verdict
+
+
+def _may_schedule(flags: int) -> bool:
+    """tcp_conn_schedule: a SYN without RST may open a connection (SYN+ACK too, for
+    active FTP, as the kernel allows)."""
+    return flags & (TH_SYN | TH_RST) == TH_SYN

@@ -1,0 +1,123 @@
+"""The IPVS TCP state machine (net/netfilter/ipvs/ip_vs_proto_tcp.c), as data.
+
+A connection moves by the table for its direction: INPUT for client packets, OUTPUT
+for replies seen by the director (NAT), INPUT-ONLY for connections whose replies never
+cross the director (DR, TUN: IP_VS_CONN_F_NOOUTPUT).  The row is picked by the packet's
+flags with RST before SYN before FIN before ACK; a packet with none of them sends the
+connection to CLOSE.  Entering or leaving ESTABLISHED moves the connection between its
+real server's active and inactive counters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from director.core.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN
+
+if TYPE_CHECKING:
+    from director.core.conn import Conn
+
+# States, in the kernel's order (IP_VS_TCP_S_*).
+NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, \
+    LISTEN, SYNACK = range(11)
+
+STATE_NAMES: tuple[str, ...] = (
+    "NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
+    "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK",
+)  # fmt: skip
+
+# Default timeouts in seconds (tcp_timeouts[]).
+DEFAULT_TIMEOUTS: tuple[int, ...] = (2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120)
+
+INPUT, OUTPUT, INPUT_ONLY = 0, 1, 2  # IP_VS_DIR_*
+
+sNO, sES, sSS, sSR, sFW, sTW, sCL, sCW, sLA, sLI, sSA = range(11)
+
+# tcp_states[]: [direction][flag row][current state] -> next state
+TCP_STATES: tuple[tuple[tuple[int, ...], ...], ...] = (
+    (  # INPUT
+        #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+        (sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR),  # syn
+        (sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW),  # fin
+        (sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
+        (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sSR),  # rst
+    ),
+    (  # OUTPUT
+        #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+        (sSS, sES, sSS, sSR, sSS, sSS, sSS, sSS, sSS, sLI, sSR),  # syn
+        (sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW),  # fin
+        (sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES),  # ack
+        (sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL),  # rst
+    ),
+    (  # INPUT-ONLY
+        #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+        (sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR),  # syn
+        (sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW),  # fin
+        (sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
+        (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL),  # rst
+    ),
+)  # fmt: skip
+
+_SYN, _FIN, _ACK, _RST = range(4)
+
+
+def flag_row(flags: int) -> int:
+    """tcp_state_idx(): RST, then SYN, then FIN, then ACK; -1 for none of them."""
+    if flags & TH_RST:
+        return _RST
+    if flags & TH_SYN:
+        return _SYN
+    if flags & TH_FIN:
+        return _FIN
+    if flags & TH_ACK:
+        return _ACK
+    return -1
+
+
+def next_state(direction: int, flags: int, state: int) -> int:
+    """set_tcp_state(): the state a packet with ``flags`` moves a connection to."""
+    row = flag_row(flags)
+    if row < 0:
+        return CLOSE
+    return TCP_STATES[direction][row][state]
+
+
+class TcpProtocol:
+    """ip_vs_protocol_tcp: state names, the timeout table and the state transition."""
+
+    name = "TCP"
+    state_names = STATE_NAMES
+
+    def __init__(self) -> None:
+        self.timeouts: list[int] = list(DEFAULT_TIMEOUTS)
+
+    def initial_state(self) -> int:
+        return NONE
+
+    def set_timeouts(self, established: int, fin_wait: int) -> None:
+        """ipvsadm --set: the tcp and tcpfin figures; 0 keeps a value."""
+        if established:
+            self.timeouts[ESTABLISHED] = established
+        if fin_wait:
+            self.timeouts[FIN_WAIT] = fin_wait
+
+    def transition(self, conn: Conn, direction: int, flags: int) -> None:
+        """set_tcp_state(): move ``conn`` and keep its real server's counters right."""
+        if conn.nooutput:
+            if direction == OUTPUT:
+                conn.nooutput = False
+            else:
+                direction = INPUT_ONLY
+        new = next_state(direction, flags, conn.state)
+        if new != conn.state:
+            dest = conn.dest
+            if not conn.inactive and new != ESTABLISHED:
+                dest.activeconns -= 1
+                dest.inactconns += 1
+                conn.inactive = True
+            elif conn.inactive and new == ESTABLISHED:
+                dest.activeconns += 1
+                dest.inactconns -= 1
+                conn.inactive = False
+            conn.state = new
+        conn.timeout = self.timeouts[new]

@@ -1,0 +1,67 @@
+"""VS/NAT (masquerading): ip_vs_nat_xmit and ip_vs_tcp/udp_dnat_handler/snat_handler.
+
+Requests: the destination becomes the real server (address and port), the packet is
+sent on by the director.  Replies, which come back through the director because it is
+the real servers' gateway, get the VIP and virtual port back as their source.  The
+buffer is rewritten in place and every checksum (IP header; TCP or UDP over the
+pseudo-header) is adjusted incrementally (RFC 1624), never recomputed.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from director.core.checksum import adjust16, adjust32
+from director.core.packet import IPPROTO_UDP
+from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
+
+if TYPE_CHECKING:
+    from director.core.conn import Conn
+    from director.core.packet import Packet
+
+_U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+_IP_CSUM = 10
+_TCP_CSUM = 16
+_UDP_CSUM = 6
+
+
+def rewrite(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port: int) -> None:
+    """Put ``new_addr``/``new_port`` at the given IP address and L4 port offsets.
+
+    ``addr_at`` is 12 (source) or 16 (destination) in the IP header, ``port_at`` 0
+    (source) or 2 (destination) in the transport header.
+    """
+    buf = pkt.buf
+    l4 = pkt.l4
+    old_addr = _U32.unpack_from(buf, addr_at)[0]
+    new_addr_n = _U32.unpack(new_addr)[0]
+    old_port = _U16.unpack_from(buf, l4 + port_at)[0]
+
+    _U16.pack_into(buf, _IP_CSUM, adjust32(_U16.unpack_from(buf, _IP_CSUM)[0], old_addr, new_addr_n))
+    buf[addr_at : addr_at + 4] = new_addr
+    _U16.pack_into(buf, l4 + port_at, new_port)
+
+    csum_at = l4 + (_UDP_CSUM if pkt.protocol == IPPROTO_UDP else _TCP_CSUM)
+    csum = _U16.unpack_from(buf, csum_at)[0]
+    if pkt.protocol == IPPROTO_UDP and csum == 0:
+        return  # RFC 768: no checksum was sent, none to keep
+    csum = adjust16(adjust32(csum, old_addr, new_addr_n), old_port, new_port)
+    if pkt.protocol == IPPROTO_UDP and csum == 0:
+        csum = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+    _U16.pack_into(buf, csum_at, csum)
+
+
+@register
+class Masquerade(Xmit):
+    name = "masq"
+    nooutput = False
+
+    def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
+        rewrite(pkt, 16, 2, conn.daddr, conn.dport)
+        return (SEND, pkt.buf)
+
+    def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
+        rewrite(pkt, 12, 0, conn.vaddr, conn.vport)
+        return (ACCEPT, pkt.buf)
