@@ -157,8 +157,13 @@ def build(prefix: str | None = None) -> Lab:
     return lab
 
 
-def start_backends(lab: Lab, ports: Sequence[int] = BACKEND_PORTS, timeout: float = 10.0) -> None:
-    """Start one backend per real server, each answering with its own name, and wait."""
+def start_backends(
+    lab: Lab, ports: Sequence[int] = BACKEND_PORTS, timeout: float = 10.0, detach: bool = False
+) -> None:
+    """Start one backend per real server, each answering with its own name, and wait.
+
+    ``detach`` lets them outlive this process (``lab up``); ``teardown`` ends them.
+    """
     for rs in lab.real_servers:
         argv = [sys.executable, "-m", "director.lab.backend", "--name", rs.name]
         for port in ports:
@@ -168,7 +173,8 @@ def start_backends(lab: Lab, ports: Sequence[int] = BACKEND_PORTS, timeout: floa
                 lab.exec_argv(rs.netns, argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if detach else subprocess.PIPE,
+                start_new_session=detach,
             )
         )
     deadline = time.monotonic() + timeout
@@ -230,6 +236,10 @@ def teardown(lab: Lab) -> None:
                 netns.remove(name)
             except OSError:
                 subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def namespace_exists(name: str) -> bool:
+    return name in netns.listnetns()
 
 
 def list_prefixes() -> list[str]:
