@@ -15,13 +15,7 @@ _H = struct.Struct("!H")
 
 def adjust32(csum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a 32-bit field (two 16-bit words)."""
-    s = (
-        (~csum & 0xFFFF)
-        + (~old >> 16 & 0xFFFF)
-        + (~old & 0xFFFF)
-        + (new >> 16)
-        + (new & 0xFFFF)
-    )
+    s = (~csum & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -39,7 +33,7 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     """RFC 1071 one's complement sum of ``data``, complemented."""
     if len(data) % 2:
         data = bytes(data) + b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from director.core.conn import Conn, ConnTable
+from director.core.conn import Conn, ConnProtocol, ConnTable
 from director.core.icmp import port_unreachable
 from director.core.packet import TH_RST, TH_SYN, Packet, PacketError, parse
 from director.core.proto_tcp import INPUT, OUTPUT, TcpProtocol
@@ -36,7 +36,7 @@ class Director:
         self.conns = ConnTable()
         self.tcp = TcpProtocol()
         self.udp = UdpProtocol()
-        self.protocols = {IPPROTO_TCP: self.tcp, IPPROTO_UDP: self.udp}
+        self.protocols: dict[int, ConnProtocol] = {IPPROTO_TCP: self.tcp, IPPROTO_UDP: self.udp}
         self.totals = Stats()
         self.verdicts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()

@@ -18,8 +18,19 @@ if TYPE_CHECKING:
     from director.core.conn import Conn
 
 # States, in the kernel's order (IP_VS_TCP_S_*).
-NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, \
-    LISTEN, SYNACK = range(11)
+(
+    NONE,
+    ESTABLISHED,
+    SYN_SENT,
+    SYN_RECV,
+    FIN_WAIT,
+    TIME_WAIT,
+    CLOSE,
+    CLOSE_WAIT,
+    LAST_ACK,
+    LISTEN,
+    SYNACK,
+) = range(11)
 
 STATE_NAMES: tuple[str, ...] = (
     "NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",

@@ -183,12 +183,12 @@ class ServiceTable:
                 self._retire(dest)
         # ServiceConf.dests is oldest first; the kernel list is newest first.
         for (addr, port), dconf in wanted.items():
-            dest = svc.find_dest(addr, port)
-            if dest is None:
-                dest = self._revive(addr, port) or Dest(addr=addr, port=port, method=dconf.method)
-                dest.available = True
-                svc.dests.insert(0, dest)
-            dest.update(dconf)
+            found = svc.find_dest(addr, port)
+            if found is None:
+                found = self._revive(addr, port) or Dest(addr=addr, port=port, method=dconf.method)
+                found.available = True
+                svc.dests.insert(0, found)
+            found.update(dconf)
         svc.scheduler.update(svc)
 
     def _remove_service(self, svc: Service) -> None:

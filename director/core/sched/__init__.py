@@ -53,5 +53,3 @@ def _load_all() -> None:
 
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
-
-

@@ -39,7 +39,8 @@ def rewrite(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port: 
     new_addr_n = _U32.unpack(new_addr)[0]
     old_port = _U16.unpack_from(buf, l4 + port_at)[0]
 
-    _U16.pack_into(buf, _IP_CSUM, adjust32(_U16.unpack_from(buf, _IP_CSUM)[0], old_addr, new_addr_n))
+    ip_csum = _U16.unpack_from(buf, _IP_CSUM)[0]
+    _U16.pack_into(buf, _IP_CSUM, adjust32(ip_csum, old_addr, new_addr_n))
     buf[addr_at : addr_at + 4] = new_addr
     _U16.pack_into(buf, l4 + port_at, new_port)
 

@@ -1,0 +1,87 @@
+"""The snapshot of the live tables that ``dirctl list`` shows (``director.ctl.snapshot``).
+
+Pure: it reads the core's tables and the time it is given, nothing else.
+"""
+
+from __future__ import annotations
+
+from director.core.conn import Conn
+from director.core.engine import Director
+from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
+from director.core.stats import Stats
+from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
+
+IPVS_VERSION = "1.2.1"
+CONN_TAB_SIZE = 4096  # what ipvsadm prints as (size=...): the kernel's default hash size
+
+
+def stats_dict(stats: Stats) -> StatsDict:
+    return StatsDict(
+        conns=stats.conns,
+        inpkts=stats.inpkts,
+        outpkts=stats.outpkts,
+        inbytes=stats.inbytes,
+        outbytes=stats.outbytes,
+    )
+
+
+def dest_dict(dest: Dest) -> DestDict:
+    return DestDict(
+        addr=unpack_addr(dest.addr),
+        port=dest.port,
+        method=dest.method,
+        weight=dest.weight,
+        u_threshold=dest.u_threshold,
+        l_threshold=dest.l_threshold,
+        activeconns=dest.activeconns,
+        inactconns=dest.inactconns,
+        persistconns=dest.persistconns,
+        stats=stats_dict(dest.stats),
+    )
+
+
+def service_dict(svc: Service) -> ServiceDict:
+    conf = svc.conf
+    proto, _, _ = svc.key
+    # ServiceConf.dests is oldest first; ipvsadm lists the kernel's list, newest first.
+    return ServiceDict(
+        protocol=PROTO_NAMES.get(proto, "FWM"),
+        addr=conf.addr,
+        port=conf.port,
+        fwmark=conf.fwmark,
+        scheduler=conf.scheduler,
+        persistent=conf.persistent,
+        netmask=conf.netmask,
+        sched_flags=list(conf.sched_flags),
+        ops=conf.ops,
+        stats=stats_dict(svc.stats),
+        dests=[dest_dict(d) for d in svc.dests],
+    )
+
+
+def conn_dict(conn: Conn, now: float) -> ConnDict:
+    return ConnDict(
+        protocol=conn.proto.name,
+        state=conn.state_name,
+        expires=max(0.0, conn.expires - now),
+        caddr=unpack_addr(conn.caddr),
+        cport=conn.cport,
+        vaddr=unpack_addr(conn.vaddr),
+        vport=conn.vport,
+        daddr=unpack_addr(conn.daddr),
+        dport=conn.dport,
+    )
+
+
+def snapshot(
+    director: Director, config_timeouts: tuple[int, int, int], now: float, *, conns: bool
+) -> Snapshot:
+    tcp, tcpfin, udp = config_timeouts
+    return Snapshot(
+        version=IPVS_VERSION,
+        conn_tab_size=CONN_TAB_SIZE,
+        services=[service_dict(svc) for svc in director.services],
+        conns=[conn_dict(c, now) for c in director.conns] if conns else [],
+        timeouts={"tcp": tcp, "tcpfin": tcpfin, "udp": udp},
+        totals=stats_dict(director.totals),
+    )

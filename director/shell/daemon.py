@@ -1,0 +1,255 @@
+"""``directord``: the daemon that ties the core to the kernel.
+
+At start it installs the netfilter hooks, binds the NFQUEUE worker, loads the rules
+file and opens the control socket; then one loop serves packets, control requests and
+a one-second tick (connection expiry, systemd watchdog).  Signal handlers only set a
+flag; the loop acts on it.  On SIGTERM it removes the hooks and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from director.core import proto_tcp
+from director.core.engine import Director
+from director.ctl.config import Config, ConfigError
+from director.ctl.ipvsadm import format_save, parse_restore
+from director.ctl.ops import apply
+from director.ctl.report import snapshot
+from director.ctl.snapshot import Snapshot
+from director.shell.control import ControlServer
+from director.shell.netfilter import Hooks
+from director.shell.notify import Notifier
+from director.shell.persist import atomic_write
+from director.shell.worker import Worker
+
+log = logging.getLogger("directord")
+
+EXIT_OK = 0
+EXIT_SETUP = 1  # could not install hooks, bind the queue or open the socket
+EXIT_USAGE = 2  # bad option, bad config file or bad rules file
+
+TICK = 1.0
+
+
+@dataclass
+class Settings:
+    """Daemon options; each is a command-line option and a key of the TOML file."""
+
+    control_socket: Path = Path("/run/director/control.sock")
+    rules: Path = Path("/etc/director/rules")
+    state_dir: Path = Path("/var/lib/director")
+    metrics_listen: str = ""
+    queue_num: int = 0
+    send_mark: int = 0x4C56  # "LV": packets the worker sends itself
+    # Per-state TCP timeouts beyond ipvsadm --set's two (the old
+    # /proc/sys/net/ipv4/vs/timeout_* knobs), e.g. {"TIME_WAIT": 5}.
+    tcp_timeouts: dict[str, int] = field(default_factory=dict)
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="directord", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file (default /etc/director/director.toml, if present)",
+    )
+    parser.add_argument("--control-socket", type=Path)
+    parser.add_argument("--rules", type=Path)
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT")
+    parser.add_argument("--queue-num", type=int)
+    parser.add_argument("--send-mark", type=lambda s: int(s, 0))
+    parser.add_argument("--tcp-timeout", action="append", default=[], metavar="STATE=SECONDS")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    config_path = args.config or Path("/etc/director/director.toml")
+    if args.config is not None or config_path.exists():
+        try:
+            data: dict[str, Any] = tomllib.loads(config_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"config {config_path}: {err}") from err
+        _merge(settings, {k.replace("-", "_"): v for k, v in data.items()}, str(config_path))
+    cli = {k: v for k, v in vars(args).items() if v is not None and k not in ("config",)}
+    timeouts = cli.pop("tcp_timeout")
+    _merge(settings, cli, "command line")
+    for item in timeouts:
+        state, _, seconds = item.partition("=")
+        settings.tcp_timeouts[state] = _int(seconds, f"--tcp-timeout {item}")
+    for state, seconds in settings.tcp_timeouts.items():
+        if state.upper() not in proto_tcp.STATE_NAMES or seconds <= 0:
+            raise ConfigError(f"bad TCP timeout {state}={seconds}")
+    return settings
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{what}: not a number") from None
+
+
+def _merge(settings: Settings, values: dict[str, Any], origin: str) -> None:
+    known = {f.name: f for f in fields(settings)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown setting {key!r}")
+        default = getattr(settings, key)
+        if isinstance(default, Path):
+            value = Path(value)
+        elif isinstance(default, dict):
+            value = {str(k).upper(): int(v) for k, v in dict(value).items()}
+        setattr(settings, key, value)
+
+
+def load_rules(path: Path) -> Config:
+    """The rules file, ipvsadm-save lines, applied to an empty configuration."""
+    config = Config()
+    if not path.exists():
+        return config
+    for op in parse_restore(path.read_text()):
+        config = apply(config, op)
+    return config
+
+
+class Daemon:
+    """The running director; the control plane's target (``ControlTarget``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.director = Director()
+        for state, seconds in settings.tcp_timeouts.items():
+            self.director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
+        self._config = Config()
+        self.hooks = Hooks(queue=settings.queue_num, mark=settings.send_mark)
+        self.notifier = Notifier()
+        self.stop_requested = False
+
+    # -- ControlTarget -----------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def commit(self, config: Config, *, persist: bool = True) -> None:
+        if persist:
+            atomic_write(self.settings.rules, format_save(config))
+        self.director.configure(config)
+        self.hooks.sync(self.director.services)
+        self._config = config
+
+    def snapshot(self, *, conns: bool) -> Snapshot:
+        t = self._config.timeouts
+        return snapshot(self.director, (t.tcp, t.tcpfin, t.udp), time.monotonic(), conns=conns)
+
+    def zero(self, key: tuple[str, str, int] | None) -> None:
+        for svc in self.director.services:
+            if key is None or svc.conf.key == key:
+                svc.stats.reset()
+                for dest in svc.dests:
+                    dest.stats.reset()
+        if key is None:
+            self.director.totals.reset()
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def run(self) -> int:
+        config = load_rules(self.settings.rules)
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.hooks.install()
+        worker = Worker(self.director, self.settings.queue_num, self.settings.send_mark)
+        try:
+            worker.bind()
+            self.commit(config, persist=False)
+            control = ControlServer(self.settings.control_socket, self)
+        except Exception:
+            self.hooks.remove()
+            raise
+        try:
+            self._loop(worker, control)
+        finally:
+            self.notifier.stopping()
+            self.hooks.remove()
+            control.close()
+            worker.close()
+            log.info("stopped")
+        return EXIT_OK
+
+    def _loop(self, worker: Worker, control: ControlServer) -> None:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        selector = selectors.DefaultSelector()
+        selector.register(worker, selectors.EVENT_READ, worker.run_once)
+        selector.register(control, selectors.EVENT_READ, control.serve_one)
+        selector.register(wake_r, selectors.EVENT_READ, lambda: _drain(wake_r))
+
+        self.notifier.ready(f"{len(self.director.services)} virtual services")
+        log.info(
+            "ready: %d virtual services, NFQUEUE %d, control socket %s",
+            len(self.director.services),
+            self.settings.queue_num,
+            self.settings.control_socket,
+        )
+        next_tick = time.monotonic()
+        while not self.stop_requested:
+            timeout = max(0.0, next_tick - time.monotonic())
+            for key, _ in selector.select(timeout):
+                key.data()
+            now = time.monotonic()
+            if now >= next_tick:
+                self.director.expire(now)
+                self.notifier.watchdog()
+                next_tick = now + TICK
+        signal.set_wakeup_fd(-1)
+        selector.close()
+        wake_r.close()
+        wake_w.close()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while sock.recv(4096):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("DIRECTOR_LOG_LEVEL", "INFO"),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        daemon = Daemon(settings)
+        return daemon.run()
+    except ConfigError as err:
+        log.error("%s", err)
+        return EXIT_USAGE
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return EXIT_SETUP
+
+
+if __name__ == "__main__":
+    sys.exit(main())
