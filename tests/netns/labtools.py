@@ -44,8 +44,14 @@ def ab(lab: Lab, url: str, n: int, c: int, keepalive: bool = False) -> dict[str,
     summary = {"exit": str(done.returncode), "stderr": done.stderr.strip()}
     for line in done.stdout.splitlines():
         key, sep, value = line.partition(":")
-        if sep and value.strip():
+        if key.strip() == "(Connect":
+            # The servers' answers differ in length by design (each names itself), and
+            # ab counts that as "Length" failures: keep the others.
+            counts = dict(part.strip(" ()").split(": ") for part in line.split(","))
+            summary["failures"] = str(sum(int(v) for k, v in counts.items() if k != "Length"))
+        elif sep and value.strip():
             summary.setdefault(key.strip(), value.strip())
+    summary.setdefault("failures", "0")
     return summary
 
 

@@ -50,7 +50,7 @@ def test_2000_short_connections_then_the_table_empties(seeded: Daemon) -> None:
     result = ab(lab, f"http://{lab.vip}/", n=2000, c=10)
     assert result["exit"] == "0", result
     assert result["Complete requests"] == "2000", result
-    assert result["Failed requests"] == "0", result
+    assert result["failures"] == "0", result
     assert "Non-2xx responses" not in result, result
     assert len(connections(seeded)) > 0
 
