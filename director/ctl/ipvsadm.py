@@ -1,0 +1,562 @@
+"""ipvsadm's language: its option letters, its save format, its restore files.
+
+One set of helpers turns option values, as an operator typed them, into operations
+(``RawArgs`` -> ``build_op``); both ``dirctl`` and the ipvsadm line parser use it, so
+``-p`` with no value (360 s), ``-M``, ``-b``, ``-g/-i/-m`` and ``ADDR[:PORT]`` mean the
+same everywhere and fail with the same words as ipvsadm's ``fail(2, ...)``.
+
+``format_save`` prints what ``ipvsadm-save -n`` (ipvsadm 1.31) prints, with three
+documented differences that make the daemon's rules file reproduce its configuration
+exactly (``load_rules(format_save(c)) == c``):
+
+* services and real servers come in configuration order, not sorted: real servers
+  oldest first, so a restore rebuilds the kernel's newest-first list, and scheduling
+  order, unchanged (ipvsadm sorts by address, which loses it);
+* ``-x``/``-y`` follow ``-w`` when a threshold is set (ipvsadm-save drops thresholds);
+* a ``--set TCP TCPFIN UDP`` line comes first when the timeouts differ from the
+  defaults (ipvsadm-save never saves timeouts).
+
+Every such line is still one ``ipvsadm -R`` accepts.  Host and service names are not
+resolved: addresses and ports are numeric, as in ``-n`` output.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from director.ctl.config import (
+    DEFAULT_PERSISTENCE,
+    DEFAULT_SCHEDULER,
+    MAX_WEIGHT,
+    Config,
+    ConfigError,
+    DestConf,
+    ServiceConf,
+    Timeouts,
+)
+from director.ctl.ops import (
+    MAX_FWMARK,
+    MAX_THRESHOLD,
+    MAX_TIMEOUT,
+    AddServer,
+    AddService,
+    Clear,
+    DeleteServer,
+    DeleteService,
+    EditServer,
+    EditService,
+    Op,
+    ServiceKey,
+    SetTimeout,
+    apply,
+    check_dest,
+    check_service,
+    default_netmask,
+)
+
+# -g -i -m, and the switch ipvsadm-save prints for each method (fwd_switch).
+METHOD_LETTERS: dict[str, str] = {"g": "droute", "i": "tunnel", "m": "masq"}
+METHOD_SWITCHES: dict[str, str] = {"droute": "-g", "tunnel": "-i", "masq": "-m", "local": "-g"}
+SERVICE_SWITCHES: dict[str, str] = {"tcp": "-t", "udp": "-u", "fwm": "-f"}
+
+BARE = ""  # the value recorded for an option given without its optional value (-p)
+
+
+@dataclass
+class RawArgs:
+    """Option values as typed, before any parsing; field names follow ipvsadm's options."""
+
+    service: tuple[str, str] | None = None  # ("tcp" | "udp" | "fwm", text)
+    scheduler: str | None = None
+    persistent: str | None = None  # BARE for a bare -p
+    netmask: str | None = None
+    sched_flags: str | None = None
+    ops: bool = False
+    real_server: str | None = None
+    method: str | None = None  # "g", "i" or "m"
+    weight: str | None = None
+    u_threshold: str | None = None
+    l_threshold: str | None = None
+    tun_type: str | None = None
+    timeouts: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ipvsadm's optnames, used in its messages.
+OPTNAMES: dict[str, str] = {
+    "service": "service-address",
+    "scheduler": "scheduler",
+    "persistent": "persistent",
+    "netmask": "netmask",
+    "sched_flags": "sched-flags",
+    "ops": "ops",
+    "real_server": "real-server",
+    "method": "forwarding-method",
+    "weight": "weight",
+    "u_threshold": "u-threshold",
+    "l_threshold": "l-threshold",
+    "tun_type": "tun-type",
+}
+
+_SERVICE_SETTINGS = frozenset({"scheduler", "persistent", "netmask", "sched_flags", "ops"})
+_SERVER_SETTINGS = frozenset({"method", "weight", "u_threshold", "l_threshold", "tun_type"})
+_NONE: frozenset[str] = frozenset()
+
+# ipvsadm's commands_v_options table, reduced to what director supports:
+# command -> (compulsory options, optional options); anything else is illegal.
+COMMAND_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "add-service": (frozenset({"service"}), _SERVICE_SETTINGS),
+    "edit-service": (frozenset({"service"}), _SERVICE_SETTINGS),
+    "delete-service": (frozenset({"service"}), _NONE),
+    "add-server": (frozenset({"service", "real_server"}), _SERVER_SETTINGS),
+    "edit-server": (frozenset({"service", "real_server"}), _SERVER_SETTINGS),
+    "delete-server": (frozenset({"service", "real_server"}), _NONE),
+    "clear": (_NONE, _NONE),
+    "set-timeout": (_NONE, _NONE),
+}
+
+
+# --- values -------------------------------------------------------------------------
+
+
+def pick_one(name: str, candidates: Sequence[tuple[str, str | None]]) -> tuple[str, str] | None:
+    """The one (kind, value) given among alternatives such as -t/-u/-f, or None."""
+    given = [(kind, value) for kind, value in candidates if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"multiple '{name}' options specified")
+    return given[0] if given else None
+
+
+def parse_number(text: str, low: int, high: int, message: str) -> int:
+    """ipvsadm's string_to_number: a whole decimal number within [low, high]."""
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ConfigError(message)
+    value = int(text)
+    if not low <= value <= high:
+        raise ConfigError(message)
+    return value
+
+
+def parse_addr_port(text: str, message: str) -> tuple[str, int | None]:
+    """ipvsadm's parse_service: ``ADDR``, ``ADDR:PORT`` or ``[IPv6]:PORT``, numeric only."""
+    if not text or text.isdigit():
+        raise ConfigError(message)
+    port_text: str | None = None
+    if text.startswith("["):
+        addr_text, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(message)
+        port_text = rest[1:]
+    elif text.count(":") > 1:
+        addr_text = text  # a bare IPv6 address
+    else:
+        addr_text, sep, port_text = text.partition(":")
+        port_text = port_text if sep else None
+    try:
+        addr = str(ipaddress.ip_address(addr_text))
+    except ValueError:
+        raise ConfigError(message) from None
+    if port_text is None:
+        return addr, None
+    return addr, parse_number(port_text, 0, 65535, message)
+
+
+def parse_service_key(kind: str, text: str) -> ServiceKey:
+    """-t/-u ADDR[:PORT] or -f MARK to a ServiceConf.key."""
+    if kind == "fwm":
+        mark = parse_number(text, 1, MAX_FWMARK, f"invalid fwmark value `{text}' specified")
+        return ("fwm", "", mark)
+    addr, port = parse_addr_port(text, "illegal virtual server address[:port] specified")
+    return (kind, addr, port or 0)
+
+
+def parse_persistent(text: str | None) -> int | None:
+    """-p [SECONDS]: None when absent, DEFAULT_PERSISTENCE (360) when bare."""
+    if text is None:
+        return None
+    if text == BARE:
+        return DEFAULT_PERSISTENCE
+    return parse_number(text, 1, MAX_TIMEOUT, f"invalid timeout value `{text}' specified")
+
+
+def _optional_number(text: str | None, high: int, message: str) -> int | None:
+    return None if text is None else parse_number(text, 0, high, message)
+
+
+def parse_method(letter: str | None) -> str | None:
+    if letter is None:
+        return None
+    if letter not in METHOD_LETTERS:
+        raise ConfigError(f"invalid forwarding method `-{letter}'")
+    return METHOD_LETTERS[letter]
+
+
+def parse_tun_type(text: str | None) -> None:
+    """--tun-type: only ipip, the default, which ipvsadm 1.31's save prints for -i."""
+    if text is None or text == "ipip":
+        return
+    if text in ("gue", "gre"):
+        raise ConfigError(f"tunnel type `{text}' is not supported")
+    raise ConfigError("illegal tunnel type specified")
+
+
+# --- options -> operation -----------------------------------------------------------
+
+
+def _check_options(command: str, raw: RawArgs) -> None:
+    """ipvsadm's generic_opt_check: compulsory and illegal options per command."""
+    if command not in COMMAND_OPTIONS:
+        raise ConfigError(f"unknown command '{command}'")
+    required, optional = COMMAND_OPTIONS[command]
+    for f in fields(raw):
+        if f.name == "timeouts":
+            continue
+        given = getattr(raw, f.name) not in (None, False)
+        if not given and f.name in required:
+            raise ConfigError(
+                f"You need to supply the '{OPTNAMES[f.name]}' option for the '{command}' command"
+            )
+        if given and f.name not in required | optional:
+            raise ConfigError(f"Illegal '{OPTNAMES[f.name]}' option with the '{command}' command")
+    if raw.tun_type is not None and raw.method != "i":
+        raise ConfigError("Tunnel options conflict with forward method")
+
+
+def _service_conf(key: ServiceKey, raw: RawArgs) -> ServiceConf:
+    proto, addr, port = key
+    scheduler = raw.scheduler or DEFAULT_SCHEDULER
+    family = ipaddress.ip_address(addr).version if addr else 4
+    flags = tuple(raw.sched_flags.split(",")) if raw.sched_flags else ()
+    svc = ServiceConf(
+        protocol=proto,
+        addr=addr if proto != "fwm" else "",
+        port=port if proto != "fwm" else 0,
+        fwmark=port if proto == "fwm" else 0,
+        scheduler=scheduler,
+        persistent=parse_persistent(raw.persistent),
+        netmask=raw.netmask if raw.netmask is not None else default_netmask(family),
+        sched_flags=flags,
+        ops=raw.ops,
+    )
+    check_service(svc)  # fail early, with the daemon's own checks
+    return svc
+
+
+def _stub_service(key: ServiceKey) -> ServiceConf:
+    """Enough of a service to check a real server against it before asking the daemon."""
+    proto, addr, port = key
+    if proto == "fwm":
+        return ServiceConf(protocol="fwm", fwmark=port)
+    return ServiceConf(protocol=proto, addr=addr, port=port)
+
+
+def _server(key: ServiceKey, raw: RawArgs) -> tuple[str, int]:
+    """-r ADDR[:PORT]; without a port the service port is used (ipvsadm copies vport)."""
+    assert raw.real_server is not None
+    addr, port = parse_addr_port(raw.real_server, "illegal real server address[:port] specified")
+    if port is None:
+        port = 0 if key[0] == "fwm" else key[2]
+    return addr, port
+
+
+def build_op(command: str, raw: RawArgs) -> Op:
+    """Turn a command and its raw options into an operation, as ipvsadm's
+    process_options does; ConfigError carries ipvsadm's message."""
+    _check_options(command, raw)
+    if command == "clear":
+        return Clear()
+    if command == "set-timeout":
+        if len(raw.timeouts) != 3:
+            raise ConfigError("--set option requires 3 timeout values")
+        tcp, tcpfin, udp = (
+            parse_number(t, 0, MAX_TIMEOUT, f"invalid timeout value `{t}' specified")
+            for t in raw.timeouts
+        )
+        return SetTimeout(tcp=tcp, tcpfin=tcpfin, udp=udp)
+    assert raw.service is not None
+    key = parse_service_key(*raw.service)
+    builders: dict[str, Callable[[], Op]] = {
+        "add-service": lambda: AddService(_service_conf(key, raw)),
+        "edit-service": lambda: EditService(_service_conf(key, raw)),
+        "delete-service": lambda: DeleteService(key),
+        "add-server": lambda: _add_server(key, raw),
+        "edit-server": lambda: _edit_server(key, raw),
+        "delete-server": lambda: DeleteServer(key, *_server(key, raw)),
+    }
+    return builders[command]()
+
+
+def _add_server(key: ServiceKey, raw: RawArgs) -> AddServer:
+    parse_tun_type(raw.tun_type)
+    addr, port = _server(key, raw)
+    weight, upper, lower = _dest_numbers(raw)
+    dest = DestConf(
+        addr=addr,
+        port=port,
+        method=parse_method(raw.method) or "droute",  # -g is ipvsadm's default
+        weight=1 if weight is None else weight,
+        u_threshold=upper or 0,
+        l_threshold=lower or 0,
+    )
+    check_dest(_stub_service(key), dest)
+    return AddServer(key, dest)
+
+
+def _edit_server(key: ServiceKey, raw: RawArgs) -> EditServer:
+    parse_tun_type(raw.tun_type)
+    addr, port = _server(key, raw)
+    weight, upper, lower = _dest_numbers(raw)
+    method = parse_method(raw.method)
+    return EditServer(key, addr, port, method, weight, upper, lower)
+
+
+def _dest_numbers(raw: RawArgs) -> tuple[int | None, int | None, int | None]:
+    """-w, -x, -y as given (None when absent)."""
+    return (
+        _optional_number(raw.weight, MAX_WEIGHT, "illegal weight specified"),
+        _optional_number(raw.u_threshold, MAX_THRESHOLD, "illegal u_threshold specified"),
+        _optional_number(raw.l_threshold, MAX_THRESHOLD, "illegal l_threshold specified"),
+    )
+
+
+# --- one ipvsadm command line -------------------------------------------------------
+
+COMMAND_SPELLINGS: dict[str, str] = {
+    "-A": "add-service",
+    "--add-service": "add-service",
+    "-E": "edit-service",
+    "--edit-service": "edit-service",
+    "-D": "delete-service",
+    "--delete-service": "delete-service",
+    "-a": "add-server",
+    "--add-server": "add-server",
+    "-e": "edit-server",
+    "--edit-server": "edit-server",
+    "-d": "delete-server",
+    "--delete-server": "delete-server",
+    "-C": "clear",
+    "--clear": "clear",
+    "--set": "set-timeout",
+}
+
+# Options that take a value: spelling -> RawArgs field (service options also give a kind).
+VALUE_SPELLINGS: dict[str, str] = {
+    "-t": "service:tcp",
+    "--tcp-service": "service:tcp",
+    "-u": "service:udp",
+    "--udp-service": "service:udp",
+    "-f": "service:fwm",
+    "--fwmark-service": "service:fwm",
+    "-s": "scheduler",
+    "--scheduler": "scheduler",
+    "-p": "persistent",
+    "--persistent": "persistent",
+    "-M": "netmask",
+    "--netmask": "netmask",
+    "-b": "sched_flags",
+    "--sched-flags": "sched_flags",
+    "-r": "real_server",
+    "--real-server": "real_server",
+    "-w": "weight",
+    "--weight": "weight",
+    "-x": "u_threshold",
+    "--u-threshold": "u_threshold",
+    "-y": "l_threshold",
+    "--l-threshold": "l_threshold",
+    "--tun-type": "tun_type",
+}
+
+# Options without a value: spelling -> (RawArgs field, value it sets).
+FLAG_SPELLINGS: dict[str, tuple[str, str | bool]] = {
+    "-g": ("method", "g"),
+    "--gatewaying": ("method", "g"),
+    "-i": ("method", "i"),
+    "--ipip": ("method", "i"),
+    "-m": ("method", "m"),
+    "--masquerading": ("method", "m"),
+    "-o": ("ops", True),
+    "--ops": ("ops", True),
+    "ops": ("ops", True),  # ipvsadm before 1.27 saved one-packet scheduling as a bare word
+}
+
+OPTIONAL_VALUE = frozenset({"-p", "--persistent"})
+
+
+def expand_bare_options(argv: Sequence[str]) -> list[str]:
+    """popt's optional argument, as ipvsadm uses it for -p: the next word is the value
+    unless there is none or it starts with '-'; a bare option gets the value BARE."""
+    out: list[str] = []
+    for index, word in enumerate(argv):
+        out.append(word)
+        if word in OPTIONAL_VALUE:
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            if following is None or following.startswith("-"):
+                out.append(BARE)
+    return out
+
+
+def _split_attached(word: str) -> tuple[str, str | None]:
+    """``--opt=value`` and ``-xVALUE`` to (option, value)."""
+    if word.startswith("--") and "=" in word:
+        name, _, value = word.partition("=")
+        return name, value
+    if not word.startswith("--") and len(word) > 2 and word[:2] in VALUE_SPELLINGS:
+        return word[:2], word[2:]
+    return word, None
+
+
+def parse_args(argv: Sequence[str]) -> Op:
+    """One ipvsadm command (its arguments, with or without a leading ``ipvsadm``)."""
+    words = list(argv)
+    if words and words[0].rsplit("/", 1)[-1] == "ipvsadm":
+        words = words[1:]
+    words = expand_bare_options(words)
+    command: str | None = None
+    values: dict[str, Any] = {}
+    positional: list[str] = []
+    index = 0
+    while index < len(words):
+        word, attached = _split_attached(words[index])
+        index += 1
+        if word in COMMAND_SPELLINGS:
+            if command is not None:
+                raise ConfigError("multiple commands specified")
+            command = COMMAND_SPELLINGS[word]
+            continue
+        if word in VALUE_SPELLINGS:
+            if attached is None:
+                if index >= len(words):
+                    raise ConfigError(f"option `{word}' requires an argument")
+                attached = words[index]
+                index += 1
+            target, _, kind = VALUE_SPELLINGS[word].partition(":")
+            _record(values, target, (kind, attached) if kind else attached)
+            continue
+        if word in FLAG_SPELLINGS and attached is None:
+            target, flag = FLAG_SPELLINGS[word]
+            _record(values, target, flag)
+            continue
+        if word.startswith("-") and word != "-":
+            raise ConfigError(f"invalid option `{word}'")
+        positional.append(word)
+    if command is None:
+        raise ConfigError("no command given")
+    if command == "set-timeout":
+        values["timeouts"] = tuple(positional[:3])
+        positional = positional[3:]
+    if positional:
+        raise ConfigError(f"unexpected argument {positional[0]}")
+    return build_op(command, RawArgs(**values))
+
+
+def _record(values: dict[str, Any], target: str, value: object) -> None:
+    if target in values:
+        raise ConfigError(f"multiple '{OPTNAMES[target]}' options specified")
+    values[target] = value
+
+
+def parse_line(line: str) -> Op:
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse_args(words)
+
+
+# --- restore files ------------------------------------------------------------------
+
+
+def parse_restore_lines(text: str) -> list[tuple[int, Op]]:
+    """Every command of an ipvsadm-save file with its line number; blank lines and
+    ``#`` comments are skipped; ConfigError names the first bad line."""
+    parsed: list[tuple[int, Op]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            parsed.append((number, parse_line(stripped)))
+        except ConfigError as exc:
+            raise ConfigError(f"line {number}: {exc}") from None
+    return parsed
+
+
+def parse_restore(text: str) -> list[Op]:
+    return [op for _, op in parse_restore_lines(text)]
+
+
+def restore(config: Config, text: str) -> Config:
+    """ipvsadm -R onto ``config`` (it adds to the current table), all or nothing:
+    ConfigError names the line whose command failed and nothing is applied."""
+    for number, op in parse_restore_lines(text):
+        try:
+            config = apply(config, op)
+        except ConfigError as exc:
+            raise ConfigError(f"line {number}: {exc}") from None
+    return config
+
+
+def load_rules(text: str) -> Config:
+    """The configuration a rules file describes (restored onto an empty table)."""
+    return restore(Config(), text)
+
+
+# --- save ---------------------------------------------------------------------------
+
+
+def _addr_port(addr: str, port: int) -> str:
+    """ipvsadm's numeric addrport_to_anyname: ``a.b.c.d:port`` or ``[v6]:port``."""
+    if ":" in addr:
+        return f"[{addr}]:{port}"
+    return f"{addr}:{port}"
+
+
+def service_switch(svc: ServiceConf) -> str:
+    """``-t VIP:PORT``, ``-u VIP:PORT`` or ``-f MARK``, as ipvsadm-save names a service."""
+    if svc.protocol == "fwm":
+        return f"-f {svc.fwmark}"
+    return f"{SERVICE_SWITCHES[svc.protocol]} {_addr_port(svc.addr, svc.port)}"
+
+
+def _service_line(svc: ServiceConf) -> str:
+    words = [f"-A {service_switch(svc)} -s {svc.scheduler}"]
+    if svc.persistent is not None:
+        words.append(f"-p {svc.persistent}")
+        family = 6 if ":" in svc.addr else 4
+        if svc.netmask != default_netmask(family):
+            words.append(f"-M {svc.netmask}")
+    if svc.ops:
+        words.append("-o")
+    if svc.sched_flags:
+        words.append(f"-b {','.join(svc.sched_flags)}")
+    return " ".join(words)
+
+
+def _dest_line(svc: ServiceConf, dest: DestConf) -> str:
+    words = [
+        f"-a {service_switch(svc)} -r {_addr_port(dest.addr, dest.port)}",
+        f"{METHOD_SWITCHES[dest.method]} -w {dest.weight}",
+    ]
+    if dest.method == "tunnel":
+        words.append("--tun-type ipip")
+    if dest.u_threshold:
+        words.append(f"-x {dest.u_threshold}")
+    if dest.l_threshold:
+        words.append(f"-y {dest.l_threshold}")
+    return " ".join(words)
+
+
+def format_save(config: Config) -> str:
+    """``ipvsadm-save -n`` of ``config`` (see the module docstring for the differences)."""
+    lines: list[str] = []
+    if config.timeouts != Timeouts():
+        t = config.timeouts
+        lines.append(f"--set {t.tcp} {t.tcpfin} {t.udp}")
+    for svc in config.services:
+        lines.append(_service_line(svc))
+        lines.extend(_dest_line(svc, dest) for dest in svc.dests)
+    return "".join(f"{line}\n" for line in lines)
