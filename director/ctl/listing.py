@@ -1,0 +1,277 @@
+"""ipvsadm -L layouts, column for column, as pure functions of a ``Snapshot``.
+
+The formats follow ipvsadm 1.31's ``list_all``, ``print_title``,
+``print_service_entry``, ``print_largenum``, ``list_conn`` and ``list_timeout``:
+services sorted by (fwmark, family, protocol, address, port) and real servers by
+(address, port) as ``ipvs_cmp_services``/``ipvs_cmp_dests`` do, the trailing spaces of
+the ``%-10u`` columns kept, IPv4 names cut at ipvsadm's buffer widths.
+
+Addresses are always numeric: ``list`` without ``-n`` prints the same as ``list -n``,
+because director resolves neither host nor service names (scripts use ``-n``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from director.ctl.config import METHOD_WORDS
+from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
+
+ServiceKey = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ListFormat:
+    """The ``list`` options that change the layout (ipvsadm's FMT_* flags)."""
+
+    stats: bool = False
+    rate: bool = False
+    thresholds: bool = False
+    persistent_conn: bool = False
+    exact: bool = False
+
+    @property
+    def layout(self) -> str:
+        """ipvsadm picks the first of stats, rate, thresholds, persistent-conn."""
+        for name in ("stats", "rate", "thresholds", "persistent_conn"):
+            if getattr(self, name):
+                return name
+        return "plain"
+
+
+# --- numbers and names --------------------------------------------------------------
+
+# print_largenum's units: below 100 million exact, then K, M, G, T (thousands each).
+_UNITS: tuple[tuple[int, int, str], ...] = (
+    (1_000_000_000, 1_000, "K"),
+    (100_000_000_000, 1_000_000, "M"),
+    (100_000_000_000_000, 1_000_000_000, "G"),
+)
+
+
+def largenum(value: int, exact: bool = False) -> str:
+    """ipvsadm's print_largenum: a 9-wide column, abbreviated unless --exact."""
+    value = int(value)
+    if exact:
+        text = str(value)
+        return text.rjust(9 if len(text) <= 8 else len(text) + 1)
+    if value < 100_000_000:
+        return f"{value:9d}"
+    for limit, divisor, unit in _UNITS:
+        if value < limit:
+            return f"{value // divisor:8d}{unit}"
+    return f"{value // 1_000_000_000_000:8d}T"
+
+
+def addr_port(addr: str, port: int) -> str:
+    """Numeric addrport_to_anyname: ``a.b.c.d:port`` or ``[v6]:port``."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def service_key(svc: ServiceDict) -> ServiceKey:
+    """The ServiceConf.key of a listed service, to select it by -t/-u/-f."""
+    if svc["protocol"] == "FWM":
+        return ("fwm", "", svc["fwmark"])
+    return (svc["protocol"].lower(), svc["addr"], svc["port"])
+
+
+def _is_v6(addr: str) -> bool:
+    return ":" in addr
+
+
+def _service_name(svc: ServiceDict) -> str:
+    """``TCP  vip:port`` (cut to 33 characters for IPv4) or ``FWM  mark``."""
+    if svc["protocol"] == "FWM":
+        return f"FWM  {svc['fwmark']}"
+    name = f"{svc['protocol']:<4} {addr_port(svc['addr'], svc['port'])}"
+    return name if _is_v6(svc["addr"]) else name[:33]
+
+
+def _dest_name(dest: DestDict) -> str:
+    name = addr_port(dest["addr"], dest["port"])
+    return name if _is_v6(dest["addr"]) else name[:28]
+
+
+def _addr_sort(addr: str) -> tuple[int, int]:
+    if not addr:
+        return (0, 0)
+    ip = ipaddress.ip_address(addr)
+    return (ip.version, int(ip))
+
+
+_PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "FWM": 0}
+
+
+def _service_order(svc: ServiceDict) -> tuple[int, int, int, int, int]:
+    version, number = _addr_sort(svc["addr"])
+    return (svc["fwmark"], version, _PROTO_NUMBERS.get(svc["protocol"], 0), number, svc["port"])
+
+
+def _dest_order(dest: DestDict) -> tuple[int, int, int]:
+    return (*_addr_sort(dest["addr"]), dest["port"])
+
+
+# --- titles and rows, one entry per layout ------------------------------------------
+
+_PLAIN_TITLE = (
+    "Prot LocalAddress:Port Scheduler Flags\n"
+    "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+)
+_TITLES: dict[str, str] = {
+    "plain": _PLAIN_TITLE,
+    "stats": f"{'Prot LocalAddress:Port':<33} {'Conns':>8} {'InPkts':>8} {'OutPkts':>8} "
+    f"{'InBytes':>8} {'OutBytes':>8}\n  -> RemoteAddress:Port\n",
+    "rate": f"{'Prot LocalAddress:Port':<33} {'CPS':>8} {'InPPS':>8} {'OutPPS':>8} "
+    f"{'InBPS':>8} {'OutBPS':>8}\n  -> RemoteAddress:Port\n",
+    "thresholds": f"{'Prot LocalAddress:Port':<33} {'Uthreshold':<10} {'Lthreshold':<10} "
+    f"{'ActiveConn':<10} {'InActConn':<10}\n  -> RemoteAddress:Port\n",
+    "persistent_conn": f"{'Prot LocalAddress:Port':<33} {'Weight':<9} {'PersistConn':<11} "
+    f"{'ActiveConn':<10} {'InActConn':<10}\n  -> RemoteAddress:Port\n",
+}
+
+_STATS_KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+# The estimator's figures; a snapshot without them lists zeros.
+_RATE_KEYS = ("cps", "inpps", "outpps", "inbps", "outbps")
+
+
+def _figures(stats: StatsDict, keys: tuple[str, ...]) -> list[int]:
+    values: Mapping[str, float] = stats  # type: ignore[assignment]
+    return [int(values.get(key, 0)) for key in keys]
+
+
+def _service_settings(svc: ServiceDict) -> str:
+    """``name sched (flags) persistent N mask M ops``, ipvsadm's plain service line."""
+    words = [_service_name(svc), svc["scheduler"]]
+    if svc["sched_flags"]:
+        words.append(f"({','.join(svc['sched_flags'])})")
+    if svc["persistent"] is not None:
+        words.append(f"persistent {svc['persistent']}")
+        default = "128" if _is_v6(svc["addr"]) else "255.255.255.255"
+        if svc["netmask"] != default:
+            words.append(f"mask {svc['netmask']}")
+    if svc["ops"]:
+        words.append("ops")
+    return " ".join(words)
+
+
+def _service_row(svc: ServiceDict, fmt: ListFormat) -> str:
+    if fmt.layout in ("stats", "rate"):
+        keys = _STATS_KEYS if fmt.layout == "stats" else _RATE_KEYS
+        numbers = "".join(largenum(n, fmt.exact) for n in _figures(svc["stats"], keys))
+        return f"{_service_name(svc):<33}{numbers}"
+    return _service_settings(svc)
+
+
+def _plain_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
+    word = METHOD_WORDS.get(dest["method"], dest["method"])
+    return (
+        f"  -> {name:<28} {word:<7} {dest['weight']:<6} "
+        f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
+    )
+
+
+def _stats_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
+    numbers = "".join(largenum(n, fmt.exact) for n in _figures(dest["stats"], _STATS_KEYS))
+    return f"  -> {name:<28}{numbers}"
+
+
+def _rate_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
+    cps, inpps, outpps, inbps, outbps = _figures(dest["stats"], _RATE_KEYS)
+    bps = largenum(inbps, fmt.exact) + largenum(outbps, fmt.exact)
+    return f"  -> {name:<28} {cps:8d} {inpps:8d} {outpps:8d}{bps}"
+
+
+def _thresholds_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
+    return (
+        f"  -> {name:<28} {dest['u_threshold']:<10} {dest['l_threshold']:<10} "
+        f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
+    )
+
+
+def _persistent_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
+    return (
+        f"  -> {name:<28} {dest['weight']:<9} {dest['persistconns']:<11} "
+        f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
+    )
+
+
+_DEST_ROWS: dict[str, Callable[[str, DestDict, ListFormat], str]] = {
+    "plain": _plain_dest,
+    "stats": _stats_dest,
+    "rate": _rate_dest,
+    "thresholds": _thresholds_dest,
+    "persistent_conn": _persistent_dest,
+}
+
+
+def _service_block(svc: ServiceDict, fmt: ListFormat) -> list[str]:
+    lines = [_service_row(svc, fmt)]
+    row = _DEST_ROWS[fmt.layout]
+    lines.extend(row(_dest_name(d), d, fmt) for d in sorted(svc["dests"], key=_dest_order))
+    return lines
+
+
+# --- the listings -------------------------------------------------------------------
+
+
+def find_service(snapshot: Snapshot, key: ServiceKey) -> ServiceDict | None:
+    for svc in snapshot["services"]:
+        if service_key(svc) == key:
+            return svc
+    return None
+
+
+def format_list(
+    snapshot: Snapshot, fmt: ListFormat | None = None, service: ServiceDict | None = None
+) -> str:
+    """``ipvsadm -L -n [options]``; with ``service``, ipvsadm's list_service (no header)."""
+    fmt = fmt or ListFormat()
+    lines: list[str] = []
+    if service is None:
+        lines.append(
+            f"IP Virtual Server version {snapshot['version']} (size={snapshot['conn_tab_size']})"
+        )
+        services = sorted(snapshot["services"], key=_service_order)
+    else:
+        services = [service]
+    text = "".join(f"{line}\n" for line in lines) + _TITLES[fmt.layout]
+    body = [line for svc in services for line in _service_block(svc, fmt)]
+    return text + "".join(f"{line}\n" for line in body)
+
+
+def _expire(seconds: float) -> str:
+    whole = max(int(seconds), 0)
+    return f"{whole // 60:02d}:{whole % 60:02d}"
+
+
+def _conn_row(conn: ConnDict) -> str:
+    return (
+        f"{conn['protocol']:<3} {_expire(conn['expires']):<6} {conn['state']:<11} "
+        f"{addr_port(conn['caddr'], conn['cport']):<18} "
+        f"{addr_port(conn['vaddr'], conn['vport']):<18} "
+        f"{addr_port(conn['daddr'], conn['dport'])}"
+    )
+
+
+def format_conns(snapshot: Snapshot) -> str:
+    """``ipvsadm -L -n -c``: the connection table with expiry as mm:ss."""
+    lines = [
+        "IPVS connection entries",
+        f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination",
+    ]
+    lines.extend(_conn_row(conn) for conn in snapshot["conns"])
+    return "".join(f"{line}\n" for line in lines)
+
+
+def format_timeout(snapshot: Snapshot) -> str:
+    """``ipvsadm -L --timeout``."""
+    t = snapshot["timeouts"]
+    return f"Timeout (tcp tcpfin udp): {t['tcp']} {t['tcpfin']} {t['udp']}\n"
+
+
+def format_json(snapshot: Snapshot | ServiceDict) -> str:
+    """``dirctl list --json``: the snapshot itself, for programs."""
+    return json.dumps(snapshot, indent=2, sort_keys=True) + "\n"
