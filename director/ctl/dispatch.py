@@ -1,0 +1,109 @@
+"""The daemon's side of the control socket: one request in, one response out.
+
+``dispatch`` decodes a request, turns a change into ``apply(target.config, op)`` and
+one ``target.commit(new)`` (so each change is atomic: validated whole, applied whole),
+and answers ``list``, ``save`` and ``zero``.  ``restore`` is ipvsadm -R onto the current
+table, all or nothing.  It never raises: every failure becomes an error response whose
+``fault`` says whether the caller or the daemon is to blame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from director.ctl.config import ConfigError
+from director.ctl.ipvsadm import format_save, restore
+from director.ctl.ops import OPS, ServiceKey, apply, canonical_key
+from director.ctl.protocol import (
+    VERSION,
+    decode_op,
+    dump_message,
+    encode_response,
+    load_message,
+)
+from director.ctl.target import ControlTarget
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[ControlTarget, dict[str, Any]], Any]
+
+
+def _list(target: ControlTarget, args: dict[str, Any]) -> Any:
+    return target.snapshot(conns=bool(args.get("conns", False)))
+
+
+def _save(target: ControlTarget, args: dict[str, Any]) -> Any:
+    return format_save(target.config)
+
+
+def _zero(target: ControlTarget, args: dict[str, Any]) -> Any:
+    """ipvsadm -Z [service]: "No such service" if the service is not there."""
+    raw = args.get("service")
+    key: ServiceKey | None = None
+    if raw is not None:
+        if not (isinstance(raw, list | tuple) and len(raw) == 3 and isinstance(raw[2], int)):
+            raise ConfigError("zero: service must be [protocol, address, port]")
+        key = canonical_key((str(raw[0]), str(raw[1]), int(raw[2])))
+        if all(svc.key != key for svc in target.config.services):
+            raise ConfigError("No such service")
+    target.zero(key)
+    return None
+
+
+def _restore(target: ControlTarget, args: dict[str, Any]) -> Any:
+    text = args.get("text")
+    if not isinstance(text, str):
+        raise ConfigError("restore: text must be a string")
+    target.commit(restore(target.config, text))
+    return None
+
+
+def _change(command: str) -> Handler:
+    def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
+        target.commit(apply(target.config, decode_op(command, args)))
+        return None
+
+    return handler
+
+
+HANDLERS: dict[str, Handler] = {
+    "list": _list,
+    "save": _save,
+    "zero": _zero,
+    "restore": _restore,
+    **{name: _change(name) for name in OPS},
+}
+
+
+def dispatch(target: ControlTarget, message: dict[str, Any]) -> dict[str, Any]:
+    """Answer one decoded request message with a response message."""
+    if not isinstance(message, dict) or message.get("version") != VERSION:
+        version = message.get("version") if isinstance(message, dict) else None
+        return encode_response(
+            False, error=f"unsupported protocol version {version!r}", fault="caller"
+        )
+    command = message.get("command")
+    args = message.get("args", {})
+    handler = HANDLERS.get(command) if isinstance(command, str) else None
+    if handler is None:
+        return encode_response(False, error=f"unknown command {command!r}", fault="caller")
+    if not isinstance(args, dict):
+        return encode_response(False, error="args must be an object", fault="caller")
+    try:
+        return encode_response(True, result=handler(target, args))
+    except ConfigError as exc:
+        return encode_response(False, error=str(exc), fault="caller")
+    except Exception as exc:  # the daemon must answer, whatever went wrong
+        log.exception("control request %r failed", command)
+        return encode_response(False, error=f"internal error: {exc}", fault="daemon")
+
+
+def dispatch_bytes(target: ControlTarget, data: bytes) -> bytes:
+    """One request line in, one response line out: what the socket server calls."""
+    try:
+        message = load_message(data)
+    except (ValueError, UnicodeDecodeError):
+        return dump_message(encode_response(False, error="malformed request", fault="caller"))
+    return dump_message(dispatch(target, message))
