@@ -1,0 +1,406 @@
+"""dirctl: ipvsadm's commands as verbs, spoken to directord over its control socket.
+
+``dirctl add-service -t 203.0.113.5:80 -s rr`` is ``ipvsadm -A -t 203.0.113.5:80 -s rr``;
+every option letter is ipvsadm's (SPEC §2).  Option values are parsed by the same
+helpers that read ipvsadm-save files (``director.ctl.ipvsadm``), checked here where
+that is cheap and checked again by the daemon, which applies the change atomically.
+
+Exit status: 0 done; 2 bad input of any kind, with one line ``dirctl: <reason>`` on
+stderr (usage errors too); 3 the daemon is unreachable, with a hint; 1 the daemon
+failed.
+
+Sub-apps: ``app`` is a plain Typer app, so other parts of director add their verbs
+with ``app.add_typer(...)`` at the bottom of this module (see "Sub-apps").
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from director.ctl import listing, protocol
+from director.ctl.config import ConfigError
+from director.ctl.ipvsadm import (
+    RawArgs,
+    build_op,
+    expand_bare_options,
+    parse_restore,
+    parse_service_key,
+    pick_one,
+)
+from director.ctl.ops import ServiceKey
+from director.ctl.protocol import DEFAULT_SOCKET, DaemonFailed, DaemonUnreachable
+
+app = typer.Typer(
+    name="dirctl",
+    help="Administer directord's virtual services, with ipvsadm's options.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    socket: str
+    timeout: float = 10.0
+
+
+# --- options shared by the verbs (ipvsadm's letters) --------------------------------
+
+Tcp = Annotated[
+    str | None, typer.Option("-t", "--tcp-service", metavar="VIP[:PORT]", help="TCP service")
+]
+Udp = Annotated[
+    str | None, typer.Option("-u", "--udp-service", metavar="VIP[:PORT]", help="UDP service")
+]
+Fwm = Annotated[
+    str | None, typer.Option("-f", "--fwmark-service", metavar="MARK", help="firewall mark")
+]
+Scheduler = Annotated[str | None, typer.Option("-s", "--scheduler", help="scheduler (default wlc)")]
+Persistent = Annotated[
+    str | None,
+    typer.Option("-p", "--persistent", metavar="[SECONDS]", help="persistence (bare: 360)"),
+]
+Netmask = Annotated[
+    str | None, typer.Option("-M", "--netmask", help="persistence granularity mask")
+]
+SchedFlags = Annotated[
+    str | None, typer.Option("-b", "--sched-flags", help="scheduler flags, comma-separated")
+]
+Ops = Annotated[bool, typer.Option("-o", "--ops", help="one-packet scheduling (UDP)")]
+Real = Annotated[
+    str | None, typer.Option("-r", "--real-server", metavar="ADDR[:PORT]", help="real server")
+]
+Gate = Annotated[bool, typer.Option("-g", "--gatewaying", help="direct routing (default)")]
+Ipip = Annotated[bool, typer.Option("-i", "--ipip", help="IPIP tunnelling")]
+Masq = Annotated[bool, typer.Option("-m", "--masquerading", help="NAT")]
+Weight = Annotated[str | None, typer.Option("-w", "--weight", help="weight (default 1)")]
+Upper = Annotated[str | None, typer.Option("-x", "--u-threshold", help="upper conn threshold")]
+Lower = Annotated[str | None, typer.Option("-y", "--l-threshold", help="lower conn threshold")]
+
+
+def _service(t: str | None, u: str | None, f: str | None) -> tuple[str, str] | None:
+    return pick_one("service-address", [("tcp", t), ("udp", u), ("fwm", f)])
+
+
+def _method(g: bool, i: bool, m: bool) -> str | None:
+    letters = [(letter, letter if on else None) for letter, on in (("g", g), ("i", i), ("m", m))]
+    chosen = pick_one("forwarding-method", letters)
+    return chosen[0] if chosen else None
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _ask(ctx: typer.Context, command: str, args: dict[str, Any] | None = None) -> Any:
+    settings = _settings(ctx)
+    return protocol.request(settings.socket, command, args or {}, settings.timeout)
+
+
+def _change(ctx: typer.Context, command: str, raw: RawArgs) -> None:
+    """Parse with the shared ipvsadm helpers, then let the daemon apply the op."""
+    name, args = protocol.encode_op(build_op(command, raw))
+    _ask(ctx, name, args)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    socket: Annotated[
+        str,
+        typer.Option("--socket", envvar="DIRECTOR_SOCKET", help="directord's control socket"),
+    ] = DEFAULT_SOCKET,
+) -> None:
+    ctx.obj = Settings(socket=socket)
+    if ctx.invoked_subcommand is None:
+        raise ConfigError("no command given (try 'dirctl --help')")
+
+
+# --- virtual services ---------------------------------------------------------------
+
+
+def _service_args(
+    t: str | None,
+    u: str | None,
+    f: str | None,
+    s: str | None,
+    p: str | None,
+    mask: str | None,
+    b: str | None,
+    o: bool,
+) -> RawArgs:
+    return RawArgs(
+        service=_service(t, u, f),
+        scheduler=s,
+        persistent=p,
+        netmask=mask,
+        sched_flags=b,
+        ops=o,
+    )
+
+
+@app.command("add-service")
+def add_service(
+    ctx: typer.Context,
+    t: Tcp = None,
+    u: Udp = None,
+    f: Fwm = None,
+    s: Scheduler = None,
+    p: Persistent = None,
+    mask: Netmask = None,
+    b: SchedFlags = None,
+    o: Ops = False,
+) -> None:
+    """ipvsadm -A: add a virtual service."""
+    _change(ctx, "add-service", _service_args(t, u, f, s, p, mask, b, o))
+
+
+@app.command("edit-service")
+def edit_service(
+    ctx: typer.Context,
+    t: Tcp = None,
+    u: Udp = None,
+    f: Fwm = None,
+    s: Scheduler = None,
+    p: Persistent = None,
+    mask: Netmask = None,
+    b: SchedFlags = None,
+    o: Ops = False,
+) -> None:
+    """ipvsadm -E: replace a service's settings (omitted ones take their defaults)."""
+    _change(ctx, "edit-service", _service_args(t, u, f, s, p, mask, b, o))
+
+
+@app.command("delete-service")
+def delete_service(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None) -> None:
+    """ipvsadm -D: delete a virtual service and its real servers."""
+    _change(ctx, "delete-service", RawArgs(service=_service(t, u, f)))
+
+
+# --- real servers -------------------------------------------------------------------
+
+
+@app.command("add-server")
+def add_server(
+    ctx: typer.Context,
+    t: Tcp = None,
+    u: Udp = None,
+    f: Fwm = None,
+    r: Real = None,
+    g: Gate = False,
+    i: Ipip = False,
+    m: Masq = False,
+    w: Weight = None,
+    x: Upper = None,
+    y: Lower = None,
+) -> None:
+    """ipvsadm -a: add a real server to a service."""
+    raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m))
+    _change(ctx, "add-server", _with_numbers(raw, w, x, y))
+
+
+@app.command("edit-server")
+def edit_server(
+    ctx: typer.Context,
+    t: Tcp = None,
+    u: Udp = None,
+    f: Fwm = None,
+    r: Real = None,
+    g: Gate = False,
+    i: Ipip = False,
+    m: Masq = False,
+    w: Weight = None,
+    x: Upper = None,
+    y: Lower = None,
+) -> None:
+    """ipvsadm -e: change a real server; options not given keep their values."""
+    raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m))
+    _change(ctx, "edit-server", _with_numbers(raw, w, x, y))
+
+
+def _with_numbers(raw: RawArgs, w: str | None, x: str | None, y: str | None) -> RawArgs:
+    raw.weight, raw.u_threshold, raw.l_threshold = w, x, y
+    return raw
+
+
+@app.command("delete-server")
+def delete_server(
+    ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None, r: Real = None
+) -> None:
+    """ipvsadm -d: remove a real server from a service."""
+    _change(ctx, "delete-server", RawArgs(_service(t, u, f), real_server=r))
+
+
+# --- the whole table ----------------------------------------------------------------
+
+
+@app.command("clear")
+def clear(ctx: typer.Context) -> None:
+    """ipvsadm -C: delete every virtual service."""
+    _change(ctx, "clear", RawArgs())
+
+
+@app.command("set-timeout")
+def set_timeout(
+    ctx: typer.Context,
+    tcp: Annotated[str, typer.Argument(help="ESTABLISHED timeout, 0 keeps it")],
+    tcpfin: Annotated[str, typer.Argument(help="FIN_WAIT timeout, 0 keeps it")],
+    udp: Annotated[str, typer.Argument(help="UDP timeout, 0 keeps it")],
+) -> None:
+    """ipvsadm --set TCP TCPFIN UDP (seconds)."""
+    _change(ctx, "set-timeout", RawArgs(timeouts=(tcp, tcpfin, udp)))
+
+
+@app.command("zero")
+def zero(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None) -> None:
+    """ipvsadm -Z: zero the counters of one service, or of all."""
+    chosen = _service(t, u, f)
+    key = list(parse_service_key(*chosen)) if chosen else None
+    _ask(ctx, "zero", {"service": key})
+
+
+@app.command("save")
+def save(
+    ctx: typer.Context,
+    numeric: Annotated[bool, typer.Option("-n", "--numeric", help="numeric (always)")] = False,
+) -> None:
+    """ipvsadm -S: print the rules as ipvsadm-save lines."""
+    typer.echo(_ask(ctx, "save"), nl=False)
+
+
+@app.command("restore")
+def restore(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None, typer.Argument(help="ipvsadm-save file (default: stdin)", show_default=False)
+    ] = None,
+) -> None:
+    """ipvsadm -R: add the rules of an ipvsadm-save file; nothing if any line is bad."""
+    try:
+        text = file.read_text() if file is not None else sys.stdin.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
+    parse_restore(text)  # name a bad line before bothering the daemon
+    _ask(ctx, "restore", {"text": text})
+
+
+# --- listing ------------------------------------------------------------------------
+
+# ipvsadm's '1' options of the list command: at most one of them.
+_EXCLUSIVE = ("connection", "service-address", "timeout")
+
+
+def _check_list_options(chosen: dict[str, bool], layout: listing.ListFormat) -> None:
+    """ipvsadm's generic_opt_check and "options conflicts" rules for -L."""
+    given = [name for name in _EXCLUSIVE if chosen[name]]
+    if len(given) > 1:
+        raise ConfigError(
+            f"The option '{given[1]}' conflicts with the '{given[0]}' option in the 'list' command"
+        )
+    numbers = layout.stats or layout.rate or layout.thresholds
+    if ((chosen["connection"] or chosen["timeout"]) and numbers) or (
+        chosen["timeout"] and layout.persistent_conn
+    ):
+        raise ConfigError("options conflicts in the list command")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    t: Tcp = None,
+    u: Udp = None,
+    f: Fwm = None,
+    numeric: Annotated[bool, typer.Option("-n", "--numeric", help="numeric (always)")] = False,
+    connection: Annotated[bool, typer.Option("-c", "--connection", help="connections")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="statistics")] = False,
+    rate: Annotated[bool, typer.Option("--rate", help="rates")] = False,
+    thresholds: Annotated[bool, typer.Option("--thresholds", help="thresholds")] = False,
+    persistent_conn: Annotated[
+        bool, typer.Option("--persistent-conn", help="persistent connections")
+    ] = False,
+    timeout: Annotated[bool, typer.Option("--timeout", help="timeouts")] = False,
+    exact: Annotated[bool, typer.Option("--exact", help="exact numbers")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the snapshot as JSON")] = False,
+) -> None:
+    """ipvsadm -L: list the table (addresses are always numeric)."""
+    chosen = _service(t, u, f)
+    layout = listing.ListFormat(stats, rate, thresholds, persistent_conn, exact)
+    flags = {"connection": connection, "service-address": chosen is not None, "timeout": timeout}
+    _check_list_options(flags, layout)
+    key: ServiceKey | None = parse_service_key(*chosen) if chosen else None
+    snapshot = _ask(ctx, "list", {"conns": connection})
+    service = listing.find_service(snapshot, key) if key else None
+    if key and service is None:
+        raise ConfigError("No such service")
+    if as_json:
+        typer.echo(listing.format_json(service or snapshot), nl=False)
+    elif connection:
+        typer.echo(listing.format_conns(snapshot), nl=False)
+    elif timeout:
+        typer.echo(listing.format_timeout(snapshot), nl=False)
+    else:
+        typer.echo(listing.format_list(snapshot, layout, service), nl=False)
+
+
+# --- Sub-apps -----------------------------------------------------------------------
+# Other parts of director hang their verbs here, e.g.
+#     from director.lab.cli import app as lab_app
+#     app.add_typer(lab_app, name="lab")
+# Their ConfigError, DaemonUnreachable and usage errors get the same exit codes.
+
+
+# --- entry point --------------------------------------------------------------------
+
+
+def _hoist_socket(argv: Sequence[str]) -> list[str]:
+    """Accept ``--socket PATH`` after the verb too, by moving it in front of it."""
+    rest: list[str] = []
+    front: list[str] = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--socket" and index + 1 < len(argv):
+            front += argv[index : index + 2]
+            index += 2
+            continue
+        (front if word.startswith("--socket=") else rest).append(word)
+        index += 1
+    return front + rest
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"dirctl: {' '.join(message.split())}", file=sys.stderr)
+    return status
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run dirctl on ``argv`` (without the program name) and return its exit status."""
+    args = _hoist_socket(expand_bare_options(argv))
+    try:
+        result = app(args, prog_name="dirctl", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors
+        return _fail(2, exc.format_message())
+    except ConfigError as exc:
+        return _fail(2, str(exc))
+    except DaemonUnreachable as exc:
+        return _fail(3, str(exc))
+    except DaemonFailed as exc:
+        return _fail(1, f"directord failed: {exc}")
+    except typer.Abort:
+        return _fail(1, "aborted")
+    return result if isinstance(result, int) else 0
+
+
+def main() -> NoReturn:
+    """Console script ``dirctl``."""
+    sys.exit(run(sys.argv[1:]))

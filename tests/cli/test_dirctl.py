@@ -1,0 +1,188 @@
+"""dirctl end to end, with dispatch and a fake control target behind the protocol client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from director.cli import dirctl
+from director.ctl import protocol
+from director.ctl.config import Config
+from director.ctl.dispatch import dispatch
+from director.ctl.ipvsadm import format_save, load_rules
+from tests.ctl.fake import FakeTarget
+
+SEED = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules").read_text()
+
+
+@pytest.fixture
+def target(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
+    """Route dirctl's requests through dispatch() to an in-process fake target."""
+    fake = FakeTarget()
+    seen: list[str] = []
+
+    def in_process(path: str, command: str, args: Any = None, timeout: float = 10.0) -> Any:
+        seen.append(path)
+        response = dispatch(fake, {"version": 1, "command": command, "args": args or {}})
+        if not response["ok"]:
+            raise protocol.RequestRefused(response["error"])
+        return response["result"]
+
+    monkeypatch.setattr(protocol, "request", in_process)
+    fake.sockets = seen  # type: ignore[attr-defined]
+    return fake
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = dirctl.run(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_add_service_and_servers(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "add-service", "-t", "203.0.113.5:80", "-s", "rr")[0] == 0
+    assert run(capsys, "add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.2", "-m")[0] == 0
+    argv = ["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.3:8000", "-m", "-w", "1"]
+    assert run(capsys, *argv)[0] == 0
+    assert run(capsys, "add-service", "-t", "203.0.113.5:21", "-s", "rr")[0] == 0
+    assert run(capsys, "add-server", "-t", "203.0.113.5:21", "-r", "198.18.0.3:21", "-m")[0] == 0
+    status, out, _ = run(capsys, "save", "-n")
+    assert status == 0
+    assert load_rules(out) == load_rules(SEED) == target.config
+
+
+def test_bare_persistent_means_360(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "add-service", "-t", "203.0.113.5:443", "-p", "-s", "rr")[0] == 0
+    assert run(capsys, "add-service", "-f", "9", "-p")[0] == 0
+    assert run(capsys, "add-service", "-u", "203.0.113.5:53", "-p", "60", "-o")[0] == 0
+    assert [s.persistent for s in target.config.services] == [360, 360, 60]
+
+
+def test_edit_server_keeps_other_fields(
+    target: FakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target.config = load_rules(SEED)
+    argv = ["edit-server", "-t", "203.0.113.5:80", "-r", "198.18.0.3:8000", "-w", "7"]
+    assert run(capsys, *argv)[0] == 0
+    dest = target.config.services[0].dests[1]
+    assert (dest.method, dest.weight) == ("masq", 7)
+
+
+def test_list_and_selectors(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
+    target.config = load_rules(SEED)
+    status, out, _ = run(capsys, "list", "-n")
+    assert status == 0 and out.startswith("IP Virtual Server version 1.2.1 (size=4096)\n")
+    assert "TCP  203.0.113.5:21 rr\n" in out
+    status, out, _ = run(capsys, "list", "-n", "-t", "203.0.113.5:21")
+    assert out.splitlines()[2:] == [
+        "TCP  203.0.113.5:21 rr",
+        "  -> 198.18.0.3:21                Masq    1      0          0         ",
+    ]
+    assert run(capsys, "list", "--timeout")[1] == "Timeout (tcp tcpfin udp): 900 120 300\n"
+    assert run(capsys, "list", "-c")[1].startswith("IPVS connection entries\n")
+    assert '"conn_tab_size": 4096' in run(capsys, "list", "--json")[1]
+
+
+def test_restore_from_file_and_stdin(
+    target: FakeTarget,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rules = tmp_path / "rules"
+    rules.write_text(SEED)
+    assert run(capsys, "restore", str(rules))[0] == 0
+    assert target.config == load_rules(SEED)
+    assert run(capsys, "clear")[0] == 0 and target.config.services == ()
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(SEED))
+    assert run(capsys, "restore")[0] == 0
+    assert format_save(target.config) == format_save(load_rules(SEED))
+
+
+def test_set_timeout_and_zero(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
+    target.config = load_rules(SEED)
+    assert run(capsys, "set-timeout", "0", "60", "0")[0] == 0
+    assert target.config.timeouts.tcpfin == 60
+    assert run(capsys, "zero", "-t", "203.0.113.5:80")[0] == 0
+    assert run(capsys, "zero")[0] == 0
+    assert target.zeroed == [("tcp", "203.0.113.5", 80), None]
+
+
+def test_socket_option_and_env(
+    target: FakeTarget, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(capsys, "list")
+    run(capsys, "--socket", "/tmp/a.sock", "list")
+    run(capsys, "list", "--socket", "/tmp/b.sock")
+    monkeypatch.setenv("DIRECTOR_SOCKET", "/tmp/c.sock")
+    run(capsys, "list")
+    assert target.sockets == [  # type: ignore[attr-defined]
+        protocol.DEFAULT_SOCKET,
+        "/tmp/a.sock",
+        "/tmp/b.sock",
+        "/tmp/c.sock",
+    ]
+
+
+BAD: list[tuple[list[str], str]] = [
+    (["add-service", "-t", "203.0.113.5:80", "-s", "nope"], "Scheduler or persistence engine"),
+    (["add-service", "-t", "203.0.113.5:80", "-f", "1"], "multiple 'service-address' options"),
+    (["add-service", "-s", "rr"], "You need to supply the 'service-address' option"),
+    (["add-service", "-t", "203.0.113.5"], "Zero port specified for non-persistent service"),
+    (["add-service", "-t", "203.0.113.5:80", "-p", "abc"], "invalid timeout value `abc'"),
+    (["add-service", "-t", "203.0.113.5:80", "-w", "1"], "No such option: -w"),
+    (["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.9", "-m", "-i"], "multiple"),
+    (["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.9", "-w", "-3"], "illegal weight"),
+    (["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.2:80", "-m"], "already exists"),
+    (["delete-service", "-u", "203.0.113.5:80"], "No such service"),
+    (["set-timeout", "1", "2"], "Missing argument"),
+    (["list", "-c", "--stats"], "options conflicts in the list command"),
+    (["list", "-c", "--timeout"], "The option 'timeout' conflicts with the 'connection' option"),
+    (["list", "-t", "203.0.113.9:80"], "No such service"),
+    (["frobnicate"], "No such command"),
+    ([], "no command given"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) or "none" for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line(
+    target: FakeTarget, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    target.config = load_rules(SEED)
+    before = target.config
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("dirctl: ") and message in err
+    assert out == "" and target.config == before
+
+
+def test_restore_bad_line_names_it(
+    target: FakeTarget, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules"
+    rules.write_text(SEED + "-a -t 203.0.113.5:80 -r 198.18.0.9 -w x\n")
+    status, _, err = run(capsys, "restore", str(rules))
+    assert status == 2 and err == "dirctl: line 11: illegal weight specified\n"
+    assert target.config == Config() and target.commits == []
+
+
+def test_unreachable_daemon_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = str(tmp_path / "none.sock")
+    status, _, err = run(capsys, "--socket", path, "list", "-n")
+    assert status == 3 and err.count("\n") == 1
+    assert path in err and "systemctl start directord" in err
+
+
+def test_help_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "--help")
+    assert status == 0 and "add-service" in out
+
+
+def test_typer_cli_runner_drives_the_app(target: FakeTarget) -> None:
+    target.config = load_rules(SEED)
+    result = CliRunner().invoke(dirctl.app, ["list", "--timeout"])
+    assert result.exit_code == 0
+    assert result.output == "Timeout (tcp tcpfin udp): 900 120 300\n"
