@@ -29,10 +29,10 @@ lab_app = typer.Typer(
 REPO_RULES = Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules"
 # SPEC §4 in ipvsadm-save form, for when the package runs outside the repository.
 SEED_RULES = """\
--A -t 203.0.113.5:80 -s wlc
+-A -t 203.0.113.5:80 -s rr
 -a -t 203.0.113.5:80 -r 198.18.0.2:80 -m -w 1
 -a -t 203.0.113.5:80 -r 198.18.0.3:8000 -m -w 1
--A -t 203.0.113.5:21 -s wlc
+-A -t 203.0.113.5:21 -s rr
 -a -t 203.0.113.5:21 -r 198.18.0.3:21 -m -w 1
 """
 RUN_DIR = Path("/run/director-lab")

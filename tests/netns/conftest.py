@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labtools import SEED_RULES_FILE
 
 from director.lab import topology
 from director.lab.daemon import Daemon, venv_program
@@ -92,7 +93,19 @@ def daemon(lab: topology.Lab, tmp_path: Path) -> Iterator[Daemon]:
         d.kill()
 
 
-SEED_RULES_FILE = Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules"
+@pytest.fixture(scope="module")
+def shared_seeded(lab: topology.Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One seeded daemon for a whole module, for tests that must change nothing."""
+    d = Daemon(lab, tmp_path_factory.mktemp("shared") / "director")
+    d.start()
+    try:
+        done = d.dirctl("restore", str(SEED_RULES_FILE))
+        assert done.returncode == 0, done.stderr
+        yield d
+    finally:
+        code = d.stop()
+        d.kill()
+        assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
 
+SEED_RULES_FILE = Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules"
 CURL_REFUSED = 7  # curl: "Failed to connect" (RST or ICMP unreachable)
 CURL_TIMEOUT = 28
 
