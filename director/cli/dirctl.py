@@ -358,6 +358,10 @@ def list_(
 #     app.add_typer(lab_app, name="lab")
 # Their ConfigError, DaemonUnreachable and usage errors get the same exit codes.
 
+from director.lab.lab import lab_app  # noqa: E402
+
+app.add_typer(lab_app, name="lab")
+
 
 # --- entry point --------------------------------------------------------------------
 
