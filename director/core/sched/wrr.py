@@ -7,8 +7,8 @@ less ``di - 1``, so that the last pass runs with ``cw == 1``).  Each call walks 
 the cursor and takes the first server that is not overloaded and has weight >= cw;
 every time the walk passes the list head, cw drops by di, and once it falls to 0 or
 below it starts again at mw.  One cycle is max/di passes (cw = mw, mw - di, ..., 1),
-and a server of weight w is taken in w/di of them.  Errors: mw == 0 (every weight is 0) or a full
-sweep down to cw == 1 finding only overloaded servers -> None.
+and a server of weight w is taken in w/di of them.  None when mw == 0 (every weight
+is 0) or when a sweep down to cw == 1 meets only overloaded servers.
 
 ``ip_vs_wrr_dest_changed`` (the add_dest, del_dest and upd_dest hooks) puts the cursor
 back at the head, recomputes di and mw, and keeps cw where it was if it still fits:
@@ -120,7 +120,7 @@ class WeightedRoundRobin(Scheduler):
                     self._cursor = dest
                     return None  # "all destinations are overloaded"
             start = 0
-            self._cw -= self._di
+            self._cw -= self._skip(dests)
             if self._cw <= 0:
                 self._cw = self._mw
                 # A sweep down to cw == 1 has covered every server: give up.
@@ -133,3 +133,17 @@ class WeightedRoundRobin(Scheduler):
                 # The weight >= 1 sweep so far only saw the servers after the cursor;
                 # finish it with those up to the cursor.
                 stop = last
+
+    def _skip(self, dests: list[Dest]) -> int:
+        """How far cw drops now: di, plus di for each following pass the kernel would
+        walk in vain.
+
+        A pass at a cw above every available weight finds nothing and, while cw stays
+        above di (not yet the last pass) it changes nothing but cw.  The kernel walks
+        them all (2**31 passes for weights 2147483647 and 1 with the heavy server
+        overloaded); skipping them gives the same result.
+        """
+        top = max((d.weight for d in dests if not d.overloaded), default=0)
+        floor = max(top, self._di)
+        passes = -(-(self._cw - floor) // self._di) - 1  # cw - j*di > floor for j = 1..passes
+        return self._di * (1 + max(passes, 0))
