@@ -136,7 +136,7 @@ class ConnTable:
         """Remove and return the connections whose time has come."""
         tick = int(now)
         if self._clock is None:
-            self._clock = tick
+            return []
         expired: list[Conn] = []
         while self._clock <= tick:
             for conn in self._wheel.pop(self._clock, ()):
@@ -157,7 +157,9 @@ class ConnTable:
         self._wheel.clear()
 
     def _file(self, conn: Conn, slot: int) -> None:
-        if self._clock is not None and slot < self._clock:
+        if self._clock is None:
+            self._clock = slot
+        elif slot < self._clock:
             slot = self._clock
         bucket = self._wheel.get(slot)
         if bucket is None:

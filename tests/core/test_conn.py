@@ -1,0 +1,61 @@
+"""The connection table: in/out lookups and the expiry wheel's cost per tick."""
+
+from __future__ import annotations
+
+import socket
+
+from director.core.engine import Director
+from director.ctl.config import Config, DestConf, ServiceConf
+from tests.core.packets import CLIENT, RS1, SYN, VIP, tcp, udp
+
+
+def director() -> Director:
+    d = Director()
+    d.configure(Config(services=(
+        ServiceConf("udp", VIP, 53, scheduler="rr", dests=(DestConf(RS1, 53, "masq"),)),
+        ServiceConf("tcp", VIP, 80, scheduler="rr", dests=(DestConf(RS1, 80, "masq"),)),
+    )))
+    return d
+
+
+def test_in_and_out_keys():
+    d = director()
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0)
+    (conn,) = list(d.conns)
+    vip, client, rs = (socket.inet_aton(a) for a in (VIP, CLIENT, RS1))
+    assert d.conns.in_tab[(6, client, 40000, vip, 80)] is conn
+    assert d.conns.out_tab[(6, rs, 80, client, 40000)] is conn
+
+
+def test_udp_connections_stay_inactive_and_expire_after_udp_timeout():
+    d = director()
+    dest = d.services.lookup(17, socket.inet_aton(VIP), 53).dests[0]
+    for i in range(10):
+        d.hook_in(udp(CLIENT, VIP, 5000 + i, 53, b"q"), 0.0)
+    assert (dest.activeconns, dest.inactconns) == (0, 10)
+    assert d.expire(299.0) == 0
+    assert d.expire(300.0) == 10
+    assert dest.inactconns == 0
+
+
+def test_a_tick_visits_only_what_is_due():
+    """The collector's work per tick follows the connections due, not the table size."""
+    d = director()
+    for i in range(5000):
+        d.hook_in(udp(CLIENT, VIP, 1024 + i, 53), float(i % 100))
+    wheel = d.conns._wheel
+    assert sum(len(b) for b in wheel.values()) == 5000
+    d.expire(349.0)  # the connections made at t=0..49 are due by now
+    assert len(d.conns) == 2500
+    # what is left is filed under slots still to come, one slot per second
+    assert min(wheel) >= 350
+    assert len(wheel[350]) == 50
+
+
+def test_refreshed_connection_is_refiled_not_expired():
+    d = director()
+    d.hook_in(udp(CLIENT, VIP, 5000, 53), 0.0)
+    d.hook_in(udp(CLIENT, VIP, 5000, 53), 250.0)
+    assert d.expire(300.0) == 0
+    assert d.expire(549.0) == 0
+    assert d.expire(550.0) == 1
