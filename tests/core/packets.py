@@ -17,25 +17,40 @@ RS2 = "198.18.0.3"
 
 
 def tcp(
-    src: str, dst: str, sport: int, dport: int, flags: int = dpkt.tcp.TH_ACK,
-    data: bytes = b"", opts: bytes = b"",
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: int = dpkt.tcp.TH_ACK,
+    data: bytes = b"",
+    opts: bytes = b"",
 ) -> bytearray:
     seg = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000, data=data)
     ip = dpkt.ip.IP(
-        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_TCP,
-        ttl=61, id=4242, opts=opts, data=seg,
+        src=socket.inet_aton(src),
+        dst=socket.inet_aton(dst),
+        p=dpkt.ip.IP_PROTO_TCP,
+        ttl=61,
+        id=4242,
+        opts=opts,
+        data=seg,
     )
     if opts:
         ip.hl = 5 + len(opts) // 4
     return bytearray(bytes(ip))
 
 
-def udp(src: str, dst: str, sport: int, dport: int, data: bytes = b"", csum: bool = True
-        ) -> bytearray:
+def udp(
+    src: str, dst: str, sport: int, dport: int, data: bytes = b"", csum: bool = True
+) -> bytearray:
     dgram = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
     ip = dpkt.ip.IP(
-        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP,
-        ttl=61, id=4242, data=dgram,
+        src=socket.inet_aton(src),
+        dst=socket.inet_aton(dst),
+        p=dpkt.ip.IP_PROTO_UDP,
+        ttl=61,
+        id=4242,
+        data=dgram,
     )
     raw = bytearray(bytes(ip))
     if not csum:

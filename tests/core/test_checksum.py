@@ -24,10 +24,12 @@ def _recomputed(raw: bytes) -> bytes:
     return bytes(ip)
 
 
-@given(addrs, addrs, ports, ports, st.binary(max_size=64), addrs, ports,
-       st.booleans(), st.booleans())
-def test_incremental_equals_full_recompute(src, dst, sport, dport, payload, new_addr,
-                                           new_port, is_udp, rewrite_source):
+@given(
+    addrs, addrs, ports, ports, st.binary(max_size=64), addrs, ports, st.booleans(), st.booleans()
+)
+def test_incremental_equals_full_recompute(
+    src, dst, sport, dport, payload, new_addr, new_port, is_udp, rewrite_source
+):
     l4 = (dpkt.udp.UDP if is_udp else dpkt.tcp.TCP)(sport=sport, dport=dport, data=payload)
     proto = dpkt.ip.IP_PROTO_UDP if is_udp else dpkt.ip.IP_PROTO_TCP
     raw = bytearray(bytes(dpkt.ip.IP(src=src, dst=dst, p=proto, data=l4)))
@@ -43,16 +45,21 @@ def test_incremental_equals_full_recompute(src, dst, sport, dport, payload, new_
 
 def test_udp_without_checksum_stays_without():
     dgram = dpkt.udp.UDP(sport=5000, dport=53, data=b"q")
-    raw = bytearray(bytes(dpkt.ip.IP(src=b"\x01\x02\x03\x04", dst=b"\x05\x06\x07\x08",
-                                     p=17, data=dgram)))
+    raw = bytearray(
+        bytes(dpkt.ip.IP(src=b"\x01\x02\x03\x04", dst=b"\x05\x06\x07\x08", p=17, data=dgram))
+    )
     raw[26:28] = b"\x00\x00"
     pkt = parse(raw)
     rewrite(pkt, 16, 2, socket.inet_aton("198.18.0.2"), 53)
     assert pkt.buf[26:28] == b"\x00\x00"
 
 
-@given(st.binary(min_size=2, max_size=40).filter(lambda b: len(b) % 2 == 0),
-       st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+@given(
+    st.binary(min_size=2, max_size=40).filter(lambda b: len(b) % 2 == 0),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+)
 def test_adjust16_matches_recompute(data, index, word, _):
     words = bytearray(data)
     at = (index % (len(words) // 2)) * 2

@@ -11,10 +11,14 @@ from tests.core.packets import CLIENT, RS1, SYN, VIP, tcp, udp
 
 def director() -> Director:
     d = Director()
-    d.configure(Config(services=(
-        ServiceConf("udp", VIP, 53, scheduler="rr", dests=(DestConf(RS1, 53, "masq"),)),
-        ServiceConf("tcp", VIP, 80, scheduler="rr", dests=(DestConf(RS1, 80, "masq"),)),
-    )))
+    d.configure(
+        Config(
+            services=(
+                ServiceConf("udp", VIP, 53, scheduler="rr", dests=(DestConf(RS1, 53, "masq"),)),
+                ServiceConf("tcp", VIP, 80, scheduler="rr", dests=(DestConf(RS1, 80, "masq"),)),
+            )
+        )
+    )
     return d
 
 

@@ -19,8 +19,13 @@ from tests.core.packets import ACK, CLIENT, RS1, RS2, SYN, VIP, tcp, udp
 
 SEED = Config(
     services=(
-        ServiceConf("tcp", VIP, 80, scheduler="rr",
-                    dests=(DestConf(RS1, 80, "masq"), DestConf(RS2, 8000, "masq"))),
+        ServiceConf(
+            "tcp",
+            VIP,
+            80,
+            scheduler="rr",
+            dests=(DestConf(RS1, 80, "masq"), DestConf(RS2, 8000, "masq")),
+        ),
         ServiceConf("udp", VIP, 53, scheduler="rr", dests=(DestConf(RS1, 5353, "masq"),)),
         ServiceConf("tcp", VIP, 81, scheduler="rr"),  # no real server at all
     )
@@ -65,18 +70,36 @@ def bad_doff() -> bytearray:
 
 # rr walks the newest real server first: RS2 (added last) takes the first connection.
 IN_CASES = [
-    ("tcp syn, DNAT with port translation",
-     tcp(CLIENT, VIP, 40000, 80, SYN), SEND, tcp(CLIENT, RS2, 40000, 8000, SYN)),
-    ("tcp syn with payload and IP options",
-     tcp(CLIENT, VIP, 40001, 80, SYN, b"hello", opts=b"\x01\x01\x01\x00"), SEND,
-     tcp(CLIENT, RS2, 40001, 8000, SYN, b"hello", opts=b"\x01\x01\x01\x00")),
-    ("udp, DNAT with port translation",
-     udp(CLIENT, VIP, 5000, 53, b"query"), SEND, udp(CLIENT, RS1, 5000, 5353, b"query")),
-    ("udp without checksum keeps none",
-     udp(CLIENT, VIP, 5001, 53, b"q", csum=False), SEND,
-     udp(CLIENT, RS1, 5001, 5353, b"q", csum=False)),
-    ("ack without a connection goes to the local stack",
-     tcp(CLIENT, VIP, 40002, 80, ACK), ACCEPT, None),
+    (
+        "tcp syn, DNAT with port translation",
+        tcp(CLIENT, VIP, 40000, 80, SYN),
+        SEND,
+        tcp(CLIENT, RS2, 40000, 8000, SYN),
+    ),
+    (
+        "tcp syn with payload and IP options",
+        tcp(CLIENT, VIP, 40001, 80, SYN, b"hello", opts=b"\x01\x01\x01\x00"),
+        SEND,
+        tcp(CLIENT, RS2, 40001, 8000, SYN, b"hello", opts=b"\x01\x01\x01\x00"),
+    ),
+    (
+        "udp, DNAT with port translation",
+        udp(CLIENT, VIP, 5000, 53, b"query"),
+        SEND,
+        udp(CLIENT, RS1, 5000, 5353, b"query"),
+    ),
+    (
+        "udp without checksum keeps none",
+        udp(CLIENT, VIP, 5001, 53, b"q", csum=False),
+        SEND,
+        udp(CLIENT, RS1, 5001, 5353, b"q", csum=False),
+    ),
+    (
+        "ack without a connection goes to the local stack",
+        tcp(CLIENT, VIP, 40002, 80, ACK),
+        ACCEPT,
+        None,
+    ),
     ("not a virtual service", tcp(CLIENT, VIP, 40003, 8080, SYN), ACCEPT, None),
 ]
 
@@ -92,8 +115,9 @@ DROP_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "packet", "action", "expected"), IN_CASES,
-                         ids=[c[0] for c in IN_CASES])
+@pytest.mark.parametrize(
+    ("name", "packet", "action", "expected"), IN_CASES, ids=[c[0] for c in IN_CASES]
+)
 def test_in(name, packet, action, expected):
     got_action, data = director().hook_in(bytearray(packet), 1.0)
     assert got_action == action
@@ -103,8 +127,7 @@ def test_in(name, packet, action, expected):
         assert bytes(data) == bytes(expected)
 
 
-@pytest.mark.parametrize(("name", "packet", "reason"), DROP_CASES,
-                         ids=[c[0] for c in DROP_CASES])
+@pytest.mark.parametrize(("name", "packet", "reason"), DROP_CASES, ids=[c[0] for c in DROP_CASES])
 def test_drop_reason(name, packet, reason):
     d = director()
     assert d.hook_in(bytearray(packet), 1.0) == (DROP, reason)

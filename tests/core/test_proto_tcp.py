@@ -46,11 +46,14 @@ def test_table_shape_and_defaults():
 
 def nat_director(timeouts: Timeouts | None = None) -> Director:
     d = Director()
-    d.configure(Config(
-        services=(ServiceConf("tcp", VIP, 80, scheduler="rr",
-                              dests=(DestConf(RS1, 80, "masq"),)),),
-        timeouts=timeouts or Timeouts(),
-    ))
+    d.configure(
+        Config(
+            services=(
+                ServiceConf("tcp", VIP, 80, scheduler="rr", dests=(DestConf(RS1, 80, "masq"),)),
+            ),
+            timeouts=timeouts or Timeouts(),
+        )
+    )
     return d
 
 
