@@ -116,7 +116,7 @@ class Director:
 
     def _schedule(self, svc: Service, pkt: Packet, now: float) -> Conn | Verdict:
         """ip_vs_schedule, or ip_vs_leave's ICMP port unreachable when no server is left."""
-        dest = svc.scheduler.schedule(svc, pkt)
+        dest = svc.scheduler.schedule(svc, pkt, now)
         if dest is None:
             self.drops["no_dest"] += 1
             return (SEND, port_unreachable(pkt.buf))

@@ -2,7 +2,8 @@
 
 A scheduler is a small class registered by its unique name.  ``schedule`` picks a real
 server for a new connection from ``svc.dests`` (newest first, as the kernel walks
-``svc->destinations``) or returns None; ``update`` is called after real servers were
+``svc->destinations``) or returns None; ``now`` (seconds, monotonic) stands in for
+jiffies where a scheduler keeps time (lblc, lblcr); ``update`` is called after real servers were
 added, removed or edited (the kernel's add_dest/del_dest/upd_dest hooks, folded into one).
 """
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 class Scheduler:
     name: ClassVar[str]
 
-    def schedule(self, svc: Service, pkt: Packet) -> Dest | None:
+    def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         raise NotImplementedError
 
     def update(self, svc: Service) -> None:

@@ -28,7 +28,7 @@ def conn_overhead(dest: Dest) -> int:
 class LeastConnection(Scheduler):
     name = "lc"
 
-    def schedule(self, svc: Service, pkt: Packet) -> Dest | None:
+    def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         least: Dest | None = None
         loh = 0
         for dest in svc.dests:

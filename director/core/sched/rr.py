@@ -39,7 +39,7 @@ class RoundRobin(Scheduler):
         if svc.dests != self._seen:
             self._follow(svc.dests)
 
-    def schedule(self, svc: Service, pkt: Packet) -> Dest | None:
+    def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         dests = svc.dests
         if dests != self._seen:  # changed without update(): catch up the same way
             self._follow(dests)

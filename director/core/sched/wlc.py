@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class WeightedLeastConnection(Scheduler):
     name = "wlc"
 
-    def schedule(self, svc: Service, pkt: Packet) -> Dest | None:
+    def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         dests = iter(svc.dests)
         for least in dests:
             if not least.overloaded and least.weight > 0:

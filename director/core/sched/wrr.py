@@ -99,7 +99,7 @@ class WeightedRoundRobin(Scheduler):
         elif self._di > 1:
             self._cw = (self._cw // self._di) * self._di + 1
 
-    def schedule(self, svc: Service, pkt: Packet) -> Dest | None:
+    def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.update(svc)  # a no-op unless servers changed without update()
         dests = svc.dests
         if self._mw == 0:
