@@ -16,12 +16,20 @@ CONN_TAB_SIZE = 4096  # what ipvsadm prints as (size=...): the kernel's default 
 
 
 def stats_dict(stats: Stats) -> StatsDict:
+    """ip_vs_copy_stats: counters relative to the last zero, and the decoded rates."""
+    conns, inpkts, outpkts, inbytes, outbytes = stats.shown()
+    cps, inpps, outpps, inbps, outbps = stats.rates()
     return StatsDict(
-        conns=stats.conns,
-        inpkts=stats.inpkts,
-        outpkts=stats.outpkts,
-        inbytes=stats.inbytes,
-        outbytes=stats.outbytes,
+        conns=conns,
+        inpkts=inpkts,
+        outpkts=outpkts,
+        inbytes=inbytes,
+        outbytes=outbytes,
+        cps=cps,
+        inpps=inpps,
+        outpps=outpps,
+        inbps=inbps,
+        outbps=outbps,
     )
 
 
@@ -84,4 +92,5 @@ def snapshot(
         conns=[conn_dict(c, now) for c in director.conns] if conns else [],
         timeouts={"tcp": tcp, "tcpfin": tcpfin, "udp": udp},
         totals=stats_dict(director.totals),
+        conn_entries=len(director.conns),
     )

@@ -10,11 +10,18 @@ from typing import TypedDict
 
 
 class StatsDict(TypedDict):
+    """Counters since the last ``zero`` and the estimator's rates (per second)."""
+
     conns: int
     inpkts: int
     outpkts: int
     inbytes: int
     outbytes: int
+    cps: int
+    inpps: int
+    outpps: int
+    inbps: int
+    outbps: int
 
 
 class DestDict(TypedDict):
@@ -69,3 +76,4 @@ class Snapshot(TypedDict):
     conns: list[ConnDict]  # empty unless asked for (list -c)
     timeouts: TimeoutsDict
     totals: StatsDict
+    conn_entries: int  # entries in the connection table

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from director.core import proto_tcp
+from director.core import estimator, proto_tcp
 from director.core.engine import Director
 from director.ctl.config import Config, ConfigError
 from director.ctl.ipvsadm import format_save, parse_restore
@@ -30,6 +30,7 @@ from director.ctl.ops import apply
 from director.ctl.report import snapshot
 from director.ctl.snapshot import Snapshot
 from director.shell.control import ControlServer
+from director.shell.metrics import MetricsServer, take_sample
 from director.shell.netfilter import Hooks
 from director.shell.notify import Notifier
 from director.shell.persist import atomic_write
@@ -138,6 +139,8 @@ class Daemon:
         self.hooks = Hooks(queue=settings.queue_num, mark=settings.send_mark)
         self.notifier = Notifier()
         self.stop_requested = False
+        self.rate_timer = estimator.RateTimer()
+        self.metrics = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
 
     # -- ControlTarget -----------------------------------------------------------
 
@@ -157,13 +160,7 @@ class Daemon:
         return snapshot(self.director, (t.tcp, t.tcpfin, t.udp), time.monotonic(), conns=conns)
 
     def zero(self, key: tuple[str, str, int] | None) -> None:
-        for svc in self.director.services:
-            if key is None or svc.conf.key == key:
-                svc.stats.reset()
-                for dest in svc.dests:
-                    dest.stats.reset()
-        if key is None:
-            self.director.totals.reset()
+        estimator.zero(self.director, key)
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -175,8 +172,13 @@ class Daemon:
         try:
             worker.bind()
             self.commit(config, persist=False)
+            if self.metrics is not None:
+                self.metrics.publish(take_sample(self.director, worker.errors))
+                self.metrics.start()
             control = ControlServer(self.settings.control_socket, self)
         except Exception:
+            if self.metrics is not None:
+                self.metrics.close()
             self.hooks.remove()
             raise
         try:
@@ -185,6 +187,8 @@ class Daemon:
             self.notifier.stopping()
             self.hooks.remove()
             control.close()
+            if self.metrics is not None:
+                self.metrics.close()
             worker.close()
             log.info("stopped")
         return EXIT_OK
@@ -216,6 +220,9 @@ class Daemon:
             now = time.monotonic()
             if now >= next_tick:
                 self.director.expire(now)
+                estimator.estimate(self.director, self.rate_timer, now)
+                if self.metrics is not None:
+                    self.metrics.publish(take_sample(self.director, worker.errors))
                 self.notifier.watchdog()
                 next_tick = now + TICK
         signal.set_wakeup_fd(-1)

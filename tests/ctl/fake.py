@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from director.ctl.config import Config, ServiceConf
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
 
-ZERO_STATS: StatsDict = {"conns": 0, "inpkts": 0, "outpkts": 0, "inbytes": 0, "outbytes": 0}
+ZERO_STATS: StatsDict = {
+    "conns": 0,
+    "inpkts": 0,
+    "outpkts": 0,
+    "inbytes": 0,
+    "outbytes": 0,
+    "cps": 0,
+    "inpps": 0,
+    "outpps": 0,
+    "inbps": 0,
+    "outbps": 0,
+}
 
 
 def service_dict(svc: ServiceConf) -> ServiceDict:

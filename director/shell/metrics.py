@@ -1,0 +1,346 @@
+"""Prometheus metrics on ``--metrics-listen HOST:PORT`` (SPEC §2).
+
+The families of node_exporter's IPVS collector, renamed ``node_ipvs_`` -> ``director_``
+and labelled per virtual service (``proto``, ``local_address``, ``local_port``,
+``local_mark``) and per real server (those plus ``remote_address``, ``remote_port``),
+with node_exporter's label values: ``local_mark`` is "" for TCP/UDP services and the
+mark as /proc/net/ip_vs prints it (``%08X``) for firewall-mark services, whose
+``local_address`` is "" and ``local_port`` "0".  Beside them, the director's own health
+and the estimator's rates as gauges.
+
+The counters are the raw ones, which never go back: ``dirctl zero`` changes what
+``dirctl list --stats`` shows (as ``ipvsadm -Z`` does), not what Prometheus sees, so
+``rate()`` over them has no false resets.
+
+Threads: the daemon's loop, which alone touches the core, builds an immutable
+``Sample`` once per tick and publishes it (one reference assignment); the HTTP server
+runs in a thread of its own and only ever reads the sample it finds.  A scrape never
+walks the connection table and never races the packet path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from director.core.engine import Director
+from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
+from director.ctl.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+SERVICE_LABELS = ("proto", "local_address", "local_port", "local_mark")
+# node_exporter's fullIpvsBackendLabels order.
+BACKEND_LABELS = (
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "proto",
+    "local_mark",
+)
+
+Five = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSample:
+    labels: tuple[str, ...]  # BACKEND_LABELS' values
+    active: int
+    inactive: int
+    weight: int
+    rates: Five  # cps, inpps, outpps, inbps, outbps
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSample:
+    labels: tuple[str, ...]  # SERVICE_LABELS' values
+    counts: Five  # conns, inpkts, outpkts, inbytes, outbytes (raw)
+    rates: Five
+    backends: tuple[BackendSample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What one scrape shows: everything copied out of the core at one tick."""
+
+    services: tuple[ServiceSample, ...] = ()
+    totals: Five = (0, 0, 0, 0, 0)
+    total_rates: Five = (0, 0, 0, 0, 0)
+    conn_entries: int = 0
+    verdicts: tuple[tuple[str, int], ...] = ()
+    drops: tuple[tuple[str, int], ...] = ()
+    worker_errors: tuple[tuple[str, int], ...] = ()
+
+
+def service_labels(svc: Service) -> tuple[str, str, str, str]:
+    proto, addr, port = svc.key
+    if not proto:  # firewall-mark service: "FWM  %08X" in /proc/net/ip_vs
+        return ("FWM", "", "0", f"{port:08X}")
+    return (PROTO_NAMES.get(proto, str(proto)), unpack_addr(addr), str(port), "")
+
+
+def _backend(svc_labels: tuple[str, str, str, str], dest: Dest) -> BackendSample:
+    proto, local_address, local_port, local_mark = svc_labels
+    return BackendSample(
+        labels=(
+            local_address,
+            local_port,
+            unpack_addr(dest.addr),
+            str(dest.port),
+            proto,
+            local_mark,
+        ),
+        active=dest.activeconns,
+        inactive=dest.inactconns,
+        weight=dest.weight,
+        rates=dest.stats.rates(),
+    )
+
+
+def take_sample(director: Director, worker_errors: Mapping[str, int]) -> Sample:
+    """Copy what the metrics show out of the core (services and servers, not conns)."""
+    services = []
+    for svc in director.services:
+        labels = service_labels(svc)
+        services.append(
+            ServiceSample(
+                labels=labels,
+                counts=svc.stats.counts(),
+                rates=svc.stats.rates(),
+                backends=tuple(_backend(labels, d) for d in svc.dests),
+            )
+        )
+    return Sample(
+        services=tuple(services),
+        totals=director.totals.counts(),
+        total_rates=director.totals.rates(),
+        conn_entries=len(director.conns),
+        verdicts=tuple(sorted(director.verdicts.items())),
+        drops=tuple(sorted(director.drops.items())),
+        worker_errors=tuple(sorted(worker_errors.items())),
+    )
+
+
+# (name, help) per position of ServiceSample.counts, as node_exporter words them.
+_COUNTERS = (
+    ("director_connections", "The total number of connections made."),
+    ("director_incoming_packets", "The total number of incoming packets."),
+    ("director_outgoing_packets", "The total number of outgoing packets."),
+    ("director_incoming_bytes", "The total amount of incoming data."),
+    ("director_outgoing_bytes", "The total amount of outgoing data."),
+)
+# (suffix, help) per position of the estimator's rates.
+_RATES = (
+    ("connections_per_second", "connections per second"),
+    ("incoming_packets_per_second", "incoming packets per second"),
+    ("outgoing_packets_per_second", "outgoing packets per second"),
+    ("incoming_bytes_per_second", "incoming bytes per second"),
+    ("outgoing_bytes_per_second", "outgoing bytes per second"),
+)
+_ESTIMATOR = "IPVS's 2-second moving average"
+
+
+class DirectorCollector(Collector):
+    """Builds the metric families from the last published ``Sample``."""
+
+    def __init__(self) -> None:
+        self.sample = Sample()
+
+    def publish(self, sample: Sample) -> None:
+        self.sample = sample  # one reference assignment: readers see old or new
+
+    def collect(self) -> Iterator[Metric]:
+        sample = self.sample
+        yield from self._services(sample)
+        yield from self._backends(sample)
+        yield from self._health(sample)
+
+    def _services(self, sample: Sample) -> Iterator[Metric]:
+        for index, (name, text) in enumerate(_COUNTERS):
+            family = CounterMetricFamily(name, text, labels=SERVICE_LABELS)
+            for svc in sample.services:
+                family.add_metric(svc.labels, svc.counts[index])
+            yield family
+        for index, (suffix, text) in enumerate(_RATES):
+            gauge = GaugeMetricFamily(
+                f"director_{suffix}",
+                f"Virtual service {text} ({_ESTIMATOR}).",
+                labels=SERVICE_LABELS,
+            )
+            for svc in sample.services:
+                gauge.add_metric(svc.labels, svc.rates[index])
+            yield gauge
+
+    def _backends(self, sample: Sample) -> Iterator[Metric]:
+        backends = [b for svc in sample.services for b in svc.backends]
+        gauges: tuple[tuple[str, str, Callable[[BackendSample], int]], ...] = (
+            (
+                "director_backend_connections_active",
+                "The current active connections by local and remote address.",
+                lambda b: b.active,
+            ),
+            (
+                "director_backend_connections_inactive",
+                "The current inactive connections by local and remote address.",
+                lambda b: b.inactive,
+            ),
+            (
+                "director_backend_weight",
+                "The current backend weight by local and remote address.",
+                lambda b: b.weight,
+            ),
+        )
+        for name, text, value in gauges:
+            family = GaugeMetricFamily(name, text, labels=BACKEND_LABELS)
+            for backend in backends:
+                family.add_metric(backend.labels, value(backend))
+            yield family
+        for index, (suffix, text) in enumerate(_RATES):
+            family = GaugeMetricFamily(
+                f"director_backend_{suffix}",
+                f"Real server {text} ({_ESTIMATOR}).",
+                labels=BACKEND_LABELS,
+            )
+            for backend in backends:
+                family.add_metric(backend.labels, backend.rates[index])
+            yield family
+
+    def _health(self, sample: Sample) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "director_connection_entries",
+            "Entries in the connection table.",
+            value=sample.conn_entries,
+        )
+        yield _labelled(
+            CounterMetricFamily("director_verdicts", "Packets by verdict.", labels=["verdict"]),
+            sample.verdicts,
+        )
+        yield _labelled(
+            CounterMetricFamily("director_drops", "Packets dropped, by reason.", labels=["reason"]),
+            sample.drops,
+        )
+        yield CounterMetricFamily(
+            "director_scheduling_failures",
+            "New connections for which the scheduler found no real server.",
+            value=dict(sample.drops).get("no_dest", 0),
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "director_worker_errors",
+                "NFQUEUE worker errors: exceptions on a packet, raw-socket send errors.",
+                labels=["kind"],
+            ),
+            sample.worker_errors,
+        )
+        for index, (suffix, text) in enumerate(_RATES):
+            yield GaugeMetricFamily(
+                f"director_total_{suffix}",
+                f"All services' {text} ({_ESTIMATOR}).",
+                value=sample.total_rates[index],
+            )
+
+
+def _labelled(family: CounterMetricFamily, items: Iterable[tuple[str, int]]) -> CounterMetricFamily:
+    for label, value in items:
+        family.add_metric([label], value)
+    return family
+
+
+# --- the HTTP side -------------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT``, the host explicit (no wildcard by omission)."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise ConfigError(f"--metrics-listen {text!r}: want HOST:PORT with an explicit host")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"--metrics-listen {text!r}: want a numeric address and port") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"--metrics-listen {text!r}: port out of range")
+    return host, port
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _Server4(WSGIServer):
+    address_family = socket.AF_INET
+
+
+class _Server6(WSGIServer):
+    address_family = socket.AF_INET6
+
+
+def _only_metrics(app: Any) -> Any:
+    """Serve /metrics and nothing else."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"director: metrics are at /metrics\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class MetricsServer:
+    """The collector in a registry of its own, served over HTTP by one thread."""
+
+    def __init__(self, listen: str) -> None:
+        self.host, self.port = parse_listen(listen)
+        self.collector = DirectorCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        server_class = _Server6 if ":" in self.host else _Server4
+        self._server = make_server(
+            self.host,
+            self.port,
+            _only_metrics(make_wsgi_app(self.registry)),
+            server_class=server_class,
+            handler_class=_QuietHandler,
+        )
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics on http://%s/metrics", _hostport(self.host, self.port))
+
+    def publish(self, sample: Sample) -> None:
+        self.collector.publish(sample)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,88 @@
+"""The Prometheus collector: node_exporter's IPVS families and labels, from a sample."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from director.core.engine import Director
+from director.ctl.config import ConfigError
+from director.ctl.ipvsadm import load_rules
+from director.shell.metrics import MetricsServer, parse_listen, take_sample
+
+RULES = """\
+-A -t 203.0.113.5:80 -s rr
+-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m -w 3
+-A -f 7 -s rr
+-a -f 7 -r 198.18.0.3:0 -m -w 2
+"""
+
+
+def _scrape(director: Director, errors: dict[str, int] | None = None) -> dict[str, dict]:  # type: ignore[type-arg]
+    server = MetricsServer("127.0.0.1:9")  # never started: only its registry is used
+    server.publish(take_sample(director, errors or {}))
+    text = generate_latest(server.registry).decode()
+    samples: dict[str, dict] = {}  # type: ignore[type-arg]
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = tuple(sorted(s.labels.items()))
+            samples.setdefault(s.name, {})[key] = s.value
+    return samples
+
+
+def test_service_counters_and_backend_gauges_with_node_exporter_labels() -> None:
+    director = Director()
+    director.configure(load_rules(RULES))
+    web = next(s for s in director.services if s.key[0])
+    web.stats.conns, web.stats.inpkts, web.stats.outbytes = 4, 40, 4000
+    dest = web.dests[0]
+    dest.activeconns, dest.inactconns = 2, 1
+    web.stats.zero()  # zero changes listings, never what Prometheus sees
+    got = _scrape(director, {"send_101": 3})
+
+    web_labels = (
+        ("local_address", "203.0.113.5"),
+        ("local_mark", ""),
+        ("local_port", "80"),
+        ("proto", "TCP"),
+    )
+    fwm_labels = (("local_address", ""), ("local_mark", "00000007"), ("local_port", "0"),
+                  ("proto", "FWM"))  # fmt: skip
+    assert got["director_connections_total"] == {web_labels: 4.0, fwm_labels: 0.0}
+    assert got["director_incoming_packets_total"][web_labels] == 40.0
+    assert got["director_outgoing_bytes_total"][web_labels] == 4000.0
+    rs1 = tuple(sorted((*web_labels, ("remote_address", "198.18.0.2"), ("remote_port", "80"))))
+    assert got["director_backend_connections_active"][rs1] == 2.0
+    assert got["director_backend_connections_inactive"][rs1] == 1.0
+    assert got["director_backend_weight"][rs1] == 3.0
+    rs2 = tuple(sorted((*fwm_labels, ("remote_address", "198.18.0.3"), ("remote_port", "0"))))
+    assert got["director_backend_weight"][rs2] == 2.0
+    assert got["director_connections_per_second"][web_labels] == 0.0
+    assert got["director_worker_errors_total"] == {(("kind", "send_101"),): 3.0}
+    assert got["director_connection_entries"] == {(): 0.0}
+
+
+def test_health_counters_come_from_the_director() -> None:
+    director = Director()
+    director.verdicts["accept"] += 5
+    director.drops["no_dest"] += 2
+    director.drops["truncated"] += 1
+    got = _scrape(director)
+    assert got["director_verdicts_total"] == {(("verdict", "accept"),): 5.0}
+    assert got["director_drops_total"][(("reason", "truncated"),)] == 1.0
+    assert got["director_scheduling_failures_total"] == {(): 2.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9108", ("127.0.0.1", 9108)), ("[::1]:9108", ("::1", 9108))],
+)
+def test_listen_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", [":9108", "9108", "localhost:9108", "127.0.0.1:0", "1.2.3.4:x"])
+def test_listen_address_must_be_explicit_and_numeric(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(text)
