@@ -352,6 +352,27 @@ def list_(
         typer.echo(listing.format_list(snapshot, layout, service), nl=False)
 
 
+@app.command("top")
+def top(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="draw one frame and exit")] = False,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", min=1, help="draw N frames and exit")
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="seconds between frames")
+    ] = 1.0,
+) -> None:
+    """Live view of services and real servers, busiest first (q or Ctrl-C quits)."""
+    from director.cli import top as live
+
+    live.run(
+        lambda: _ask(ctx, "list", {"conns": False}),
+        interval=interval,
+        iterations=1 if once else iterations,
+    )
+
+
 # --- Sub-apps -----------------------------------------------------------------------
 # Other parts of director hang their verbs here, e.g.
 #     from director.lab.cli import app as lab_app
