@@ -56,6 +56,14 @@ class Director:
             self.services.collect_trash()
         return len(expired)
 
+    def forget(self, daddr: bytes) -> int:
+        """Remove the connections to a real server nothing can be sent to any more
+        (its neighbour did not resolve), so that retries are scheduled afresh."""
+        doomed = [conn for conn in self.conns if conn.daddr == daddr]
+        for conn in doomed:
+            self.conns.remove(conn)
+        return len(doomed)
+
     # -- packets ---------------------------------------------------------------
 
     def hook_in(self, buf: bytearray, now: float, mark: int = 0) -> Verdict:
@@ -88,7 +96,12 @@ class Director:
         self.totals.inbytes += length
         conn.proto.transition(conn, INPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
-        return self._count(conn.xmit.xmit_in(conn, pkt))
+        verdict = conn.xmit.xmit_in(conn, pkt)
+        if verdict[0] == DROP:
+            # Nothing can be sent to this real server: do not keep a connection that
+            # points at nothing; the client's retry is scheduled afresh.
+            self.conns.remove(conn)
+        return self._count(verdict)
 
     def hook_out(self, buf: bytearray, now: float) -> Verdict:
         """FORWARD: a packet from a real server; NAT replies are rewritten."""
@@ -121,9 +134,8 @@ class Director:
             self.drops["no_dest"] += 1
             return (SEND, port_unreachable(pkt.buf))
         try:
-            xmit = bind_xmit(dest.method)
+            xmit = bind_xmit(dest)
         except KeyError:
-            self.drops["unsupported_method"] += 1
             return (DROP, "unsupported_method")
         conn = Conn(
             self.protocols[pkt.protocol],
@@ -146,11 +158,13 @@ class Director:
     def _refuse(self, reason: str) -> Verdict:
         if reason == "unhandled_protocol":
             return self._count(_PASS)
-        self.drops[reason] += 1
         return self._count((DROP, reason))
 
     def _count(self, verdict: Verdict) -> Verdict:
-        self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
+        action = verdict[0]
+        self.verdicts[VERDICT_NAMES[action]] += 1
+        if action == DROP:
+            self.drops[str(verdict[1])] += 1
         return verdict
 
 

@@ -1,7 +1,9 @@
-"""ICMP errors the director sends itself (``icmp_send`` as ip_vs_leave uses it).
+"""ICMP errors the director sends itself (``icmp_send`` as IPVS uses it).
 
-Crafted with dpkt, the project's packet model: this is not the per-packet fast path,
-only the answer to a connection that cannot be scheduled.
+Crafted with dpkt, the project's packet model: these are not the per-packet fast path,
+only answers to a connection that cannot be scheduled (ip_vs_leave: port unreachable)
+or to a packet too big for the way to its real server (ensure_mtu_is_adequate:
+fragmentation needed, carrying the MTU that fits).
 """
 
 from __future__ import annotations
@@ -10,19 +12,18 @@ import dpkt
 
 ICMP_DEST_UNREACH = 3
 ICMP_PORT_UNREACH = 3
+ICMP_FRAG_NEEDED = 4
 
 
-def port_unreachable(original: bytes | bytearray) -> bytearray:
-    """ICMP destination unreachable / port unreachable about ``original`` (RFC 792, RFC 1812
-    4.3.2.3: the offending IP header and the first 8 bytes of its payload), from the
-    address the client tried to reach back to the client."""
+def unreachable(original: bytes | bytearray, code: int, mtu: int = 0) -> bytearray:
+    """ICMP destination unreachable about ``original`` (RFC 792; RFC 1812 4.3.2.3: the
+    offending IP header and the first 8 bytes of its payload), from the address the
+    client tried to reach back to the client.  ``mtu`` goes in the next-hop MTU field
+    of fragmentation-needed messages (RFC 1191)."""
     ihl = (original[0] & 0x0F) * 4
     quoted = bytes(original[: ihl + 8])
-    icmp = dpkt.icmp.ICMP(
-        type=ICMP_DEST_UNREACH,
-        code=ICMP_PORT_UNREACH,
-        data=dpkt.icmp.ICMP.Unreach(data=quoted),
-    )
+    unreach = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=quoted)
+    icmp = dpkt.icmp.ICMP(type=ICMP_DEST_UNREACH, code=code, data=unreach)
     ip = dpkt.ip.IP(
         src=bytes(original[16:20]),
         dst=bytes(original[12:16]),
@@ -31,3 +32,12 @@ def port_unreachable(original: bytes | bytearray) -> bytearray:
         data=icmp,
     )
     return bytearray(bytes(ip))
+
+
+def port_unreachable(original: bytes | bytearray) -> bytearray:
+    return unreachable(original, ICMP_PORT_UNREACH)
+
+
+def frag_needed(original: bytes | bytearray, mtu: int) -> bytearray:
+    return unreachable(original, ICMP_FRAG_NEEDED, mtu)
+

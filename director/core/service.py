@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from director.core.route import Route
 from director.core.stats import Stats
 from director.ctl.config import Config, ConfigError, DestConf, ServiceConf
 
@@ -65,6 +66,7 @@ class Dest:
     overloaded: bool = False  # IP_VS_DEST_F_OVERLOAD
     available: bool = True  # IP_VS_DEST_F_AVAILABLE: false once deleted from its service
     stats: Stats = field(default_factory=Stats)
+    route: Route | None = None  # filled in by the shell from netlink (DR, TUN, local node)
 
     @property
     def key(self) -> tuple[bytes, int]:

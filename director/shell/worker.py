@@ -3,7 +3,8 @@
 One packet: copy the payload, hand it to the core with the time, carry out the verdict.
 ACCEPT reinjects the packet (with its rewritten bytes if any); SEND drops the queued
 original and sends the rewritten packet from a raw socket, routed by its new
-destination, marked so the director's own OUTPUT rules leave it alone; DROP drops.
+destination, marked so the director's own OUTPUT rules leave it alone; DIRECT drops the
+original and hands the unchanged packet to the real server's MAC (VS/DR); DROP drops.
 An exception on one packet is counted and that packet dropped; the worker goes on.
 """
 
@@ -18,7 +19,9 @@ from collections.abc import Callable
 from netfilterqueue import NetfilterQueue, Packet
 
 from director.core.engine import Director
-from director.core.xmit import ACCEPT, SEND
+from director.core.route import Frame
+from director.core.xmit import ACCEPT, DIRECT, SEND
+from director.shell.netlink import Neighbours
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,11 @@ class Worker:
         director: Director,
         queue: int,
         mark: int,
+        neighbours: Neighbours,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.director = director
+        self.neighbours = neighbours
         self.queue = queue
         self.clock = clock
         self.errors: Counter[str] = Counter()
@@ -61,10 +66,11 @@ class Worker:
     def handle(self, packet: Packet) -> None:
         try:
             buf = bytearray(packet.get_payload())
+            now = self.clock()
             if packet.hook == NF_INET_LOCAL_IN:
-                action, data = self.director.hook_in(buf, self.clock(), packet.get_mark())
+                action, data = self.director.hook_in(buf, now, packet.get_mark())
             else:
-                action, data = self.director.hook_out(buf, self.clock())
+                action, data = self.director.hook_out(buf, now)
             if action == ACCEPT:
                 if isinstance(data, bytearray):
                     packet.set_payload(bytes(data))
@@ -73,6 +79,9 @@ class Worker:
             if action == SEND:
                 assert isinstance(data, bytearray)
                 self._send(data)
+            elif action == DIRECT:
+                assert isinstance(data, Frame)
+                self.neighbours.send(data, now)
             packet.drop()
         except Exception:
             self.errors["worker_exception"] += 1

@@ -11,6 +11,8 @@ A verdict is a pair ``(action, data)``:
 - ``(SEND, buf)``: drop the original and send ``buf`` as a new IP packet, routed by its
   destination (a request arrives at LOCAL_IN, past the routing decision, so the
   director must send the rewritten packet on itself);
+- ``(DIRECT, Frame)``: drop the original and hand the packet, unchanged, to the real
+  server at layer 2 (VS/DR: only the Ethernet destination changes);
 - ``(DROP, reason)``: drop it, counted under ``reason``.
 """
 
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from director.core.route import Frame
+
 if TYPE_CHECKING:
     from director.core.conn import Conn
     from director.core.packet import Packet
+    from director.core.service import Dest
 
-ACCEPT, SEND, DROP = 0, 1, 2
-VERDICT_NAMES: tuple[str, ...] = ("accept", "send", "drop")
+ACCEPT, SEND, DROP, DIRECT = 0, 1, 2, 3
+VERDICT_NAMES: tuple[str, ...] = ("accept", "send", "drop", "direct")
 
-Verdict = tuple[int, "bytearray | str | None"]
+Verdict = tuple[int, "bytearray | Frame | str | None"]
 
 
 class Xmit:
@@ -51,8 +56,28 @@ def register(cls: type[Xmit]) -> type[Xmit]:
     return cls
 
 
-def bind_xmit(method: str) -> Xmit:
-    """ip_vs_bind_xmit: the transmitter for a real server's forwarding method."""
-    if not XMITS:
-        from director.core.xmit import nat  # noqa: F401  (registers itself)
-    return XMITS[method]
+def bind_xmit(dest: Dest) -> Xmit:
+    """ip_vs_bind_xmit: the transmitter for a real server.
+
+    A real server that is an address of the director is served locally whatever
+    method it was given (__ip_vs_update_dest turns it into IP_VS_CONN_F_LOCALNODE).
+    """
+    if not _loaded:
+        _load_all()
+    if dest.route is not None and dest.route.local:
+        return XMITS["local"]
+    return XMITS[dest.method]
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    """Import every forwarding method module: importing one registers it."""
+    global _loaded
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True

@@ -1,0 +1,36 @@
+"""VS/DR, direct routing (ip_vs_dr_xmit).
+
+The IP packet is not changed at all: it is handed to the real server at layer 2, so
+only the Ethernet destination becomes the real server's MAC.  The real server owns
+the VIP on a device that does not answer ARP and replies to the client directly, so
+replies never come back through the director (the connection is IP_VS_CONN_F_NOOUTPUT
+and moves by the INPUT-ONLY state table).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from director.core.route import Frame
+from director.core.xmit import DIRECT, DROP, Verdict, Xmit, register
+from director.core.xmit.mtu import too_big
+
+if TYPE_CHECKING:
+    from director.core.conn import Conn
+    from director.core.packet import Packet
+
+
+@register
+class DirectRoute(Xmit):
+    name = "droute"
+
+    def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
+        route = conn.dest.route
+        if route is None:
+            return (DROP, "no_route")
+        return too_big(pkt, route.mtu) or (DIRECT, Frame(pkt.buf, conn.daddr, route.ifindex))
+
+
+def ethernet_frame(dst_mac: bytes, src_mac: bytes, packet: bytes | bytearray) -> bytes:
+    """The Ethernet II frame that carries ``packet`` (EtherType IPv4)."""
+    return dst_mac + src_mac + b"\x08\x00" + bytes(packet)

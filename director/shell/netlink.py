@@ -1,0 +1,237 @@
+"""Routes, addresses and neighbours over netlink (pyroute2): what DR and TUN need.
+
+``Routes`` answers, for each real server, what the kernel's output route would
+(``__ip_vs_get_out_rt``): interface, source address, MTU, whether there is a gateway
+on the way, whether the address is the director's own.  It is asked again whenever
+the configuration changes and whenever the kernel announces a route, address or link
+change.
+
+``Neighbours`` hands DR frames to the real server's MAC.  It keeps the kernel's
+neighbour table in a dictionary, kept current from RTM_NEWNEIGH/RTM_DELNEIGH
+announcements; for an address it does not know it asks the kernel to resolve it
+(NTF_USE, as a kernel user of the entry would) and holds the frame until the answer
+comes, so the first packet of a connection is not lost for want of an ARP entry.
+Frames still unresolved after ``RESOLVE_TIMEOUT`` are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from director.core.route import Frame, Route
+from director.core.service import Dest, unpack_addr
+from director.core.xmit.dr import ethernet_frame
+from director.ctl.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+RTN_LOCAL = 2
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+NUD_INCOMPLETE = 0x01
+NUD_FAILED = 0x20
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay probe noarp perm
+NTF_USE = 0x01
+ETH_P_IP = 0x0800
+RESOLVE_TIMEOUT = 3.0
+PENDING_MAX = 64  # frames held per unresolved neighbour
+
+
+class Routes:
+    """Route lookups toward real servers."""
+
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def lookup(self, addr: str) -> Route | None:
+        try:
+            (answer, *_) = self.ipr.route("get", dst=addr)
+        except Exception:  # no route at all: the caller reports it
+            return None
+        ifindex = int(answer.get_attr("RTA_OIF") or 0)
+        source = answer.get_attr("RTA_PREFSRC") or addr
+        mtu = self._mtu(answer, ifindex)
+        return Route(
+            ifindex=ifindex,
+            source=socket.inet_aton(source),
+            mtu=mtu,
+            onlink=answer.get_attr("RTA_GATEWAY") is None,
+            local=answer["type"] == RTN_LOCAL,
+        )
+
+    def _mtu(self, answer: object, ifindex: int) -> int:
+        metrics = answer.get_attr("RTA_METRICS")  # type: ignore[attr-defined]
+        if metrics:
+            mtu = metrics.get_attr("RTAX_MTU")
+            if mtu:
+                return int(mtu)
+        try:
+            (link, *_) = self.ipr.link("get", index=ifindex)
+            return int(link.get_attr("IFLA_MTU") or 1500)
+        except Exception:
+            return 1500
+
+    def check(self, config: Config) -> None:
+        """Refuse what the kernel would refuse: a DR real server that is not on a
+        directly connected network, a DR or TUN real server with no route."""
+        for svc in config.services:
+            for dest in svc.dests:
+                if dest.method not in ("droute", "tunnel") or ":" in dest.addr:
+                    continue
+                route = self.lookup(dest.addr)
+                if route is None:
+                    raise ConfigError(f"no route to real server {dest.addr}")
+                if dest.method == "droute" and not (route.onlink or route.local):
+                    raise ConfigError(
+                        f"real server {dest.addr} is not on a directly connected network: "
+                        "direct routing (-g) needs one; use -i (tunnel) or -m (NAT)"
+                    )
+
+    def annotate(self, dests: Iterable[Dest]) -> None:
+        for dest in dests:
+            if len(dest.addr) == 4:
+                dest.route = self.lookup(unpack_addr(dest.addr))
+
+
+@dataclass
+class Neighbours:
+    """Layer-2 delivery of DR frames with the kernel's neighbour table."""
+
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.ipr = IPRoute()
+        self.marshal = MarshalRtnl()
+        self.packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.monitor.bind(
+            (0, RTMGRP_NEIGH | RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
+        )
+        self.monitor.setblocking(False)
+        self.macs: dict[tuple[int, bytes], bytes] = {}
+        self.links: dict[int, tuple[str, bytes]] = {}
+        self.pending: dict[tuple[int, bytes], list[tuple[float, bytes]]] = {}
+        self.routes_changed = False
+        for msg in self.ipr.neigh("dump"):
+            self._neighbour(msg)
+        for link in self.ipr.get_links():
+            self._link(link)
+
+    def fileno(self) -> int:
+        return self.monitor.fileno()
+
+    def close(self) -> None:
+        self.ipr.close()
+        self.packet.close()
+        self.monitor.close()
+
+    def send(self, frame: Frame, now: float) -> None:
+        key = (frame.ifindex, frame.nexthop)
+        mac = self.macs.get(key)
+        if mac is not None:
+            self._transmit(frame.ifindex, mac, frame.packet)
+            return
+        held = self.pending.get(key)
+        if held is None:
+            self.pending[key] = held = []
+            self._resolve(frame)
+        if len(held) < PENDING_MAX:
+            held.append((now + RESOLVE_TIMEOUT, bytes(frame.packet)))
+        else:
+            self.errors["neighbour_queue_full"] += 1
+
+    def expire(self, now: float) -> list[bytes]:
+        """Drop frames whose neighbour did not resolve in time; return the next hops."""
+        failed: list[bytes] = []
+        for key, held in list(self.pending.items()):
+            keep = [(deadline, pkt) for deadline, pkt in held if deadline > now]
+            self.errors["no_neighbour"] += len(held) - len(keep)
+            if keep:
+                self.pending[key] = keep
+            else:
+                del self.pending[key]
+                failed.append(key[1])
+        return failed
+
+    def on_readable(self) -> None:
+        """Take in the kernel's announcements."""
+        while True:
+            try:
+                data = self.monitor.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as err:  # ENOBUFS: we missed some; read the table again
+                log.warning("netlink monitor: %s; re-reading neighbours", err)
+                for msg in self.ipr.neigh("dump"):
+                    self._neighbour(msg)
+                self.routes_changed = True
+                return
+            for msg in self.marshal.parse(data):
+                event = msg.get("event")
+                if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
+                    self._neighbour(msg)
+                elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                    self._link(msg)
+                    self.routes_changed = True
+                else:
+                    self.routes_changed = True
+
+    def _neighbour(self, msg: object) -> None:
+        dst = msg.get_attr("NDA_DST")  # type: ignore[attr-defined]
+        if not dst or ":" in dst:
+            return
+        key = (int(msg["ifindex"]), socket.inet_aton(dst))  # type: ignore[index]
+        lladdr = msg.get_attr("NDA_LLADDR")  # type: ignore[attr-defined]
+        usable = msg["state"] & NUD_USABLE  # type: ignore[index]
+        if msg.get("event") == "RTM_DELNEIGH" or not lladdr or not usable:  # type: ignore[attr-defined]
+            self.macs.pop(key, None)
+            return
+        mac = bytes.fromhex(lladdr.replace(":", ""))
+        self.macs[key] = mac
+        for _, packet in self.pending.pop(key, ()):
+            self._transmit(key[0], mac, packet)
+
+    def _link(self, msg: object) -> None:
+        index = int(msg["index"])  # type: ignore[index]
+        if msg.get("event") == "RTM_DELLINK":  # type: ignore[attr-defined]
+            self.links.pop(index, None)
+            return
+        name = msg.get_attr("IFLA_IFNAME")  # type: ignore[attr-defined]
+        address = msg.get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"  # type: ignore[attr-defined]
+        self.links[index] = (name, bytes.fromhex(address.replace(":", "")))
+
+    def _resolve(self, frame: Frame) -> None:
+        try:
+            self.ipr.neigh(
+                "replace",
+                dst=socket.inet_ntoa(frame.nexthop),
+                ifindex=frame.ifindex,
+                state=NUD_INCOMPLETE,
+                flags=NTF_USE,
+            )
+        except Exception as err:
+            self.errors["neighbour_resolve_error"] += 1
+            log.debug("neighbour resolution failed: %s", err)
+
+    def _transmit(self, ifindex: int, mac: bytes, packet: bytes | bytearray) -> None:
+        link = self.links.get(ifindex)
+        if link is None:
+            self.errors["no_interface"] += 1
+            return
+        name, own = link
+        try:
+            self.packet.sendto(ethernet_frame(mac, own, packet), (name, ETH_P_IP))
+        except OSError:
+            self.errors["send_frame_error"] += 1
