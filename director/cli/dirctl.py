@@ -383,6 +383,10 @@ from director.lab.lab import lab_app  # noqa: E402
 
 app.add_typer(lab_app, name="lab")
 
+from director.realserver.cli import realserver_app  # noqa: E402
+
+app.add_typer(realserver_app, name="realserver")
+
 
 # --- entry point --------------------------------------------------------------------
 

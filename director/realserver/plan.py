@@ -1,0 +1,409 @@
+"""What ``dirctl realserver up|down`` changes on a real server: pure planning.
+
+A VS/DR or VS/TUN real server must accept packets addressed to the VIP without ever
+answering ARP for it (the director owns the VIP on the shared LAN), and answer the
+client directly with the VIP as source.  The classic LVS recipe, which the kernel
+selftest ``ipvs.sh`` follows too:
+
+* the VIP as a /32 on a device that does not ARP: a ``dummy`` device ``director0``
+  where the kernel has the module loaded, else ``lo``; for TUN without the kernel's
+  ``ipip`` module, the TUN device ``dirtun0`` of the userspace decapsulator;
+* ``arp_ignore=1`` (answer ARP only for addresses of the receiving device) and
+  ``arp_announce=2`` (never use the VIP as ARP source), on ``all`` and the VIP device;
+* ``rp_filter`` relaxed where the reverse path check would drop the traffic: strict
+  (1) becomes loose (2); the decapsulating device gets 0, since the packets appearing
+  there come from clients that are routed elsewhere;
+* for TUN, ``tunl0`` up where the kernel has ``ipip``, else the decapsulator.
+
+No modules are loaded: loading ``dummy`` or ``ipip`` would create devices in every
+namespace, the host's own included.  ``plan_up`` and ``plan_down`` compare what the
+host has (``Host``) with what is wanted and return the actions to take, in order;
+``recorded`` folds each applied action into the ``State`` that ``down`` undoes.
+Nothing the host had before is taken over: an address, link or sysctl value that was
+already there is left alone, and ``down`` restores a sysctl only if it still has the
+value ``up`` gave it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from director.ctl.config import ConfigError
+
+Method = Literal["dr", "tun"]
+Decap = Literal["auto", "kernel", "userspace"]
+METHODS: tuple[str, ...] = ("dr", "tun")
+DECAPS: tuple[str, ...] = ("auto", "kernel", "userspace")
+
+DUMMY_DEV = "director0"
+TUN_DEV = "dirtun0"
+KERNEL_TUN_DEV = "tunl0"
+LOOPBACK = "lo"
+
+ARP_IGNORE = 1  # reply only for addresses configured on the receiving device
+ARP_ANNOUNCE = 2  # always the best local address of the outgoing device as ARP source
+RP_STRICT, RP_LOOSE, RP_OFF = 1, 2, 0
+
+
+class PlanError(ConfigError):
+    """The request cannot be carried out on this host; the message says why."""
+
+
+def conf(dev: str, key: str) -> str:
+    """The /proc/sys path (below /proc/sys) of an IPv4 per-device setting."""
+    return f"net/ipv4/conf/{dev}/{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    kind: str  # "" for devices without link info (lo, veth has "veth", ...)
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """What the host has now, as far as the planner needs to know."""
+
+    links: Mapping[str, Link]
+    addrs: frozenset[tuple[str, str]]  # (device, IPv4 address)
+    sysctls: Mapping[str, int]  # conf(dev, key) -> value, for existing devices
+    modules: frozenset[str]  # of "dummy", "ipip": those loaded (or built in)
+    decap_alive: bool = False  # the recorded decapsulator process runs
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: Method
+    vips: tuple[str, ...]
+    decap: Decap = "auto"
+
+
+@dataclass(slots=True)
+class State:
+    """What ``up`` did, for ``down`` to undo and ``status`` to show (kept as JSON)."""
+
+    method: str
+    mode: str  # "dr", "tun-kernel" or "tun-userspace"
+    vip_dev: str
+    vips: list[str] = field(default_factory=list)
+    created_links: list[str] = field(default_factory=list)
+    raised_links: list[str] = field(default_factory=list)
+    added_addrs: list[tuple[str, str]] = field(default_factory=list)
+    sysctls: dict[str, tuple[int, int]] = field(default_factory=dict)  # path: (old, ours)
+    decap_pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "mode": self.mode,
+            "vip_dev": self.vip_dev,
+            "vips": list(self.vips),
+            "created_links": list(self.created_links),
+            "raised_links": list(self.raised_links),
+            "added_addrs": [list(a) for a in self.added_addrs],
+            "sysctls": {k: list(v) for k, v in self.sysctls.items()},
+            "decap_pid": self.decap_pid,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> State:
+        return cls(
+            method=str(data["method"]),
+            mode=str(data["mode"]),
+            vip_dev=str(data["vip_dev"]),
+            vips=[str(v) for v in data.get("vips", [])],
+            created_links=[str(v) for v in data.get("created_links", [])],
+            raised_links=[str(v) for v in data.get("raised_links", [])],
+            added_addrs=[(str(d), str(a)) for d, a in data.get("added_addrs", [])],
+            sysctls={str(k): (int(o), int(n)) for k, (o, n) in data.get("sysctls", {}).items()},
+            decap_pid=None if data.get("decap_pid") is None else int(data["decap_pid"]),
+        )
+
+
+# --- actions: what the shell carries out, in order ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateLink:
+    name: str
+    kind: Literal["dummy", "tun"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteLink:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetLink:
+    name: str
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddAddress:
+    dev: str
+    addr: str  # added as a /32
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAddress:
+    dev: str
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSysctl:
+    path: str
+    value: int
+    old: int | None  # None: a device of ours, nothing to restore
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSysctl:
+    path: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartDecap:
+    tun: str
+    vips: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StopDecap:
+    pid: int
+
+
+Action = (
+    CreateLink
+    | DeleteLink
+    | SetLink
+    | AddAddress
+    | DeleteAddress
+    | WriteSysctl
+    | RestoreSysctl
+    | StartDecap
+    | StopDecap
+)
+
+
+# --- up ------------------------------------------------------------------------------
+
+
+def parse_vips(vips: Iterable[str]) -> tuple[str, ...]:
+    """The VIPs in canonical form, without repeats; PlanError on anything but unicast IPv4."""
+    out: list[str] = []
+    for text in vips:
+        try:
+            addr = ipaddress.IPv4Address(text.strip())
+        except ValueError:
+            raise PlanError(f"--vip {text!r}: not an IPv4 address") from None
+        if (
+            addr.is_unspecified
+            or addr.is_loopback
+            or addr.is_multicast
+            or addr.is_link_local
+            or addr == ipaddress.IPv4Address("255.255.255.255")
+        ):
+            raise PlanError(f"--vip {text}: not a unicast address a service can have")
+        if str(addr) not in out:
+            out.append(str(addr))
+    if not out:
+        raise PlanError("give at least one --vip")
+    return tuple(out)
+
+
+def choose_mode(req: Request, host: Host) -> str:
+    if req.method == "dr":
+        if req.decap != "auto":
+            raise PlanError("--decap is for --method tun")
+        return "dr"
+    if req.decap == "kernel" and "ipip" not in host.modules:
+        raise PlanError("the kernel's ipip module is not loaded: use --decap userspace")
+    if req.decap == "kernel" or (req.decap == "auto" and "ipip" in host.modules):
+        return "tun-kernel"
+    return "tun-userspace"
+
+
+def vip_device(mode: str, host: Host) -> str:
+    if mode == "tun-userspace":
+        return TUN_DEV
+    if "dummy" in host.modules or host.links.get(DUMMY_DEV, Link("", False)).kind == "dummy":
+        return DUMMY_DEV
+    return LOOPBACK
+
+
+def plan_up(host: Host, req: Request, state: State | None) -> tuple[State, list[Action]]:
+    """The actions that make the host serve ``req.vips`` by ``req.method``.
+
+    With a state from an earlier ``up`` of the same method, only what is missing is
+    done (more VIPs, a decapsulator that died); another method must be brought down
+    first.
+    """
+    vips = parse_vips(req.vips)
+    mode = choose_mode(req, host)
+    if state is not None and (state.method, state.mode) != (req.method, mode):
+        raise PlanError(
+            f"already up for {state.mode}: run `dirctl realserver down` before changing method"
+        )
+    if state is None:
+        state = State(method=req.method, mode=mode, vip_dev=vip_device(mode, host))
+    dev = state.vip_dev
+    actions: list[Action] = []
+    created = dev not in host.links
+
+    if created:
+        actions.append(CreateLink(dev, "tun" if dev == TUN_DEV else "dummy"))
+    actions += _sysctls_up(host, mode, dev, created)
+    if created or not host.links[dev].up:
+        actions.append(SetLink(dev, up=True))
+    if mode == "tun-kernel":
+        tunl = host.links.get(KERNEL_TUN_DEV)
+        if tunl is None:
+            raise PlanError(f"the ipip module is loaded but there is no {KERNEL_TUN_DEV}")
+        if not tunl.up:
+            actions.append(SetLink(KERNEL_TUN_DEV, up=True))
+
+    held = {addr for _, addr in host.addrs}
+    actions += [AddAddress(dev, vip) for vip in vips if vip not in held]
+
+    if mode == "tun-userspace":
+        wanted = tuple(dict.fromkeys([*state.vips, *vips]))
+        if state.decap_pid is not None and host.decap_alive and set(wanted) != set(state.vips):
+            actions.append(StopDecap(state.decap_pid))
+            actions.append(StartDecap(dev, wanted))
+        elif state.decap_pid is None or not host.decap_alive:
+            actions.append(StartDecap(dev, wanted))
+    return replace(state, vips=list(dict.fromkeys([*state.vips, *vips]))), actions
+
+
+def _raise_to(host: Host, path: str, floor: int) -> list[Action]:
+    """Set ``path`` to ``floor`` if it is lower now (a stricter setting is left alone)."""
+    old = host.sysctls.get(path)
+    return [] if old is None or old >= floor else [WriteSysctl(path, floor, old)]
+
+
+def _sysctls_up(host: Host, mode: str, dev: str, created: bool) -> list[Action]:
+    actions: list[Action] = []
+    arp_devs = ["all"] + ([dev] if dev != TUN_DEV else [])
+    for name in arp_devs:
+        if name == dev and created:
+            actions.append(WriteSysctl(conf(name, "arp_ignore"), ARP_IGNORE, None))
+            actions.append(WriteSysctl(conf(name, "arp_announce"), ARP_ANNOUNCE, None))
+        else:
+            actions += _raise_to(host, conf(name, "arp_ignore"), ARP_IGNORE)
+            actions += _raise_to(host, conf(name, "arp_announce"), ARP_ANNOUNCE)
+
+    # The effective rp_filter of a device is max(all, device): strict anywhere in the
+    # pair drops a packet whose source is routed through another device.
+    if host.sysctls.get(conf("all", "rp_filter")) == RP_STRICT:
+        actions.append(WriteSysctl(conf("all", "rp_filter"), RP_LOOSE, RP_STRICT))
+    if mode == "dr":
+        for name, link in sorted(host.links.items()):
+            path = conf(name, "rp_filter")
+            if name != LOOPBACK and link.up and host.sysctls.get(path) == RP_STRICT:
+                actions.append(WriteSysctl(path, RP_LOOSE, RP_STRICT))
+    else:
+        decap_dev = dev if mode == "tun-userspace" else KERNEL_TUN_DEV
+        path = conf(decap_dev, "rp_filter")
+        if decap_dev == TUN_DEV and created:
+            actions.append(WriteSysctl(path, RP_OFF, None))
+        elif host.sysctls.get(path, RP_OFF) != RP_OFF:
+            actions.append(WriteSysctl(path, RP_OFF, host.sysctls[path]))
+    return actions
+
+
+# --- down ----------------------------------------------------------------------------
+
+
+def plan_down(host: Host, state: State) -> list[Action]:
+    """The actions that undo ``state``, leaving alone whatever others changed since."""
+    actions: list[Action] = []
+    if state.decap_pid is not None and host.decap_alive:
+        actions.append(StopDecap(state.decap_pid))
+    for dev, addr in state.added_addrs:
+        if (dev, addr) in host.addrs and dev not in state.created_links:
+            actions.append(DeleteAddress(dev, addr))
+    for name in state.created_links:
+        if name in host.links:
+            actions.append(DeleteLink(name))
+    for name in state.raised_links:
+        link = host.links.get(name)
+        if link is not None and link.up and name not in state.created_links:
+            actions.append(SetLink(name, up=False))
+    for path, (old, ours) in state.sysctls.items():
+        if host.sysctls.get(path) == ours:
+            actions.append(RestoreSysctl(path, old))
+    return actions
+
+
+# --- bookkeeping ---------------------------------------------------------------------
+
+
+def recorded(state: State, action: Action, pid: int | None = None) -> State:
+    """``state`` after ``action`` was carried out (``pid``: of a started decapsulator)."""
+    s = replace(
+        state,
+        created_links=list(state.created_links),
+        raised_links=list(state.raised_links),
+        added_addrs=list(state.added_addrs),
+        sysctls=dict(state.sysctls),
+    )
+    match action:
+        case CreateLink(name=name):
+            if name not in s.created_links:
+                s.created_links.append(name)
+        case DeleteLink(name=name):
+            s.created_links.remove(name)
+            s.added_addrs = [(d, a) for d, a in s.added_addrs if d != name]
+        case SetLink(name=name, up=True):
+            if name not in s.created_links and name not in s.raised_links:
+                s.raised_links.append(name)
+        case SetLink(name=name, up=False):
+            if name in s.raised_links:
+                s.raised_links.remove(name)
+        case AddAddress(dev=dev, addr=addr):
+            s.added_addrs.append((dev, addr))
+        case DeleteAddress(dev=dev, addr=addr):
+            s.added_addrs.remove((dev, addr))
+        case WriteSysctl(path=path, value=value, old=old):
+            if old is not None:
+                first = s.sysctls.get(path, (old, value))[0]
+                s.sysctls[path] = (first, value)
+        case RestoreSysctl(path=path):
+            s.sysctls.pop(path, None)
+        case StartDecap():
+            s.decap_pid = pid
+        case StopDecap():
+            s.decap_pid = None
+        case _:
+            raise TypeError(f"unknown action {action!r}")
+    return s
+
+
+def describe(action: Action) -> str:
+    """One line for the operator, in ``ip``/``sysctl`` words."""
+    match action:
+        case CreateLink(name=name, kind=kind):
+            return f"ip link add {name} type {kind}"
+        case DeleteLink(name=name):
+            return f"ip link del {name}"
+        case SetLink(name=name, up=up):
+            return f"ip link set {name} {'up' if up else 'down'}"
+        case AddAddress(dev=dev, addr=addr):
+            return f"ip addr add {addr}/32 dev {dev}"
+        case DeleteAddress(dev=dev, addr=addr):
+            return f"ip addr del {addr}/32 dev {dev}"
+        case WriteSysctl(path=path, value=value) | RestoreSysctl(path=path, value=value):
+            return f"sysctl {path.replace('/', '.')}={value}"
+        case StartDecap(tun=tun, vips=vips):
+            return f"start the IPIP decapsulator into {tun} for {', '.join(vips)}"
+        case StopDecap(pid=pid):
+            return f"stop the IPIP decapsulator (pid {pid})"
+        case _:
+            raise TypeError(f"unknown action {action!r}")
