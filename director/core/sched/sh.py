@@ -1,0 +1,115 @@
+"""Source hashing scheduling, mirroring ``net/netfilter/ipvs/ip_vs_sh.c``.
+
+A table of IP_VS_SH_TAB_SIZE = 256 buckets maps a hash of the client's address (and
+source port with ``sh-port``) to a real server.  ``ip_vs_sh_hashkey`` is
+``(offset + (port + addr) * 2654435761) & 255`` with the address in host order (an
+IPv6 address folded to 32 bits by XOR of its four words).  2654435761 is 0x9E3779B1,
+Knuth's multiplicative (golden ratio) constant, but the kernel keeps the *low* eight
+bits of the product, not the high ones as ``hash_32`` would: the bucket depends only
+on the low byte of ``port + addr``, i.e. ``(low byte) * 0xB1 mod 256``.
+
+``ip_vs_sh_reassign`` fills the buckets in order from the list of real servers (newest
+first), giving each server ``weight`` consecutive buckets (at least one, so a weight 0
+server still holds buckets) before moving to the next, and wrapping to the head until
+all 256 are filled.  The table is rebuilt whenever a server is added, removed or
+edited (add_dest, del_dest and upd_dest all reassign).
+
+Scheduling looks at one bucket: a server that is quiesced (weight <= 0) or overloaded
+(IP_VS_DEST_F_OVERLOAD) gives None, the kernel's "no destination available".  With
+``sh-fallback`` the kernel instead probes ``hashkey(addr, port, (ihash + i) % 256)``
+for i = 0, 1, ... 255 (ihash being the first bucket) and takes the first available
+server met; an empty bucket stops the search.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from director.core.sched import Scheduler, register
+
+if TYPE_CHECKING:
+    from director.core.packet import Packet
+    from director.core.service import Dest, Service
+
+TAB_BITS = 8  # CONFIG_IP_VS_SH_TAB_BITS
+TAB_SIZE = 1 << TAB_BITS
+TAB_MASK = TAB_SIZE - 1
+GOLDEN_RATIO_PRIME = 2654435761  # 0x9E3779B1
+PORTED_PROTOCOLS = frozenset({6, 17, 132})  # TCP, UDP, SCTP: ip_vs_sh_get_port reads ports
+
+
+def fold_addr(addr: bytes) -> int:
+    """``ntohl(addr_fold)``: an IPv4 address in host order, or the XOR of an IPv6
+    address's four 32-bit words (XOR commutes with the byte swap)."""
+    value = int.from_bytes(addr[:4], "big")
+    if len(addr) == 16:
+        for i in (4, 8, 12):
+            value ^= int.from_bytes(addr[i : i + 4], "big")
+    return value
+
+
+def sh_hashkey(addr: bytes, port: int = 0, offset: int = 0) -> int:
+    """ip_vs_sh_hashkey (ip_vs_dh_hashkey is the same without port and offset)."""
+    return (offset + ((port + fold_addr(addr)) & 0xFFFFFFFF) * GOLDEN_RATIO_PRIME) & TAB_MASK
+
+
+def fill_buckets(dests: list[Dest], weighted: bool) -> list[Dest | None]:
+    """ip_vs_sh_reassign (weighted) and ip_vs_dh_reassign (one bucket per server in
+    turn): walk the list round and round, newest first, until every bucket is set."""
+    if not dests:
+        return [None] * TAB_SIZE
+    buckets: list[Dest | None] = []
+    at = count = 0
+    for _ in range(TAB_SIZE):
+        dest = dests[at]
+        buckets.append(dest)
+        count += 1
+        if not weighted or count >= dest.weight:
+            at = (at + 1) % len(dests)
+            count = 0
+    return buckets
+
+
+def has_flag(svc: Service, name: str, bit: int) -> bool:
+    """An ipvsadm -b flag, by its scheduler's name or as the generic ``flag-N``."""
+    flags = svc.conf.sched_flags
+    return name in flags or f"flag-{bit}" in flags
+
+
+def unavailable(dest: Dest) -> bool:
+    """is_unavailable in ip_vs_sh.c and ip_vs_mh.c."""
+    return dest.weight <= 0 or dest.overloaded
+
+
+@register
+class SourceHashing(Scheduler):
+    name = "sh"
+
+    def __init__(self) -> None:
+        self._buckets: list[Dest | None] = [None] * TAB_SIZE
+        self._seen: list[tuple[Dest, int]] = []
+
+    def update(self, svc: Service) -> None:
+        seen = [(dest, dest.weight) for dest in svc.dests]
+        if seen != self._seen:
+            self._buckets = fill_buckets(svc.dests, weighted=True)
+            self._seen = seen
+
+    def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
+        self.update(svc)  # a no-op unless servers changed without update()
+        port = 0
+        if has_flag(svc, "sh-port", 2) and pkt.protocol in PORTED_PROTOCOLS:
+            port = pkt.sport
+        ihash = sh_hashkey(pkt.saddr, port)
+        dest = self._buckets[ihash]
+        if dest is None or not unavailable(dest):
+            return dest
+        if not has_flag(svc, "sh-fallback", 1):
+            return None  # "no destination available"
+        for offset in range(TAB_SIZE):  # ip_vs_sh_get_fallback
+            dest = self._buckets[sh_hashkey(pkt.saddr, port, (offset + ihash) % TAB_SIZE)]
+            if dest is None:
+                break
+            if not unavailable(dest):
+                return dest
+        return None
