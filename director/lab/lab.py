@@ -36,6 +36,7 @@ SEED_RULES = """\
 -a -t 203.0.113.5:21 -r 198.18.0.3:21 -m -w 1
 """
 RUN_DIR = Path("/run/director-lab")
+METRICS_LISTEN = "127.0.0.1:9108"  # the director namespace's own loopback
 
 NameOpt = Annotated[str, typer.Option("--name", help="namespace-name prefix of the lab")]
 
@@ -103,6 +104,33 @@ def _curl(lab: topology.Lab, url: str, timeout: float = 3.0) -> tuple[int, str, 
     return done.returncode, (done.stdout or done.stderr).strip(), time.monotonic() - start
 
 
+def _stats_and_metrics(lab: topology.Lab, d: Daemon) -> None:
+    """Issue 5 in the demo: counters, rates after an estimator step, a scrape."""
+    _say("== statistics: connections, packets and bytes per service and real server")
+    _show("dirctl list -n --stats", d.dirctl("list", "-n", "--stats"))
+    time.sleep(2.2)  # let the 2-second estimator take a step
+    _show("dirctl list -n --rate", d.dirctl("list", "-n", "--rate"))
+    _say(f"== Prometheus: scrape of http://{METRICS_LISTEN}/metrics (director_* families)")
+    done = lab.run(
+        lab.director,
+        ["curl", "-sS", "--max-time", "5", f"http://{METRICS_LISTEN}/metrics"],
+        check=False,
+    )
+    wanted = (
+        "director_connections_total",
+        "director_incoming_packets_total",
+        "director_outgoing_bytes_total",
+        "director_backend_connections_inactive",
+        "director_backend_weight",
+        "director_connections_per_second",
+        "director_connection_entries",
+        "director_verdicts_total",
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(wanted)]
+    typer.echo(f"$ curl -s http://{METRICS_LISTEN}/metrics | grep ...")
+    typer.echo("\n".join(lines) if lines else (done.stderr.strip() or "(no metrics)"))
+
+
 @lab_app.command()
 def demo(
     requests: Annotated[int, typer.Option(help="requests to the VIP's port 80")] = 20,
@@ -113,7 +141,7 @@ def demo(
     rules_text = (rules or REPO_RULES).read_text() if (rules or REPO_RULES).exists() else SEED_RULES
     lab = topology.build()
     work = Path(tempfile.mkdtemp(prefix="director-demo-"))
-    d = Daemon(lab, work)
+    d = Daemon(lab, work, ["--metrics-listen", METRICS_LISTEN])
     try:
         _say(f"== lab {lab.prefix}: client {lab.client_addr} -> director (VIP {lab.vip})")
         _say("   -> rs1 198.18.0.2, rs2 198.18.0.3 (backends on ports 80, 8000, 21)")
@@ -140,6 +168,7 @@ def demo(
 
         _show("dirctl list -n", d.dirctl("list", "-n"))
         _show("dirctl list -n -c", d.dirctl("list", "-n", "-c"))
+        _stats_and_metrics(lab, d)
         code = d.stop()
         _say(f"== directord stopped by SIGTERM: exit status {code}")
     except DaemonError as err:
