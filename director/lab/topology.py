@@ -1,4 +1,6 @@
-"""Build and tear down the VS/NAT lab of SPEC §3 and §4 in network namespaces.
+"""Build and tear down the labs of SPEC §3 and §4 in network namespaces.
+
+The NAT lab (``kind="nat"``, the seed example of §4):
 
 ::
 
@@ -7,6 +9,23 @@
                      203.0.113.1/24      │ 198.18.0.1/24
                      203.0.113.5/32 VIP  └─ rs2 ──veth── eth0
                      ip_forward=1           rs2 (198.18.0.3/24, gw .1)
+
+The DR lab (``kind="dr"``) is the same picture with rs1 and rs2 prepared by
+``dirctl realserver up --method dr`` (the VIP on their ``lo``, ARP for it silenced).
+Their default route stays via the director, which forwards their replies by plain
+kernel routing (not NFQUEUE: the replies' source is the VIP, not a NAT real server).
+The director accepts forwarded packets whose source is its own VIP
+(``accept_local=1`` on br0), which Linux otherwise drops as martians.
+
+The TUN lab (``kind="tun"``) puts the real servers two routed hops away::
+
+    director br0 ── router (198.18.0.254 | 198.19.0.1, br0) ─┬─ rs1 198.19.0.2
+       route 198.19.0.0/24 via 198.18.0.254                 └─ rs2 198.19.0.3
+
+each prepared by ``dirctl realserver up --method tun`` (the userspace IPIP
+decapsulator where the kernel has no ``ipip``).  The mixed lab (``kind="mixed"``)
+has one real server of each method: rs1 198.18.0.2 (NAT), rs2 198.18.0.3 (DR) and
+rs3 198.19.0.2 (TUN, behind the router).
 
 The VIP is put on the director's outside interface by the lab, as an administrator
 would for IPVS; the daemon never adds addresses.  Every namespace name starts with
@@ -38,6 +57,18 @@ OUTSIDE_PREFIXLEN = 24
 INSIDE_PREFIXLEN = 24
 REAL_SERVERS: tuple[tuple[str, str], ...] = (("rs1", "198.18.0.2"), ("rs2", "198.18.0.3"))
 BACKEND_PORTS: tuple[int, ...] = (80, 8000, 21)
+ROUTER_INSIDE = "198.18.0.254"
+ROUTER_REMOTE = "198.19.0.1"
+REMOTE_NET = "198.19.0.0/24"
+# kind -> (name, address, method) of each real server
+KINDS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "nat": (("rs1", "198.18.0.2", "nat"), ("rs2", "198.18.0.3", "nat")),
+    "dr": (("rs1", "198.18.0.2", "dr"), ("rs2", "198.18.0.3", "dr")),
+    "tun": (("rs1", "198.19.0.2", "tun"), ("rs2", "198.19.0.3", "tun")),
+    "mixed": (("rs1", "198.18.0.2", "nat"), ("rs2", "198.18.0.3", "dr"),
+              ("rs3", "198.19.0.2", "tun")),
+}  # fmt: skip
+IPVSADM_FLAG = {"nat": "-m", "dr": "-g", "tun": "-i"}
 
 
 def new_prefix(base: str = "dl") -> str:
@@ -50,6 +81,12 @@ class RealServerHost:
     name: str  # "rs1"
     addr: str  # "198.18.0.2"
     netns: str  # namespace name
+    method: str = "nat"  # how the director reaches it: nat, dr or tun
+
+    @property
+    def remote(self) -> bool:
+        """Behind the router, on the remote (TUN) network."""
+        return not self.addr.startswith("198.18.")
 
 
 @dataclass(slots=True)
@@ -63,21 +100,39 @@ class Lab:
     vip: str = VIP
     client_addr: str = CLIENT_ADDR
     backends: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    kind: str = "nat"
+    router: str | None = None
 
     @classmethod
-    def named(cls, prefix: str) -> Lab:
+    def named(cls, prefix: str, kind: str = "nat") -> Lab:
+        if kind not in KINDS:
+            raise ValueError(f"unknown lab kind {kind!r}: one of {', '.join(KINDS)}")
+        servers = tuple(
+            RealServerHost(name, addr, f"{prefix}-{name}", method)
+            for name, addr, method in KINDS[kind]
+        )
         return cls(
             prefix=prefix,
             client=f"{prefix}-client",
             director=f"{prefix}-director",
-            real_servers=tuple(
-                RealServerHost(name, addr, f"{prefix}-{name}") for name, addr in REAL_SERVERS
-            ),
+            real_servers=servers,
+            kind=kind,
+            router=f"{prefix}-router" if any(rs.remote for rs in servers) else None,
         )
 
     @property
     def namespaces(self) -> tuple[str, ...]:
-        return (self.client, self.director, *(rs.netns for rs in self.real_servers))
+        router = (self.router,) if self.router else ()
+        return (self.client, self.director, *router, *(rs.netns for rs in self.real_servers))
+
+    def rules(self, port: int = 80, scheduler: str = "rr") -> str:
+        """ipvsadm-save lines for one service on ``port`` over every real server."""
+        lines = [f"-A -t {self.vip}:{port} -s {scheduler}"]
+        lines += [
+            f"-a -t {self.vip}:{port} -r {rs.addr}:{port} {IPVSADM_FLAG[rs.method]} -w 1"
+            for rs in self.real_servers
+        ]
+        return "\n".join(lines) + "\n"
 
     def exec_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` inside namespace ``ns``."""
@@ -136,6 +191,8 @@ def _build(lab: Lab) -> None:
         _up(ns, "br0", DIRECTOR_INSIDE, INSIDE_PREFIXLEN)
         br = ns.link_lookup(ifname="br0")[0]
         for rs in lab.real_servers:
+            if rs.remote:
+                continue
             ns.link(
                 "add", ifname=rs.name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": rs.netns}
             )
@@ -144,21 +201,84 @@ def _build(lab: Lab) -> None:
             ns.link("set", index=port, state="up")
     _sysctl(lab.director, "net.ipv4.ip_forward", "1")
 
+    if lab.router is not None:
+        _build_router(lab, lab.router)
+
     for rs in lab.real_servers:
         with NetNS(rs.netns) as ns:
             _up(ns, "eth0", rs.addr, INSIDE_PREFIXLEN)
-            ns.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_INSIDE)
+            ns.route(
+                "add", dst="0.0.0.0/0", gateway=ROUTER_REMOTE if rs.remote else DIRECTOR_INSIDE
+            )
+    if lab.kind != "nat":
+        # DR and TUN replies come back through the director with the VIP, one of its
+        # own addresses, as source: without accept_local they are martians.
+        _sysctl(lab.director, "net.ipv4.conf.br0.accept_local", "1")
 
 
-def build(prefix: str | None = None) -> Lab:
-    """Create the lab's namespaces, links, addresses and routes; undo all on failure."""
-    lab = Lab.named(prefix or new_prefix())
+def _build_router(lab: Lab, router: str) -> None:
+    """The router between the director's LAN and the remote network (198.19.0.0/24)."""
+    from pyroute2 import NetNS
+
+    with NetNS(lab.director) as ns:
+        ns.link("add", ifname="router", kind="veth", peer={"ifname": "lan0", "net_ns_fd": router})
+        port = ns.link_lookup(ifname="router")[0]
+        ns.link("set", index=port, master=ns.link_lookup(ifname="br0")[0])
+        ns.link("set", index=port, state="up")
+        ns.route("add", dst=REMOTE_NET, gateway=ROUTER_INSIDE)
+    with NetNS(router) as ns:
+        _up(ns, "lan0", ROUTER_INSIDE, INSIDE_PREFIXLEN)
+        ns.link("add", ifname="br0", kind="bridge")
+        _up(ns, "br0", ROUTER_REMOTE, INSIDE_PREFIXLEN)
+        br = ns.link_lookup(ifname="br0")[0]
+        for rs in lab.real_servers:
+            if not rs.remote:
+                continue
+            ns.link(
+                "add", ifname=rs.name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": rs.netns}
+            )
+            port = ns.link_lookup(ifname=rs.name)[0]
+            ns.link("set", index=port, master=br)
+            ns.link("set", index=port, state="up")
+        ns.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_INSIDE)
+    _sysctl(router, "net.ipv4.ip_forward", "1")
+    # The real servers' replies have the VIP as source, routed back the other way.
+    for key in ("all", "default", "lan0", "br0"):
+        _sysctl(router, f"net.ipv4.conf.{key}.rp_filter", "0")
+
+
+def build(prefix: str | None = None, kind: str = "nat") -> Lab:
+    """Create the lab's namespaces, links, addresses and routes; undo all on failure.
+
+    For the DR, TUN and mixed labs the DR and TUN real servers are also prepared
+    with ``dirctl realserver up`` inside their namespaces.
+    """
+    lab = Lab.named(prefix or new_prefix(), kind)
     try:
         _build(lab)
+        for rs in lab.real_servers:
+            if rs.method in ("dr", "tun"):
+                realserver(lab, rs, "up", "--vip", lab.vip, "--method", rs.method, "-q")
     except BaseException:
         teardown(lab)
         raise
     return lab
+
+
+def _dirctl() -> str:
+    from director.lab.daemon import venv_program
+
+    return venv_program("dirctl")
+
+
+def realserver(
+    lab: Lab, rs: RealServerHost, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dirctl realserver ARGS`` in a real server's namespace."""
+    done = lab.run(rs.netns, [_dirctl(), "realserver", *args], check=False)
+    if check and done.returncode:
+        raise RuntimeError(f"{rs.name}: dirctl realserver {' '.join(args)}: {done.stderr.strip()}")
+    return done
 
 
 def start_backends(
@@ -235,7 +355,16 @@ def teardown(lab: Lab) -> None:
     from pyroute2 import netns
 
     existing = set(netns.listnetns())
-    for name in lab.namespaces:
+    # A lab brought down by name alone (``lab down``) does not know its kind: take every
+    # namespace of its prefix.
+    names = [*lab.namespaces, *sorted(n for n in existing if n.startswith(f"{lab.prefix}-"))]
+    for name in dict.fromkeys(names):
+        # `realserver down` removes the record under /run (a no-op on NAT servers); the
+        # kill below is the backstop for the decapsulator.
+        if name in existing and name.startswith(f"{lab.prefix}-rs"):
+            with contextlib.suppress(Exception):
+                lab.run(name, [_dirctl(), "realserver", "down", "-q"], check=False, timeout=20)
+    for name in dict.fromkeys(names):
         if name in existing:
             _kill_namespace_pids(name)
             try:
