@@ -1,8 +1,10 @@
-"""``dirctl lab up|down|demo``: the NAT lab of SPEC §3, and the seed example on it.
+"""``dirctl lab up|down|demo``: the labs of SPEC §3, and the seed example on them.
 
 ``up`` leaves a lab running (backends answering, optionally the daemon) for a person
 to try things in; ``down`` removes it; ``demo`` builds one, shows the seed example
-of SPEC §4 being balanced by the real daemon, and removes it again.
+of SPEC §4 being balanced by the real daemon, and removes it again.  ``--kind`` and
+``--method`` choose the DR, TUN (real servers behind a router) or mixed lab instead
+of the NAT one (see ``topology``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from director.ctl.config import ConfigError
 from director.lab import topology
 from director.lab.daemon import Daemon, DaemonError
 
@@ -64,13 +67,16 @@ def _require_root() -> None:
 def up(
     name: NameOpt = "dlab",
     daemon: Annotated[bool, typer.Option(help="also start directord in the director")] = False,
+    kind: Annotated[str, typer.Option(help="nat, dr, tun or mixed real servers")] = "nat",
 ) -> None:
     """Build the lab and leave it running: backends answer on 80, 8000 and 21."""
     _require_root()
+    if kind not in topology.KINDS:
+        raise ConfigError(f"--kind {kind!r}: one of {', '.join(topology.KINDS)}")
     if topology.namespace_exists(f"{name}-director"):
         typer.secho(f"lab {name} exists: `lab down --name {name}` first", err=True)
         raise typer.Exit(1)
-    lab = topology.build(name)
+    lab = topology.build(name, kind)
     try:
         topology.start_backends(lab, detach=True)
         if daemon:
@@ -82,6 +88,8 @@ def up(
         raise
     typer.echo(f"lab {name} is up: namespaces {', '.join(lab.namespaces)}")
     typer.echo(f"try: ip netns exec {lab.client} curl http://{lab.vip}/")
+    if kind != "nat":
+        typer.echo(f"rules for this lab (dirctl restore):\n{lab.rules()}", nl=False)
 
 
 @lab_app.command()
@@ -131,13 +139,33 @@ def _stats_and_metrics(lab: topology.Lab, d: Daemon) -> None:
     typer.echo("\n".join(lines) if lines else (done.stderr.strip() or "(no metrics)"))
 
 
+DEMO_METHODS = ("nat", "dr", "tun", "mixed")
+
+
 @lab_app.command()
 def demo(
     requests: Annotated[int, typer.Option(help="requests to the VIP's port 80")] = 20,
-    rules: Annotated[Path | None, typer.Option(help="rules file to restore")] = None,
+    rules: Annotated[Path | None, typer.Option(help="rules file to restore (NAT demo)")] = None,
+    method: Annotated[
+        str, typer.Option(help="nat (SPEC §4's example), dr, tun, mixed, or all of them")
+    ] = "nat",
 ) -> None:
-    """Build a lab, balance SPEC §4's example through the real daemon, then remove it."""
+    """Build a lab, balance SPEC §4's example through the real daemon, then remove it.
+
+    ``--method dr|tun|mixed`` shows the same through DR, TUN or all three methods in one
+    service; ``--method all`` runs the four demos one after the other.
+    """
     _require_root()
+    if method not in (*DEMO_METHODS, "all"):
+        raise ConfigError(f"--method {method!r}: one of {', '.join(DEMO_METHODS)} or all")
+    for kind in DEMO_METHODS if method == "all" else (method,):
+        if kind == "nat":
+            _demo_nat(requests, rules)
+        else:
+            _demo_method(kind, requests)
+
+
+def _demo_nat(requests: int, rules: Path | None) -> None:
     rules_text = (rules or REPO_RULES).read_text() if (rules or REPO_RULES).exists() else SEED_RULES
     lab = topology.build()
     work = Path(tempfile.mkdtemp(prefix="director-demo-"))
@@ -172,6 +200,58 @@ def demo(
         code = d.stop()
         _say(f"== directord stopped by SIGTERM: exit status {code}")
     except DaemonError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    finally:
+        d.kill()
+        topology.teardown(lab)
+        shutil.rmtree(work, ignore_errors=True)
+        _say(f"== lab {lab.prefix} removed")
+
+
+REAL_SERVER_NEEDS = {
+    "dr": "the VIP on lo, arp_ignore=1, arp_announce=2: `dirctl realserver up --method dr`",
+    "tun": "the VIP on dirtun0, fed by the userspace IPIP decapsulator "
+    "(this kernel has no ipip): `dirctl realserver up --method tun`",
+    "mixed": "NAT: the director as gateway; DR and TUN: `dirctl realserver up`",
+}
+
+
+def _demo_method(kind: str, requests: int) -> None:
+    """The DR, TUN or mixed lab: one service on port 80 over its real servers."""
+    lab = topology.build(kind=kind)
+    work = Path(tempfile.mkdtemp(prefix="director-demo-"))
+    d = Daemon(lab, work)
+    try:
+        _say(f"== {kind.upper()} lab {lab.prefix}: client {lab.client_addr} -> director (VIP "
+             f"{lab.vip})")  # fmt: skip
+        for rs in lab.real_servers:
+            where = "behind the router" if rs.remote else "on the director's LAN"
+            _say(f"   -> {rs.name} {rs.addr} ({rs.method.upper()}, {where})")
+        _say(f"   real servers need {REAL_SERVER_NEEDS[kind]}")
+        special = next((rs for rs in lab.real_servers if rs.method != "nat"), None)
+        if special is not None:
+            done = topology.realserver(lab, special, "status", check=False)
+            _show(f"ip netns exec {special.netns} dirctl realserver status", done)
+        topology.start_backends(lab)
+        d.start()
+        _say(f"== directord running in {lab.director} (pid {d.pid})")
+        _show("dirctl restore", d.dirctl("restore", input=lab.rules()))
+        _show("dirctl list -n", d.dirctl("list", "-n"))
+        _say(f"== {requests} requests from the client to http://{lab.vip}/")
+        _say("   (DR and TUN servers answer from the VIP itself: the client's packet reached"
+             " them unchanged)")  # fmt: skip
+        answers: collections.Counter[str] = collections.Counter()
+        for i in range(1, requests + 1):
+            code, text, _ = _curl(lab, f"http://{lab.vip}/")
+            typer.echo(f"{i:3d}  {text if code == 0 else f'curl exit {code}: {text}'}")
+            answers[text.split()[0] if code == 0 and text else "failed"] += 1
+        typer.echo("     " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items())))
+        _say("== replies bypass the director's NFQUEUE: OutPkts stay 0 for DR and TUN")
+        _show("dirctl list -n --stats", d.dirctl("list", "-n", "--stats"))
+        code = d.stop()
+        _say(f"== directord stopped by SIGTERM: exit status {code}")
+    except (DaemonError, RuntimeError) as err:
         typer.secho(str(err), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     finally:
