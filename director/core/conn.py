@@ -6,6 +6,17 @@ lookups: ``in_get`` by (protocol, client, VIP) for packets from clients, and
 director (NAT).  Each connection keeps its forwarding method, bound once when it is
 created (``ip_vs_bind_xmit``).
 
+Persistence templates (IP_VS_CONN_F_TEMPLATE) live in a third dictionary keyed by
+(protocol, masked client address, VIP or fwmark, virtual port or 0); a connection made
+through a template is "controlled" by it, and a template is not let go while it still
+controls connections: at its timeout it is put off for another period, as
+ip_vs_conn_expire does with n_control.
+
+Binding a connection to its real server also applies the thresholds, as
+ip_vs_bind_dest/ip_vs_unbind_dest do: reaching the upper threshold marks the server
+overloaded; it is cleared below the lower threshold, or below 3/4 of the upper one
+when no lower one is set.
+
 Expiry is a timer wheel of one-second slots.  A packet only moves ``expires`` forward;
 the collector visits a connection when its slot comes due and re-files it if it was
 refreshed meanwhile, so the cost of one tick is the number of connections due then,
@@ -42,6 +53,7 @@ class Conn:
 
     __slots__ = (
         "caddr",
+        "control",
         "cport",
         "daddr",
         "dest",
@@ -49,12 +61,14 @@ class Conn:
         "expires",
         "in_key",
         "inactive",
+        "n_control",
         "nooutput",
         "out_key",
         "proto",
         "protocol",
         "state",
         "svc",
+        "template",
         "timeout",
         "vaddr",
         "vport",
@@ -72,6 +86,8 @@ class Conn:
         svc: Service,
         dest: Dest,
         xmit: Xmit,
+        dport: int | None = None,
+        template: bool = False,
     ) -> None:
         self.proto = proto
         self.protocol = protocol
@@ -81,7 +97,7 @@ class Conn:
         self.vport = vport
         self.daddr = dest.addr
         # Port-zero (persistent all-ports) services keep the client's destination port.
-        self.dport = dest.port or vport
+        self.dport = (dest.port or vport) if dport is None else dport
         self.svc = svc
         self.dest = dest
         self.xmit = xmit
@@ -92,12 +108,16 @@ class Conn:
         # IP_VS_CONN_F_INACTIVE); replies never cross the director for DR and TUN.
         self.inactive = True
         self.nooutput = xmit.nooutput
+        self.template = template
+        self.control: Conn | None = None  # the template this connection was made through
+        self.n_control = 0  # connections a template controls
         self.in_key: InKey = (protocol, caddr, cport, vaddr, vport)
         self.out_key: OutKey = (protocol, self.daddr, self.dport, caddr, cport)
 
     @property
     def state_name(self) -> str:
-        return self.proto.state_names[self.state]
+        """ip_vs_state_name: templates always show their protocol's state 0."""
+        return self.proto.state_names[0 if self.template else self.state]
 
 
 class ConnTable:
@@ -106,6 +126,7 @@ class ConnTable:
     def __init__(self) -> None:
         self.in_tab: dict[InKey, Conn] = {}
         self.out_tab: dict[OutKey, Conn] = {}
+        self.templates: dict[InKey, Conn] = {}
         self._wheel: dict[int, list[Conn]] = {}
         self._clock: int | None = None  # next slot the collector looks at
 
@@ -115,22 +136,54 @@ class ConnTable:
     def __iter__(self) -> Iterator[Conn]:
         return iter(list(self.in_tab.values()))
 
-    def add(self, conn: Conn) -> None:
-        """Hash a new connection (ip_vs_conn_hash) and bind it to its real server."""
-        self.in_tab[conn.in_key] = conn
-        self.out_tab[conn.out_key] = conn
-        conn.dest.inactconns += 1
+    def add(self, conn: Conn, control: Conn | None = None) -> None:
+        """Hash a new connection (ip_vs_conn_hash), bind it to its real server
+        (ip_vs_bind_dest) and, if it was made through a template, put it under that
+        template's control (ip_vs_control_add)."""
+        dest = conn.dest
+        if conn.template:
+            self.templates[conn.in_key] = conn
+            dest.persistconns += 1
+        else:
+            self.in_tab[conn.in_key] = conn
+            self.out_tab[conn.out_key] = conn
+            dest.inactconns += 1
+            if control is not None:
+                conn.control = control
+                control.n_control += 1
+        if dest.u_threshold and dest.activeconns + dest.inactconns >= dest.u_threshold:
+            dest.overloaded = True
         self._file(conn, int(conn.expires))
 
     def remove(self, conn: Conn) -> None:
         """Unhash and unbind (ip_vs_conn_expire's work), keeping the counters right."""
-        if self.in_tab.pop(conn.in_key, None) is None:
-            return
-        self.out_tab.pop(conn.out_key, None)
-        if conn.inactive:
-            conn.dest.inactconns -= 1
+        dest = conn.dest
+        if conn.template:
+            if self.templates.get(conn.in_key) is not conn:
+                return
+            del self.templates[conn.in_key]
+            dest.persistconns -= 1
         else:
-            conn.dest.activeconns -= 1
+            if self.in_tab.get(conn.in_key) is not conn:
+                return
+            del self.in_tab[conn.in_key]
+            self.out_tab.pop(conn.out_key, None)
+            if conn.inactive:
+                dest.inactconns -= 1
+            else:
+                dest.activeconns -= 1
+            if conn.control is not None:
+                conn.control.n_control -= 1
+                conn.control = None
+        _unbind_thresholds(dest)
+
+    def is_hashed(self, conn: Conn) -> bool:
+        table = self.templates if conn.template else self.in_tab
+        return table.get(conn.in_key) is conn
+
+    def all(self) -> list[Conn]:
+        """Connections and templates, as ``ipvsadm -Lc`` lists them."""
+        return [*self.in_tab.values(), *self.templates.values()]
 
     def expire(self, now: float) -> list[Conn]:
         """Remove and return the connections whose time has come."""
@@ -140,21 +193,19 @@ class ConnTable:
         expired: list[Conn] = []
         while self._clock <= tick:
             for conn in self._wheel.pop(self._clock, ()):
-                if conn.in_key not in self.in_tab or self.in_tab[conn.in_key] is not conn:
+                if not self.is_hashed(conn):
                     continue  # already removed
-                if conn.expires > now:
-                    self._file(conn, max(int(conn.expires), tick + 1))
+                if conn.expires <= now and conn.n_control:
+                    # A template outlives what it controls: its timer, fired, is set
+                    # again for another period (ip_vs_conn_expire's expire_later).
+                    conn.expires += max(conn.timeout, 1)
+                if conn.expires > now or conn.n_control:
+                    self._file(conn, max(int(conn.expires), self._clock + 1))
                 else:
                     self.remove(conn)
                     expired.append(conn)
             self._clock += 1
         return expired
-
-    def flush(self) -> None:
-        """Drop every connection (used when the configuration is cleared)."""
-        for conn in list(self.in_tab.values()):
-            self.remove(conn)
-        self._wheel.clear()
 
     def _file(self, conn: Conn, slot: int) -> None:
         if self._clock is None:
@@ -166,3 +217,18 @@ class ConnTable:
             self._wheel[slot] = [conn]
         else:
             bucket.append(conn)
+
+
+def _unbind_thresholds(dest: Dest) -> None:
+    """ip_vs_unbind_dest: clear the overload mark once the server has room again."""
+    if not dest.overloaded:
+        return
+    conns = dest.activeconns + dest.inactconns
+    if dest.l_threshold:
+        if conns < dest.l_threshold:
+            dest.overloaded = False
+    elif dest.u_threshold:
+        if conns * 4 < dest.u_threshold * 3:
+            dest.overloaded = False
+    else:
+        dest.overloaded = False

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+from director.core import persist
 from director.core.conn import Conn, ConnProtocol, ConnTable
 from director.core.icmp import port_unreachable
 from director.core.packet import TH_RST, TH_SYN, Packet, PacketError, parse
-from director.core.proto_tcp import INPUT, OUTPUT, TcpProtocol
+from director.core.proto_tcp import CLOSE, FIN_WAIT, INPUT, OUTPUT, TIME_WAIT, TcpProtocol
 from director.core.proto_udp import UdpProtocol
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Service, ServiceTable
 from director.core.stats import Stats
+from director.core.sysctl import Sysctls
 from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
 from director.ctl.config import Config
 
@@ -40,6 +42,7 @@ class Director:
         self.totals = Stats()
         self.verdicts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        self.sysctls = Sysctls()
 
     # -- control ---------------------------------------------------------------
 
@@ -73,11 +76,23 @@ class Director:
         except PacketError as err:
             return self._refuse(err.reason)
         conn = self.conns.in_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+        if conn is not None and not conn.dest.available:
+            # ip_vs_in: the real server was removed.  By default its packets are dropped
+            # silently; with expire_nodest_conn the connection goes and a SYN is
+            # scheduled afresh.
+            if not self.sysctls.expire_nodest_conn:
+                return self._count((DROP, "dest_unavailable"))
+            self.conns.remove(conn)
+            conn = None
+        elif conn is not None and pkt.tcp_flags & TH_SYN and self._reusable(conn):
+            if not conn.n_control:
+                self.conns.remove(conn)
+            conn = None
         if conn is None:
             svc = self.services.lookup(pkt.protocol, pkt.daddr, pkt.dport, mark)
             if svc is None:
                 return self._count(_PASS)
-            if pkt.protocol == IPPROTO_TCP and not _may_schedule(pkt.tcp_flags):
+            if pkt.protocol == IPPROTO_TCP and not self._may_schedule(pkt.tcp_flags):
                 # tcp_conn_schedule: only a SYN opens a connection; anything else is
                 # left to the local stack, which answers it with a reset.
                 return self._count(_PASS)
@@ -128,8 +143,17 @@ class Director:
     # -- helpers -----------------------------------------------------------------
 
     def _schedule(self, svc: Service, pkt: Packet, now: float) -> Conn | Verdict:
-        """ip_vs_schedule, or ip_vs_leave's ICMP port unreachable when no server is left."""
-        dest = svc.scheduler.schedule(svc, pkt, now)
+        """ip_vs_schedule (and ip_vs_sched_persist for persistent services), or
+        ip_vs_leave's ICMP port unreachable when no real server is left."""
+        template = None
+        dport = None
+        if svc.conf.persistent is not None:
+            template = self._template(svc, pkt, now)
+            dest = template.dest if template is not None else None
+            if template is not None:
+                dport = template.dport or pkt.dport
+        else:
+            dest = svc.scheduler.schedule(svc, pkt, now)
         if dest is None:
             self.drops["no_dest"] += 1
             return (SEND, port_unreachable(pkt.buf))
@@ -147,13 +171,53 @@ class Director:
             svc,
             dest,
             xmit,
+            dport=dport,
         )
         conn.expires = now + conn.timeout
-        self.conns.add(conn)
+        if not (svc.conf.ops and pkt.protocol == IPPROTO_UDP):
+            # One-packet scheduling (-o): the entry serves this datagram only and is
+            # never hashed (IP_VS_CONN_F_ONE_PACKET).
+            self.conns.add(conn, template)
         dest.stats.conns += 1
         svc.stats.conns += 1
         self.totals.conns += 1
         return conn
+
+    def _template(self, svc: Service, pkt: Packet, now: float) -> Conn | None:
+        """ip_vs_sched_persist: the client's template, made if it has none (or none
+        still valid), and restarted for another persistence period."""
+        key = persist.template_key(svc, pkt)
+        template = self.conns.templates.get(key)
+        if template is not None and not persist.usable(template, self.sysctls):
+            self.conns.remove(template)
+            template = None
+        if template is None:
+            dest = svc.scheduler.schedule(svc, pkt, now)
+            if dest is None:
+                return None
+            template = persist.new_template(
+                self.protocols[pkt.protocol], key, svc, dest, bind_xmit(dest), now
+            )
+            self.conns.add(template)
+        template.expires = now + template.timeout
+        return template
+
+    def _may_schedule(self, flags: int) -> bool:
+        """tcp_conn_schedule: a SYN without RST may open a connection (SYN+ACK too, for
+        active FTP, as the kernel allows); with sloppy_tcp anything but a RST."""
+        if self.sysctls.sloppy_tcp:
+            return not flags & TH_RST
+        return flags & (TH_SYN | TH_RST) == TH_SYN
+
+    def _reusable(self, conn: Conn) -> bool:
+        """is_new_conn_expected: may a SYN that finds this connection start afresh?"""
+        mode = self.sysctls.conn_reuse_mode
+        if not mode or conn.control is not None or conn.protocol != IPPROTO_TCP:
+            return False
+        state = conn.state
+        return state in (TIME_WAIT, CLOSE) or (
+            bool(mode & 2) and state == FIN_WAIT and conn.nooutput
+        )
 
     def _refuse(self, reason: str) -> Verdict:
         if reason == "unhandled_protocol":
@@ -166,9 +230,3 @@ class Director:
         if action == DROP:
             self.drops[str(verdict[1])] += 1
         return verdict
-
-
-def _may_schedule(flags: int) -> bool:
-    """tcp_conn_schedule: a SYN without RST may open a connection (SYN+ACK too, for
-    active FTP, as the kernel allows)."""
-    return flags & (TH_SYN | TH_RST) == TH_SYN

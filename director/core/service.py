@@ -104,6 +104,7 @@ class Service:
     scheduler: Scheduler
     dests: list[Dest] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    netmask: bytes = b"\xff\xff\xff\xff"  # persistence granularity (-M), packed
 
     @property
     def protocol(self) -> int:
@@ -174,6 +175,7 @@ class ServiceTable:
             elif svc.conf.scheduler != conf.scheduler:
                 svc.scheduler = create_scheduler(conf.scheduler)
             svc.conf = conf
+            svc.netmask = pack_addr(conf.netmask) if "." in conf.netmask else svc.netmask
             self._reconcile_dests(svc, conf)
         self.fwmarks = {key[2]: svc for key, svc in self.services.items() if not key[0]}
 

@@ -116,9 +116,7 @@ class Neighbours:
         self.marshal = MarshalRtnl()
         self.packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.monitor.bind(
-            (0, RTMGRP_NEIGH | RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
-        )
+        self.monitor.bind((0, RTMGRP_NEIGH | RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
         self.monitor.setblocking(False)
         self.macs: dict[tuple[int, bytes], bytes] = {}
         self.links: dict[int, tuple[str, bytes]] = {}

@@ -1,0 +1,40 @@
+"""IPVS's per-namespace sysctls that change how packets are handled
+(Documentation/networking/ipvs-sysctl.rst), kept as settings of the daemon.
+
+Defaults are the kernel's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class Sysctls:
+    # Expire a connection whose real server was removed at its next packet (and let a
+    # SYN be scheduled afresh) instead of silently dropping its packets.
+    expire_nodest_conn: bool = False
+    # A persistence template whose real server has weight 0 is no longer used.
+    expire_quiescent_template: bool = False
+    # Schedule a TCP connection on any packet but RST, not only on SYN.
+    sloppy_tcp: bool = False
+    # 1: a SYN that finds a connection in TIME_WAIT or CLOSE schedules afresh;
+    # 2 (bit): also FIN_WAIT of a DR/TUN connection; 0: reuse the old connection.
+    conn_reuse_mode: int = 1
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def set(self, name: str, value: str) -> None:
+        """Set one setting from text; ValueError names what is wrong."""
+        if name not in {f.name for f in fields(self)}:
+            raise ValueError(f"unknown setting {name!r}")
+        current = getattr(self, name)
+        if isinstance(current, bool):
+            if value not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"{name} takes 0 or 1, not {value!r}")
+            setattr(self, name, value in ("1", "true", "yes", "on"))
+        else:
+            if not value.isdigit() or int(value) > 3:
+                raise ValueError(f"{name} takes 0..3, not {value!r}")
+            setattr(self, name, int(value))

@@ -1,0 +1,230 @@
+"""Persistence templates, thresholds, quiescing, one-packet scheduling, removed real
+servers and connection reuse, each against the kernel's rules (ip_vs_core.c,
+ip_vs_conn.c, ip_vs_ctl.c)."""
+
+from __future__ import annotations
+
+import socket
+
+from director.core.engine import Director
+from director.core.xmit import DROP, SEND
+from director.ctl.config import Config, DestConf, ServiceConf
+from tests.core.packets import ACK, CLIENT, FIN, RS1, RS2, SYN, VIP, tcp, udp
+
+OTHER = "203.0.113.11"
+NEIGHBOUR = "203.0.113.200"  # same /24 as CLIENT, for -M 255.255.255.0
+
+
+def make(*services: ServiceConf) -> Director:
+    d = Director()
+    d.configure(Config(services=services))
+    return d
+
+
+def nat(*dests: tuple[str, int]) -> tuple[DestConf, ...]:
+    return tuple(DestConf(a, p, "masq") for a, p in dests)
+
+
+def server_of(action_data) -> str:
+    action, data = action_data
+    assert action == SEND
+    return socket.inet_ntoa(bytes(data[16:20]))
+
+
+def test_persistence_keeps_a_client_on_one_server_until_the_timeout():
+    d = make(
+        ServiceConf("tcp", VIP, 80, scheduler="rr", persistent=60, dests=nat((RS1, 80), (RS2, 80)))
+    )
+    first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    other = server_of(d.hook_in(tcp(OTHER, VIP, 40000, 80, SYN), 0.0))
+    assert first != other  # rr moved on for the second client
+    for port in range(40001, 40010):
+        assert server_of(d.hook_in(tcp(CLIENT, VIP, port, 80, SYN), float(port - 40000))) == first
+    (template,) = [t for t in d.conns.templates.values() if t.caddr == socket.inet_aton(CLIENT)]
+    assert (template.cport, template.vport, template.dport, template.state_name) == (
+        0,
+        80,
+        80,
+        "NONE",
+    )
+    assert template.n_control == 10
+    assert template.dest.persistconns == 1
+
+
+def test_a_template_outlives_the_connections_it_controls():
+    d = make(ServiceConf("udp", VIP, 53, scheduler="rr", persistent=10, dests=nat((RS1, 53))))
+    d.hook_in(udp(CLIENT, VIP, 5000, 53), 0.0)  # the connection lives 300 s (UDP)
+    assert d.expire(11.0) == 0  # template due at 10 s but still controls one
+    assert d.expire(299.0) == 0  # put off by 10 s at a time while the connection lives
+    assert len(d.conns.templates) == 1
+    d.expire(311.0)  # the UDP connection went at 300 s, the template at its next check
+    assert not d.conns.templates
+
+
+def test_template_expires_then_the_client_is_scheduled_afresh():
+    d = make(
+        ServiceConf("tcp", VIP, 80, scheduler="rr", persistent=5, dests=nat((RS1, 80), (RS2, 80)))
+    )
+    first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, dr := (ACK | 0)), 0.1)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, dr | 0x04), 0.2)  # RST: CLOSE, 10 s
+    d.expire(30.0)
+    assert not d.conns.templates and len(d.conns) == 0
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40001, 80, SYN), 31.0)) != first
+
+
+def test_netmask_groups_clients():
+    d = make(
+        ServiceConf(
+            "tcp",
+            VIP,
+            80,
+            scheduler="rr",
+            persistent=60,
+            netmask="255.255.255.0",
+            dests=nat((RS1, 80), (RS2, 80)),
+        )
+    )
+    a = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    b = server_of(d.hook_in(tcp(NEIGHBOUR, VIP, 40000, 80, SYN), 0.0))
+    assert a == b
+    assert len(d.conns.templates) == 1
+
+
+def test_port_zero_service_keeps_the_clients_port_and_one_template():
+    d = make(
+        ServiceConf("tcp", VIP, 0, scheduler="rr", persistent=60, dests=(DestConf(RS1, 0, "masq"),))
+    )
+    _, data80 = d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0)
+    _, data443 = d.hook_in(tcp(CLIENT, VIP, 40001, 443, SYN), 0.0)
+    assert int.from_bytes(data80[22:24], "big") == 80
+    assert int.from_bytes(data443[22:24], "big") == 443
+    (template,) = d.conns.templates.values()
+    assert (template.vport, template.dport) == (0, 0)
+
+
+def test_fwmark_service_matches_by_mark_with_an_ip_template():
+    d = make(
+        ServiceConf(
+            "fwm", fwmark=7, scheduler="rr", persistent=60, dests=(DestConf(RS1, 0, "masq"),)
+        )
+    )
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 443, SYN), 0.0, mark=7)) == RS1
+    assert d.hook_in(tcp(CLIENT, VIP, 40001, 443, SYN), 0.0, mark=0) == (0, None)
+    (template,) = d.conns.templates.values()
+    assert (template.protocol, template.proto.name, template.vaddr) == (0, "IP", b"\0\0\0\7")
+
+
+def test_quiescent_template_is_kept_unless_expire_quiescent_template():
+    conf = ServiceConf(
+        "tcp", VIP, 80, scheduler="wlc", persistent=60, dests=nat((RS1, 80), (RS2, 80))
+    )
+    d = make(conf)
+    first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    quiesced = tuple(
+        DestConf(x.addr, x.port, "masq", weight=0 if x.addr == first else 1) for x in conf.dests
+    )
+    d.configure(
+        Config(
+            services=(ServiceConf("tcp", VIP, 80, scheduler="wlc", persistent=60, dests=quiesced),)
+        )
+    )
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40001, 80, SYN), 1.0)) == first
+    d.sysctls.expire_quiescent_template = True
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40002, 80, SYN), 2.0)) != first
+
+
+def test_weight_zero_drains_but_the_open_connection_goes_on():
+    d = make(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80), (RS2, 80))))
+    first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    weights = tuple(DestConf(a, 80, "masq", weight=0 if a == first else 1) for a in (RS1, RS2))
+    d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=weights),)))
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 1.0)) == first
+    for port in range(40001, 40006):
+        assert server_of(d.hook_in(tcp(CLIENT, VIP, port, 80, SYN), 1.0)) != first
+
+
+def test_upper_threshold_overloads_and_lower_threshold_clears():
+    d = make(
+        ServiceConf(
+            "udp",
+            VIP,
+            53,
+            scheduler="rr",
+            dests=(DestConf(RS1, 53, "masq", u_threshold=3, l_threshold=1),),
+        )
+    )
+    dest = next(iter(d.services)).dests[0]
+    for port in range(3):
+        d.hook_in(udp(CLIENT, VIP, 5000 + port, 53), 0.0)
+    assert dest.overloaded
+    assert d.hook_in(udp(CLIENT, VIP, 6000, 53), 0.0)[0] == SEND
+    assert d.drops["no_dest"] == 1  # the only server is overloaded: port unreachable
+    d.expire(300.0)
+    assert not dest.overloaded  # 0 < lower threshold 1
+
+
+def test_upper_threshold_alone_clears_below_three_quarters():
+    d = make(
+        ServiceConf(
+            "udp", VIP, 53, scheduler="rr", dests=(DestConf(RS1, 53, "masq", u_threshold=4),)
+        )
+    )
+    dest = next(iter(d.services)).dests[0]
+    for port in range(4):
+        d.hook_in(udp(CLIENT, VIP, 5000 + port, 53), float(port))
+    assert dest.overloaded
+    d.expire(300.0)  # one left: 3 * 4 = 12 is not < 4 * 3
+    assert dest.overloaded
+    d.expire(301.0)  # two gone: 2 * 4 = 8 < 12
+    assert not dest.overloaded
+
+
+def test_one_packet_scheduling_hashes_nothing():
+    d = make(ServiceConf("udp", VIP, 53, scheduler="rr", ops=True, dests=nat((RS1, 53), (RS2, 53))))
+    servers = {server_of(d.hook_in(udp(CLIENT, VIP, 5000, 53), 0.0)) for _ in range(4)}
+    assert servers == {RS1, RS2}
+    assert len(d.conns) == 0
+    assert next(iter(d.services)).stats.conns == 4
+
+
+def test_removed_server_drops_silently_unless_expire_nodest_conn():
+    d = make(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80), (RS2, 80))))
+    first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    rest = tuple(DestConf(a, 80, "masq") for a in (RS1, RS2) if a != first)
+    d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=rest),)))
+    assert d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 1.0) == (DROP, "dest_unavailable")
+    assert len(d.services.trash) == 1  # kept while a connection still uses it
+    d.sysctls.expire_nodest_conn = True
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 2.0)) != first
+    assert not d.services.trash[0].conns
+
+
+def test_readded_server_is_revived_with_its_counters():
+    conf = ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80)))
+    d = make(conf)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0)
+    old = next(iter(d.services)).dests[0]
+    d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr"),)))
+    d.configure(Config(services=(conf,)))
+    assert next(iter(d.services)).dests[0] is old
+    assert old.stats.conns == 1 and old.inactconns == 1
+
+
+def test_syn_on_time_wait_schedules_afresh():
+    d = make(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80), (RS2, 80))))
+    first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 0.1)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, FIN | ACK), 0.2)
+    d.hook_out(tcp(first, CLIENT, 80, 40000, FIN | ACK), 0.3)
+    (conn,) = list(d.conns)
+    assert conn.state_name == "TIME_WAIT"
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 1.0)) != first
+    d.sysctls.conn_reuse_mode = 0
+
+
+def test_sloppy_tcp_schedules_mid_stream():
+    d = make(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80))))
+    assert d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 0.0) == (0, None)
+    d.sysctls.sloppy_tcp = True
+    assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 0.0)) == RS1
