@@ -40,4 +40,3 @@ def port_unreachable(original: bytes | bytearray) -> bytearray:
 
 def frag_needed(original: bytes | bytearray, mtu: int) -> bytearray:
     return unreachable(original, ICMP_FRAG_NEEDED, mtu)
-

@@ -89,7 +89,7 @@ def snapshot(
         version=IPVS_VERSION,
         conn_tab_size=CONN_TAB_SIZE,
         services=[service_dict(svc) for svc in director.services],
-        conns=[conn_dict(c, now) for c in director.conns] if conns else [],
+        conns=[conn_dict(c, now) for c in director.conns.all()] if conns else [],
         timeouts={"tcp": tcp, "tcpfin": tcpfin, "udp": udp},
         totals=stats_dict(director.totals),
         conn_entries=len(director.conns),

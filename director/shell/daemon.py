@@ -32,6 +32,7 @@ from director.ctl.snapshot import Snapshot
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, take_sample
 from director.shell.netfilter import Hooks
+from director.shell.netlink import Neighbours, Routes
 from director.shell.notify import Notifier
 from director.shell.persist import atomic_write
 from director.shell.worker import Worker
@@ -137,6 +138,7 @@ class Daemon:
             self.director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
         self._config = Config()
         self.hooks = Hooks(queue=settings.queue_num, mark=settings.send_mark)
+        self.routes = Routes()
         self.notifier = Notifier()
         self.stop_requested = False
         self.rate_timer = estimator.RateTimer()
@@ -149,11 +151,23 @@ class Daemon:
         return self._config
 
     def commit(self, config: Config, *, persist: bool = True) -> None:
+        self.routes.check(config)
         if persist:
             atomic_write(self.settings.rules, format_save(config))
         self.director.configure(config)
+        self._annotate_routes()
         self.hooks.sync(self.director.services)
         self._config = config
+
+    def _annotate_routes(self) -> None:
+        """Tell every real server the way to it (DR, TUN, local node), from netlink."""
+        self.routes.annotate(d for svc in self.director.services for d in svc.dests)
+
+    def _on_netlink(self, neighbours: Neighbours) -> None:
+        neighbours.on_readable()
+        if neighbours.routes_changed:
+            neighbours.routes_changed = False
+            self._annotate_routes()
 
     def snapshot(self, *, conns: bool) -> Snapshot:
         t = self._config.timeouts
@@ -168,7 +182,9 @@ class Daemon:
         config = load_rules(self.settings.rules)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.hooks.install()
-        worker = Worker(self.director, self.settings.queue_num, self.settings.send_mark)
+        worker = Worker(
+            self.director, self.settings.queue_num, self.settings.send_mark, Neighbours()
+        )
         try:
             worker.bind()
             self.commit(config, persist=False)
@@ -190,6 +206,8 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.close()
             worker.close()
+            worker.neighbours.close()
+            self.routes.close()
             log.info("stopped")
         return EXIT_OK
 
@@ -203,6 +221,8 @@ class Daemon:
         selector = selectors.DefaultSelector()
         selector.register(worker, selectors.EVENT_READ, worker.run_once)
         selector.register(control, selectors.EVENT_READ, control.serve_one)
+        neighbours = worker.neighbours
+        selector.register(neighbours, selectors.EVENT_READ, lambda: self._on_netlink(neighbours))
         selector.register(wake_r, selectors.EVENT_READ, lambda: _drain(wake_r))
 
         self.notifier.ready(f"{len(self.director.services)} virtual services")
@@ -220,6 +240,8 @@ class Daemon:
             now = time.monotonic()
             if now >= next_tick:
                 self.director.expire(now)
+                for nexthop in neighbours.expire(now):
+                    self.director.forget(nexthop)
                 estimator.estimate(self.director, self.rate_timer, now)
                 if self.metrics is not None:
                     self.metrics.publish(take_sample(self.director, worker.errors))
