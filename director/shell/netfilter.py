@@ -18,12 +18,22 @@ from pathlib import Path
 
 from pyroute2.ipset import IPSet, PortEntry
 
-from director.core.service import ServiceTable, unpack_addr
+from director.core.service import IPPROTO_TCP, IPPROTO_UDP, ServiceTable, unpack_addr
 
 log = logging.getLogger(__name__)
 
 SVC_SET = "director-svc"
+SVC_ANY_SET = "director-svc-any"
 RS_SET = "director-rs"
+RS_ANY_SET = "director-rs-any"
+# The ipsets director keeps, by name: their type (see iptables/director.rules).
+SETS: dict[str, str] = {
+    SVC_SET: "hash:ip,port",
+    SVC_ANY_SET: "hash:ip",
+    RS_SET: "hash:ip,port",
+    RS_ANY_SET: "hash:ip",
+}
+FWM_CHAIN = "DIRECTOR_FWM"
 Entry = tuple[str, int, int]  # address, protocol number, port
 
 
@@ -72,20 +82,17 @@ class Hooks:
     mark: int
     text: str = field(default_factory=rules_text)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
+    _marks: set[int] = field(default_factory=set)
 
     def install(self) -> None:
         self.remove()
         with IPSet() as ipset:
-            for name in (SVC_SET, RS_SET):
-                ipset.create(name, stype="hash:ip,port", exclusive=False)
+            for name, stype in SETS.items():
+                ipset.create(name, stype=stype, exclusive=False)
                 ipset.flush(name)
                 self._entries[name] = set()
-        subprocess.run(
-            ["iptables-restore", "-w", "--noflush"],
-            input=render(self.text, self.queue, self.mark).encode(),
-            capture_output=True,
-            check=True,
-        )
+        _restore(render(self.text, self.queue, self.mark))
+        self._marks = set()
         log.info("netfilter hooks installed (NFQUEUE %d)", self.queue)
 
     def remove(self) -> None:
@@ -97,29 +104,67 @@ class Hooks:
             _iptables("-t", table, "-F", chain)
             _iptables("-t", table, "-X", chain)
         with IPSet() as ipset:
-            for name in (SVC_SET, RS_SET):
+            for name in SETS:
                 with contextlib.suppress(Exception):
                     ipset.destroy(name)
         self._entries.clear()
 
     def sync(self, services: ServiceTable) -> None:
-        """Make the ipsets select exactly the configured services and NAT real servers."""
-        wanted: dict[str, set[Entry]] = {SVC_SET: set(), RS_SET: set()}
+        """Make the ipsets and the fwmark chain select exactly the configured services
+        and the NAT real servers whose replies must be rewritten."""
+        wanted: dict[str, set[Entry]] = {name: set() for name in SETS}
+        marks: set[int] = set()
         for svc in services:
             proto, vaddr, vport = svc.key
             if not proto:
-                continue  # firewall-mark services are selected by mark, not by set
-            wanted[SVC_SET].add((unpack_addr(vaddr), proto, vport))
+                marks.add(vport)
+            elif vport:
+                wanted[SVC_SET].add((unpack_addr(vaddr), proto, vport))
+            else:
+                wanted[SVC_ANY_SET].add((unpack_addr(vaddr), 0, 0))
             for dest in svc.dests:
-                if dest.method == "masq":
-                    wanted[RS_SET].add((unpack_addr(dest.addr), proto, dest.port or vport))
+                if dest.method != "masq":
+                    continue
+                port = (dest.port or vport) if proto else dest.port
+                if not port:
+                    wanted[RS_ANY_SET].add((unpack_addr(dest.addr), 0, 0))
+                for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
+                    if port:
+                        wanted[RS_SET].add((unpack_addr(dest.addr), protocol, port))
         with IPSet() as ipset:
             for name, entries in wanted.items():
                 have = self._entries.setdefault(name, set())
-                for addr, proto, port in have - entries:
-                    ipset.delete(name, (addr, PortEntry(port, proto)), etype="ip,port")
-                for addr, proto, port in entries - have:
-                    ipset.add(
-                        name, (addr, PortEntry(port, proto)), etype="ip,port", exclusive=False
-                    )
+                for entry in have - entries:
+                    ipset.delete(name, *_ipset_entry(entry))
+                for entry in entries - have:
+                    ipset.add(name, *_ipset_entry(entry), exclusive=False)
                 self._entries[name] = entries
+        if marks != self._marks:
+            _restore(_fwmark_chain(marks, self.queue))
+            self._marks = marks
+
+
+def _ipset_entry(entry: Entry) -> tuple[object, str]:
+    """The entry and its type as pyroute2 takes them."""
+    addr, proto, port = entry
+    if proto:
+        return (addr, PortEntry(port, proto)), "ip,port"
+    return addr, "ip"
+
+
+def _fwmark_chain(marks: set[int], queue: int) -> str:
+    """DIRECTOR_FWM, rewritten whole: one NFQUEUE rule per firewall-mark service."""
+    rules = [
+        f"-A {FWM_CHAIN} -m mark --mark {mark:#x} -j NFQUEUE --queue-num {queue}"
+        for mark in sorted(marks)
+    ]
+    return "\n".join(["*filter", f":{FWM_CHAIN} - [0:0]", *rules, "COMMIT", ""])
+
+
+def _restore(text: str) -> None:
+    subprocess.run(
+        ["iptables-restore", "-w", "--noflush"],
+        input=text.encode(),
+        capture_output=True,
+        check=True,
+    )
