@@ -100,8 +100,9 @@ class Hooks:
         for table, chain, rule in jumps:
             while _iptables("-t", table, "-D", chain, *rule.split()):
                 pass
-        for table, chain in chains:
+        for table, chain in chains:  # flush all before deleting: they jump to each other
             _iptables("-t", table, "-F", chain)
+        for table, chain in chains:
             _iptables("-t", table, "-X", chain)
         with IPSet() as ipset:
             for name in SETS:
@@ -135,9 +136,11 @@ class Hooks:
             for name, entries in wanted.items():
                 have = self._entries.setdefault(name, set())
                 for entry in have - entries:
-                    ipset.delete(name, *_ipset_entry(entry))
+                    value, etype = _ipset_entry(entry)
+                    ipset.delete(name, value, etype=etype)
                 for entry in entries - have:
-                    ipset.add(name, *_ipset_entry(entry), exclusive=False)
+                    value, etype = _ipset_entry(entry)
+                    ipset.add(name, value, etype=etype, exclusive=False)
                 self._entries[name] = entries
         if marks != self._marks:
             _restore(_fwmark_chain(marks, self.queue))
