@@ -1,6 +1,8 @@
-"""Benchmark: requests/s through director NAT, HAProxy, nftables DNAT and no balancer.
+"""Benchmark: requests/s through director NAT, DR and TUN, HAProxy, nftables DNAT and
+no balancer.
 
-Builds the NAT lab of SPEC §3 in namespaces of its own and, in one run, measures from
+Builds the labs of SPEC §3 in namespaces of its own (the NAT lab; the DR lab, same
+LAN and servers; the TUN lab, servers behind a router) and, in one run, measures from
 the client to the VIP (or, for "direct", to rs1 itself):
 
 * new-connection rate: ``ab -n N -c C`` (no keep-alive: one TCP connection per request)
@@ -10,7 +12,11 @@ through
 * director NAT: the real directord in the director namespace with the seed rules;
 * HAProxy in TCP mode with one thread (``nbthread 1``) bound on the VIP;
 * kernel nftables DNAT, ``numgen inc mod 2`` over the same two servers;
-* direct: rs1:80 reached through the director's plain IP forwarding, no balancer.
+* direct: rs1:80 reached through the director's plain IP forwarding, no balancer;
+* director DR and director TUN: the same two-server service by ``-g`` and ``-i``, real
+  servers prepared by ``dirctl realserver up`` (TUN: the userspace decapsulator).
+  Replies bypass the director's NFQUEUE, so DR's keep-alive rate should be well above
+  NAT's (issue 3's goal: 1.5x), which the report prints.
 
 It prints a table and director's ratio to each; it is a program that prints figures,
 never a test, and it does not fail because something is slow.  Every load is bounded
@@ -45,6 +51,9 @@ SEED_80 = "".join(
         *(f"-a -t 203.0.113.5:80 -r {addr}:{port} -m -w 1\n" for addr, port in TARGETS),
     ]
 )
+
+
+DR_GOAL = 1.5
 
 
 @dataclass
@@ -207,12 +216,31 @@ def director_nat(lab: Lab, work: Path) -> Iterator[str]:
             print(f"note: directord exited {code} on SIGTERM", file=sys.stderr)
 
 
+@contextmanager
+def director_lab_rules(lab: Lab, work: Path) -> Iterator[str]:
+    """directord with one port-80 service over the lab's servers by their own method."""
+    daemon = Daemon(lab, work / f"director-{lab.kind}")
+    daemon.start()
+    try:
+        done = daemon.dirctl("restore", input=lab.rules(port=80, scheduler="wlc"))
+        if done.returncode:
+            raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
+        yield f"http://{lab.vip}/"
+    finally:
+        code = daemon.stop()
+        if code:
+            print(f"note: directord exited {code} on SIGTERM", file=sys.stderr)
+
+
 CASES: dict[str, tuple[str, Callable[[Lab, Path], AbstractContextManager[str]]]] = {
     "direct": ("direct to rs1, no balancer", no_balancer),
     "nftables": ("kernel nftables DNAT", nftables_dnat),
     "haproxy": ("HAProxy tcp, nbthread 1", haproxy),
     "director": ("director NAT", director_nat),
+    "director-dr": ("director DR", director_lab_rules),
+    "director-tun": ("director TUN (user decap)", director_lab_rules),
 }
+LAB_KIND = {"director-dr": "dr", "director-tun": "tun"}  # the others run in the NAT lab
 
 
 def _fmt(value: float | None) -> str:
@@ -247,6 +275,39 @@ def report(figures: list[Figure], args: argparse.Namespace) -> None:
                 f"{f.case:<28} {_ratio(mine.new_rps, f.new_rps):>12} "
                 f"{_ratio(mine.keepalive_rps, f.keepalive_rps):>13}"
             )
+    dr = next((f for f in figures if f.case == CASES["director-dr"][0]), None)
+    if dr is not None and dr.keepalive_rps and mine.keepalive_rps:
+        ratio = dr.keepalive_rps / mine.keepalive_rps
+        verdict = "meets" if ratio >= DR_GOAL else "misses"
+        print()
+        print(
+            f"director DR keep-alive vs director NAT: {ratio:.2f}x "
+            f"({verdict} the {DR_GOAL}x goal of issue 3)"
+        )
+
+
+def run_cases(
+    kind: str, keys: list[str], figures: list[Figure], work: Path, args: argparse.Namespace
+) -> int:
+    """Build the lab of ``kind``, measure ``keys`` in it, remove it; the number of errors."""
+    errors = 0
+    lab = topology.build(kind=kind)
+    try:
+        topology.start_backends(lab)
+        for key in keys:
+            title, setup = CASES[key]
+            figure = Figure(title)
+            figures.append(figure)
+            print(f"measuring: {title} ...", file=sys.stderr, flush=True)
+            try:
+                with setup(lab, work) as url:
+                    measure(lab, figure, url, args)
+            except Exception as err:  # one broken case must not hide the others
+                errors += 1
+                figure.note = f"error: {err}".splitlines()[0][:200]
+    finally:
+        topology.teardown(lab)
+    return errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,23 +334,13 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: list[Figure] = []
     errors = 0
-    lab = topology.build()
     work = Path(tempfile.mkdtemp(prefix="director-bench-"))
     try:
-        topology.start_backends(lab)
-        for key in chosen:
-            title, setup = CASES[key]
-            figure = Figure(title)
-            figures.append(figure)
-            print(f"measuring: {title} ...", file=sys.stderr, flush=True)
-            try:
-                with setup(lab, work) as url:
-                    measure(lab, figure, url, args)
-            except Exception as err:  # one broken case must not hide the others
-                errors += 1
-                figure.note = f"error: {err}".splitlines()[0][:200]
+        # One lab at a time: the NAT lab for most cases, then the DR and TUN labs.
+        for kind in dict.fromkeys(LAB_KIND.get(key, "nat") for key in chosen):
+            keys = [key for key in chosen if LAB_KIND.get(key, "nat") == kind]
+            errors += run_cases(kind, keys, figures, work, args)
     finally:
-        topology.teardown(lab)
         shutil.rmtree(work, ignore_errors=True)
     report(figures, args)
     if args.json:
