@@ -29,6 +29,7 @@ from director.ctl.ipvsadm import (
     RawArgs,
     build_op,
     expand_bare_options,
+    parse_addr_port,
     parse_restore,
     parse_service_key,
     pick_one,
@@ -371,6 +372,57 @@ def top(
         interval=interval,
         iterations=1 if once else iterations,
     )
+
+
+# --- debugging and settings ---------------------------------------------------------
+
+
+@app.command("which")
+def which(
+    ctx: typer.Context,
+    proto: Annotated[str, typer.Argument(help="tcp or udp")],
+    client: Annotated[str, typer.Argument(help="CLIENT:PORT")],
+    virtual: Annotated[str, typer.Argument(help="VIP:PORT")],
+    mark: Annotated[int, typer.Option("--mark", min=0, help="the packet's fwmark")] = 0,
+) -> None:
+    """Which real server a new connection would get now (sends no packet)."""
+    if proto.lower() not in ("tcp", "udp"):
+        raise ConfigError(f"unknown protocol {proto!r}: tcp or udp")
+    caddr, cport = parse_addr_port(client, f"bad client address {client!r}: want ADDR:PORT")
+    vaddr, vport = parse_addr_port(virtual, f"bad virtual address {virtual!r}: want VIP:PORT")
+    dest = _ask(
+        ctx,
+        "which",
+        {
+            "protocol": proto,
+            "client": [caddr, cport or 0],
+            "virtual": [vaddr, vport or 0],
+            "mark": mark,
+        },
+    )
+    if dest is None:
+        typer.echo("no real server (no such service, or none available)")
+        raise typer.Exit(1)
+    typer.echo(f"{listing.addr_port(dest['addr'], dest['port'])} {dest['method']}")
+
+
+@app.command("sysctl")
+def sysctl(
+    ctx: typer.Context,
+    assignments: Annotated[
+        list[str] | None, typer.Argument(help="NAME=VALUE to set; none to show all")
+    ] = None,
+) -> None:
+    """IPVS's sysctls (expire_nodest_conn, expire_quiescent_template, sloppy_tcp,
+    conn_reuse_mode), kept by the daemon: show them, or set some (all or none)."""
+    changes: dict[str, str] = {}
+    for item in assignments or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"expected NAME=VALUE, not {item!r}")
+        changes[name.strip()] = value.strip()
+    for name, value in _ask(ctx, "sysctl", {"set": changes}).items():
+        typer.echo(f"{name} = {int(value)}")
 
 
 # --- Sub-apps -----------------------------------------------------------------------

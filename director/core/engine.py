@@ -12,6 +12,7 @@ never escape: they become a drop reason and a counter.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 from director.core import persist
@@ -20,7 +21,7 @@ from director.core.icmp import port_unreachable
 from director.core.packet import TH_RST, TH_SYN, Packet, PacketError, parse
 from director.core.proto_tcp import CLOSE, FIN_WAIT, INPUT, OUTPUT, TIME_WAIT, TcpProtocol
 from director.core.proto_udp import UdpProtocol
-from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Service, ServiceTable
+from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, ServiceTable
 from director.core.stats import Stats
 from director.core.sysctl import Sysctls
 from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
@@ -66,6 +67,37 @@ class Director:
         for conn in doomed:
             self.conns.remove(conn)
         return len(doomed)
+
+    def which(
+        self,
+        protocol: int,
+        caddr: bytes,
+        cport: int,
+        vaddr: bytes,
+        vport: int,
+        now: float,
+        mark: int = 0,
+    ) -> Dest | None:
+        """The real server a packet with this tuple would go to now, changing nothing:
+        its connection's, else its persistence template's, else the scheduler's choice
+        made on a copy of the scheduler (schedulers keep state between picks)."""
+        conn = self.conns.in_tab.get((protocol, caddr, cport, vaddr, vport))
+        if conn is not None and conn.dest.available:
+            return conn.dest
+        svc = self.services.lookup(protocol, vaddr, vport, mark)
+        if svc is None:
+            return None
+        flags = TH_SYN if protocol == IPPROTO_TCP else 0
+        probe = Packet(bytearray(), protocol, caddr, vaddr, cport, vport, 0, 0, flags, mark)
+        if svc.conf.persistent is not None:
+            template = self.conns.templates.get(persist.template_key(svc, probe))
+            if template is not None and persist.usable(template, self.sysctls):
+                return template.dest
+        # Copy the scheduler's own state only: the service and its real servers stay
+        # themselves, so that identities the scheduler keeps still match.
+        memo: dict[int, object] = {id(d): d for d in svc.dests}
+        memo[id(svc)] = svc
+        return copy.deepcopy(svc.scheduler, memo).schedule(svc, probe, now)
 
     # -- packets ---------------------------------------------------------------
 

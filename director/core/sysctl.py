@@ -6,7 +6,7 @@ Defaults are the kernel's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(slots=True)
@@ -38,3 +38,10 @@ class Sysctls:
             if not value.isdigit() or int(value) > 3:
                 raise ValueError(f"{name} takes 0..3, not {value!r}")
             setattr(self, name, int(value))
+
+    def updated(self, changes: dict[str, str]) -> Sysctls:
+        """A copy with ``changes`` applied: all of them, or none (ValueError)."""
+        trial = replace(self)
+        for name, value in changes.items():
+            trial.set(name, value)
+        return trial

@@ -60,6 +60,33 @@ def _restore(target: ControlTarget, args: dict[str, Any]) -> Any:
     return None
 
 
+def _which(target: ControlTarget, args: dict[str, Any]) -> Any:
+    """dirctl which PROTO CLIENT:PORT VIP:PORT: the real server a new connection gets."""
+    try:
+        protocol = str(args["protocol"]).lower()
+        client = (str(args["client"][0]), int(args["client"][1]))
+        virtual = (str(args["virtual"][0]), int(args["virtual"][1]))
+        mark = int(args.get("mark", 0))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ConfigError(
+            "which: needs protocol, client [addr, port], virtual [addr, port]"
+        ) from None
+    if protocol not in ("tcp", "udp"):
+        raise ConfigError(f"which: unknown protocol {protocol!r} (tcp or udp)")
+    return target.which(protocol, client, virtual, mark)
+
+
+def _sysctls(target: ControlTarget, args: dict[str, Any]) -> Any:
+    """dirctl sysctl [NAME=VALUE ...]: IPVS's sysctls, as settings of the daemon."""
+    changes = args.get("set", {})
+    if not isinstance(changes, dict):
+        raise ConfigError("sysctl: set must be an object")
+    try:
+        return target.sysctls({str(k): str(v) for k, v in changes.items()})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _change(command: str) -> Handler:
     def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
         target.commit(apply(target.config, decode_op(command, args)))
@@ -73,6 +100,8 @@ HANDLERS: dict[str, Handler] = {
     "save": _save,
     "zero": _zero,
     "restore": _restore,
+    "which": _which,
+    "sysctl": _sysctls,
     **{name: _change(name) for name in OPS},
 }
 

@@ -37,7 +37,8 @@ def dest_dict(dest: Dest) -> DestDict:
     return DestDict(
         addr=unpack_addr(dest.addr),
         port=dest.port,
-        method=dest.method,
+        # __ip_vs_update_dest: a real server at an address of the director is local.
+        method="local" if dest.route is not None and dest.route.local else dest.method,
         weight=dest.weight,
         u_threshold=dest.u_threshold,
         l_threshold=dest.l_threshold,

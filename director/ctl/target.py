@@ -6,7 +6,7 @@ commit a new one, snapshots for listings, and ``zero``.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from director.ctl.config import Config
 from director.ctl.snapshot import Snapshot
@@ -23,3 +23,11 @@ class ControlTarget(Protocol):
 
     def zero(self, key: tuple[str, str, int] | None) -> None:
         """ipvsadm -Z: zero the counters of one service (by ServiceConf.key) or of all."""
+
+    def which(
+        self, protocol: str, client: tuple[str, int], virtual: tuple[str, int], mark: int
+    ) -> dict[str, Any] | None:
+        """The real server a new packet with this tuple would get now, changing nothing."""
+
+    def sysctls(self, changes: dict[str, str]) -> dict[str, int | bool]:
+        """Apply ``changes`` (all or none; ValueError names a bad one) and return all."""

@@ -24,10 +24,11 @@ from typing import Any
 
 from director.core import estimator, proto_tcp
 from director.core.engine import Director
+from director.core.service import PROTO_NUMBERS, pack_addr
 from director.ctl.config import Config, ConfigError
 from director.ctl.ipvsadm import format_save, parse_restore
 from director.ctl.ops import apply
-from director.ctl.report import snapshot
+from director.ctl.report import dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, take_sample
@@ -59,6 +60,9 @@ class Settings:
     # Per-state TCP timeouts beyond ipvsadm --set's two (the old
     # /proc/sys/net/ipv4/vs/timeout_* knobs), e.g. {"TIME_WAIT": 5}.
     tcp_timeouts: dict[str, int] = field(default_factory=dict)
+    # IPVS's sysctls (director.core.sysctl), e.g. {"expire_nodest_conn": 1}; also
+    # changed at run time with `dirctl sysctl NAME=VALUE`.
+    sysctl: dict[str, str] = field(default_factory=dict)
 
 
 def parse_settings(argv: list[str]) -> Settings:
@@ -113,8 +117,10 @@ def _merge(settings: Settings, values: dict[str, Any], origin: str) -> None:
         default = getattr(settings, key)
         if isinstance(default, Path):
             value = Path(value)
-        elif isinstance(default, dict):
+        elif key == "tcp_timeouts":
             value = {str(k).upper(): int(v) for k, v in dict(value).items()}
+        elif isinstance(default, dict):
+            value = {str(k): str(v).lower() for k, v in dict(value).items()}
         setattr(settings, key, value)
 
 
@@ -136,6 +142,10 @@ class Daemon:
         self.director = Director()
         for state, seconds in settings.tcp_timeouts.items():
             self.director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
+        try:
+            self.sysctls(settings.sysctl)
+        except ValueError as err:
+            raise ConfigError(f"sysctl: {err}") from None
         self._config = Config()
         self.hooks = Hooks(queue=settings.queue_num, mark=settings.send_mark)
         self.routes = Routes()
@@ -172,6 +182,24 @@ class Daemon:
     def snapshot(self, *, conns: bool) -> Snapshot:
         t = self._config.timeouts
         return snapshot(self.director, (t.tcp, t.tcpfin, t.udp), time.monotonic(), conns=conns)
+
+    def which(
+        self, protocol: str, client: tuple[str, int], virtual: tuple[str, int], mark: int
+    ) -> dict[str, Any] | None:
+        dest = self.director.which(
+            PROTO_NUMBERS[protocol],
+            pack_addr(client[0]),
+            client[1],
+            pack_addr(virtual[0]),
+            virtual[1],
+            time.monotonic(),
+            mark,
+        )
+        return None if dest is None else dict(dest_dict(dest))
+
+    def sysctls(self, changes: dict[str, str]) -> dict[str, int | bool]:
+        self.director.sysctls = self.director.sysctls.updated(changes)
+        return self.director.sysctls.as_dict()
 
     def zero(self, key: tuple[str, str, int] | None) -> None:
         estimator.zero(self.director, key)

@@ -186,3 +186,29 @@ def test_typer_cli_runner_drives_the_app(target: FakeTarget) -> None:
     result = CliRunner().invoke(dirctl.app, ["list", "--timeout"])
     assert result.exit_code == 0
     assert result.output == "Timeout (tcp tcpfin udp): 900 120 300\n"
+
+
+def test_sysctl_shows_sets_and_refuses_all_or_nothing(
+    target: FakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(capsys, "sysctl")
+    assert status == 0 and "expire_nodest_conn = 0" in out and "conn_reuse_mode = 1" in out
+    status, out, _ = run(capsys, "sysctl", "expire_nodest_conn=1", "conn_reuse_mode=2")
+    assert status == 0 and "expire_nodest_conn = 1" in out and "conn_reuse_mode = 2" in out
+    for bad in ("nope=1", "sloppy_tcp=maybe", "conn_reuse_mode=7", "=1", "sloppy_tcp"):
+        status, _, err = run(capsys, "sysctl", "sloppy_tcp=1", bad)
+        assert status == 2 and len(err.strip().splitlines()) == 1, (bad, err)
+    assert target.sysctl.sloppy_tcp is False
+
+
+def test_which_prints_the_server_or_says_none(
+    target: FakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(capsys, "which", "tcp", "203.0.113.10:4000", "203.0.113.5:80")
+    assert status == 1 and "no real server" in out
+    target.which_answer = {"addr": "198.18.0.2", "port": 80, "method": "masq"}
+    status, out, _ = run(capsys, "which", "tcp", "203.0.113.10:4000", "203.0.113.5:80")
+    assert (status, out) == (0, "198.18.0.2:80 masq\n")
+    for argv in (("icmp", "1.2.3.4:1", "203.0.113.5:80"), ("tcp", "nonsense", "203.0.113.5:80")):
+        status, _, err = run(capsys, "which", *argv)
+        assert status == 2 and err.startswith("dirctl: ") and len(err.splitlines()) == 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from director.core.sysctl import Sysctls
 from director.ctl.config import Config, ServiceConf
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
 
@@ -76,3 +78,15 @@ class FakeTarget:
 
     def zero(self, key: tuple[str, str, int] | None) -> None:
         self.zeroed.append(key)
+
+    sysctl: Sysctls = field(default_factory=Sysctls)
+    which_answer: dict[str, Any] | None = None
+
+    def which(
+        self, protocol: str, client: tuple[str, int], virtual: tuple[str, int], mark: int
+    ) -> dict[str, Any] | None:
+        return self.which_answer
+
+    def sysctls(self, changes: dict[str, str]) -> dict[str, int | bool]:
+        self.sysctl = self.sysctl.updated(changes)
+        return self.sysctl.as_dict()

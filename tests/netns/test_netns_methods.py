@@ -107,11 +107,6 @@ def test_local_node_is_served_by_the_directors_own_stack(daemon: Daemon, tmp_pat
     assert int(row[2]) == 1, stats  # Conns
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="IPVS (__ip_vs_update_dest) turns a dest with a local address into "
-    "IP_VS_CONN_F_LOCALNODE and ipvsadm lists it as 'Local'; director still lists 'Route'",
-)
 def test_local_node_is_listed_as_local_like_ipvsadm(daemon: Daemon) -> None:
     local = topology.DIRECTOR_INSIDE
     _restore(daemon, f"-A -t {VIP}:{PORT} -s rr\n-a -t {VIP}:{PORT} -r {local}:{PORT} -g\n")
