@@ -43,7 +43,8 @@ class Worker:
         self.neighbours = neighbours
         self.queue = queue
         self.clock = clock
-        self.errors: Counter[str] = Counter()
+        # One tally of what the shell could not do (send errors, unresolved neighbours).
+        self.errors: Counter[str] = neighbours.errors
         self.nfq = NetfilterQueue()
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
