@@ -18,7 +18,15 @@ from collections import Counter
 from director.core import persist
 from director.core.conn import Conn, ConnProtocol, ConnTable
 from director.core.icmp import port_unreachable
-from director.core.packet import TH_RST, TH_SYN, Packet, PacketError, parse
+from director.core.packet import (
+    IPPROTO_ICMP,
+    TH_RST,
+    TH_SYN,
+    Packet,
+    PacketError,
+    parse,
+    parse_icmp_error,
+)
 from director.core.proto_tcp import CLOSE, FIN_WAIT, INPUT, OUTPUT, TIME_WAIT, TcpProtocol
 from director.core.proto_udp import UdpProtocol
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, ServiceTable
@@ -43,6 +51,7 @@ class Director:
         self.totals = Stats()
         self.verdicts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        self.passes: Counter[str] = Counter()
         self.sysctls = Sysctls()
 
     # -- control ---------------------------------------------------------------
@@ -106,6 +115,8 @@ class Director:
         try:
             pkt = parse(buf, mark)
         except PacketError as err:
+            if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
+                return self._icmp_in(buf, mark)
             return self._refuse(err.reason)
         conn = self.conns.in_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
         if conn is not None and not conn.dest.available:
@@ -123,24 +134,16 @@ class Director:
         if conn is None:
             svc = self.services.lookup(pkt.protocol, pkt.daddr, pkt.dport, mark)
             if svc is None:
-                return self._count(_PASS)
+                return self._pass("no_service")
             if pkt.protocol == IPPROTO_TCP and not self._may_schedule(pkt.tcp_flags):
                 # tcp_conn_schedule: only a SYN opens a connection; anything else is
                 # left to the local stack, which answers it with a reset.
-                return self._count(_PASS)
+                return self._pass("not_syn")
             scheduled = self._schedule(svc, pkt, now)
             if isinstance(scheduled, tuple):
                 return self._count(scheduled)
             conn = scheduled
-        length = pkt.length
-        dest = conn.dest
-        dest.stats.inpkts += 1
-        dest.stats.inbytes += length
-        svc_stats = conn.svc.stats
-        svc_stats.inpkts += 1
-        svc_stats.inbytes += length
-        self.totals.inpkts += 1
-        self.totals.inbytes += length
+        self._count_in(conn, pkt.length)
         conn.proto.transition(conn, INPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
         verdict = conn.xmit.xmit_in(conn, pkt)
@@ -155,24 +158,66 @@ class Director:
         try:
             pkt = parse(buf)
         except PacketError as err:
+            if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
+                return self._icmp_out(buf)
             return self._refuse(err.reason)
         conn = self.conns.out_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
         if conn is None:
-            return self._count(_PASS)
-        length = pkt.length
-        dest = conn.dest
-        dest.stats.outpkts += 1
-        dest.stats.outbytes += length
-        svc_stats = conn.svc.stats
-        svc_stats.outpkts += 1
-        svc_stats.outbytes += length
-        self.totals.outpkts += 1
-        self.totals.outbytes += length
+            return self._pass("no_conn")
+        self._count_out(conn, pkt.length)
         conn.proto.transition(conn, OUTPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
         return self._count(conn.xmit.xmit_out(conn, pkt))
 
+    def _icmp_in(self, buf: bytearray, mark: int) -> Verdict:
+        """ip_vs_in_icmp: an error from outside about a connection goes to its real
+        server; the quoted packet is one the VIP sent, so the key is read reversed."""
+        try:
+            err = parse_icmp_error(buf, mark)
+        except PacketError as exc:
+            return self._refuse(exc.reason)
+        if err is None:
+            return self._pass("icmp_other")
+        conn = self.conns.in_tab.get(
+            (err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
+             err.inner_sport)
+        )  # fmt: skip
+        if conn is None:
+            return self._pass("icmp_no_conn")
+        self._count_in(conn, err.pkt.length)
+        return self._count(conn.xmit.icmp_in(conn, err))
+
+    def _icmp_out(self, buf: bytearray) -> Verdict:
+        """ip_vs_out_icmp: a NAT real server's error about a connection is made to come
+        from the VIP before it reaches the client."""
+        try:
+            err = parse_icmp_error(buf)
+        except PacketError as exc:
+            return self._refuse(exc.reason)
+        if err is None:
+            return self._pass("icmp_other")
+        conn = self.conns.out_tab.get(
+            (err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
+             err.inner_sport)
+        )  # fmt: skip
+        if conn is None:
+            return self._pass("icmp_no_conn")
+        self._count_out(conn, err.pkt.length)
+        return self._count(conn.xmit.icmp_out(conn, err))
+
     # -- helpers -----------------------------------------------------------------
+
+    def _count_in(self, conn: Conn, length: int) -> None:
+        """ip_vs_in_stats: whole IP packets, per real server, service and in total."""
+        for stats in (conn.dest.stats, conn.svc.stats, self.totals):
+            stats.inpkts += 1
+            stats.inbytes += length
+
+    def _count_out(self, conn: Conn, length: int) -> None:
+        """ip_vs_out_stats."""
+        for stats in (conn.dest.stats, conn.svc.stats, self.totals):
+            stats.outpkts += 1
+            stats.outbytes += length
 
     def _schedule(self, svc: Service, pkt: Packet, now: float) -> Conn | Verdict:
         """ip_vs_schedule (and ip_vs_sched_persist for persistent services), or
@@ -251,9 +296,15 @@ class Director:
             bool(mode & 2) and state == FIN_WAIT and conn.nooutput
         )
 
+    def _pass(self, reason: str) -> Verdict:
+        """Not the director's: the packet goes on as the kernel would send it, counted
+        by why (a VIP's packet for no service, a TCP packet that may not open one...)."""
+        self.passes[reason] += 1
+        return self._count(_PASS)
+
     def _refuse(self, reason: str) -> Verdict:
         if reason == "unhandled_protocol":
-            return self._count(_PASS)
+            return self._pass("unhandled_protocol")
         return self._count((DROP, reason))
 
     def _count(self, verdict: Verdict) -> Verdict:

@@ -111,6 +111,70 @@ def parse(buf: bytearray, mark: int = 0) -> Packet:
         flags = 0
     else:
         raise PacketError("unhandled_protocol")
+    if not sport or not dport:
+        raise PacketError("zero_port")
     if length < size:
         del buf[length:]  # link-layer padding is not part of the packet
     return Packet(buf, protocol, saddr, daddr, sport, dport, ihl, length, flags, mark)
+
+
+# ICMP errors IPVS relays for a connection (ip_vs_in_icmp / ip_vs_out_icmp).
+ICMP_DEST_UNREACH = 3
+ICMP_SOURCE_QUENCH = 4
+ICMP_TIME_EXCEEDED = 11
+ICMP_ERRORS = frozenset((ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_TIME_EXCEEDED))
+
+
+class IcmpError:
+    """An ICMP error about a TCP or UDP packet: the outer packet (``pkt``, protocol
+    ICMP, no ports) and the header it quotes (``inner`` and ``inner_l4`` offsets)."""
+
+    __slots__ = (
+        "inner",
+        "inner_daddr",
+        "inner_dport",
+        "inner_l4",
+        "inner_protocol",
+        "inner_saddr",
+        "inner_sport",
+        "pkt",
+    )
+
+    def __init__(self, pkt: Packet, inner: int, inner_l4: int) -> None:
+        buf = pkt.buf
+        self.pkt = pkt
+        self.inner = inner
+        self.inner_l4 = inner_l4
+        self.inner_protocol = buf[inner + 9]
+        self.inner_saddr = bytes(buf[inner + 12 : inner + 16])
+        self.inner_daddr = bytes(buf[inner + 16 : inner + 20])
+        self.inner_sport, self.inner_dport = _PORTS.unpack_from(buf, inner_l4)
+
+
+def parse_icmp_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
+    """Read an ICMP error about a TCP or UDP packet; None for any other ICMP message
+    (echo and the like are the local stack's business); PacketError if malformed."""
+    size = len(buf)
+    if size < 20:
+        raise PacketError("truncated")
+    vihl, _tos, length, _id, frag, _ttl, protocol, _csum, saddr, daddr = _IP.unpack_from(buf)
+    ihl = (vihl & 0x0F) << 2
+    if vihl >> 4 != 4 or ihl < 20 or length < ihl or length > size:
+        raise PacketError("bad_length" if vihl >> 4 == 4 and ihl >= 20 else "bad_header_length")
+    if frag & (_IP_MF | _IP_OFFMASK):
+        raise PacketError("fragment")
+    if protocol != IPPROTO_ICMP or length < ihl + 8 or buf[ihl] not in ICMP_ERRORS:
+        return None
+    inner = ihl + 8
+    if length < inner + 20:
+        raise PacketError("icmp_truncated")
+    inner_ihl = (buf[inner] & 0x0F) << 2
+    inner_l4 = inner + inner_ihl
+    if buf[inner] >> 4 != 4 or inner_ihl < 20 or length < inner_l4 + 8:
+        raise PacketError("icmp_truncated")
+    if buf[inner + 9] not in (IPPROTO_TCP, IPPROTO_UDP):
+        return None
+    if length < size:
+        del buf[length:]
+    pkt = Packet(buf, protocol, saddr, daddr, 0, 0, ihl, length, 0, mark)
+    return IcmpError(pkt, inner, inner_l4)

@@ -80,6 +80,7 @@ class Sample:
     conn_entries: int = 0
     verdicts: tuple[tuple[str, int], ...] = ()
     drops: tuple[tuple[str, int], ...] = ()
+    passes: tuple[tuple[str, int], ...] = ()
     worker_errors: tuple[tuple[str, int], ...] = ()
 
 
@@ -128,6 +129,7 @@ def take_sample(director: Director, worker_errors: Mapping[str, int]) -> Sample:
         conn_entries=len(director.conns),
         verdicts=tuple(sorted(director.verdicts.items())),
         drops=tuple(sorted(director.drops.items())),
+        passes=tuple(sorted(director.passes.items())),
         worker_errors=tuple(sorted(worker_errors.items())),
     )
 
@@ -229,6 +231,14 @@ class DirectorCollector(Collector):
         yield _labelled(
             CounterMetricFamily("director_drops", "Packets dropped, by reason.", labels=["reason"]),
             sample.drops,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "director_passed",
+                "Packets left to the kernel as they were, by reason.",
+                labels=["reason"],
+            ),
+            sample.passes,
         )
         yield CounterMetricFamily(
             "director_scheduling_failures",

@@ -22,16 +22,16 @@ from director.core.service import IPPROTO_TCP, IPPROTO_UDP, ServiceTable, unpack
 
 log = logging.getLogger(__name__)
 
-SVC_SET = "director-svc"
-SVC_ANY_SET = "director-svc-any"
+VIP_SET = "director-vip"
 RS_SET = "director-rs"
 RS_ANY_SET = "director-rs-any"
+RS_ADDR_SET = "director-rs-addr"
 # The ipsets director keeps, by name: their type (see iptables/director.rules).
 SETS: dict[str, str] = {
-    SVC_SET: "hash:ip,port",
-    SVC_ANY_SET: "hash:ip",
+    VIP_SET: "hash:ip",
     RS_SET: "hash:ip,port",
     RS_ANY_SET: "hash:ip",
+    RS_ADDR_SET: "hash:ip",
 }
 FWM_CHAIN = "DIRECTOR_FWM"
 Entry = tuple[str, int, int]  # address, protocol number, port
@@ -117,15 +117,14 @@ class Hooks:
         marks: set[int] = set()
         for svc in services:
             proto, vaddr, vport = svc.key
-            if not proto:
-                marks.add(vport)
-            elif vport:
-                wanted[SVC_SET].add((unpack_addr(vaddr), proto, vport))
+            if proto:
+                wanted[VIP_SET].add((unpack_addr(vaddr), 0, 0))
             else:
-                wanted[SVC_ANY_SET].add((unpack_addr(vaddr), 0, 0))
+                marks.add(vport)
             for dest in svc.dests:
                 if dest.method != "masq":
                     continue
+                wanted[RS_ADDR_SET].add((unpack_addr(dest.addr), 0, 0))
                 port = (dest.port or vport) if proto else dest.port
                 if not port:
                     wanted[RS_ANY_SET].add((unpack_addr(dest.addr), 0, 0))

@@ -24,7 +24,7 @@ from director.core.route import Frame
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
-    from director.core.packet import Packet
+    from director.core.packet import IcmpError, Packet
     from director.core.service import Dest
 
 ACCEPT, SEND, DROP, DIRECT = 0, 1, 2, 3
@@ -43,6 +43,15 @@ class Xmit:
         raise NotImplementedError
 
     def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
+        return (ACCEPT, None)
+
+    def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
+        """An ICMP error from outside about a connection: by default it goes to the
+        real server as it is, the way the connection's packets go (ip_vs_icmp_xmit)."""
+        return self.xmit_in(conn, err.pkt)
+
+    def icmp_out(self, conn: Conn, err: IcmpError) -> Verdict:
+        """An ICMP error from the real server about a connection."""
         return (ACCEPT, None)
 
 

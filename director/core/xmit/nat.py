@@ -12,13 +12,14 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from director.core.checksum import adjust16, adjust32
+from director.core.checksum import adjust16, adjust32, internet_checksum
 from director.core.packet import IPPROTO_UDP
 from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
+from director.core.xmit.mtu import too_big
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
-    from director.core.packet import Packet
+    from director.core.packet import IcmpError, Packet
 
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
@@ -54,15 +55,57 @@ def rewrite(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port: 
     _U16.pack_into(buf, csum_at, csum)
 
 
+def _set_addr(buf: bytearray, at: int, new: bytes, header: int) -> None:
+    """Put ``new`` at ``at`` and adjust the checksum of the IP header at ``header``."""
+    old = _U32.unpack_from(buf, at)[0]
+    csum = _U16.unpack_from(buf, header + _IP_CSUM)[0]
+    _U16.pack_into(buf, header + _IP_CSUM, adjust32(csum, old, _U32.unpack(new)[0]))
+    buf[at : at + 4] = new
+
+
+def _icmp_checksum(err: IcmpError) -> None:
+    """ICMP's checksum covers the whole message: recomputed, as ip_vs_nat_icmp does."""
+    buf = err.pkt.buf
+    at = err.pkt.l4
+    buf[at + 2 : at + 4] = b"\x00\x00"
+    _U16.pack_into(buf, at + 2, internet_checksum(memoryview(buf)[at : err.pkt.length]))
+
+
 @register
 class Masquerade(Xmit):
     name = "masq"
     nooutput = False
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
+        route = conn.dest.route
+        if route is not None:
+            refused = too_big(pkt, route.mtu)
+            if refused is not None:
+                return refused
         rewrite(pkt, 16, 2, conn.daddr, conn.dport)
         return (SEND, pkt.buf)
 
     def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
         rewrite(pkt, 12, 0, conn.vaddr, conn.vport)
         return (ACCEPT, pkt.buf)
+
+    def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
+        """ip_vs_nat_icmp, inward: the error about VIP:vport -> client is made about
+        RIP:rport -> client and sent to the real server.  The quoted transport
+        checksum is left alone, as the kernel leaves it."""
+        buf = err.pkt.buf
+        _set_addr(buf, 16, conn.daddr, 0)
+        _set_addr(buf, err.inner + 12, conn.daddr, err.inner)
+        _U16.pack_into(buf, err.inner_l4, conn.dport)
+        _icmp_checksum(err)
+        return (SEND, buf)
+
+    def icmp_out(self, conn: Conn, err: IcmpError) -> Verdict:
+        """ip_vs_nat_icmp, outward: the real server's error about client -> RIP:rport
+        comes from the VIP, about client -> VIP:vport."""
+        buf = err.pkt.buf
+        _set_addr(buf, 12, conn.vaddr, 0)
+        _set_addr(buf, err.inner + 16, conn.vaddr, err.inner)
+        _U16.pack_into(buf, err.inner_l4 + 2, conn.vport)
+        _icmp_checksum(err)
+        return (ACCEPT, buf)

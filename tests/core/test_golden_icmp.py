@@ -1,0 +1,114 @@
+"""ICMP errors about connections, as ip_vs_in_icmp / ip_vs_out_icmp relay them.
+
+Expected packets are built by dpkt with the fields ip_vs_nat_icmp writes: outer and
+quoted addresses, the quoted port, both IP header checksums and the ICMP checksum
+(dpkt computes them); the quoted transport checksum is left as it was.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import dpkt
+
+from director.core.engine import Director
+from director.core.route import Frame, Route
+from director.core.xmit import ACCEPT, DIRECT, DROP, SEND
+from director.ctl.config import Config, DestConf, ServiceConf
+from tests.core.packets import ACK, CLIENT, RS2, SYN, VIP, tcp, udp
+
+ROUTER = "203.0.113.1"
+
+
+def icmp_error(src: str, dst: str, quoted: bytes, type_: int, code: int, mtu: int = 0) -> bytes:
+    body = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=quoted[:28])
+    icmp = dpkt.icmp.ICMP(type=type_, code=code, data=body)
+    return bytes(
+        dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=1, ttl=50, data=icmp)
+    )
+
+
+def resum(header: bytearray) -> None:
+    """Recompute an IPv4 header's checksum in place with dpkt's own routine."""
+    header[10:12] = b"\x00\x00"
+    header[10:12] = dpkt.in_cksum(bytes(header[:20])).to_bytes(2, "big")
+
+
+def nat_director(method: str = "masq") -> Director:
+    d = Director()
+    d.configure(
+        Config(
+            services=(
+                ServiceConf("tcp", VIP, 80, scheduler="rr", dests=(DestConf(RS2, 8000, method),)),
+            )
+        )
+    )
+    for svc in d.services:
+        for dest in svc.dests:
+            dest.route = Route(ifindex=3, source=socket.inet_aton("198.18.0.1"), mtu=1500)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0)
+    return d
+
+
+def test_frag_needed_from_outside_is_rewritten_to_the_real_server():
+    d = nat_director()
+    # The VIP's reply, as the client's router saw it: VIP:80 -> client:40000.
+    reply = bytes(tcp(VIP, CLIENT, 80, 40000, ACK, b"x" * 100))
+    error = icmp_error(ROUTER, VIP, reply, 3, 4, mtu=1280)
+    action, data = d.hook_in(bytearray(error), 1.0)
+    assert action == SEND
+    quoted = bytearray(reply[:28])
+    quoted[12:16] = socket.inet_aton(RS2)  # the quoted source becomes the real server
+    quoted[20:22] = (8000).to_bytes(2, "big")  # and its port the real server's port
+    resum(quoted)
+    expected = icmp_error(ROUTER, RS2, bytes(quoted), 3, 4, mtu=1280)
+    assert bytes(data) == expected
+
+
+def test_port_unreachable_from_a_nat_real_server_comes_from_the_vip():
+    d = Director()
+    d.configure(
+        Config(services=(ServiceConf("udp", VIP, 53, scheduler="rr",
+                                     dests=(DestConf(RS2, 5353, "masq"),)),))
+    )  # fmt: skip
+    d.hook_in(udp(CLIENT, VIP, 5000, 53, b"q"), 0.0)
+    request = bytes(udp(CLIENT, RS2, 5000, 5353, b"q"))  # what the real server got
+    error = icmp_error(RS2, CLIENT, request, 3, 3)
+    action, data = d.hook_out(bytearray(error), 1.0)
+    assert action == ACCEPT
+    quoted = bytearray(request[:28])
+    quoted[16:20] = socket.inet_aton(VIP)
+    quoted[22:24] = (53).to_bytes(2, "big")
+    resum(quoted)
+    assert bytes(data) == icmp_error(VIP, CLIENT, bytes(quoted), 3, 3)
+    assert next(iter(d.services)).stats.outpkts == 1
+
+
+def test_dr_icmp_error_goes_as_it_is():
+    d = nat_director("droute")
+    error = icmp_error(ROUTER, VIP, bytes(tcp(VIP, CLIENT, 80, 40000, ACK)), 11, 0)
+    action, frame = d.hook_in(bytearray(error), 1.0)
+    assert action == DIRECT
+    assert isinstance(frame, Frame) and bytes(frame.packet) == error
+
+
+def test_icmp_for_no_connection_and_echo_pass_to_the_local_stack():
+    d = nat_director()
+    stranger = icmp_error(ROUTER, VIP, bytes(tcp(VIP, CLIENT, 80, 41000, ACK)), 3, 1)
+    assert d.hook_in(bytearray(stranger), 1.0) == (ACCEPT, None)
+    echo = dpkt.ip.IP(src=socket.inet_aton(CLIENT), dst=socket.inet_aton(VIP), p=1,
+                      data=dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1)))  # fmt: skip
+    assert d.hook_in(bytearray(bytes(echo)), 1.0) == (ACCEPT, None)
+
+
+def test_truncated_icmp_error_is_dropped_by_reason():
+    d = nat_director()
+    error = bytearray(icmp_error(ROUTER, VIP, bytes(tcp(VIP, CLIENT, 80, 40000, ACK)), 3, 4))
+    short = error[:40]
+    short[2:4] = (40).to_bytes(2, "big")
+    assert d.hook_in(short, 1.0) == (DROP, "icmp_truncated")
+
+
+def test_zero_port_is_dropped_by_reason():
+    d = nat_director()
+    assert d.hook_in(tcp(CLIENT, VIP, 0, 80, SYN), 1.0) == (DROP, "zero_port")
