@@ -96,9 +96,10 @@ def test_icmp_for_no_connection_and_echo_pass_to_the_local_stack():
     d = nat_director()
     stranger = icmp_error(ROUTER, VIP, bytes(tcp(VIP, CLIENT, 80, 41000, ACK)), 3, 1)
     assert d.hook_in(bytearray(stranger), 1.0) == (ACCEPT, None)
-    echo = dpkt.ip.IP(src=socket.inet_aton(CLIENT), dst=socket.inet_aton(VIP), p=1,
-                      data=dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1)))  # fmt: skip
+    ping = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1))
+    echo = dpkt.ip.IP(src=socket.inet_aton(CLIENT), dst=socket.inet_aton(VIP), p=1, data=ping)
     assert d.hook_in(bytearray(bytes(echo)), 1.0) == (ACCEPT, None)
+    assert d.passes["icmp_no_conn"] == 1 and d.passes["icmp_other"] == 1
 
 
 def test_truncated_icmp_error_is_dropped_by_reason():
