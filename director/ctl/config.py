@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from director.health.model import Health
+
 # Forwarding methods, by the names the kernel uses (IP_VS_CONN_F_MASQ, _DROUTE, _TUNNEL,
 # _LOCALNODE) and the words ipvsadm -L prints for them.
 METHOD_WORDS: dict[str, str] = {
@@ -86,3 +88,6 @@ class Config:
 
     services: tuple[ServiceConf, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # Health checks and failure policies (director.health): intent, saved as comment
+    # lines of the rules file; the live table is ``health.effective.effective(...)``.
+    health: Health = field(default_factory=Health)

@@ -26,7 +26,7 @@ import ipaddress
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from director.ctl.config import (
     DEFAULT_PERSISTENCE,
@@ -57,6 +57,9 @@ from director.ctl.ops import (
     check_service,
     default_netmask,
 )
+
+if TYPE_CHECKING:
+    from director.health.ops import HealthOp
 
 # -g -i -m, and the switch ipvsadm-save prints for each method (fwd_switch).
 METHOD_LETTERS: dict[str, str] = {"g": "droute", "i": "tunnel", "m": "masq"}
@@ -470,13 +473,25 @@ def parse_line(line: str) -> Op:
 # --- restore files ------------------------------------------------------------------
 
 
-def parse_restore_lines(text: str) -> list[tuple[int, Op]]:
+def parse_restore_lines(text: str) -> list[tuple[int, Op | HealthOp]]:
     """Every command of an ipvsadm-save file with its line number; blank lines and
-    ``#`` comments are skipped; ConfigError names the first bad line."""
-    parsed: list[tuple[int, Op]] = []
+    ``#`` comments are skipped, but for director's own ``# director-check`` and
+    ``# director-health`` lines (director.health.rules); ConfigError names the first
+    bad line."""
+    from director.health.rules import parse_comment
+
+    parsed: list[tuple[int, Op | HealthOp]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            try:
+                health_op = parse_comment(stripped)
+            except ConfigError as exc:
+                raise ConfigError(f"line {number}: {exc}") from None
+            if health_op is not None:
+                parsed.append((number, health_op))
             continue
         try:
             parsed.append((number, parse_line(stripped)))
@@ -485,19 +500,24 @@ def parse_restore_lines(text: str) -> list[tuple[int, Op]]:
     return parsed
 
 
-def parse_restore(text: str) -> list[Op]:
+def parse_restore(text: str) -> list[Op | HealthOp]:
     return [op for _, op in parse_restore_lines(text)]
 
 
 def restore(config: Config, text: str) -> Config:
     """ipvsadm -R onto ``config`` (it adds to the current table), all or nothing:
     ConfigError names the line whose command failed and nothing is applied."""
+    from director.health.ops import HEALTH_OPS, apply_health, prune
+
     for number, op in parse_restore_lines(text):
         try:
-            config = apply(config, op)
+            if isinstance(op, HEALTH_OPS):
+                config = apply_health(config, op)
+            else:
+                config = apply(config, op)
         except ConfigError as exc:
             raise ConfigError(f"line {number}: {exc}") from None
-    return config
+    return prune(config)
 
 
 def load_rules(text: str) -> Config:
@@ -550,8 +570,12 @@ def _dest_line(svc: ServiceConf, dest: DestConf) -> str:
     return " ".join(words)
 
 
-def format_save(config: Config) -> str:
-    """``ipvsadm-save -n`` of ``config`` (see the module docstring for the differences)."""
+def format_save(config: Config, *, checks: bool = True) -> str:
+    """``ipvsadm-save -n`` of ``config`` (see the module docstring for the differences);
+    with ``checks``, each service's health checks follow it as ``# director-...``
+    comment lines (director.health.rules), which ipvsadm-restore skips."""
+    from director.health.rules import comment_lines
+
     lines: list[str] = []
     if config.timeouts != Timeouts():
         t = config.timeouts
@@ -559,4 +583,6 @@ def format_save(config: Config) -> str:
     for svc in config.services:
         lines.append(_service_line(svc))
         lines.extend(_dest_line(svc, dest) for dest in svc.dests)
+        if checks:
+            lines.extend(comment_lines(config, svc.key))
     return "".join(f"{line}\n" for line in lines)
