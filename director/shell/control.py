@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,37 @@ from director.ctl.target import ControlTarget
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 16 << 20  # a restore of many thousand lines still fits
-CLIENT_TIMEOUT = 5.0
+MAX_REQUEST = 4 << 20  # a restore of tens of thousands of lines still fits
+CLIENT_TIMEOUT = 2.0  # requests are read between packet batches: keep a stall short
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """SO_PEERCRED: the pid, uid and gid of the process at the other end."""
+    pid, uid, gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return pid, uid, gid
+
+
+def may_use(uid: int, gid: int, group: int | None, own_uid: int) -> bool:
+    """Root, the daemon's own user, or a member of the configured control group."""
+    if uid in (0, own_uid):
+        return True
+    if group is None:
+        return False
+    if gid == group:
+        return True
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    return group in os.getgrouplist(name, gid)
 
 
 class ControlServer:
-    def __init__(self, path: Path, target: ControlTarget) -> None:
+    def __init__(self, path: Path, target: ControlTarget, group: int | None = None) -> None:
         self.path = path
         self.target = target
+        self.group = group
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -38,7 +63,11 @@ class ControlServer:
             self.sock.bind(str(path))
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        if group is None:
+            os.chmod(path, 0o600)
+        else:
+            os.chown(path, -1, group)
+            os.chmod(path, 0o660)
         self.sock.listen(16)
         self.sock.setblocking(False)
 
@@ -52,10 +81,15 @@ class ControlServer:
             return
         with conn:
             conn.settimeout(CLIENT_TIMEOUT)
-            try:
-                response = dispatch(self.target, _read_request(conn))
-            except (OSError, ValueError) as err:
-                response = {"version": 1, "ok": False, "error": f"bad request: {err}"}
+            _, uid, gid = peer_credentials(conn)
+            if not may_use(uid, gid, self.group, os.getuid()):
+                log.warning("control socket: refused uid %d", uid)
+                response = _refusal(f"permission denied for uid {uid}")
+            else:
+                try:
+                    response = dispatch(self.target, _read_request(conn))
+                except (OSError, ValueError) as err:
+                    response = _refusal(f"bad request: {err}")
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(response).encode() + b"\n")
 
@@ -63,6 +97,10 @@ class ControlServer:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _refusal(reason: str) -> dict[str, Any]:
+    return {"version": 1, "ok": False, "error": reason, "fault": "caller"}
 
 
 def _read_request(conn: socket.socket) -> dict[str, Any]:

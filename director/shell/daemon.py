@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import grp
+import json
 import logging
 import os
 import selectors
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from director.core import estimator, proto_tcp
+from director.core import conn_dump, estimator, proto_tcp
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
 from director.ctl.config import Config, ConfigError
@@ -63,6 +65,31 @@ class Settings:
     # IPVS's sysctls (director.core.sysctl), e.g. {"expire_nodest_conn": 1}; also
     # changed at run time with `dirctl sysctl NAME=VALUE`.
     sysctl: dict[str, str] = field(default_factory=dict)
+    # While no worker is bound to the queue (a restart, a crash): "hold" drops the
+    # virtual services' packets, so TCP sends them again once a worker is back;
+    # "bypass" lets them on to the kernel, whose own stack answers (resets).
+    queue_policy: str = "hold"
+    # At SIGTERM: "remove" takes the hooks out (the director stops serving);
+    # "keep" leaves them holding traffic for the next start, which also restores the
+    # connection table, so that a restart drops no connection.
+    on_stop: str = "remove"
+    # A group whose members may use the control socket besides root ("" = root only).
+    control_group: str = ""
+
+    def check(self) -> None:
+        for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
+        if self.control_group:
+            try:
+                grp.getgrnam(self.control_group)
+            except KeyError:
+                raise ConfigError(f"control_group: no group {self.control_group!r}") from None
+
+
+QUEUE_POLICIES = ("hold", "bypass")
+STOP_POLICIES = ("remove", "keep")
+CONNS_FILE = "conns.json"
 
 
 def parse_settings(argv: list[str]) -> Settings:
@@ -80,6 +107,9 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--queue-num", type=int)
     parser.add_argument("--send-mark", type=lambda s: int(s, 0))
     parser.add_argument("--tcp-timeout", action="append", default=[], metavar="STATE=SECONDS")
+    parser.add_argument("--queue-policy", choices=QUEUE_POLICIES)
+    parser.add_argument("--on-stop", choices=STOP_POLICIES)
+    parser.add_argument("--control-group", metavar="GROUP")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -99,6 +129,7 @@ def parse_settings(argv: list[str]) -> Settings:
     for state, seconds in settings.tcp_timeouts.items():
         if state.upper() not in proto_tcp.STATE_NAMES or seconds <= 0:
             raise ConfigError(f"bad TCP timeout {state}={seconds}")
+    settings.check()
     return settings
 
 
@@ -147,7 +178,11 @@ class Daemon:
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
         self._config = Config()
-        self.hooks = Hooks(queue=settings.queue_num, mark=settings.send_mark)
+        self.hooks = Hooks(
+            queue=settings.queue_num,
+            mark=settings.send_mark,
+            bypass=settings.queue_policy == "bypass",
+        )
         self.routes = Routes()
         self.notifier = Notifier()
         self.stop_requested = False
@@ -214,12 +249,16 @@ class Daemon:
             self.director, self.settings.queue_num, self.settings.send_mark, Neighbours()
         )
         try:
-            worker.bind()
             self.commit(config, persist=False)
+            self._load_conns()
+            worker.bind()
             if self.metrics is not None:
                 self.metrics.publish(take_sample(self.director, worker.errors))
                 self.metrics.start()
-            control = ControlServer(self.settings.control_socket, self)
+            group = self.settings.control_group
+            control = ControlServer(
+                self.settings.control_socket, self, grp.getgrnam(group).gr_gid if group else None
+            )
         except Exception:
             if self.metrics is not None:
                 self.metrics.close()
@@ -229,11 +268,13 @@ class Daemon:
             self._loop(worker, control)
         finally:
             self.notifier.stopping()
-            self.hooks.remove()
+            worker.close()  # no verdicts from here on: the queue holds or bypasses
+            self._save_conns()
+            if self.settings.on_stop == "remove":
+                self.hooks.remove()
             control.close()
             if self.metrics is not None:
                 self.metrics.close()
-            worker.close()
             worker.neighbours.close()
             self.routes.close()
             log.info("stopped")
@@ -279,6 +320,28 @@ class Daemon:
         selector.close()
         wake_r.close()
         wake_w.close()
+
+    def _save_conns(self) -> None:
+        """Write the connection table for the next start (atomically)."""
+        path = self.settings.state_dir / CONNS_FILE
+        data = conn_dump.dump(self.director, time.monotonic())
+        atomic_write(path, json.dumps(data, separators=(",", ":")))
+        log.info("saved %d connection entries to %s", len(data["conns"]), path)
+
+    def _load_conns(self) -> None:
+        """Restore the connections a previous run saved, once; a bad file is set aside."""
+        path = self.settings.state_dir / CONNS_FILE
+        if not path.exists():
+            return
+        try:
+            restored, skipped = conn_dump.load(
+                self.director, json.loads(path.read_text()), time.monotonic()
+            )
+            log.info("restored %d connection entries (%d for services gone)", restored, skipped)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.error("connection table %s not restored: %s", path, err)
+        finally:
+            path.unlink(missing_ok=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True

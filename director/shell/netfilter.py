@@ -45,8 +45,12 @@ def rules_text() -> str:
     return (Path(__file__).resolve().parents[2] / "iptables" / "director.rules").read_text()
 
 
-def render(text: str, queue: int, mark: int) -> str:
-    return text.replace("@QUEUE@", str(queue)).replace("@MARK@", hex(mark))
+def render(text: str, queue: int, mark: int, bypass: bool = False) -> str:
+    return (
+        text.replace("@QUEUE@", str(queue))
+        .replace("@BYPASS@", " --queue-bypass" if bypass else "")
+        .replace("@MARK@", hex(mark))
+    )
 
 
 _TABLE = re.compile(r"^\*(\w+)")
@@ -80,19 +84,27 @@ class Hooks:
 
     queue: int
     mark: int
+    bypass: bool = False
     text: str = field(default_factory=rules_text)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] = field(default_factory=set)
 
     def install(self) -> None:
-        self.remove()
+        """Load the hooks.  Hooks a previous run left in place (on_stop = keep) are
+        taken over without a gap: the sets keep their contents until the first sync
+        swaps new ones in, the chains are reloaded in one iptables-restore
+        transaction, and a jump is added only where it is missing."""
         with IPSet() as ipset:
             for name, stype in SETS.items():
                 ipset.create(name, stype=stype, exclusive=False)
-                ipset.flush(name)
-                self._entries[name] = set()
-        _restore(render(self.text, self.queue, self.mark))
+        self._entries = {}  # contents unknown: the first sync replaces them whole
         self._marks = set()
+        _, jumps = declared(self.text)
+        text = render(self.text, self.queue, self.mark, self.bypass)
+        _restore("\n".join(line for line in text.splitlines() if not _JUMP.match(line)) + "\n")
+        for table, chain, rule in jumps:
+            if not _iptables("-t", table, "-C", chain, *rule.split()):
+                _iptables("-t", table, "-I", chain, "1", *rule.split())
         log.info("netfilter hooks installed (NFQUEUE %d)", self.queue)
 
     def remove(self) -> None:
@@ -106,8 +118,9 @@ class Hooks:
             _iptables("-t", table, "-X", chain)
         with IPSet() as ipset:
             for name in SETS:
-                with contextlib.suppress(Exception):
-                    ipset.destroy(name)
+                for spare in (name, f"{name}-new"):
+                    with contextlib.suppress(Exception):
+                        ipset.destroy(spare)
         self._entries.clear()
 
     def sync(self, services: ServiceTable) -> None:
@@ -133,7 +146,11 @@ class Hooks:
                         wanted[RS_SET].add((unpack_addr(dest.addr), protocol, port))
         with IPSet() as ipset:
             for name, entries in wanted.items():
-                have = self._entries.setdefault(name, set())
+                if name not in self._entries:
+                    _replace_set(ipset, name, entries)
+                    self._entries[name] = entries
+                    continue
+                have = self._entries[name]
                 for entry in have - entries:
                     value, etype = _ipset_entry(entry)
                     ipset.delete(name, value, etype=etype)
@@ -144,6 +161,18 @@ class Hooks:
         if marks != self._marks:
             _restore(_fwmark_chain(marks, self.queue))
             self._marks = marks
+
+
+def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:
+    """Fill a new set and swap it in: the old contents go in one step."""
+    spare = f"{name}-new"
+    ipset.create(spare, stype=SETS[name], exclusive=False)
+    ipset.flush(spare)
+    for entry in entries:
+        value, etype = _ipset_entry(entry)
+        ipset.add(spare, value, etype=etype, exclusive=False)
+    ipset.swap(name, spare)
+    ipset.destroy(spare)
 
 
 def _ipset_entry(entry: Entry) -> tuple[object, str]:

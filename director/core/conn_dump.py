@@ -1,0 +1,115 @@
+"""The connection table written out and read back, so that a restart drops no
+connection: the daemon dumps it at stop and loads it at start.
+
+Each entry names its service and real server by their keys, not by object, and its
+time to live rather than a clock reading, so a dump stays good across processes.
+Templates come first, so the connections they control can be tied to them again.
+Entries whose service or real server is gone are left out (and counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from director.core.conn import Conn
+from director.core.engine import Director
+from director.core.persist import new_template
+from director.core.proto_tcp import ESTABLISHED
+from director.core.service import Dest, Service, pack_addr, unpack_addr
+from director.core.xmit import bind_xmit
+
+FORMAT = 1
+
+
+def _service_key(svc: Service) -> list[Any]:
+    proto, addr, port = svc.key
+    return [proto, unpack_addr(addr) if addr else "", port]
+
+
+def _entry(conn: Conn, now: float) -> dict[str, Any]:
+    control = conn.control
+    return {
+        "template": conn.template,
+        "protocol": conn.protocol,
+        "caddr": unpack_addr(conn.caddr),
+        "cport": conn.cport,
+        "vaddr": conn.vaddr.hex(),  # fwmark templates carry the mark here, not an address
+        "vport": conn.vport,
+        "dport": conn.dport,
+        "service": _service_key(conn.svc),
+        "dest": [unpack_addr(conn.dest.addr), conn.dest.port],
+        "state": conn.state,
+        "ttl": max(0.0, conn.expires - now),
+        "timeout": conn.timeout,
+        "nooutput": conn.nooutput,
+        "control": None if control is None else _key(control),
+    }
+
+
+def _key(conn: Conn) -> list[Any]:
+    protocol, caddr, cport, vaddr, vport = conn.in_key
+    return [protocol, caddr.hex(), cport, vaddr.hex(), vport]
+
+
+def dump(director: Director, now: float) -> dict[str, Any]:
+    conns = director.conns
+    entries = [_entry(t, now) for t in conns.templates.values()]
+    entries += [_entry(c, now) for c in conns.in_tab.values()]
+    return {"format": FORMAT, "conns": entries}
+
+
+def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int]:
+    """Put dumped connections back; returns (restored, left out)."""
+    if data.get("format") != FORMAT:
+        raise ValueError(f"unknown connection dump format {data.get('format')!r}")
+    restored = skipped = 0
+    templates: dict[tuple[Any, ...], Conn] = {}
+    for entry in data["conns"]:
+        found = _find(director, entry)
+        if found is None:
+            skipped += 1
+            continue
+        svc, dest = found
+        conn = _rebuild(director, entry, svc, dest, now)
+        control = templates.get(tuple(entry["control"])) if entry["control"] else None
+        director.conns.add(conn, control)
+        if not conn.template and conn.state == ESTABLISHED and conn.protocol == 6:
+            dest.inactconns -= 1  # add() counts a new connection inactive
+            dest.activeconns += 1
+            conn.inactive = False
+        if conn.template:
+            templates[tuple(_key(conn))] = conn
+        restored += 1
+    return restored, skipped
+
+
+def _find(director: Director, entry: dict[str, Any]) -> tuple[Service, Dest] | None:
+    proto, addr, port = entry["service"]
+    svc = director.services.services.get((proto, pack_addr(addr) if addr else b"", port))
+    if svc is None:
+        return None
+    daddr, dport = entry["dest"]
+    dest = svc.find_dest(pack_addr(daddr), dport)
+    return None if dest is None else (svc, dest)
+
+
+def _rebuild(
+    director: Director, entry: dict[str, Any], svc: Service, dest: Dest, now: float
+) -> Conn:
+    protocol = entry["protocol"]
+    caddr = pack_addr(entry["caddr"])
+    vaddr = bytes.fromhex(entry["vaddr"])
+    if entry["template"]:
+        key = (protocol, caddr, 0, vaddr, entry["vport"])
+        conn = new_template(director.protocols.get(protocol, director.tcp), key, svc, dest,
+                            bind_xmit(dest), now)  # fmt: skip
+    else:
+        conn = Conn(
+            director.protocols[protocol], protocol, caddr, entry["cport"], vaddr,
+            entry["vport"], svc, dest, bind_xmit(dest), dport=entry["dport"],
+        )  # fmt: skip
+        conn.state = entry["state"]
+        conn.nooutput = entry["nooutput"]
+    conn.timeout = entry["timeout"]
+    conn.expires = now + entry["ttl"]
+    return conn
