@@ -32,7 +32,7 @@ def _directives(text: str) -> dict[str, list[str]]:
 def test_unit_declares_notify_watchdog_and_least_privilege() -> None:
     d = _directives(UNIT.read_text())
     assert d["Type"] == ["notify"]
-    assert d["NotifyAccess"] == ["main"]
+    assert d["NotifyAccess"] == ["all"]  # the supervisor is the main PID, the daemon its child
     assert d["Restart"] == ["on-failure"]
     assert "WatchdogSec" in d
     assert d["ExecStart"][0].split()[0] == INSTALLED

@@ -38,6 +38,7 @@ from director.shell.netfilter import Hooks
 from director.shell.netlink import Neighbours, Routes
 from director.shell.notify import Notifier
 from director.shell.persist import atomic_write
+from director.shell.supervise import EXIT_CRASH, supervise
 from director.shell.worker import Worker
 
 log = logging.getLogger("directord")
@@ -75,6 +76,8 @@ class Settings:
     on_stop: str = "remove"
     # A group whose members may use the control socket besides root ("" = root only).
     control_group: str = ""
+    # Run the daemon under a supervisor process that starts it again if it dies.
+    supervise: bool = True
 
     def check(self) -> None:
         for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
@@ -110,6 +113,13 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--queue-policy", choices=QUEUE_POLICIES)
     parser.add_argument("--on-stop", choices=STOP_POLICIES)
     parser.add_argument("--control-group", metavar="GROUP")
+    parser.add_argument(
+        "--no-supervise",
+        dest="supervise",
+        action="store_false",
+        default=None,
+        help="run without the supervisor process (it restarts a daemon that died)",
+    )
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -267,10 +277,12 @@ class Daemon:
         try:
             self._loop(worker, control)
         finally:
-            self.notifier.stopping()
+            if self.stop_requested:
+                self.notifier.stopping()
             worker.close()  # no verdicts from here on: the queue holds or bypasses
             self._save_conns()
-            if self.settings.on_stop == "remove":
+            # After a crash the hooks stay, holding traffic for the supervisor's restart.
+            if self.stop_requested and self.settings.on_stop == "remove":
                 self.hooks.remove()
             control.close()
             if self.metrics is not None:
@@ -361,14 +373,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
-        daemon = Daemon(settings)
-        return daemon.run()
+    except ConfigError as err:
+        log.error("%s", err)
+        return EXIT_USAGE
+    if not settings.supervise:
+        return serve(settings)
+    return supervise(lambda: serve(settings))
+
+
+def serve(settings: Settings) -> int:
+    """One daemon's life; its exit status tells the supervisor what happened."""
+    try:
+        return Daemon(settings).run()
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
     except OSError as err:
         log.error("cannot start: %s", err)
         return EXIT_SETUP
+    except Exception:
+        log.exception("daemon failed")
+        return EXIT_CRASH
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from director.core.engine import Director
 from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
 from director.ctl.config import ConfigError
+from director.shell.supervise import restarts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Sample:
     verdicts: tuple[tuple[str, int], ...] = ()
     drops: tuple[tuple[str, int], ...] = ()
     passes: tuple[tuple[str, int], ...] = ()
+    restarts: int = 0
     worker_errors: tuple[tuple[str, int], ...] = ()
 
 
@@ -130,6 +132,7 @@ def take_sample(director: Director, worker_errors: Mapping[str, int]) -> Sample:
         verdicts=tuple(sorted(director.verdicts.items())),
         drops=tuple(sorted(director.drops.items())),
         passes=tuple(sorted(director.passes.items())),
+        restarts=restarts(),
         worker_errors=tuple(sorted(worker_errors.items())),
     )
 
@@ -239,6 +242,11 @@ class DirectorCollector(Collector):
                 labels=["reason"],
             ),
             sample.passes,
+        )
+        yield CounterMetricFamily(
+            "director_worker_restarts",
+            "Times the supervisor started the daemon again after it died.",
+            value=sample.restarts,
         )
         yield CounterMetricFamily(
             "director_scheduling_failures",
