@@ -28,8 +28,7 @@ from director.core import conn_dump, estimator, proto_tcp
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
 from director.ctl.config import Config, ConfigError
-from director.ctl.ipvsadm import format_save, parse_restore
-from director.ctl.ops import apply
+from director.ctl.ipvsadm import format_save, load_rules
 from director.ctl.report import dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.shell.control import ControlServer
@@ -165,14 +164,14 @@ def _merge(settings: Settings, values: dict[str, Any], origin: str) -> None:
         setattr(settings, key, value)
 
 
-def load_rules(path: Path) -> Config:
-    """The rules file, ipvsadm-save lines, applied to an empty configuration."""
-    config = Config()
+def read_rules(path: Path) -> Config:
+    """The rules file (ipvsadm-save lines); a bad one is refused whole, naming the line."""
     if not path.exists():
-        return config
-    for op in parse_restore(path.read_text()):
-        config = apply(config, op)
-    return config
+        return Config()
+    try:
+        return load_rules(path.read_text())
+    except ConfigError as err:
+        raise ConfigError(f"rules file {path}: {err}") from None
 
 
 class Daemon:
@@ -252,7 +251,7 @@ class Daemon:
     # -- life cycle ----------------------------------------------------------------
 
     def run(self) -> int:
-        config = load_rules(self.settings.rules)
+        config = read_rules(self.settings.rules)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.hooks.install()
         worker = Worker(
