@@ -15,6 +15,7 @@ with ``app.add_typer(...)`` at the bottom of this module (see "Sub-apps").
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from director.ctl.ipvsadm import (
 )
 from director.ctl.ops import ServiceKey
 from director.ctl.protocol import DEFAULT_SOCKET, DaemonFailed, DaemonUnreachable
+from director.health.rules import parse_words
 
 app = typer.Typer(
     name="dirctl",
@@ -274,9 +276,12 @@ def zero(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None) -> Non
 def save(
     ctx: typer.Context,
     numeric: Annotated[bool, typer.Option("-n", "--numeric", help="numeric (always)")] = False,
+    checks: Annotated[
+        bool, typer.Option("--checks", help="add the health checks as # director- lines")
+    ] = False,
 ) -> None:
     """ipvsadm -S: print the rules as ipvsadm-save lines."""
-    typer.echo(_ask(ctx, "save"), nl=False)
+    typer.echo(_ask(ctx, "save", {"checks": True} if checks else {}), nl=False)
 
 
 @app.command("restore")
@@ -332,9 +337,18 @@ def list_(
     timeout: Annotated[bool, typer.Option("--timeout", help="timeouts")] = False,
     exact: Annotated[bool, typer.Option("--exact", help="exact numbers")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the snapshot as JSON")] = False,
+    checks: Annotated[bool, typer.Option("--checks", help="health checks and states")] = False,
 ) -> None:
     """ipvsadm -L: list the table (addresses are always numeric)."""
     chosen = _service(t, u, f)
+    if checks:
+        rows = _ask(ctx, "checks")
+        if chosen is not None:
+            wanted = list(parse_service_key(*chosen))
+            rows = [row for row in rows if row["service"] == wanted]
+        text = json.dumps(rows, indent=2) + "\n" if as_json else listing.format_checks(rows)
+        typer.echo(text, nl=False)
+        return
     layout = listing.ListFormat(stats, rate, thresholds, persistent_conn, exact)
     flags = {"connection": connection, "service-address": chosen is not None, "timeout": timeout}
     _check_list_options(flags, layout)
@@ -372,6 +386,81 @@ def top(
         interval=interval,
         iterations=1 if once else iterations,
     )
+
+
+# --- health checks (director.health) ----------------------------------------------
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+_CHECK_HELP = """
+    Options: -t/-u/-f SERVICE, -r ADDR[:PORT] (without: the default of every real
+    server of the service), --type tcp|http|https|misc, --port N, --path /url,
+    --status 200[,301], --digest MD5, --contains TEXT, --host NAME, --command CMD,
+    --interval S (5), --timeout S (3), --rise N (1), --fall N (1), --retry N (0),
+    --retry-delay S (1), --warmup S (0), --via-vip (DR/TUN: probe VIP:port through
+    the real server's path), --on-failure quiesce|remove (quiesce).
+"""
+
+
+def _health(ctx: typer.Context, verb: str) -> None:
+    words = list(ctx.args)
+    parse_words(verb, words)  # name a bad option before bothering the daemon
+    _ask(ctx, verb, {"words": words})
+
+
+@app.command("add-check", context_settings=_PASS_THROUGH, help="Add a health check." + _CHECK_HELP)
+def add_check(ctx: typer.Context) -> None:
+    _health(ctx, "add-check")
+
+
+@app.command(
+    "edit-check",
+    context_settings=_PASS_THROUGH,
+    help="Change a health check (options not given keep their values)." + _CHECK_HELP,
+)
+def edit_check(ctx: typer.Context) -> None:
+    _health(ctx, "edit-check")
+
+
+@app.command("delete-check", context_settings=_PASS_THROUGH)
+def delete_check(ctx: typer.Context) -> None:
+    """Delete a health check: -t/-u/-f SERVICE [-r ADDR[:PORT]]."""
+    _health(ctx, "delete-check")
+
+
+@app.command("set-health", context_settings=_PASS_THROUGH)
+def set_health(ctx: typer.Context) -> None:
+    """A service's failure policy: -t/-u/-f SERVICE [--sorry-server ADDR[:PORT] -g|-i|-m]
+    [--quorum N] [--hysteresis N] [--quorum-up CMD] [--quorum-down CMD]; with the
+    service alone, remove it."""
+    _health(ctx, "set-health")
+
+
+@app.command("import-keepalived")
+def import_keepalived(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="keepalived.conf")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the dirctl commands, apply nothing")
+    ] = False,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="apply what translates even if some does not")
+    ] = False,
+) -> None:
+    """Bring keepalived.conf virtual_server blocks over as services, servers and checks."""
+    from director.ctl import keepalived
+
+    result = keepalived.translate(keepalived.parse_file(file))
+    for item in result.untranslated:
+        typer.echo(f"not translated: {item}", err=True)
+    if dry_run:
+        typer.echo(keepalived.as_commands(result), nl=False)
+        return
+    if result.untranslated and not partial:
+        raise ConfigError(
+            f"{file}: {len(result.untranslated)} setting(s) cannot be translated "
+            "(listed above); nothing applied (--partial applies the rest)"
+        )
+    _ask(ctx, "restore", {"text": keepalived.as_rules(result)})
 
 
 # --- debugging and settings ---------------------------------------------------------

@@ -24,6 +24,9 @@ from director.ctl.protocol import (
     load_message,
 )
 from director.ctl.target import ControlTarget
+from director.health.ops import apply_health, prune
+from director.health.rules import VERBS as HEALTH_VERBS
+from director.health.rules import parse_words
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def _list(target: ControlTarget, args: dict[str, Any]) -> Any:
 
 
 def _save(target: ControlTarget, args: dict[str, Any]) -> Any:
-    return format_save(target.config)
+    return format_save(target.config, checks=bool(args.get("checks", False)))
 
 
 def _zero(target: ControlTarget, args: dict[str, Any]) -> Any:
@@ -89,10 +92,30 @@ def _sysctls(target: ControlTarget, args: dict[str, Any]) -> Any:
 
 def _change(command: str) -> Handler:
     def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
-        target.commit(apply(target.config, decode_op(command, args)))
+        # prune: deleting a service or real server deletes its checks.
+        target.commit(prune(apply(target.config, decode_op(command, args))))
         return None
 
     return handler
+
+
+def _health_change(command: str) -> Handler:
+    """add-check, edit-check, delete-check, set-health: args {"words": [...]}, the
+    options as dirctl was given them (director.health.rules parses them)."""
+
+    def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
+        words = args.get("words")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ConfigError(f"{command}: words must be a list of strings")
+        target.commit(apply_health(target.config, parse_words(command, words)))
+        return None
+
+    return handler
+
+
+def _checks(target: ControlTarget, args: dict[str, Any]) -> Any:
+    """dirctl list --checks: every check, its real server's state and last result."""
+    return target.checks()
 
 
 HANDLERS: dict[str, Handler] = {
@@ -102,7 +125,9 @@ HANDLERS: dict[str, Handler] = {
     "restore": _restore,
     "which": _which,
     "sysctl": _sysctls,
+    "checks": _checks,
     **{name: _change(name) for name in OPS},
+    **{name: _health_change(name) for name in HEALTH_VERBS},
 }
 
 

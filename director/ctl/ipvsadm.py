@@ -511,10 +511,7 @@ def restore(config: Config, text: str) -> Config:
 
     for number, op in parse_restore_lines(text):
         try:
-            if isinstance(op, HEALTH_OPS):
-                config = apply_health(config, op)
-            else:
-                config = apply(config, op)
+            config = apply_health(config, op) if isinstance(op, HEALTH_OPS) else apply(config, op)
         except ConfigError as exc:
             raise ConfigError(f"line {number}: {exc}") from None
     return prune(config)

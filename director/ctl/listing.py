@@ -16,6 +16,7 @@ import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from director.ctl.config import METHOD_WORDS
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
@@ -165,12 +166,17 @@ def _service_row(svc: ServiceDict, fmt: ListFormat) -> str:
     return _service_settings(svc)
 
 
+# Health markers after ipvsadm's last column, so its columns stay where they are.
+_STATE_MARKERS = {"down": "[down]", "sorry": "[sorry]"}
+
+
 def _plain_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
     word = METHOD_WORDS.get(dest["method"], dest["method"])
+    marker = _STATE_MARKERS.get(dest.get("state", ""), "")
     return (
         f"  -> {name:<28} {word:<7} {dest['weight']:<6} "
         f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
-    )
+    ) + (f" {marker}" if marker else "")
 
 
 def _stats_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
@@ -275,3 +281,24 @@ def format_timeout(snapshot: Snapshot) -> str:
 def format_json(snapshot: Snapshot | ServiceDict) -> str:
     """``dirctl list --json``: the snapshot itself, for programs."""
     return json.dumps(snapshot, indent=2, sort_keys=True) + "\n"
+
+
+def format_checks(rows: list[dict[str, Any]]) -> str:
+    """``dirctl list --checks``: one line per checked real server."""
+    lines = [
+        f"{'Prot LocalAddress:Port':<28} {'RemoteAddress:Port':<22} {'Check':<6} "
+        f"{'State':<8} {'For':>7} {'Fails':>5}  Last error"
+    ]
+    for row in rows:
+        proto, vaddr, vport = row["service"]
+        raddr, rport = row["server"]
+        if proto == "fwm":
+            service = f"FWM  {vport}"
+        else:
+            service = f"{str(proto).upper():<4} {addr_port(vaddr, vport)}"
+        check = f"{row['type']}{'+vip' if row['via_vip'] else ''}"
+        lines.append(
+            f"{service:<28} {addr_port(raddr, rport):<22} {check:<6} {row['state']!s:<8} "
+            f"{row['for_seconds']!s:>6}s {row['failures']!s:>5}  {row['last_error']}"
+        )
+    return "".join(f"{line.rstrip()}\n" for line in lines)

@@ -6,7 +6,7 @@ One snapshot carries everything the ipvsadm-style listings need, so the text lay
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class StatsDict(TypedDict):
@@ -35,6 +35,9 @@ class DestDict(TypedDict):
     inactconns: int
     persistconns: int
     stats: StatsDict
+    # Health (director.health): "unknown", "up", "down" for checked real servers,
+    # "sorry" for a sorry server in service; absent when not checked.
+    state: NotRequired[str]
 
 
 class ServiceDict(TypedDict):

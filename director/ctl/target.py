@@ -31,3 +31,6 @@ class ControlTarget(Protocol):
 
     def sysctls(self, changes: dict[str, str]) -> dict[str, int | bool]:
         """Apply ``changes`` (all or none; ValueError names a bad one) and return all."""
+
+    def checks(self) -> list[dict[str, Any]]:
+        """The health checks and what they found (director.health.manager)."""

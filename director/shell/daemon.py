@@ -31,6 +31,7 @@ from director.ctl.config import Config, ConfigError
 from director.ctl.ipvsadm import format_save, load_rules
 from director.ctl.report import dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
+from director.health.manager import HealthManager
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, take_sample
 from director.shell.netfilter import Hooks
@@ -197,6 +198,10 @@ class Daemon:
         self.stop_requested = False
         self.rate_timer = estimator.RateTimer()
         self.metrics = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
+        # Health checks (director.health): the core runs health.effective(intent).
+        self.health = HealthManager()
+        if self.metrics is not None:
+            self.metrics.registry.register(self.health.collector)
 
     # -- ControlTarget -----------------------------------------------------------
 
@@ -205,13 +210,24 @@ class Daemon:
         return self._config
 
     def commit(self, config: Config, *, persist: bool = True) -> None:
-        self.routes.check(config)
+        self.routes.check(self.health.worst(config))  # sorry servers included
         if persist:
             atomic_write(self.settings.rules, format_save(config))
-        self.director.configure(config)
+        self.director.configure(self.health.effective(config))
         self._annotate_routes()
         self.hooks.sync(self.director.services)
         self._config = config
+        self.health.reconfigure(config)
+
+    def _on_health(self) -> None:
+        """Check results came in: run the table health makes of the intent."""
+        if self.health.on_readable():
+            self.director.configure(self.health.effective(self._config))
+            self._annotate_routes()
+            self.hooks.sync(self.director.services)
+
+    def checks(self) -> list[dict[str, Any]]:
+        return self.health.report()
 
     def _annotate_routes(self) -> None:
         """Tell every real server the way to it (DR, TUN, local node), from netlink."""
@@ -225,7 +241,9 @@ class Daemon:
 
     def snapshot(self, *, conns: bool) -> Snapshot:
         t = self._config.timeouts
-        return snapshot(self.director, (t.tcp, t.tcpfin, t.udp), time.monotonic(), conns=conns)
+        snap = snapshot(self.director, (t.tcp, t.tcpfin, t.udp), time.monotonic(), conns=conns)
+        self.health.annotate(snap)
+        return snap
 
     def which(
         self, protocol: str, client: tuple[str, int], virtual: tuple[str, int], mark: int
@@ -258,6 +276,7 @@ class Daemon:
             self.director, self.settings.queue_num, self.settings.send_mark, Neighbours()
         )
         try:
+            self.health.start()
             self.commit(config, persist=False)
             self._load_conns()
             worker.bind()
@@ -269,6 +288,7 @@ class Daemon:
                 self.settings.control_socket, self, grp.getgrnam(group).gr_gid if group else None
             )
         except Exception:
+            self.health.stop()
             if self.metrics is not None:
                 self.metrics.close()
             self.hooks.remove()
@@ -279,6 +299,7 @@ class Daemon:
             if self.stop_requested:
                 self.notifier.stopping()
             worker.close()  # no verdicts from here on: the queue holds or bypasses
+            self.health.stop()
             self._save_conns()
             # After a crash the hooks stay, holding traffic for the supervisor's restart.
             if self.stop_requested and self.settings.on_stop == "remove":
@@ -304,6 +325,7 @@ class Daemon:
         neighbours = worker.neighbours
         selector.register(neighbours, selectors.EVENT_READ, lambda: self._on_netlink(neighbours))
         selector.register(wake_r, selectors.EVENT_READ, lambda: _drain(wake_r))
+        selector.register(self.health, selectors.EVENT_READ, self._on_health)
 
         self.notifier.ready(f"{len(self.director.services)} virtual services")
         log.info(
