@@ -1,0 +1,385 @@
+"""keepalived.conf's ``virtual_server`` blocks, brought over as director services,
+real servers and checks (``dirctl import-keepalived``).
+
+A parser of keepalived's configuration syntax, written from its documentation
+(keepalived.conf(5)): statements are one line of words; ``#`` and ``!`` start
+comments; ``"..."`` quotes a word with spaces; a statement followed by ``{`` (on its
+line or the next) opens a block that ``}`` closes; ``include PATTERN`` splices in the
+files the glob names (relative to the including file).  ``parse_file`` gives a tree
+of ``Node``; malformed input raises ``ConfigError`` naming the file and line.
+
+``translate`` turns the tree into dirctl command lines, each with the place it came
+from, and lists what it cannot translate.  Blocks other than ``virtual_server``
+(``global_defs``, ``vrrp_instance``, ...) are not director's business and only noted.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from director.ctl.config import Config, ConfigError
+from director.ctl.ipvsadm import format_save, parse_args
+from director.ctl.ops import apply
+from director.health.ops import apply_health
+from director.health.rules import parse_words
+
+MAX_INCLUDE_DEPTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str
+    file: str
+    line: int
+    quoted: bool = False
+
+
+@dataclass(slots=True)
+class Node:
+    keyword: str
+    args: list[str]
+    file: str
+    line: int
+    children: list[Node] | None = None  # None: a plain statement, not a block
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def blocks(self) -> list[Node]:
+        return self.children or []
+
+
+def _fail(file: str, line: int, reason: str) -> ConfigError:
+    return ConfigError(f"{file}:{line}: {reason}")
+
+
+def _split_line(text: str, file: str, number: int) -> list[Token]:
+    tokens: list[Token] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in " \t\r":
+            i += 1
+        elif ch in "#!":
+            break
+        elif ch in "{}":
+            tokens.append(Token(ch, file, number))
+            i += 1
+        elif ch == '"':
+            end = text.find('"', i + 1)
+            if end < 0:
+                raise _fail(file, number, "unterminated quoted string")
+            tokens.append(Token(text[i + 1 : end], file, number, quoted=True))
+            i = end + 1
+        else:
+            start = i
+            while i < len(text) and text[i] not in ' \t\r{}"':
+                i += 1
+            tokens.append(Token(text[start:i], file, number))
+    return tokens
+
+
+def tokenize(path: Path, depth: int = 0) -> list[Token]:
+    """Every word of ``path``, includes spliced in where they stand."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    tokens: list[Token] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = _split_line(line, str(path), number)
+        if words and words[0].text == "include" and not words[0].quoted:
+            if len(words) != 2:
+                raise _fail(str(path), number, "include takes one file or pattern")
+            if depth >= MAX_INCLUDE_DEPTH:
+                raise _fail(str(path), number, "includes nested too deep")
+            pattern = os.path.join(path.parent, words[1].text)
+            names = sorted(glob.glob(pattern))
+            if not names and not glob.has_magic(pattern):
+                raise _fail(str(path), number, f"include: no such file {words[1].text}")
+            for name in names:
+                tokens += tokenize(Path(name), depth + 1)
+            continue
+        tokens += words
+    return tokens
+
+
+def parse_tokens(tokens: list[Token]) -> list[Node]:
+    nodes, pos = _block(tokens, 0, None)
+    assert pos == len(tokens)
+    return nodes
+
+
+def _block(tokens: list[Token], pos: int, opener: Token | None) -> tuple[list[Node], int]:
+    nodes: list[Node] = []
+    while pos < len(tokens):
+        tok = tokens[pos]
+        if tok.text == "}" and not tok.quoted:
+            if opener is None:
+                raise _fail(tok.file, tok.line, "'}' without a block to close")
+            return nodes, pos + 1
+        if tok.text == "{" and not tok.quoted:
+            raise _fail(tok.file, tok.line, "'{' without a keyword before it")
+        node = Node(tok.text, [], tok.file, tok.line)
+        pos += 1
+        while (
+            pos < len(tokens)
+            and (tokens[pos].file, tokens[pos].line) == (tok.file, tok.line)
+            and (tokens[pos].quoted or tokens[pos].text not in "{}")
+        ):
+            node.args.append(tokens[pos].text)
+            pos += 1
+        if pos < len(tokens) and tokens[pos].text == "{" and not tokens[pos].quoted:
+            node.children, pos = _block(tokens, pos + 1, tokens[pos])
+        nodes.append(node)
+    if opener is not None:
+        raise _fail(opener.file, opener.line, "block not closed: '}' missing")
+    return nodes, pos
+
+
+def parse_file(path: Path) -> list[Node]:
+    return parse_tokens(tokenize(path))
+
+
+# --- translation --------------------------------------------------------------------
+
+SCHEDULERS = {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf",
+              "mh", "twos"}  # fmt: skip
+METHODS = {"NAT": "-m", "DR": "-g", "TUN": "-i"}
+CHECKERS = {"TCP_CHECK": "tcp", "HTTP_GET": "http", "SSL_GET": "https", "MISC_CHECK": "misc"}
+
+
+@dataclass(slots=True)
+class Translation:
+    commands: list[tuple[str, list[str]]] = field(default_factory=list)  # (where, argv)
+    untranslated: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _one(node: Node, count: int = 1) -> list[str]:
+    if len(node.args) != count:
+        raise _fail(node.file, node.line, f"{node.keyword} takes {count} value(s)")
+    return node.args
+
+
+def _int(node: Node) -> int:
+    try:
+        return int(_one(node)[0])
+    except ValueError:
+        raise _fail(node.file, node.line, f"{node.keyword}: not a number") from None
+
+
+def _seconds(node: Node) -> str:
+    try:
+        value = float(_one(node)[0])
+    except ValueError:
+        raise _fail(node.file, node.line, f"{node.keyword}: not a number") from None
+    return f"{value:g}"
+
+
+def _addr_port(addr: str, port: str) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def translate(nodes: list[Node]) -> Translation:
+    out = Translation()
+    for node in nodes:
+        if node.keyword == "virtual_server" and node.children is not None:
+            _virtual_server(node, out)
+        else:
+            out.ignored.append(f"{node.where}: {node.keyword} (not a virtual_server)")
+    return out
+
+
+def _service_words(node: Node, protocol: str) -> list[str] | None:
+    args = node.args
+    if len(args) == 2 and args[0] == "fwmark":
+        return ["-f", args[1]]
+    if len(args) == 2 and args[0] != "group":
+        return ["-u" if protocol == "UDP" else "-t", _addr_port(args[0], args[1])]
+    return None
+
+
+def _virtual_server(vs: Node, out: Translation) -> None:
+    settings = {n.keyword: n for n in vs.blocks() if n.children is None}
+    protocol = _one(settings["protocol"])[0].upper() if "protocol" in settings else "TCP"
+    if protocol not in ("TCP", "UDP"):
+        out.untranslated.append(f"{settings['protocol'].where}: protocol {protocol}")
+        return
+    service = _service_words(vs, protocol)
+    if service is None:
+        out.untranslated.append(f"{vs.where}: virtual_server {' '.join(vs.args)}")
+        return
+    add = ["add-service", *service]
+    method = "-m"
+    interval: str | None = None
+    on_failure = "remove"  # keepalived removes a failed real server unless inhibit_on_failure
+    policy: list[str] = []
+    host = ""
+    for node in vs.blocks():
+        key = node.keyword
+        if node.children is not None:
+            if key != "real_server":
+                out.untranslated.append(f"{node.where}: {key} block")
+            continue
+        if key in ("lb_algo", "lvs_sched"):
+            sched = _one(node)[0]
+            if sched not in SCHEDULERS:
+                out.untranslated.append(f"{node.where}: {key} {sched}")
+            add += ["-s", sched]
+        elif key in ("lb_kind", "lvs_method"):
+            word = _one(node)[0].upper()
+            if word not in METHODS:
+                raise _fail(node.file, node.line, f"{key}: NAT, DR or TUN, not {word}")
+            method = METHODS[word]
+        elif key == "persistence_timeout":
+            add += ["-p", str(_int(node))]
+        elif key == "persistence_granularity":
+            add += ["-M", _one(node)[0]]
+        elif key == "delay_loop":
+            interval = _seconds(node)
+        elif key == "inhibit_on_failure":
+            on_failure = "quiesce"
+        elif key == "sorry_server":
+            addr, port = _one(node, 2)
+            policy += ["--sorry-server", _addr_port(addr, port)]
+        elif key == "sorry_server_lvs_method":
+            word = _one(node)[0].upper()
+            if word not in METHODS:
+                raise _fail(node.file, node.line, f"{key}: NAT, DR or TUN, not {word}")
+            policy += [METHODS[word]]
+        elif key in ("quorum", "hysteresis"):
+            policy += [f"--{key}", str(_int(node))]
+        elif key in ("quorum_up", "quorum_down"):
+            policy += [f"--{key.replace('_', '-')}", " ".join(node.args)]
+        elif key == "virtualhost":
+            host = _one(node)[0]
+        elif key in ("protocol", "alpha", "omega", "ha_suspend"):
+            if key in ("omega", "ha_suspend"):
+                out.untranslated.append(f"{node.where}: {key}")
+        else:
+            out.untranslated.append(f"{node.where}: {key}")
+    out.commands.append((vs.where, add))
+    if policy:
+        if "--sorry-server" in policy and not any(m in policy for m in METHODS.values()):
+            policy.append(method)
+        out.commands.append((vs.where, ["set-health", *service, *policy]))
+    for rs in vs.blocks():
+        if rs.keyword == "real_server" and rs.children is not None:
+            _real_server(rs, service, method, interval, on_failure, host, out)
+
+
+def _real_server(
+    rs: Node,
+    service: list[str],
+    method: str,
+    interval: str | None,
+    on_failure: str,
+    host: str,
+    out: Translation,
+) -> None:
+    if len(rs.args) != 2:
+        raise _fail(rs.file, rs.line, "real_server takes an address and a port")
+    server = ["-r", _addr_port(*rs.args)]
+    add = ["add-server", *service, *server, method]
+    checks: list[Node] = []
+    for node in rs.blocks():
+        key = node.keyword
+        if key in CHECKERS and node.children is not None:
+            checks.append(node)
+        elif key == "weight":
+            add += ["-w", str(_int(node))]
+        elif key == "uthreshold":
+            add += ["-x", str(_int(node))]
+        elif key == "lthreshold":
+            add += ["-y", str(_int(node))]
+        elif key == "inhibit_on_failure":
+            on_failure = "quiesce"
+        elif key == "delay_loop":
+            interval = _seconds(node)
+        else:
+            out.untranslated.append(f"{node.where}: {key}")
+    out.commands.append((rs.where, add))
+    for extra in checks[1:]:
+        out.untranslated.append(f"{extra.where}: a second checker ({extra.keyword})")
+    if checks:
+        check = ["add-check", *service, *server, "--on-failure", on_failure]
+        if interval is not None:
+            check += ["--interval", interval]
+        if host:
+            check += ["--host", host]
+        out.commands.append((checks[0].where, check + _checker(checks[0], out)))
+
+
+def _checker(node: Node, out: Translation) -> list[str]:
+    words = ["--type", CHECKERS[node.keyword]]
+    urls = [n for n in node.blocks() if n.keyword == "url"]
+    for child in node.blocks():
+        key = child.keyword
+        if key == "url":
+            continue
+        if key in ("connect_port",):
+            words += ["--port", str(_int(child))]
+        elif key in ("connect_timeout", "misc_timeout"):
+            words += ["--timeout", _seconds(child)]
+        elif key in ("retry", "nb_get_retry"):
+            words += ["--retry", str(_int(child))]
+        elif key == "delay_before_retry":
+            words += ["--retry-delay", _seconds(child)]
+        elif key == "warmup":
+            words += ["--warmup", _seconds(child)]
+        elif key == "misc_path":
+            words += ["--command", " ".join(child.args)]
+        elif key == "virtualhost":
+            words += ["--host", _one(child)[0]]
+        else:
+            out.untranslated.append(f"{child.where}: {node.keyword} {key}")
+    for extra in urls[1:]:
+        out.untranslated.append(f"{extra.where}: a second url (one is checked)")
+    if urls:
+        for child in urls[0].blocks():
+            if child.keyword == "path":
+                words += ["--path", _one(child)[0]]
+            elif child.keyword == "digest":
+                words += ["--digest", _one(child)[0]]
+            elif child.keyword == "status_code":
+                words += ["--status", ",".join(child.args)]
+            else:
+                out.untranslated.append(f"{child.where}: url {child.keyword}")
+    elif node.keyword in ("HTTP_GET", "SSL_GET"):
+        raise _fail(node.file, node.line, f"{node.keyword} without a url block")
+    return words
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def as_commands(result: Translation) -> str:
+    """The dirctl commands, one per line, as --dry-run prints them."""
+    return "".join(f"dirctl {shlex.join(argv)}\n" for _, argv in result.commands)
+
+
+def build_config(result: Translation, base: Config | None = None) -> Config:
+    """Apply the translation to ``base`` (empty: check it alone), all or nothing;
+    ConfigError names the keepalived file and line a bad command came from."""
+    config = base or Config()
+    for where, argv in result.commands:
+        verb, words = argv[0], argv[1:]
+        try:
+            if verb in ("add-check", "set-health"):
+                config = apply_health(config, parse_words(verb, words))
+            else:
+                config = apply(config, parse_args([f"--{verb}", *words]))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return config
+
+
+def as_rules(result: Translation) -> str:
+    """The translation as a rules file (ipvsadm-save lines and # director- lines)."""
+    return format_save(build_config(result))
