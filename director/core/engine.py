@@ -17,6 +17,7 @@ from collections import Counter
 
 from director.core import persist
 from director.core.conn import Conn, ConnProtocol, ConnTable
+from director.core.defense import Defense
 from director.core.icmp import port_unreachable
 from director.core.packet import (
     IPPROTO_ICMP,
@@ -53,6 +54,8 @@ class Director:
         self.drops: Counter[str] = Counter()
         self.passes: Counter[str] = Counter()
         self.sysctls = Sysctls()
+        self.defense = Defense()
+        self.conn_limit = 0  # entries the table may hold (0: no limit), from a memory cap
 
     # -- control ---------------------------------------------------------------
 
@@ -68,6 +71,12 @@ class Director:
         if expired and self.services.trash:
             self.services.collect_trash()
         return len(expired)
+
+    def defend(self, availmem: int, now: float) -> int:
+        """The defence timer's second (defense_work_handler): ``availmem`` in 4 KiB
+        pages; returns how many entries drop_entry let go."""
+        self.defense.update(self.sysctls, availmem, self.tcp)
+        return self.defense.random_dropentry(self.conns, now)
 
     def forget(self, daddr: bytes) -> int:
         """Remove the connections to a real server nothing can be sent to any more
@@ -144,6 +153,7 @@ class Director:
                 return self._count(scheduled)
             conn = scheduled
         self._count_in(conn, pkt.length)
+        conn.in_pkts += 1
         conn.proto.transition(conn, INPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
         verdict = conn.xmit.xmit_in(conn, pkt)
@@ -222,6 +232,10 @@ class Director:
     def _schedule(self, svc: Service, pkt: Packet, now: float) -> Conn | Verdict:
         """ip_vs_schedule (and ip_vs_sched_persist for persistent services), or
         ip_vs_leave's ICMP port unreachable when no real server is left."""
+        if self.defense.drop_rate and self.defense.todrop():
+            return (DROP, "defense_drop_packet")
+        if self.conn_limit and len(self.conns) + len(self.conns.templates) >= self.conn_limit:
+            return (DROP, "conn_table_full")
         template = None
         dport = None
         if svc.conf.persistent is not None:

@@ -69,6 +69,34 @@ TCP_STATES: tuple[tuple[tuple[int, ...], ...], ...] = (
     ),
 )  # fmt: skip
 
+# tcp_states_dos[]: the table secure_tcp switches to.  A NAT connection becomes
+# ESTABLISHED only once the real server's answer is seen (the client's ACK alone leaves
+# it in SYN_RECV), and a DR/TUN connection's SYN leads to SYNACK: a flood of spoofed
+# handshakes never reaches ESTABLISHED's long timeout.
+TCP_STATES_DOS: tuple[tuple[tuple[int, ...], ...], ...] = (
+    (  # INPUT
+        #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+        (sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSA),  # syn
+        (sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sSA),  # fin
+        (sCL, sES, sSS, sSR, sFW, sTW, sCL, sCW, sCL, sLI, sSA),  # ack
+        (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL),  # rst
+    ),
+    (  # OUTPUT
+        #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+        (sSS, sES, sSS, sSA, sSS, sSS, sSS, sSS, sSS, sLI, sSA),  # syn
+        (sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW),  # fin
+        (sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES),  # ack
+        (sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL),  # rst
+    ),
+    (  # INPUT-ONLY
+        #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+        (sSA, sES, sES, sSR, sSA, sSA, sSA, sSA, sSA, sSA, sSA),  # syn
+        (sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW),  # fin
+        (sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
+        (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL),  # rst
+    ),
+)  # fmt: skip
+
 _SYN, _FIN, _ACK, _RST = range(4)
 
 
@@ -85,12 +113,17 @@ def flag_row(flags: int) -> int:
     return -1
 
 
-def next_state(direction: int, flags: int, state: int) -> int:
+def next_state(
+    direction: int,
+    flags: int,
+    state: int,
+    table: tuple[tuple[tuple[int, ...], ...], ...] = TCP_STATES,
+) -> int:
     """set_tcp_state(): the state a packet with ``flags`` moves a connection to."""
     row = flag_row(flags)
     if row < 0:
         return CLOSE
-    return TCP_STATES[direction][row][state]
+    return table[direction][row][state]
 
 
 class TcpProtocol:
@@ -101,9 +134,14 @@ class TcpProtocol:
 
     def __init__(self) -> None:
         self.timeouts: list[int] = list(DEFAULT_TIMEOUTS)
+        self.table = TCP_STATES  # tcp_timeout_change: TCP_STATES_DOS under secure_tcp
 
     def initial_state(self) -> int:
         return NONE
+
+    def secure(self, on: bool) -> None:
+        """tcp_timeout_change: secure_tcp switches the state table."""
+        self.table = TCP_STATES_DOS if on else TCP_STATES
 
     def set_timeouts(self, established: int, fin_wait: int) -> None:
         """ipvsadm --set: the tcp and tcpfin figures; 0 keeps a value."""
@@ -119,7 +157,7 @@ class TcpProtocol:
                 conn.nooutput = False
             else:
                 direction = INPUT_ONLY
-        new = next_state(direction, flags, conn.state)
+        new = next_state(direction, flags, conn.state, self.table)
         if new != conn.state:
             dest = conn.dest
             if not conn.inactive and new != ESTABLISHED:

@@ -21,6 +21,16 @@ class Sysctls:
     # 1: a SYN that finds a connection in TIME_WAIT or CLOSE schedules afresh;
     # 2 (bit): also FIN_WAIT of a DR/TUN connection; 0: reuse the old connection.
     conn_reuse_mode: int = 1
+    # The DoS defences (director.core.defense): 0 off, 1 automatic (armed), 2 automatic
+    # (active now: memory is short), 3 always on.  The automatic ones move between 1
+    # and 2 by themselves, as the kernel's do.
+    drop_entry: int = 0
+    drop_packet: int = 0
+    secure_tcp: int = 0
+    # Memory is short when less than this many 4 KiB pages are available.
+    amemthresh: int = 1024
+    # drop_packet=3 drops one new connection in this many.
+    am_droprate: int = 10
 
     def as_dict(self) -> dict[str, int | bool]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -35,8 +45,9 @@ class Sysctls:
                 raise ValueError(f"{name} takes 0 or 1, not {value!r}")
             setattr(self, name, value in ("1", "true", "yes", "on"))
         else:
-            if not value.isdigit() or int(value) > 3:
-                raise ValueError(f"{name} takes 0..3, not {value!r}")
+            low, high = RANGES[name]
+            if not value.isdigit() or not low <= int(value) <= high:
+                raise ValueError(f"{name} takes {low}..{high}, not {value!r}")
             setattr(self, name, int(value))
 
     def updated(self, changes: dict[str, str]) -> Sysctls:
@@ -45,3 +56,14 @@ class Sysctls:
         for name, value in changes.items():
             trial.set(name, value)
         return trial
+
+
+INT_MAX = 2**31 - 1
+RANGES: dict[str, tuple[int, int]] = {
+    "conn_reuse_mode": (0, 3),
+    "drop_entry": (0, 3),
+    "drop_packet": (0, 3),
+    "secure_tcp": (0, 3),
+    "amemthresh": (0, INT_MAX),
+    "am_droprate": (1, INT_MAX),
+}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from director.core import conn_dump, estimator, proto_tcp
+from director.core.conn import CONN_BYTES, PAGE
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
 from director.ctl.config import Config, ConfigError
@@ -78,8 +79,14 @@ class Settings:
     control_group: str = ""
     # Run the daemon under a supervisor process that starts it again if it dies.
     supervise: bool = True
+    # The most memory the connection table may take, in MiB: new connections beyond it
+    # are dropped, and the automatic DoS defences count what is left of it as the
+    # memory available (with the host's own MemAvailable, whichever is less).
+    conn_table_memory: int = 256
 
     def check(self) -> None:
+        if self.conn_table_memory < 1:
+            raise ConfigError("conn_table_memory must be at least 1 MiB")
         for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
@@ -113,6 +120,7 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--queue-policy", choices=QUEUE_POLICIES)
     parser.add_argument("--on-stop", choices=STOP_POLICIES)
     parser.add_argument("--control-group", metavar="GROUP")
+    parser.add_argument("--conn-table-memory", type=int, metavar="MIB")
     parser.add_argument(
         "--no-supervise",
         dest="supervise",
@@ -181,6 +189,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.director = Director()
+        self.director.conn_limit = (settings.conn_table_memory << 20) // CONN_BYTES
         for state, seconds in settings.tcp_timeouts.items():
             self.director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
         try:
@@ -342,6 +351,7 @@ class Daemon:
             now = time.monotonic()
             if now >= next_tick:
                 self.director.expire(now)
+                self.director.defend(self._available_pages(), now)
                 for nexthop in neighbours.expire(now):
                     self.director.forget(nexthop)
                 estimator.estimate(self.director, self.rate_timer, now)
@@ -353,6 +363,19 @@ class Daemon:
         selector.close()
         wake_r.close()
         wake_w.close()
+
+    def _available_pages(self) -> int:
+        """4 KiB pages left: the host's MemAvailable or the table's own cap, the lesser."""
+        cap = self.settings.conn_table_memory << 20
+        left = max(cap - self.director.conns.memory(), 0) // PAGE
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return min(left, int(line.split()[1]) * 1024 // PAGE)
+        except OSError:
+            pass
+        return left
 
     def _save_conns(self) -> None:
         """Write the connection table for the next start (atomically)."""

@@ -26,7 +26,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -83,6 +83,9 @@ class Sample:
     drops: tuple[tuple[str, int], ...] = ()
     passes: tuple[tuple[str, int], ...] = ()
     restarts: int = 0
+    defenses: tuple[tuple[str, int], ...] = ()  # 1 while a defence is active
+    drop_rate: int = 0
+    conn_limit: int = 0
     worker_errors: tuple[tuple[str, int], ...] = ()
 
 
@@ -133,6 +136,13 @@ def take_sample(director: Director, worker_errors: Mapping[str, int]) -> Sample:
         drops=tuple(sorted(director.drops.items())),
         passes=tuple(sorted(director.passes.items())),
         restarts=restarts(),
+        defenses=(
+            ("drop_entry", int(director.defense.drop_entry)),
+            ("drop_packet", int(bool(director.defense.drop_rate))),
+            ("secure_tcp", int(director.defense.secure)),
+        ),
+        drop_rate=director.defense.drop_rate,
+        conn_limit=director.conn_limit,
         worker_errors=tuple(sorted(worker_errors.items())),
     )
 
@@ -243,6 +253,24 @@ class DirectorCollector(Collector):
             ),
             sample.passes,
         )
+        yield _labelled(
+            GaugeMetricFamily(
+                "director_defense_active",
+                "1 while a DoS defence (drop_entry, drop_packet, secure_tcp) is on.",
+                labels=["defense"],
+            ),
+            sample.defenses,
+        )
+        yield GaugeMetricFamily(
+            "director_defense_drop_rate",
+            "drop_packet: one new connection in this many is dropped (0: none).",
+            value=sample.drop_rate,
+        )
+        yield GaugeMetricFamily(
+            "director_connection_entries_limit",
+            "Entries the connection table may hold (its memory cap), 0 for none.",
+            value=sample.conn_limit,
+        )
         yield CounterMetricFamily(
             "director_worker_restarts",
             "Times the supervisor started the daemon again after it died.",
@@ -269,7 +297,10 @@ class DirectorCollector(Collector):
             )
 
 
-def _labelled(family: CounterMetricFamily, items: Iterable[tuple[str, int]]) -> CounterMetricFamily:
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _labelled(family: Family, items: Iterable[tuple[str, int]]) -> Family:
     for label, value in items:
         family.add_metric([label], value)
     return family
