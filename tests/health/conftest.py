@@ -1,0 +1,51 @@
+"""A network namespace of its own for the checker tests.
+
+The checkers are tested against real servers on real sockets, so they run inside a
+namespace this fixture creates (198.18.0.2 on its ``lo``, SPEC §3) and removes: the
+test thread enters it with setns(2) (a thread's network namespace is its own; threads
+it starts inherit it) and comes back after.  Needs root; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from director.lab.topology import new_prefix
+
+CLONE_NEWNET = 0x40000000
+ADDR = "198.18.0.2"
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+@pytest.fixture
+def in_netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("checker tests need root (they run in a network namespace)")
+    name = new_prefix("dhc")
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"{ADDR}/32", "dev", "lo"], check=True)
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield ADDR
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+        subprocess.run(["ip", "netns", "del", name], check=False)
