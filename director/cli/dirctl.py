@@ -453,6 +453,7 @@ def import_keepalived(
     for item in result.untranslated:
         typer.echo(f"not translated: {item}", err=True)
     if dry_run:
+        keepalived.build_config(result)  # bad values exit 2 naming the keepalived line
         typer.echo(keepalived.as_commands(result), nl=False)
         return
     if result.untranslated and not partial:
