@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +91,105 @@ def save(d: Daemon) -> str:
 
 def only_comments_removed(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not re.match(r"\s*(#|$)", line))
+
+
+# --- robustness and ICMP tests -----------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+
+
+def helper_argv(script: str, *args: str) -> list[str]:
+    """Run one of this folder's stdlib helper programs (rawpkt.py, filesrv.py)."""
+    return [sys.executable, str(HERE / script), *args]
+
+
+class FileServer:
+    """``filesrv.py`` in a namespace: GET serves ``directory``, POST answers a SHA-256."""
+
+    def __init__(self, lab: Lab, ns: str, port: int, directory: Path) -> None:
+        self.lab, self.ns, self.port = lab, ns, port
+        argv = helper_argv("filesrv.py", "--port", str(port), "--directory", str(directory))
+        self.proc = subprocess.Popen(
+            lab.exec_argv(ns, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while not lab.run(ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"filesrv on {ns}:{port} did not start")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> FileServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def random_file(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; return their SHA-256."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})?\s+(\S+)$")
+
+
+def scrape(lab: Lab, listen: str) -> dict[str, dict[str, float]]:
+    """The metrics endpoint (in the director namespace), as {family: {labels: value}}."""
+    text = lab.run(lab.director, ["curl", "-sS", "--max-time", "5",
+                                  f"http://{listen}/metrics"]).stdout  # fmt: skip
+    families: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            families.setdefault(m.group(1), {})[m.group(2) or ""] = float(m.group(3))
+    return families
+
+
+def by_reason(families: dict[str, dict[str, float]], family: str) -> dict[str, float]:
+    """``{reason: value}`` of a family labelled ``reason`` (or ``kind``, ``verdict``)."""
+    out: dict[str, float] = {}
+    for labels, value in families.get(family, {}).items():
+        out[labels.partition('="')[2].rstrip('"')] = value
+    return out
+
+
+def iptables_packets(lab: Lab, ns: str, table: str, chain: str, comment: str) -> int:
+    """The packet count of the rule carrying ``--comment COMMENT`` in ``table``/``chain``."""
+    out = lab.run(ns, ["iptables", "-w", "-t", table, "-L", chain, "-vnx"]).stdout
+    for line in out.splitlines():
+        if f"/* {comment} */" in line:
+            return int(line.split()[0])
+    raise AssertionError(f"no rule {comment!r} in {ns} {table}/{chain}:\n{out}")
+
+
+def link_mac(lab: Lab, ns: str, ifname: str) -> str:
+    info = json.loads(lab.run(ns, ["ip", "-j", "link", "show", ifname]).stdout)
+    return str(info[0]["address"])
+
+
+def route_mtu(lab: Lab, ns: str, dst: str) -> int | None:
+    """The path MTU ``ip route get`` shows for ``dst`` in ``ns`` (a cached PMTU), if any."""
+    out = lab.run(ns, ["ip", "route", "get", dst]).stdout
+    m = re.search(r"\bmtu (?:lock )?(\d+)", out)
+    return int(m.group(1)) if m else None
