@@ -50,7 +50,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -226,10 +226,10 @@ class Fuzzer:
             return [self.ip(proto, self.junk(0, 300))]
         if kind == "random_l4":
             proto = rng.choice((IPPROTO_TCP, IPPROTO_UDP))
-            payload = bytearray(self.junk(0, 300))
-            if len(payload) >= 4:
-                struct.pack_into("!H", payload, 2, self.port())  # never a service's port
-            return [self.ip(proto, bytes(payload))]
+            body = bytearray(self.junk(0, 300))
+            if len(body) >= 4:
+                struct.pack_into("!H", body, 2, self.port())  # never a service's port
+            return [self.ip(proto, bytes(body))]
         if kind == "icmp_junk":
             return [self.ip(IPPROTO_ICMP, self.icmp_junk())]
         if kind == "fragments":
