@@ -13,16 +13,19 @@ never escape: they become a drop reason and a counter.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 
 from director.core import persist
 from director.core.conn import Conn, ConnProtocol, ConnTable
 from director.core.defense import Defense
-from director.core.icmp import port_unreachable
+from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, unreachable
 from director.core.packet import (
+    ICMP_DEST_UNREACH,
     IPPROTO_ICMP,
     TH_RST,
     TH_SYN,
+    IcmpError,
     Packet,
     PacketError,
     parse,
@@ -34,6 +37,7 @@ from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, Servi
 from director.core.stats import Stats
 from director.core.sysctl import Sysctls
 from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
+from director.core.xmit.tun import TUNNEL_HLEN
 from director.ctl.config import Config
 
 # Packets the director has no business with go on as the kernel would send them.
@@ -188,6 +192,8 @@ class Director:
             return self._refuse(exc.reason)
         if err is None:
             return self._pass("icmp_other")
+        if err.tunnel_dst is not None:
+            return self._icmp_ipip(err)
         conn = self.conns.in_tab.get(
             (err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
              err.inner_sport)
@@ -196,6 +202,29 @@ class Director:
             return self._pass("icmp_no_conn")
         self._count_in(conn, err.pkt.length)
         return self._count(conn.xmit.icmp_in(conn, err))
+
+    def _icmp_ipip(self, err: IcmpError) -> Verdict:
+        """ip_vs_in_icmp's "ICMP for IPIP": an error about a packet the director
+        tunnelled to a real server quotes the client's request (not reversed).  The
+        client hears of it from the VIP, quoting its own request; a smaller path MTU
+        is remembered for that real server (less the 20-byte tunnel header for the
+        client), so path MTU discovery works past the director's own links."""
+        conn = self.conns.in_tab.get(
+            (err.inner_protocol, err.inner_saddr, err.inner_sport, err.inner_daddr,
+             err.inner_dport)
+        )  # fmt: skip
+        if conn is None or conn.dest.addr != err.tunnel_dst or conn.xmit.name != "tunnel":
+            return self._pass("icmp_no_conn")
+        buf = err.pkt.buf
+        icmp_type, code = buf[err.pkt.l4], buf[err.pkt.l4 + 1]
+        mtu = 0
+        if icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED:
+            mtu = int.from_bytes(buf[err.pkt.l4 + 6 : err.pkt.l4 + 8], "big")
+            route = conn.dest.route
+            if route is not None and 68 <= mtu < route.mtu:
+                conn.dest.route = dataclasses.replace(route, mtu=mtu)
+            mtu = max(mtu - TUNNEL_HLEN, 0)
+        return self._count((SEND, unreachable(buf[err.inner :], code, mtu, icmp_type)))
 
     def _icmp_out(self, buf: bytearray) -> Verdict:
         """ip_vs_out_icmp: a NAT real server's error about a connection is made to come

@@ -15,7 +15,9 @@ ICMP_PORT_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
 
 
-def unreachable(original: bytes | bytearray, code: int, mtu: int = 0) -> bytearray:
+def unreachable(
+    original: bytes | bytearray, code: int, mtu: int = 0, type_: int = ICMP_DEST_UNREACH
+) -> bytearray:
     """ICMP destination unreachable about ``original`` (RFC 792; RFC 1812 4.3.2.3: the
     offending IP header and the first 8 bytes of its payload), from the address the
     client tried to reach back to the client.  ``mtu`` goes in the next-hop MTU field
@@ -23,7 +25,7 @@ def unreachable(original: bytes | bytearray, code: int, mtu: int = 0) -> bytearr
     ihl = (original[0] & 0x0F) * 4
     quoted = bytes(original[: ihl + 8])
     unreach = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=quoted)
-    icmp = dpkt.icmp.ICMP(type=ICMP_DEST_UNREACH, code=code, data=unreach)
+    icmp = dpkt.icmp.ICMP(type=type_, code=code, data=unreach)
     ip = dpkt.ip.IP(
         src=bytes(original[16:20]),
         dst=bytes(original[12:16]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 
 IPPROTO_ICMP = 1
+IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 
@@ -127,7 +128,11 @@ ICMP_ERRORS = frozenset((ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_TIME_EXCEED
 
 class IcmpError:
     """An ICMP error about a TCP or UDP packet: the outer packet (``pkt``, protocol
-    ICMP, no ports) and the header it quotes (``inner`` and ``inner_l4`` offsets)."""
+    ICMP, no ports) and the header it quotes (``inner`` and ``inner_l4`` offsets).
+
+    An error about one of the director's own IPIP packets (VS/TUN) quotes the tunnel
+    header and, inside it, the client's request: then ``tunnel_dst`` is the real
+    server the tunnel went to and ``inner`` is the client's quoted request."""
 
     __slots__ = (
         "inner",
@@ -138,11 +143,15 @@ class IcmpError:
         "inner_saddr",
         "inner_sport",
         "pkt",
+        "tunnel_dst",
     )
 
-    def __init__(self, pkt: Packet, inner: int, inner_l4: int) -> None:
+    def __init__(
+        self, pkt: Packet, inner: int, inner_l4: int, tunnel_dst: bytes | None = None
+    ) -> None:
         buf = pkt.buf
         self.pkt = pkt
+        self.tunnel_dst = tunnel_dst
         self.inner = inner
         self.inner_l4 = inner_l4
         self.inner_protocol = buf[inner + 9]
@@ -172,9 +181,19 @@ def parse_icmp_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
     inner_l4 = inner + inner_ihl
     if buf[inner] >> 4 != 4 or inner_ihl < 20 or length < inner_l4 + 8:
         raise PacketError("icmp_truncated")
+    tunnel_dst = None
+    if buf[inner + 9] == IPPROTO_IPIP:
+        # ICMP for IPIP: look through the tunnel header to the client's request; a
+        # quote too short to hold its ports is no use (RFC 792 asks only 8 bytes).
+        tunnel_dst = bytes(buf[inner + 16 : inner + 20])
+        inner = inner_l4
+        inner_ihl = (buf[inner] & 0x0F) << 2
+        inner_l4 = inner + inner_ihl
+        if buf[inner] >> 4 != 4 or inner_ihl < 20 or length < inner_l4 + 8:
+            return None
     if buf[inner + 9] not in (IPPROTO_TCP, IPPROTO_UDP):
         return None
     if length < size:
         del buf[length:]
     pkt = Packet(buf, protocol, saddr, daddr, 0, 0, ihl, length, 0, mark)
-    return IcmpError(pkt, inner, inner_l4)
+    return IcmpError(pkt, inner, inner_l4, tunnel_dst)

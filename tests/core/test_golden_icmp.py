@@ -113,3 +113,34 @@ def test_truncated_icmp_error_is_dropped_by_reason():
 def test_zero_port_is_dropped_by_reason():
     d = nat_director()
     assert d.hook_in(tcp(CLIENT, VIP, 0, 80, SYN), 1.0) == (DROP, "zero_port")
+
+
+def test_frag_needed_about_a_tunnelled_packet_reaches_the_client_less_20():
+    """ip_vs_in_icmp's ICMP for IPIP: a router past the director says 1300 about the
+    director's IPIP packet; the client hears 1280 from the VIP about its own request,
+    and later packets of 1300 - 20 + 1 bytes with DF are refused at the director."""
+    d = nat_director("tunnel")
+    request = bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1400))
+    tunnelled = bytes(
+        dpkt.ip.IP(src=socket.inet_aton("198.18.0.1"), dst=socket.inet_aton(RS2), p=4,
+                   ttl=63, data=request)
+    )  # fmt: skip
+    error = dpkt.ip.IP(
+        src=socket.inet_aton("198.18.0.254"), dst=socket.inet_aton("198.18.0.1"), p=1,
+        data=dpkt.icmp.ICMP(type=3, code=4,
+                            data=dpkt.icmp.ICMP.Unreach(mtu=1300, data=tunnelled[:576])),
+    )  # fmt: skip
+    action, data = d.hook_in(bytearray(bytes(error)), 1.0)
+    assert action == SEND
+    answer = dpkt.ip.IP(bytes(data))
+    assert (answer.src, answer.dst) == (socket.inet_aton(VIP), socket.inet_aton(CLIENT))
+    assert (answer.data.type, answer.data.code, answer.data.data.mtu) == (3, 4, 1280)
+    assert bytes(answer.data.data.data) == request[:28]  # its own request, quoted
+    assert next(iter(d.services)).dests[0].route.mtu == 1300
+    # An error quoting too little of the tunnelled packet to find the connection passes.
+    short = dpkt.ip.IP(
+        src=socket.inet_aton("198.18.0.254"), dst=socket.inet_aton("198.18.0.1"), p=1,
+        data=dpkt.icmp.ICMP(type=3, code=4,
+                            data=dpkt.icmp.ICMP.Unreach(mtu=1300, data=tunnelled[:28])),
+    )  # fmt: skip
+    assert d.hook_in(bytearray(bytes(short)), 1.0) == (ACCEPT, None)

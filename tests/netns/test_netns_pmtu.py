@@ -114,14 +114,6 @@ def test_tun_pmtu_discovery_needs_no_narrow_link(served: Daemon, tmp_path: Path)
 
 
 @pytest.mark.parametrize("lab", ["tun"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="ICMP frag-needed about an IPIP packet the director sent (router -> director's "
-    "own 198.18.0.1, quoting 198.18.0.1 -> RIP proto 4) is neither queued (not to a VIP) "
-    "nor handled (the quote is not TCP/UDP), and the director's kernel, with no ipip "
-    "tunnel, updates no PMTU: IPVS's ip_vs_in_icmp 'ICMP for IPIP' case is missing, so "
-    "the client never hears of the narrower path and the transfer stalls",
-)
 def test_tun_pmtu_discovery_through_a_narrower_link_beyond_the_director(
     served: Daemon, tmp_path: Path
 ) -> None:
