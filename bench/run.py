@@ -202,13 +202,17 @@ def _wait_listening(lab: Lab, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 @contextmanager
-def director_nat(lab: Lab, work: Path) -> Iterator[str]:
-    daemon = Daemon(lab, work / "director")
+def director_nat(lab: Lab, work: Path, sysctls: tuple[str, ...] = ()) -> Iterator[str]:
+    daemon = Daemon(lab, work / ("director-defended" if sysctls else "director"))
     daemon.start()
     try:
         done = daemon.dirctl("restore", input=SEED_80)
         if done.returncode:
             raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
+        if sysctls:
+            done = daemon.dirctl("sysctl", *sysctls)
+            if done.returncode:
+                raise RuntimeError(f"dirctl sysctl: {done.stderr.strip()}")
         yield f"http://{lab.vip}/"
     finally:
         code = daemon.stop()
@@ -237,6 +241,12 @@ CASES: dict[str, tuple[str, Callable[[Lab, Path], AbstractContextManager[str]]]]
     "nftables": ("kernel nftables DNAT", nftables_dnat),
     "haproxy": ("HAProxy tcp, nbthread 1", haproxy),
     "director": ("director NAT", director_nat),
+    # The DoS defences always on.  drop_packet stays automatic: always on, it drops one
+    # new connection in am_droprate by design, which ab would count as failures.
+    "director-defended": (
+        "director NAT, defences on",
+        lambda lab, work: director_nat(lab, work, ("secure_tcp=3", "drop_entry=3")),
+    ),
     "director-dr": ("director DR", director_lab_rules),
     "director-tun": ("director TUN (user decap)", director_lab_rules),
 }
