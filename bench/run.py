@@ -267,6 +267,7 @@ def report(figures: list[Figure], args: argparse.Namespace) -> None:
     print(
         f"requests/s from the client: median of {args.repeat} runs of "
         f"ab -n {args.requests} -c {args.concurrency} (new connections) and with -k"
+        + (f", answers of {args.body_size} bytes" if args.body_size else "")
     )
     print(f"{'case':<28} {'new conn/s':>12} {'keep-alive/s':>13} {'failed':>7}  note")
     for f in figures:
@@ -303,7 +304,7 @@ def run_cases(
     errors = 0
     lab = topology.build(kind=kind)
     try:
-        topology.start_backends(lab)
+        topology.start_backends(lab, pad=args.body_size)
         for key in keys:
             title, setup = CASES[key]
             figure = Figure(title)
@@ -328,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     parser.add_argument("--run-timeout", type=float, default=120.0, help="seconds per ab run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--body-size",
+        type=int,
+        default=0,
+        help="bytes in each answer (default: just the server's name, some 20 bytes)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: the benchmark builds network namespaces")
@@ -341,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args.requests = max(1, min(args.requests, 100_000))  # bounded load
     args.concurrency = max(1, min(args.concurrency, 200))
     args.repeat = max(1, min(args.repeat, 10))
+    args.body_size = max(0, min(args.body_size, 1 << 20))
 
     figures: list[Figure] = []
     errors = 0

@@ -23,8 +23,9 @@ MAX_HEAD = 65536
 class HttpNameProtocol(asyncio.Protocol):
     """One connection: parse request heads from a buffer, answer each in order."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, pad: int = 0) -> None:
         self.name = name
+        self.pad = pad  # answer with at least this many bytes (the name line, then dots)
         self.buf = b""
         self.skip = 0  # body bytes of the current request still to discard
         self.transport: asyncio.Transport | None = None
@@ -35,6 +36,8 @@ class HttpNameProtocol(asyncio.Protocol):
         self.transport = transport
         host, port = transport.get_extra_info("sockname")[:2]
         self.body = f"{self.name} {host}:{port}\n".encode()
+        if len(self.body) < self.pad:
+            self.body += b"." * (self.pad - len(self.body) - 1) + b"\n"
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -98,7 +101,7 @@ class HttpNameProtocol(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(name: str, host: str, ports: list[int]) -> None:
+async def serve(name: str, host: str, ports: list[int], pad: int = 0) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +109,7 @@ async def serve(name: str, host: str, ports: list[int]) -> None:
     servers = []
     for port in ports:
         server = await loop.create_server(
-            lambda: HttpNameProtocol(name),
+            lambda: HttpNameProtocol(name, pad),
             host=host or None,
             port=port,
             family=socket.AF_INET,
@@ -126,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the name to answer with, e.g. rs1")
     parser.add_argument("--port", type=int, action="append", required=True, help="repeatable")
     parser.add_argument("--host", default="", help="address to bind (default: all)")
+    parser.add_argument(
+        "--pad", type=int, default=0, help="answer with at least this many bytes (benchmarks)"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.name, args.host, args.port))
+    asyncio.run(serve(args.name, args.host, args.port, max(0, min(args.pad, 1 << 20))))
     return 0
 
 

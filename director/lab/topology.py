@@ -282,14 +282,19 @@ def realserver(
 
 
 def start_backends(
-    lab: Lab, ports: Sequence[int] = BACKEND_PORTS, timeout: float = 10.0, detach: bool = False
+    lab: Lab,
+    ports: Sequence[int] = BACKEND_PORTS,
+    timeout: float = 10.0,
+    detach: bool = False,
+    pad: int = 0,
 ) -> None:
     """Start one backend per real server, each answering with its own name, and wait.
 
     ``detach`` lets them outlive this process (``lab up``); ``teardown`` ends them.
+    ``pad`` makes every answer at least that many bytes (the benchmark's --body-size).
     """
     for rs in lab.real_servers:
-        argv = [sys.executable, "-m", "director.lab.backend", "--name", rs.name]
+        argv = [sys.executable, "-m", "director.lab.backend", "--name", rs.name, "--pad", str(pad)]
         for port in ports:
             argv += ["--port", str(port)]
         lab.backends.append(
