@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from director.core.sched import Scheduler, register
+from director.core.sched.wlc import weighted_least
 
 if TYPE_CHECKING:
     from director.core.packet import Packet
@@ -34,17 +35,4 @@ class ShortestExpectedDelay(Scheduler):
     name = "sed"
 
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
-        dests = iter(svc.dests)
-        for least in dests:
-            if not least.overloaded and least.weight > 0:
-                break
-        else:
-            return None  # the kernel logs "no destination available"
-        loh = expected_delay_overhead(least)
-        for dest in dests:  # list_for_each_entry_continue: on from the first choice
-            if dest.overloaded:
-                continue
-            doh = expected_delay_overhead(dest)
-            if loh * dest.weight > doh * least.weight:
-                least, loh = dest, doh
-        return least
+        return weighted_least(svc, expected_delay_overhead)

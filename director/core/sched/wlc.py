@@ -14,6 +14,7 @@ is never taken.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from director.core.sched import Scheduler, register
@@ -24,22 +25,27 @@ if TYPE_CHECKING:
     from director.core.service import Dest, Service
 
 
+def weighted_least(svc: Service, overhead: Callable[[Dest], int]) -> Dest | None:
+    """The two-stage walk wlc and sed share: the smallest ``overhead / weight``."""
+    dests = iter(svc.dests)
+    for least in dests:
+        if not least.overloaded and least.weight > 0:
+            break
+    else:
+        return None  # the kernel logs "no destination available"
+    loh = overhead(least)
+    for dest in dests:  # list_for_each_entry_continue: on from the first choice
+        if dest.overloaded:
+            continue
+        doh = overhead(dest)
+        if loh * dest.weight > doh * least.weight:
+            least, loh = dest, doh
+    return least
+
+
 @register
 class WeightedLeastConnection(Scheduler):
     name = "wlc"
 
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
-        dests = iter(svc.dests)
-        for least in dests:
-            if not least.overloaded and least.weight > 0:
-                break
-        else:
-            return None  # the kernel logs "no destination available"
-        loh = conn_overhead(least)
-        for dest in dests:  # list_for_each_entry_continue: on from the first choice
-            if dest.overloaded:
-                continue
-            doh = conn_overhead(dest)
-            if loh * dest.weight > doh * least.weight:
-                least, loh = dest, doh
-        return least
+        return weighted_least(svc, conn_overhead)
