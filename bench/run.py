@@ -323,7 +323,7 @@ def run_cases(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="director benchmark (root; namespaces only)")
-    parser.add_argument("-n", "--requests", type=int, default=5000, help="per ab run")
+    parser.add_argument("-n", "--requests", type=int, default=20000, help="per ab run")
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("-r", "--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")

@@ -10,6 +10,7 @@ An exception on one packet is counted and that packet dropped; the worker goes o
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 NF_INET_LOCAL_IN = 1
 NF_INET_FORWARD = 2
 QUEUE_MAXLEN = 4096
+BATCH = 64  # packets per turn of the daemon's loop
 
 
 class Worker:
@@ -46,21 +48,31 @@ class Worker:
         # One tally of what the shell could not do (send errors, unresolved neighbours).
         self.errors: Counter[str] = neighbours.errors
         self.nfq = NetfilterQueue()
+        self._batch: _Batch | None = None
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
 
     def bind(self) -> None:
         self.nfq.bind(self.queue, self.handle, max_len=QUEUE_MAXLEN)
+        sock = socket.socket(fileno=self.nfq.get_fd())
+        sock.setblocking(False)
+        self._batch = _Batch(sock)
 
     def fileno(self) -> int:
         fd: int = self.nfq.get_fd()
         return fd
 
     def run_once(self) -> None:
-        """Give verdicts on every packet waiting in the queue, then return."""
-        self.nfq.run(block=False)
+        """Give verdicts on the packets waiting in the queue, at most BATCH of them, then
+        return: under a flood the daemon's loop still serves the control socket, the
+        connection collector and the watchdog between batches."""
+        assert self._batch is not None, "bind() first"
+        # run_socket only calls recv() on what it is given.
+        self.nfq.run_socket(self._batch.refill())  # type: ignore[arg-type]
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.sock.detach()  # the fd is the queue's: NetfilterQueue closes it
         self.nfq.unbind()
         self.raw.close()
 
@@ -94,3 +106,22 @@ class Worker:
             self.raw.sendto(data, (socket.inet_ntoa(data[16:20]), 0))
         except OSError as err:
             self.errors[f"send_{err.errno}"] += 1
+
+
+class _Batch:
+    """A stand-in for the queue's socket that NetfilterQueue.run_socket reads from: it
+    hands out BATCH messages (one packet each), then says EAGAIN, which ends the run."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.left = 0
+
+    def refill(self) -> _Batch:
+        self.left = BATCH
+        return self
+
+    def recv(self, size: int) -> bytes:
+        if self.left <= 0:
+            raise BlockingIOError(errno.EAGAIN, "batch done")
+        self.left -= 1
+        return self.sock.recv(size)

@@ -84,3 +84,28 @@ def test_syn_flood_with_secure_tcp(lab: Lab, tmp_path: Path) -> None:
     finally:
         assert d.stop() == 0, d.log()
         d.kill()
+
+
+def test_the_daemon_answers_during_a_flood_it_cannot_keep_up_with(lab: Lab, tmp_path: Path) -> None:
+    """Packets are taken in batches: however fast they come, the control socket is
+    served between batches (a flood of 8 s as fast as one core can send)."""
+    d = Daemon(lab, tmp_path / "d")
+    d.start()
+    try:
+        assert d.dirctl("restore", str(SEED_RULES_FILE)).returncode == 0
+        flood = subprocess.Popen(
+            lab.exec_argv(lab.client, [sys.executable, "-c", FLOODER, lab.vip, "8", "1000000"]),
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.0)
+        waits = []
+        while flood.poll() is None and len(waits) < 10:
+            start = time.monotonic()
+            done = d.dirctl("list", "-n", timeout=20)
+            waits.append(time.monotonic() - start)
+            assert done.returncode == 0, done.stderr
+        flood.communicate(timeout=30)
+        assert waits and max(waits) < 3.0, waits
+    finally:
+        assert d.stop() == 0, d.log()
+        d.kill()
