@@ -152,36 +152,30 @@ def _service_args(
     )
 
 
-@app.command("add-service")
-def add_service(
-    ctx: typer.Context,
-    t: Tcp = None,
-    u: Udp = None,
-    f: Fwm = None,
-    s: Scheduler = None,
-    p: Persistent = None,
-    mask: Netmask = None,
-    b: SchedFlags = None,
-    o: Ops = False,
-) -> None:
-    """ipvsadm -A: add a virtual service."""
-    _change(ctx, "add-service", _service_args(t, u, f, s, p, mask, b, o))
+def _service_verb(command: str, doc: str) -> None:
+    """add-service and edit-service take the same options (ipvsadm -A and -E)."""
+
+    def verb(
+        ctx: typer.Context,
+        t: Tcp = None,
+        u: Udp = None,
+        f: Fwm = None,
+        s: Scheduler = None,
+        p: Persistent = None,
+        mask: Netmask = None,
+        b: SchedFlags = None,
+        o: Ops = False,
+    ) -> None:
+        _change(ctx, command, _service_args(t, u, f, s, p, mask, b, o))
+
+    verb.__doc__ = doc
+    app.command(command)(verb)
 
 
-@app.command("edit-service")
-def edit_service(
-    ctx: typer.Context,
-    t: Tcp = None,
-    u: Udp = None,
-    f: Fwm = None,
-    s: Scheduler = None,
-    p: Persistent = None,
-    mask: Netmask = None,
-    b: SchedFlags = None,
-    o: Ops = False,
-) -> None:
-    """ipvsadm -E: replace a service's settings (omitted ones take their defaults)."""
-    _change(ctx, "edit-service", _service_args(t, u, f, s, p, mask, b, o))
+_service_verb("add-service", "ipvsadm -A: add a virtual service.")
+_service_verb(
+    "edit-service", "ipvsadm -E: replace a service's settings (omitted ones take their defaults)."
+)
 
 
 @app.command("delete-service")
@@ -193,47 +187,34 @@ def delete_service(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = No
 # --- real servers -------------------------------------------------------------------
 
 
-@app.command("add-server")
-def add_server(
-    ctx: typer.Context,
-    t: Tcp = None,
-    u: Udp = None,
-    f: Fwm = None,
-    r: Real = None,
-    g: Gate = False,
-    i: Ipip = False,
-    m: Masq = False,
-    w: Weight = None,
-    x: Upper = None,
-    y: Lower = None,
-) -> None:
-    """ipvsadm -a: add a real server to a service."""
-    raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m))
-    _change(ctx, "add-server", _with_numbers(raw, w, x, y))
+def _server_verb(command: str, doc: str) -> None:
+    """add-server and edit-server take the same options (ipvsadm -a and -e)."""
+
+    def verb(
+        ctx: typer.Context,
+        t: Tcp = None,
+        u: Udp = None,
+        f: Fwm = None,
+        r: Real = None,
+        g: Gate = False,
+        i: Ipip = False,
+        m: Masq = False,
+        w: Weight = None,
+        x: Upper = None,
+        y: Lower = None,
+    ) -> None:
+        raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m))
+        raw.weight, raw.u_threshold, raw.l_threshold = w, x, y
+        _change(ctx, command, raw)
+
+    verb.__doc__ = doc
+    app.command(command)(verb)
 
 
-@app.command("edit-server")
-def edit_server(
-    ctx: typer.Context,
-    t: Tcp = None,
-    u: Udp = None,
-    f: Fwm = None,
-    r: Real = None,
-    g: Gate = False,
-    i: Ipip = False,
-    m: Masq = False,
-    w: Weight = None,
-    x: Upper = None,
-    y: Lower = None,
-) -> None:
-    """ipvsadm -e: change a real server; options not given keep their values."""
-    raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m))
-    _change(ctx, "edit-server", _with_numbers(raw, w, x, y))
-
-
-def _with_numbers(raw: RawArgs, w: str | None, x: str | None, y: str | None) -> RawArgs:
-    raw.weight, raw.u_threshold, raw.l_threshold = w, x, y
-    return raw
+_server_verb("add-server", "ipvsadm -a: add a real server to a service.")
+_server_verb(
+    "edit-server", "ipvsadm -e: change a real server; options not given keep their values."
+)
 
 
 @app.command("delete-server")
