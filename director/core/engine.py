@@ -38,7 +38,7 @@ from director.core.stats import Stats
 from director.core.sysctl import Sysctls
 from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
 from director.core.xmit.tun import TUNNEL_HLEN
-from director.ctl.config import Config
+from director.ctl.config import Config, ConfigError
 
 # Packets the director has no business with go on as the kernel would send them.
 _PASS: Verdict = (ACCEPT, None)
@@ -62,6 +62,15 @@ class Director:
         self.conn_limit = 0  # entries the table may hold (0: no limit), from a memory cap
 
     # -- control ---------------------------------------------------------------
+
+    @staticmethod
+    def check(config: Config) -> None:
+        """Refuse what the data plane cannot carry yet, before anything is changed:
+        the packet path is IPv4 only."""
+        for svc in config.services:
+            for addr in (svc.addr, *(d.addr for d in svc.dests)):
+                if ":" in addr:
+                    raise ConfigError(f"{addr}: IPv6 is not supported by director yet")
 
     def configure(self, config: Config) -> None:
         """Make the live tables follow a validated configuration."""

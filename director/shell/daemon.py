@@ -219,6 +219,8 @@ class Daemon:
         return self._config
 
     def commit(self, config: Config, *, persist: bool = True) -> None:
+        # Everything that can refuse the change does so before anything is written.
+        self.director.check(self.health.worst(config))
         self.routes.check(self.health.worst(config))  # sorry servers included
         if persist:
             atomic_write(self.settings.rules, format_save(config))

@@ -157,3 +157,14 @@ def test_no_real_server_gets_icmp_port_unreachable():
     assert (icmp.data.type, icmp.data.code) == (3, 3)
     assert bytes(icmp.data.data.data) == bytes(request[:28])
     assert d.drops["no_dest"] == 1
+
+
+def test_ipv6_is_refused_before_anything_changes():
+    import pytest
+
+    from director.ctl.config import ConfigError
+
+    six = Config(services=(ServiceConf("tcp", "2001:db8:1::100", 80, scheduler="rr"),))
+    with pytest.raises(ConfigError, match="IPv6"):
+        Director.check(six)
+    Director.check(SEED)  # IPv4: fine
