@@ -26,6 +26,7 @@ from typing import Any
 
 from director.core import conn_dump, estimator, proto_tcp
 from director.core.conn import CONN_BYTES, PAGE
+from director.core.sysctl import Sysctls
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
 from director.ctl.config import Config, ConfigError
@@ -85,6 +86,10 @@ class Settings:
     conn_table_memory: int = 256
 
     def check(self) -> None:
+        try:
+            Sysctls().updated(self.sysctl)
+        except ValueError as err:
+            raise ConfigError(f"sysctl: {err}") from None
         if self.conn_table_memory < 1:
             raise ConfigError("conn_table_memory must be at least 1 MiB")
         for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
