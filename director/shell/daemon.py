@@ -26,9 +26,9 @@ from typing import Any
 
 from director.core import conn_dump, estimator, proto_tcp
 from director.core.conn import CONN_BYTES, PAGE
-from director.core.sysctl import Sysctls
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
+from director.core.sysctl import Sysctls
 from director.ctl.config import Config, ConfigError
 from director.ctl.ipvsadm import format_save, load_rules
 from director.ctl.report import dest_dict, snapshot
