@@ -181,3 +181,40 @@ def test_dr_server_without_vip_caught_by_vip_probe(dr_lab: topology.Lab, tmp_pat
         code = d.stop()
         d.kill()
         assert code == 0, d.log()
+
+
+@pytest.fixture(scope="module")
+def tun_lab() -> Iterator[topology.Lab]:
+    built = topology.build(kind="tun")
+    try:
+        topology.start_backends(built, ports=(80,))
+        yield built
+    finally:
+        topology.teardown(built)
+
+
+def test_tun_server_without_vip_caught_by_vip_probe(tun_lab: topology.Lab, tmp_path: Path) -> None:
+    """The same through the tunnel: the probe's SYN to the VIP goes inside IPIP to the
+    real server two routed hops away; once its decapsulating device no longer carries
+    the VIP, nothing answers and the server is taken out; given back, it returns."""
+    d = Daemon(tun_lab, tmp_path / "director")
+    d.start()
+    rs1 = tun_lab.real_servers[0]
+    device = "dirtun0"
+    try:
+        restore(d, tun_lab.rules() + f"# director-check -t {tun_lab.vip}:80 --via-vip {CHECK}\n")
+        wait_for(d, f"{rs1.addr}:80", "up", 5)
+        tun_lab.run(rs1.netns, ["ip", "addr", "del", f"{tun_lab.vip}/32", "dev", device])
+        try:
+            took = wait_for(d, f"{rs1.addr}:80", "down", INTERVAL * FALL + 3)
+            assert took <= INTERVAL * FALL + 1.5
+            others = [rs for rs in tun_lab.real_servers if rs is not rs1]
+            assert all(states(d)[f"{rs.addr}:80"] == "up" for rs in others)
+        finally:
+            tun_lab.run(rs1.netns, ["ip", "addr", "add", f"{tun_lab.vip}/32", "dev", device],
+                        check=False)  # fmt: skip
+        wait_for(d, f"{rs1.addr}:80", "up", INTERVAL + 3)
+    finally:
+        code = d.stop()
+        d.kill()
+        assert code == 0, d.log()
