@@ -218,3 +218,38 @@ def test_tun_server_without_vip_caught_by_vip_probe(tun_lab: topology.Lab, tmp_p
         code = d.stop()
         d.kill()
         assert code == 0, d.log()
+
+
+def test_quorum_lost_and_regained_runs_its_commands(
+    lab: topology.Lab, daemon: Daemon, tmp_path: Path
+) -> None:
+    """keepalived's quorum: the healthy servers' weights fall below it -> quorum_down
+    runs; they come back -> quorum_up runs."""
+    down, up = tmp_path / "quorum-down", tmp_path / "quorum-up"
+    restore(
+        daemon,
+        lab.rules()
+        + f"# director-check -t {lab.vip}:80 --type tcp {CHECK}\n"
+        + f"# director-health -t {lab.vip}:80 --quorum 2 --quorum-down 'touch {down}'"
+        + f" --quorum-up 'touch {up}'\n",
+    )
+    wait_for(daemon, "198.18.0.2:80", "up", 5)
+    wait_for(daemon, "198.18.0.3:80", "up", 5)
+    reject = ["iptables", "-I", "INPUT", "-p", "tcp", "--dport", "80", "-j", "REJECT",
+              "--reject-with", "tcp-reset"]  # fmt: skip
+    rs1 = lab.real_servers[0]
+    lab.run(rs1.netns, reject)
+    try:
+        wait_for(daemon, "198.18.0.2:80", "down", INTERVAL * FALL + 3)
+        deadline = time.monotonic() + 5
+        while not down.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert down.exists(), "quorum_down did not run"
+        up.unlink(missing_ok=True)  # whatever ran before: only the regain counts now
+    finally:
+        lab.run(rs1.netns, ["iptables", "-D", *reject[2:]], check=False)
+    wait_for(daemon, "198.18.0.2:80", "up", INTERVAL + 3)
+    deadline = time.monotonic() + 5
+    while not up.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert up.exists(), "quorum_up did not run"
