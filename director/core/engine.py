@@ -150,8 +150,7 @@ class Director:
             self.conns.remove(conn)
             conn = None
         elif conn is not None and pkt.tcp_flags & TH_SYN and self._reusable(conn):
-            if not conn.n_control:
-                self.conns.remove(conn)
+            self.conns.remove(conn)  # a template is never here: it holds no such entry
             conn = None
         if conn is None:
             svc = self.services.lookup(pkt.protocol, pkt.daddr, pkt.dport, mark)

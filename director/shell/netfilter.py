@@ -12,8 +12,8 @@ import contextlib
 import logging
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from pyroute2.ipset import IPSet, PortEntry
@@ -37,12 +37,19 @@ FWM_CHAIN = "DIRECTOR_FWM"
 Entry = tuple[str, int, int]  # address, protocol number, port
 
 
+RULES_FILE = "director.rules"
+
+
 def rules_text() -> str:
-    """The hook rules: from the installed package data, else from the source tree."""
-    packaged = resources.files("director").joinpath("iptables/director.rules")
-    if packaged.is_file():
-        return packaged.read_text()
-    return (Path(__file__).resolve().parents[2] / "iptables" / "director.rules").read_text()
+    """The hook rules: from the source tree (a checkout, an editable install), else
+    where an install puts them (``<prefix>/share/director/iptables``)."""
+    for folder in (
+        Path(__file__).resolve().parents[2] / "iptables",
+        Path(sys.prefix) / "share" / "director" / "iptables",
+    ):
+        if (folder / RULES_FILE).is_file():
+            return (folder / RULES_FILE).read_text()
+    raise FileNotFoundError(f"{RULES_FILE} is neither in the source tree nor installed")
 
 
 def render(text: str, queue: int, mark: int, bypass: bool = False) -> str:

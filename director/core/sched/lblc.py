@@ -155,15 +155,6 @@ class LocalityBasedLeastConnection(Scheduler):
     def __init__(self) -> None:
         self.table: LocalityTable[CacheEntry] = LocalityTable()
 
-    @property
-    def expiration(self) -> float:
-        """The lblc_expiration sysctl, in seconds."""
-        return self.table.expiration
-
-    @expiration.setter
-    def expiration(self, seconds: float) -> None:
-        self.table.expiration = seconds
-
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.table.run_timers(now)
         entry = self.table.entries.get(pkt.daddr)

@@ -86,15 +86,6 @@ class LocalityBasedLeastConnectionReplication(Scheduler):
     def __init__(self) -> None:
         self.table: LocalityTable[_DestSet] = LocalityTable()
 
-    @property
-    def expiration(self) -> float:
-        """The lblcr_expiration sysctl, in seconds."""
-        return self.table.expiration
-
-    @expiration.setter
-    def expiration(self, seconds: float) -> None:
-        self.table.expiration = seconds
-
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.table.run_timers(now)
         entry = self.table.entries.get(pkt.daddr)

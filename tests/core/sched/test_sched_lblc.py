@@ -132,7 +132,7 @@ def test_lblc_full_check_drops_entries_unused_for_the_expiration() -> None:
 def test_lblc_expiration_setting_and_a_refreshed_entry() -> None:
     svc, d = _svc("lblc", A=1, B=1)
     sched = _lblc(svc)
-    sched.expiration = 100.0  # sysctl lblc_expiration
+    sched.table.expiration = 100.0  # sysctl lblc_expiration
     assert svc.scheduler.schedule(svc, _pkt(D1), now=0.0) is d["B"]
     assert svc.scheduler.schedule(svc, _pkt(D2), now=0.0) is d["B"]
     d["B"].activeconns = 1
@@ -202,7 +202,7 @@ def test_lblcr_grows_the_set_when_its_best_member_is_overloaded() -> None:
 def test_lblcr_drops_the_busiest_member_after_the_expiration() -> None:
     svc, d = _svc("lblcr", A=1, B=1)
     sched = _lblcr(svc)
-    sched.expiration = 100.0
+    sched.table.expiration = 100.0
     assert svc.scheduler.schedule(svc, _pkt(D1), now=0.0) is d["B"]
     d["B"].activeconns = 2
     assert svc.scheduler.schedule(svc, _pkt(D1), now=10.0) is d["A"]  # set A, B; lastmod 10
