@@ -25,7 +25,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from director.ctl import listing, protocol
-from director.ctl.config import ConfigError
+from director.ctl.health_rules import parse_words
 from director.ctl.ipvsadm import (
     RawArgs,
     build_op,
@@ -37,7 +37,7 @@ from director.ctl.ipvsadm import (
 )
 from director.ctl.ops import ServiceKey
 from director.ctl.protocol import DEFAULT_SOCKET, DaemonFailed, DaemonUnreachable
-from director.health.rules import parse_words
+from director.model.config import ConfigError
 
 app = typer.Typer(
     name="dirctl",

@@ -38,7 +38,7 @@ from director.core.stats import Stats
 from director.core.sysctl import Sysctls
 from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
 from director.core.xmit.tun import TUNNEL_HLEN
-from director.ctl.config import Config, ConfigError
+from director.model.config import Config, ConfigError
 
 # Packets the director has no business with go on as the kernel would send them.
 _PASS: Verdict = (ACCEPT, None)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from director.core.route import Route
 from director.core.stats import Stats
-from director.ctl.config import Config, ConfigError, DestConf, ServiceConf
+from director.model.config import Config, ConfigError, DestConf, ServiceConf
 
 if TYPE_CHECKING:
     from director.core.sched import Scheduler

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from director.ctl.config import ConfigError
+from director.ctl.health_ops import apply_health, prune
+from director.ctl.health_rules import VERBS as HEALTH_VERBS
+from director.ctl.health_rules import parse_words
 from director.ctl.ipvsadm import format_save, restore
 from director.ctl.ops import OPS, ServiceKey, apply, canonical_key
 from director.ctl.protocol import (
@@ -24,9 +26,7 @@ from director.ctl.protocol import (
     load_message,
 )
 from director.ctl.target import ControlTarget
-from director.health.ops import apply_health, prune
-from director.health.rules import VERBS as HEALTH_VERBS
-from director.health.rules import parse_words
+from director.model.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _change(command: str) -> Handler:
 
 def _health_change(command: str) -> Handler:
     """add-check, edit-check, delete-check, set-health: args {"words": [...]}, the
-    options as dirctl was given them (director.health.rules parses them)."""
+    options as dirctl was given them (director.ctl.health_rules parses them)."""
 
     def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
         words = args.get("words")

@@ -28,16 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from director.ctl.config import (
-    DEFAULT_PERSISTENCE,
-    DEFAULT_SCHEDULER,
-    MAX_WEIGHT,
-    Config,
-    ConfigError,
-    DestConf,
-    ServiceConf,
-    Timeouts,
-)
 from director.ctl.ops import (
     MAX_FWMARK,
     MAX_THRESHOLD,
@@ -57,9 +47,19 @@ from director.ctl.ops import (
     check_service,
     default_netmask,
 )
+from director.model.config import (
+    DEFAULT_PERSISTENCE,
+    DEFAULT_SCHEDULER,
+    MAX_WEIGHT,
+    Config,
+    ConfigError,
+    DestConf,
+    ServiceConf,
+    Timeouts,
+)
 
 if TYPE_CHECKING:
-    from director.health.ops import HealthOp
+    from director.ctl.health_ops import HealthOp
 
 # -g -i -m, and the switch ipvsadm-save prints for each method (fwd_switch).
 METHOD_LETTERS: dict[str, str] = {"g": "droute", "i": "tunnel", "m": "masq"}
@@ -476,9 +476,9 @@ def parse_line(line: str) -> Op:
 def parse_restore_lines(text: str) -> list[tuple[int, Op | HealthOp]]:
     """Every command of an ipvsadm-save file with its line number; blank lines and
     ``#`` comments are skipped, but for director's own ``# director-check`` and
-    ``# director-health`` lines (director.health.rules); ConfigError names the first
+    ``# director-health`` lines (director.ctl.health_rules); ConfigError names the first
     bad line."""
-    from director.health.rules import parse_comment
+    from director.ctl.health_rules import parse_comment
 
     parsed: list[tuple[int, Op | HealthOp]] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -507,7 +507,7 @@ def parse_restore(text: str) -> list[Op | HealthOp]:
 def restore(config: Config, text: str) -> Config:
     """ipvsadm -R onto ``config`` (it adds to the current table), all or nothing:
     ConfigError names the line whose command failed and nothing is applied."""
-    from director.health.ops import HEALTH_OPS, apply_health, prune
+    from director.ctl.health_ops import HEALTH_OPS, apply_health, prune
 
     for number, op in parse_restore_lines(text):
         try:
@@ -570,8 +570,8 @@ def _dest_line(svc: ServiceConf, dest: DestConf) -> str:
 def format_save(config: Config, *, checks: bool = True) -> str:
     """``ipvsadm-save -n`` of ``config`` (see the module docstring for the differences);
     with ``checks``, each service's health checks follow it as ``# director-...``
-    comment lines (director.health.rules), which ipvsadm-restore skips."""
-    from director.health.rules import comment_lines
+    comment lines (director.ctl.health_rules), which ipvsadm-restore skips."""
+    from director.ctl.health_rules import comment_lines
 
     lines: list[str] = []
     if config.timeouts != Timeouts():

@@ -21,11 +21,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from director.ctl.config import Config, ConfigError
+from director.ctl.health_ops import apply_health
+from director.ctl.health_rules import parse_words
 from director.ctl.ipvsadm import format_save, parse_args
 from director.ctl.ops import apply
-from director.health.ops import apply_health
-from director.health.rules import parse_words
+from director.model.config import Config, ConfigError
 
 MAX_INCLUDE_DEPTH = 8
 

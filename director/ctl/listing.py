@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from director.ctl.config import METHOD_WORDS
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
+from director.model.config import METHOD_WORDS
 
 ServiceKey = tuple[str, str, int]
 

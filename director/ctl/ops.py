@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
 from director.core.sched import scheduler_names
-from director.ctl.config import (
+from director.model.config import (
     DEFAULT_NETMASK,
     MAX_WEIGHT,
     PROTOCOLS,

@@ -21,8 +21,8 @@ import types
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from director.ctl.config import ConfigError
 from director.ctl.ops import OP_NAMES, OPS, Op
+from director.model.config import ConfigError
 
 VERSION = 1
 DEFAULT_SOCKET = "/run/director/control.sock"

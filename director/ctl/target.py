@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from director.ctl.config import Config
 from director.ctl.snapshot import Snapshot
+from director.model.config import Config
 
 
 class ControlTarget(Protocol):

@@ -22,7 +22,7 @@ import ssl
 from dataclasses import dataclass
 
 from director.health import synprobe
-from director.health.model import CheckConf
+from director.model.health import CheckConf
 
 MAX_RESPONSE = 1 << 20  # bytes of an HTTP answer read at most (headers and body)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from director.ctl.config import Config, DestConf, ServiceConf
-from director.health.model import DestKey, ServiceKey
+from director.model.config import Config, DestConf, ServiceConf
+from director.model.health import DestKey, ServiceKey
 
 Healthy = Mapping[tuple[ServiceKey, DestKey], bool]  # absent: healthy (not checked yet)
 

@@ -18,13 +18,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from director.ctl.config import Config, DestConf
 from director.ctl.snapshot import Snapshot
 from director.health.checkers import Target
 from director.health.effective import effective, quorum_states
-from director.health.model import DestKey, ServiceKey
 from director.health.runner import Runner
 from director.health.state import DOWN, CheckState, observe
+from director.model.config import Config, DestConf
+from director.model.health import DestKey, ServiceKey
 
 log = logging.getLogger("director.health")
 

@@ -20,9 +20,9 @@ from typing import Annotated
 
 import typer
 
-from director.ctl.config import ConfigError
 from director.lab import topology
 from director.lab.daemon import Daemon, DaemonError
+from director.model.config import ConfigError
 
 lab_app = typer.Typer(
     help="Build the NAT lab in network namespaces (root only) and run the demo.",

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from director.ctl.config import ConfigError
+from director.model.config import ConfigError
 
 Method = Literal["dr", "tun"]
 Decap = Literal["auto", "kernel", "userspace"]

@@ -29,11 +29,11 @@ from director.core.conn import CONN_BYTES, PAGE
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
 from director.core.sysctl import Sysctls
-from director.ctl.config import Config, ConfigError
 from director.ctl.ipvsadm import format_save, load_rules
 from director.ctl.report import dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.health.manager import HealthManager
+from director.model.config import Config, ConfigError
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, take_sample
 from director.shell.netfilter import Hooks

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from director.core.engine import Director
 from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
-from director.ctl.config import ConfigError
+from director.model.config import ConfigError
 from director.shell.supervise import restarts
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from director.core.route import Frame, Route
 from director.core.service import Dest, unpack_addr
 from director.core.xmit.dr import ethernet_frame
-from director.ctl.config import Config, ConfigError
+from director.model.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from director.cli import dirctl
 from director.ctl import protocol
-from director.ctl.config import Config
 from director.ctl.dispatch import dispatch
 from director.ctl.ipvsadm import format_save, load_rules
+from director.model.config import Config
 from tests.ctl.fake import FakeTarget
 
 SEED = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from director.core.engine import Director
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import CLIENT, RS1, SYN, VIP, tcp, udp
 
 

@@ -7,7 +7,7 @@ import json
 from director.core.conn_dump import dump, load
 from director.core.engine import Director
 from director.core.xmit import SEND
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, RS1, RS2, SYN, VIP, tcp, udp
 
 CONFIG = Config(

@@ -12,7 +12,7 @@ from director.core.conn import CONN_BYTES
 from director.core.defense import _mode
 from director.core.engine import Director
 from director.core.xmit import DROP, SEND
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, RS1, SYN, VIP, tcp, udp
 
 PLENTY, SHORT = 100_000, 512  # pages available, against amemthresh 1024

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from director.core.engine import Director
 from director.core.xmit import ACCEPT, DROP, SEND
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import CLIENT, RS1, SYN, VIP, tcp, udp
 
 CONFIG = Config(

@@ -14,7 +14,7 @@ import pytest
 
 from director.core.engine import Director
 from director.core.xmit import ACCEPT, DROP, SEND
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, RS1, RS2, SYN, VIP, tcp, udp
 
 SEED = Config(
@@ -162,7 +162,7 @@ def test_no_real_server_gets_icmp_port_unreachable():
 def test_ipv6_is_refused_before_anything_changes():
     import pytest
 
-    from director.ctl.config import ConfigError
+    from director.model.config import ConfigError
 
     six = Config(services=(ServiceConf("tcp", "2001:db8:1::100", 80, scheduler="rr"),))
     with pytest.raises(ConfigError, match="IPv6"):

@@ -16,7 +16,7 @@ from director.core.engine import Director
 from director.core.route import Frame, Route
 from director.core.xmit import DIRECT, DROP, SEND
 from director.core.xmit.dr import ethernet_frame
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, SYN, VIP, tcp
 
 RS_LAN = "198.18.0.2"

@@ -14,7 +14,7 @@ import dpkt
 from director.core.engine import Director
 from director.core.route import Frame, Route
 from director.core.xmit import ACCEPT, DIRECT, DROP, SEND
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, RS2, SYN, VIP, tcp, udp
 
 ROUTER = "203.0.113.1"

@@ -8,7 +8,7 @@ import socket
 
 from director.core.engine import Director
 from director.core.xmit import DROP, SEND
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, FIN, RS1, RS2, SYN, VIP, tcp, udp
 
 OTHER = "203.0.113.11"

@@ -7,7 +7,7 @@ import pytest
 from director.core import proto_tcp as t
 from director.core.engine import Director
 from director.core.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN
-from director.ctl.config import Config, DestConf, ServiceConf, Timeouts
+from director.model.config import Config, DestConf, ServiceConf, Timeouts
 from tests.core.packets import ACK, CLIENT, FIN, RS1, SYN, VIP, tcp
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from director.core.sysctl import Sysctls
-from director.ctl.config import Config, ServiceConf
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
+from director.model.config import Config, ServiceConf
 
 ZERO_STATS: StatsDict = {
     "conns": 0,

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from director.ctl.config import Config, ConfigError, DestConf, ServiceConf, Timeouts
 from director.ctl.ipvsadm import format_save, load_rules, parse_line, parse_restore, restore
 from director.ctl.ops import (
     AddServer,
@@ -25,6 +24,7 @@ from director.ctl.ops import (
     SetTimeout,
     apply,
 )
+from director.model.config import Config, ConfigError, DestConf, ServiceConf, Timeouts
 
 ROOT = Path(__file__).resolve().parents[2]
 VIP = ("tcp", "203.0.113.5", 80)

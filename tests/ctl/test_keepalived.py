@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from director.ctl import keepalived
-from director.ctl.config import ConfigError
+from director.model.config import ConfigError
 
 HERE = Path(__file__).parent / "keepalived"
 

@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from director.ctl.config import Config, ConfigError, DestConf, ServiceConf, Timeouts
 from director.ctl.ops import (
     AddServer,
     AddService,
@@ -20,6 +19,7 @@ from director.ctl.ops import (
     apply,
     apply_all,
 )
+from director.model.config import Config, ConfigError, DestConf, ServiceConf, Timeouts
 
 VIP = ("tcp", "203.0.113.5", 80)
 TCP80 = ServiceConf("tcp", "203.0.113.5", 80, scheduler="rr")

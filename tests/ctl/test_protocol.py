@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from director.ctl.config import Config, ConfigError
 from director.ctl.dispatch import dispatch, dispatch_bytes
 from director.ctl.ipvsadm import format_save, load_rules, parse_line
 from director.ctl.protocol import (
@@ -21,6 +20,7 @@ from director.ctl.protocol import (
     encode_op,
     request,
 )
+from director.model.config import Config, ConfigError
 from tests.ctl.fake import FakeTarget
 
 SEED = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules").read_text()

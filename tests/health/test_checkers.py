@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from director.health.checkers import Target, judge_http, run_check
-from director.health.model import CheckConf
+from director.model.health import CheckConf
 
 SVC = ("tcp", "203.0.113.5", 80)
 BODY = b"rs1 is fine\n"

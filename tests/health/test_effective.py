@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from director.ctl.config import Config
 from director.ctl.ipvsadm import format_save, load_rules
 from director.health.effective import effective, quorum_states
+from director.model.config import Config
 
 SVC = ("tcp", "203.0.113.5", 80)
 RS1, RS2 = ("198.18.0.2", 80), ("198.18.0.3", 8000)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from director.ctl.config import Config
+from director.model.config import Config
 from director.shell.control import MAX_REQUEST, ControlServer, may_use
 from tests.ctl.fake import FakeTarget
 

@@ -7,8 +7,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from director.core.engine import Director
-from director.ctl.config import ConfigError
 from director.ctl.ipvsadm import load_rules
+from director.model.config import ConfigError
 from director.shell.metrics import MetricsServer, parse_listen, take_sample
 
 RULES = """\

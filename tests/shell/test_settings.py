@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from director.ctl.config import ConfigError
+from director.model.config import ConfigError
 from director.shell.daemon import Settings, parse_settings
 
 

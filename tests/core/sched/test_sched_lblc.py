@@ -30,7 +30,7 @@ from director.core.sched.lblc import (
 )
 from director.core.sched.lblcr import LocalityBasedLeastConnectionReplication
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 D1 = "198.51.100.1"
 D2 = "198.51.100.2"

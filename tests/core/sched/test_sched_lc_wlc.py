@@ -9,7 +9,7 @@ import pytest
 
 from director.core.sched import create_scheduler
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 PKT: Any = None  # neither looks at the packet
 

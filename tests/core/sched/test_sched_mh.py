@@ -40,7 +40,7 @@ from director.core.sched.mh import (
     turns,
 )
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 M64 = (1 << 64) - 1
 

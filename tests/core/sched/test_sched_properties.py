@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from director.core.sched import create_scheduler, scheduler_names
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 PKT: Any = None
 OURS = ("rr", "wrr", "lc", "wlc")

@@ -20,7 +20,7 @@ from director.core.packet import Packet
 from director.core.sched import create_scheduler, scheduler_names
 from director.core.sched.twos import PowerOfTwoChoices
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 KERNEL = ("sed", "nq", "fo", "ovf", "sh", "dh", "mh", "lblc", "lblcr", "twos")
 # These return None only when nothing is eligible; the hashing ones may also return

@@ -6,7 +6,7 @@ from typing import Any
 
 from director.core.sched import create_scheduler
 from director.core.service import Dest, Service, ServiceTable, pack_addr
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 
 PKT: Any = None  # rr never looks at the packet
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from director.core.sched import create_scheduler
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 PKT: Any = None  # none of these looks at the packet
 

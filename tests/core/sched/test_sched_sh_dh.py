@@ -25,7 +25,7 @@ from director.core.packet import Packet
 from director.core.sched import create_scheduler
 from director.core.sched.sh import fill_buckets, sh_hashkey
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 
 def _svc(name: str, weights: dict[str, int], flags: tuple[str, ...] = ()) -> Service:

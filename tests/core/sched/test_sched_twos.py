@@ -16,7 +16,7 @@ from director.core.packet import Packet
 from director.core.sched import create_scheduler
 from director.core.sched.twos import PowerOfTwoChoices
 from director.core.service import Dest, Service, pack_addr
-from director.ctl.config import ServiceConf
+from director.model.config import ServiceConf
 
 PKT = Packet(bytearray(40), 6, pack_addr("203.0.113.10"), pack_addr("203.0.113.5"), 1, 80, 20, 40)
 

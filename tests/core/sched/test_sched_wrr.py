@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from director.core.sched import create_scheduler
 from director.core.service import Dest, Service, ServiceTable, pack_addr
-from director.ctl.config import Config, DestConf, ServiceConf
+from director.model.config import Config, DestConf, ServiceConf
 
 PKT: Any = None  # wrr never looks at the packet
 NAMES = {pack_addr(f"198.18.0.{2 + i}"): chr(ord("A") + i) for i in range(26)}

@@ -2,7 +2,7 @@
 
 Plain immutable data, kept in ``Config.health`` beside the virtual services, persisted
 in the rules file as ``# director-check`` and ``# director-health`` lines
-(``director.health.rules``) and validated by ``director.health.ops``.
+(``director.ctl.health_rules``) and validated by ``director.ctl.health_ops``.
 
 The knobs are keepalived's (``delay_loop``, ``connect_timeout``, ``retry``,
 ``delay_before_retry``, ``warmup``, ``inhibit_on_failure``, ``sorry_server``,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from director.ctl.config import ConfigError
 from director.ctl.ipvsadm import format_save, load_rules, restore
+from director.model.config import ConfigError
 
 BASE = """-A -t 203.0.113.5:80 -s rr
 -a -t 203.0.113.5:80 -r 198.18.0.2:80 -m -w 1

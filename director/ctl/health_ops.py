@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeAlias
 
-from director.ctl.config import Config, ConfigError, DestConf, ServiceConf
 from director.ctl.ops import CHOOSABLE_METHODS, canonical_addr, canonical_key, check_dest
-from director.health.model import (
+from director.model.config import Config, ConfigError, DestConf, ServiceConf
+from director.model.health import (
     CHECK_KINDS,
     ON_FAILURE,
     CheckConf,

@@ -18,10 +18,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from director.ctl.config import Config, ConfigError
-from director.ctl.ipvsadm import parse_addr_port, parse_service_key
-from director.health.model import CheckConf, ServiceKey, ServicePolicy
-from director.health.ops import (
+from director.ctl.health_ops import (
     AddCheck,
     AddrPort,
     DeleteCheck,
@@ -29,6 +26,9 @@ from director.health.ops import (
     HealthOp,
     SetPolicy,
 )
+from director.ctl.ipvsadm import parse_addr_port, parse_service_key
+from director.model.config import Config, ConfigError
+from director.model.health import CheckConf, ServiceKey, ServicePolicy
 
 CHECK_PREFIX = "# director-check "
 HEALTH_PREFIX = "# director-health "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from director.health.model import Health
+from director.model.health import Health
 
 # Forwarding methods, by the names the kernel uses (IP_VS_CONN_F_MASQ, _DROUTE, _TUNNEL,
 # _LOCALNODE) and the words ipvsadm -L prints for them.
