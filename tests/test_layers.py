@@ -21,7 +21,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset({"model"}),
     "ctl": frozenset({"model", "core"}),
     "health": frozenset({"model", "core", "ctl"}),
-    "realserver": frozenset({"model", "core"}),
+    "realserver": frozenset({"model", "core", "shell"}),
     "lab": frozenset({"model", "core", "ctl"}),
     "shell": frozenset({"model", "core", "ctl", "health"}),
     "cli": frozenset({"model", "core", "ctl", "health", "lab", "realserver"}),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from director.realserver import decap, plan
+from director.shell.persist import atomic_write
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -80,17 +81,11 @@ def load_state(directory: Path) -> plan.State | None:
 def save_state(directory: Path, state: plan.State) -> None:
     """Write the record atomically (temporary file, fsync, rename)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = directory / f".{STATE_FILE}.tmp"
-    with open(tmp, "w") as out:
-        json.dump(state.to_json(), out, indent=1)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, directory / STATE_FILE)
+    atomic_write(directory / STATE_FILE, json.dumps(state.to_json(), indent=1) + "\n")
 
 
 def remove_state(directory: Path) -> None:
-    for name in (STATE_FILE, DECAP_LOG, f".{STATE_FILE}.tmp"):
+    for name in (STATE_FILE, DECAP_LOG):
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
     with contextlib.suppress(OSError):

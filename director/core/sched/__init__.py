@@ -26,6 +26,12 @@ class Scheduler:
         """Real servers of ``svc`` changed; rebuild any derived state."""
 
 
+def usable(dest: Dest) -> bool:
+    """A server a new connection may go to: neither overloaded (IP_VS_DEST_F_OVERLOAD)
+    nor quiesced (weight 0), the test every kernel scheduler makes first."""
+    return not dest.overloaded and dest.weight > 0
+
+
 SCHEDULERS: dict[str, type[Scheduler]] = {}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from director.core.sched import Scheduler, register
+from director.core.sched import Scheduler, register, usable
 
 if TYPE_CHECKING:
     from director.core.packet import Packet
@@ -29,12 +29,6 @@ class LeastConnection(Scheduler):
     name = "lc"
 
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
-        least: Dest | None = None
-        loh = 0
-        for dest in svc.dests:
-            if dest.overloaded or dest.weight == 0:
-                continue
-            doh = conn_overhead(dest)
-            if least is None or doh < loh:
-                least, loh = dest, doh
-        return least  # None: the kernel logs "no destination available"
+        # min() keeps the first of equals: only a strictly smaller overhead displaces.
+        # None: the kernel logs "no destination available".
+        return min(filter(usable, svc.dests), key=conn_overhead, default=None)

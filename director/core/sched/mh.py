@@ -35,7 +35,7 @@ from math import gcd
 from typing import TYPE_CHECKING
 
 from director.core.sched import Scheduler, register
-from director.core.sched.sh import PORTED_PROTOCOLS, fold_addr, has_flag, unavailable
+from director.core.sched.sh import fold_addr, hashed_pick
 
 if TYPE_CHECKING:
     from director.core.packet import Packet
@@ -103,6 +103,11 @@ def hsiphash_u32(value: int, key: tuple[int, int]) -> int:
 def mh_hashkey(addr: bytes, port: int, key: tuple[int, int], offset: int = 0) -> int:
     """ip_vs_mh_hashkey: the sum is an unsigned int, so it wraps at 2**32."""
     return hsiphash_u32((offset + port + fold_addr(addr)) & 0xFFFFFFFF, key)
+
+
+def _slot(addr: bytes, port: int, offset: int) -> int:
+    """The lookup slot of a client at ``offset`` (ip_vs_mh_get / _get_fallback)."""
+    return mh_hashkey(addr, port, HASH1, offset) % TAB_SIZE
 
 
 def turns(last_weights: list[int]) -> list[int]:
@@ -176,20 +181,4 @@ class MaglevHashing(Scheduler):
 
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.update(svc)  # a no-op unless servers changed without update()
-        port = 0
-        if has_flag(svc, "mh-port", 2) and pkt.protocol in PORTED_PROTOCOLS:
-            port = pkt.sport
-        ihash = mh_hashkey(pkt.saddr, port, HASH1) % TAB_SIZE
-        dest = self._lookup[ihash]
-        if dest is None or not unavailable(dest):
-            return dest
-        if not has_flag(svc, "mh-fallback", 1):
-            return None  # "no destination available"
-        for offset in range(TAB_SIZE):  # ip_vs_mh_get_fallback
-            slot = mh_hashkey(pkt.saddr, port, HASH1, (offset + ihash) % TAB_SIZE) % TAB_SIZE
-            dest = self._lookup[slot]
-            if dest is None:
-                break
-            if not unavailable(dest):
-                return dest
-        return None
+        return hashed_pick(svc, pkt, self._lookup, self.name, _slot)

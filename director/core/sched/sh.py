@@ -23,9 +23,10 @@ server met; an empty bucket stops the search.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from director.core.sched import Scheduler, register
+from director.core.sched import Scheduler, register, usable
 
 if TYPE_CHECKING:
     from director.core.packet import Packet
@@ -76,9 +77,34 @@ def has_flag(svc: Service, name: str, bit: int) -> bool:
     return name in flags or f"flag-{bit}" in flags
 
 
-def unavailable(dest: Dest) -> bool:
-    """is_unavailable in ip_vs_sh.c and ip_vs_mh.c."""
-    return dest.weight <= 0 or dest.overloaded
+def hashed_pick(
+    svc: Service,
+    pkt: Packet,
+    table: Sequence[Dest | None],
+    name: str,
+    slot: Callable[[bytes, int, int], int],
+) -> Dest | None:
+    """The lookup sh and mh share (ip_vs_sh_schedule, ip_vs_mh_schedule): the client's
+    slot ``slot(addr, port, 0)`` of ``table``; a usable server there is the choice.  With
+    ``NAME-fallback`` the kernel's _get_fallback probes ``slot(addr, port, (ihash + i) %
+    size)`` for i = 0 .. size - 1 and takes the first usable server; an empty slot ends
+    the search.  ``NAME-port`` hashes the source port too (TCP, UDP, SCTP only)."""
+    port = 0
+    if has_flag(svc, f"{name}-port", 2) and pkt.protocol in PORTED_PROTOCOLS:
+        port = pkt.sport
+    ihash = slot(pkt.saddr, port, 0)
+    dest = table[ihash]
+    if dest is None or usable(dest):
+        return dest
+    if not has_flag(svc, f"{name}-fallback", 1):
+        return None  # "no destination available"
+    for offset in range(len(table)):
+        dest = table[slot(pkt.saddr, port, (offset + ihash) % len(table))]
+        if dest is None:
+            break
+        if usable(dest):
+            return dest
+    return None
 
 
 @register
@@ -97,19 +123,4 @@ class SourceHashing(Scheduler):
 
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.update(svc)  # a no-op unless servers changed without update()
-        port = 0
-        if has_flag(svc, "sh-port", 2) and pkt.protocol in PORTED_PROTOCOLS:
-            port = pkt.sport
-        ihash = sh_hashkey(pkt.saddr, port)
-        dest = self._buckets[ihash]
-        if dest is None or not unavailable(dest):
-            return dest
-        if not has_flag(svc, "sh-fallback", 1):
-            return None  # "no destination available"
-        for offset in range(TAB_SIZE):  # ip_vs_sh_get_fallback
-            dest = self._buckets[sh_hashkey(pkt.saddr, port, (offset + ihash) % TAB_SIZE)]
-            if dest is None:
-                break
-            if not unavailable(dest):
-                return dest
-        return None
+        return hashed_pick(svc, pkt, self._buckets, self.name, sh_hashkey)
