@@ -37,12 +37,3 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
-
-
-def read16(buf: bytearray, offset: int) -> int:
-    value: int = _H.unpack_from(buf, offset)[0]
-    return value
-
-
-def write16(buf: bytearray, offset: int, value: int) -> None:
-    _H.pack_into(buf, offset, value)

@@ -55,7 +55,6 @@ VIP = "203.0.113.5"
 DIRECTOR_INSIDE = "198.18.0.1"
 OUTSIDE_PREFIXLEN = 24
 INSIDE_PREFIXLEN = 24
-REAL_SERVERS: tuple[tuple[str, str], ...] = (("rs1", "198.18.0.2"), ("rs2", "198.18.0.3"))
 BACKEND_PORTS: tuple[int, ...] = (80, 8000, 21)
 ROUTER_INSIDE = "198.18.0.254"
 ROUTER_REMOTE = "198.19.0.1"
@@ -387,9 +386,3 @@ def _list_namespaces() -> list[str]:
 
     names: list[str] = netns.listnetns()
     return names
-
-
-def list_prefixes() -> list[str]:
-    """Prefixes of the labs whose director namespace exists now."""
-    suffix = "-director"
-    return sorted(n[: -len(suffix)] for n in _list_namespaces() if n.endswith(suffix))
