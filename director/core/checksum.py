@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 
-_H = struct.Struct("!H")
 
 
 def adjust32(csum: int, old: int, new: int) -> int:
