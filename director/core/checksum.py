@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 
 
-
 def adjust32(csum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a 32-bit field (two 16-bit words)."""
     s = (~csum & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
