@@ -191,7 +191,11 @@ def read_rules(path: Path) -> Config:
 class Daemon:
     """The running director; the control plane's target (``ControlTarget``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, hooks: Hooks | None = None, routes: Routes | None = None
+    ) -> None:
+        """``hooks`` and ``routes`` are the daemon's netfilter and netlink sides; by
+        default the real ones (tests give in-memory ones: tests/target.py)."""
         self.settings = settings
         self.director = Director()
         self.director.conn_limit = (settings.conn_table_memory << 20) // CONN_BYTES
@@ -202,12 +206,16 @@ class Daemon:
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
         self._config = Config()
-        self.hooks = Hooks(
-            queue=settings.queue_num,
-            mark=settings.send_mark,
-            bypass=settings.queue_policy == "bypass",
+        self.hooks = (
+            hooks
+            if hooks is not None
+            else Hooks(
+                queue=settings.queue_num,
+                mark=settings.send_mark,
+                bypass=settings.queue_policy == "bypass",
+            )
         )
-        self.routes = Routes()
+        self.routes = routes if routes is not None else Routes()
         self.notifier = Notifier()
         self.stop_requested = False
         self.rate_timer = estimator.RateTimer()

@@ -133,24 +133,7 @@ class Hooks:
     def sync(self, services: ServiceTable) -> None:
         """Make the ipsets and the fwmark chain select exactly the configured services
         and the NAT real servers whose replies must be rewritten."""
-        wanted: dict[str, set[Entry]] = {name: set() for name in SETS}
-        marks: set[int] = set()
-        for svc in services:
-            proto, vaddr, vport = svc.key
-            if proto:
-                wanted[VIP_SET].add((unpack_addr(vaddr), 0, 0))
-            else:
-                marks.add(vport)
-            for dest in svc.dests:
-                if dest.method != "masq":
-                    continue
-                wanted[RS_ADDR_SET].add((unpack_addr(dest.addr), 0, 0))
-                port = (dest.port or vport) if proto else dest.port
-                if not port:
-                    wanted[RS_ANY_SET].add((unpack_addr(dest.addr), 0, 0))
-                for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
-                    if port:
-                        wanted[RS_SET].add((unpack_addr(dest.addr), protocol, port))
+        wanted, marks = selection(services)
         with IPSet() as ipset:
             for name, entries in wanted.items():
                 if name not in self._entries:
@@ -168,6 +151,31 @@ class Hooks:
         if marks != self._marks:
             _restore(_fwmark_chain(marks, self.queue))
             self._marks = marks
+
+
+def selection(services: ServiceTable) -> tuple[dict[str, set[Entry]], set[int]]:
+    """What the hooks must select for these services: each ipset's entries (the VIPs,
+    the NAT real servers whose replies come back through FORWARD) and the firewall
+    marks of the fwmark services."""
+    wanted: dict[str, set[Entry]] = {name: set() for name in SETS}
+    marks: set[int] = set()
+    for svc in services:
+        proto, vaddr, vport = svc.key
+        if proto:
+            wanted[VIP_SET].add((unpack_addr(vaddr), 0, 0))
+        else:
+            marks.add(vport)
+        for dest in svc.dests:
+            if dest.method != "masq":
+                continue
+            wanted[RS_ADDR_SET].add((unpack_addr(dest.addr), 0, 0))
+            port = (dest.port or vport) if proto else dest.port
+            if not port:
+                wanted[RS_ANY_SET].add((unpack_addr(dest.addr), 0, 0))
+            for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
+                if port:
+                    wanted[RS_SET].add((unpack_addr(dest.addr), protocol, port))
+    return wanted, marks
 
 
 def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:

@@ -1,11 +1,14 @@
-"""dirctl end to end, with dispatch and a fake control target behind the protocol client."""
+"""dirctl end to end: the protocol client hands each request to dispatch() and the
+daemon's own control target (tests/target.py: in-memory hooks and routes)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dpkt.tcp import TH_SYN
 from typer.testing import CliRunner
 
 from director.cli import dirctl
@@ -13,27 +16,30 @@ from director.ctl import protocol
 from director.ctl.dispatch import dispatch
 from director.ctl.ipvsadm import format_save, load_rules
 from director.model.config import Config
-from tests.ctl.fake import FakeTarget
+from director.shell.daemon import Daemon
+from tests.conftest import MakeTarget
+from tests.core.packets import CLIENT, VIP, tcp
 
 SEED = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules").read_text()
 
 
 @pytest.fixture
-def target(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
-    """Route dirctl's requests through dispatch() to an in-process fake target."""
-    fake = FakeTarget()
+def target(make_target: MakeTarget, monkeypatch: pytest.MonkeyPatch) -> Daemon:
+    """Route dirctl's requests through dispatch() to an in-process daemon target; the
+    socket paths dirctl asked for are in ``target.sockets``."""
+    daemon = make_target()
     seen: list[str] = []
 
     def in_process(path: str, command: str, args: Any = None, timeout: float = 10.0) -> Any:
         seen.append(path)
-        response = dispatch(fake, {"version": 1, "command": command, "args": args or {}})
+        response = dispatch(daemon, {"version": 1, "command": command, "args": args or {}})
         if not response["ok"]:
             raise protocol.RequestRefused(response["error"])
         return response["result"]
 
     monkeypatch.setattr(protocol, "request", in_process)
-    fake.sockets = seen  # type: ignore[attr-defined]
-    return fake
+    daemon.sockets = seen  # type: ignore[attr-defined]
+    return daemon
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -42,7 +48,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, out, err
 
 
-def test_add_service_and_servers(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
+def test_add_service_and_servers(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "add-service", "-t", "203.0.113.5:80", "-s", "rr")[0] == 0
     assert run(capsys, "add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.2", "-m")[0] == 0
     argv = ["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.3:8000", "-m", "-w", "1"]
@@ -54,25 +60,23 @@ def test_add_service_and_servers(target: FakeTarget, capsys: pytest.CaptureFixtu
     assert load_rules(out) == load_rules(SEED) == target.config
 
 
-def test_bare_persistent_means_360(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bare_persistent_means_360(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "add-service", "-t", "203.0.113.5:443", "-p", "-s", "rr")[0] == 0
     assert run(capsys, "add-service", "-f", "9", "-p")[0] == 0
     assert run(capsys, "add-service", "-u", "203.0.113.5:53", "-p", "60", "-o")[0] == 0
     assert [s.persistent for s in target.config.services] == [360, 360, 60]
 
 
-def test_edit_server_keeps_other_fields(
-    target: FakeTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
-    target.config = load_rules(SEED)
+def test_edit_server_keeps_other_fields(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    target.commit(load_rules(SEED))
     argv = ["edit-server", "-t", "203.0.113.5:80", "-r", "198.18.0.3:8000", "-w", "7"]
     assert run(capsys, *argv)[0] == 0
     dest = target.config.services[0].dests[1]
     assert (dest.method, dest.weight) == ("masq", 7)
 
 
-def test_list_and_selectors(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
-    target.config = load_rules(SEED)
+def test_list_and_selectors(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    target.commit(load_rules(SEED))
     status, out, _ = run(capsys, "list", "-n")
     assert status == 0 and out.startswith("IP Virtual Server version 1.2.1 (size=4096)\n")
     assert "TCP  203.0.113.5:21 rr\n" in out
@@ -87,7 +91,7 @@ def test_list_and_selectors(target: FakeTarget, capsys: pytest.CaptureFixture[st
 
 
 def test_restore_from_file_and_stdin(
-    target: FakeTarget,
+    target: Daemon,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -102,17 +106,28 @@ def test_restore_from_file_and_stdin(
     assert format_save(target.config) == format_save(load_rules(SEED))
 
 
-def test_set_timeout_and_zero(target: FakeTarget, capsys: pytest.CaptureFixture[str]) -> None:
-    target.config = load_rules(SEED)
+def test_set_timeout_and_zero(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    target.commit(load_rules(SEED))
     assert run(capsys, "set-timeout", "0", "60", "0")[0] == 0
     assert target.config.timeouts.tcpfin == 60
+    now = time.monotonic()
+    for vport in (80, 21):
+        target.director.hook_in(tcp(CLIENT, VIP, 40000, vport, flags=TH_SYN), now)
+
+    def conns(port: int) -> str:
+        """The Conns column of ``list --stats --exact`` for the service on ``port``."""
+        out = run(capsys, "list", "-n", "--stats", "--exact", "-t", f"203.0.113.5:{port}")[1]
+        return out.splitlines()[2].split()[2]
+
+    assert (conns(80), conns(21)) == ("1", "1")
     assert run(capsys, "zero", "-t", "203.0.113.5:80")[0] == 0
+    assert (conns(80), conns(21)) == ("0", "1")
     assert run(capsys, "zero")[0] == 0
-    assert target.zeroed == [("tcp", "203.0.113.5", 80), None]
+    assert (conns(80), conns(21)) == ("0", "0")
 
 
 def test_socket_option_and_env(
-    target: FakeTarget, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    target: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(capsys, "list")
     run(capsys, "--socket", "/tmp/a.sock", "list")
@@ -149,24 +164,24 @@ BAD: list[tuple[list[str], str]] = [
 
 @pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) or "none" for a, _ in BAD])
 def test_bad_input_exits_2_with_one_line(
-    target: FakeTarget, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    target: Daemon, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    target.config = load_rules(SEED)
-    before = target.config
+    target.commit(load_rules(SEED))
+    before = (target.config, target.settings.rules.read_text())
     status, out, err = run(capsys, *argv)
     assert status == 2
     assert err.count("\n") == 1 and err.startswith("dirctl: ") and message in err
-    assert out == "" and target.config == before
+    assert out == "" and (target.config, target.settings.rules.read_text()) == before
 
 
 def test_restore_bad_line_names_it(
-    target: FakeTarget, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    target: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     rules = tmp_path / "rules"
     rules.write_text(SEED + "-a -t 203.0.113.5:80 -r 198.18.0.9 -w x\n")
     status, _, err = run(capsys, "restore", str(rules))
     assert status == 2 and err == "dirctl: line 11: illegal weight specified\n"
-    assert target.config == Config() and target.commits == []
+    assert target.config == Config() and not target.settings.rules.exists()
 
 
 def test_unreachable_daemon_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -181,15 +196,15 @@ def test_help_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0 and "add-service" in out
 
 
-def test_typer_cli_runner_drives_the_app(target: FakeTarget) -> None:
-    target.config = load_rules(SEED)
+def test_typer_cli_runner_drives_the_app(target: Daemon) -> None:
+    target.commit(load_rules(SEED))
     result = CliRunner().invoke(dirctl.app, ["list", "--timeout"])
     assert result.exit_code == 0
     assert result.output == "Timeout (tcp tcpfin udp): 900 120 300\n"
 
 
 def test_sysctl_shows_sets_and_refuses_all_or_nothing(
-    target: FakeTarget, capsys: pytest.CaptureFixture[str]
+    target: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, out, _ = run(capsys, "sysctl")
     assert status == 0 and "expire_nodest_conn = 0" in out and "conn_reuse_mode = 1" in out
@@ -198,17 +213,17 @@ def test_sysctl_shows_sets_and_refuses_all_or_nothing(
     for bad in ("nope=1", "sloppy_tcp=maybe", "conn_reuse_mode=7", "=1", "sloppy_tcp"):
         status, _, err = run(capsys, "sysctl", "sloppy_tcp=1", bad)
         assert status == 2 and len(err.strip().splitlines()) == 1, (bad, err)
-    assert target.sysctl.sloppy_tcp is False
+    assert target.director.sysctls.sloppy_tcp is False
 
 
 def test_which_prints_the_server_or_says_none(
-    target: FakeTarget, capsys: pytest.CaptureFixture[str]
+    target: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, _ = run(capsys, "which", "tcp", "203.0.113.10:4000", "203.0.113.5:80")
+    status, out, _ = run(capsys, "which", "tcp", "203.0.113.10:4000", "203.0.113.5:21")
     assert status == 1 and "no real server" in out
-    target.which_answer = {"addr": "198.18.0.2", "port": 80, "method": "masq"}
-    status, out, _ = run(capsys, "which", "tcp", "203.0.113.10:4000", "203.0.113.5:80")
-    assert (status, out) == (0, "198.18.0.2:80 masq\n")
+    target.commit(load_rules(SEED))  # 203.0.113.5:21 has one real server, 198.18.0.3:21
+    status, out, _ = run(capsys, "which", "tcp", "203.0.113.10:4000", "203.0.113.5:21")
+    assert (status, out) == (0, "198.18.0.3:21 masq\n")
     for argv in (("icmp", "1.2.3.4:1", "203.0.113.5:80"), ("tcp", "nonsense", "203.0.113.5:80")):
         status, _, err = run(capsys, "which", *argv)
         assert status == 2 and err.startswith("dirctl: ") and len(err.splitlines()) == 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from director.ctl.ipvsadm import load_rules
+import time
+
+from dpkt.tcp import TH_ACK, TH_SYN
+
+from director.core.xmit import SEND
 from director.ctl.listing import (
     ListFormat,
     find_service,
@@ -11,8 +15,9 @@ from director.ctl.listing import (
     format_timeout,
     largenum,
 )
-from director.ctl.snapshot import Snapshot
-from tests.ctl.fake import FakeTarget
+from director.ctl.snapshot import DestDict, ServiceDict, Snapshot
+from tests.conftest import MakeTarget
+from tests.core.packets import CLIENT, VIP, tcp, udp
 
 RULES = """\
 -A -t 203.0.113.5:80 -s rr
@@ -25,49 +30,27 @@ RULES = """\
 """
 
 
-def snapshot() -> Snapshot:
-    target = FakeTarget(config=load_rules(RULES))
-    snap = target.snapshot(conns=True)
-    web = snap["services"][0]
-    web["dests"][1]["activeconns"] = 3
-    web["dests"][1]["inactconns"] = 12
-    web["dests"][1]["persistconns"] = 1
-    web["stats"] = {
-        "conns": 15,
-        "inpkts": 123456789,
-        "outpkts": 1500000000,
-        "inbytes": 98765,
-        "outbytes": 123456789012345,
-    }
-    snap["conns"] = [
-        {
-            "protocol": "TCP",
-            "state": "ESTABLISHED",
-            "expires": 899.7,
-            "caddr": "203.0.113.10",
-            "cport": 40000,
-            "vaddr": "203.0.113.5",
-            "vport": 80,
-            "daddr": "198.18.0.2",
-            "dport": 80,
-        },
-        {
-            "protocol": "UDP",
-            "state": "UDP",
-            "expires": 5,
-            "caddr": "203.0.113.11",
-            "cport": 5353,
-            "vaddr": "203.0.113.5",
-            "vport": 53,
-            "daddr": "198.18.0.3",
-            "dport": 53,
-        },
-    ]
+def dest_of(svc: ServiceDict, addr: str, port: int) -> DestDict:
+    (dest,) = (d for d in svc["dests"] if (d["addr"], d["port"]) == (addr, port))
+    return dest
+
+
+def snapshot(make_target: MakeTarget) -> Snapshot:
+    """The daemon's own snapshot of RULES, with figures put in the columns under test."""
+    snap = make_target(RULES).snapshot(conns=False)
+    web = find_service(snap, ("tcp", "203.0.113.5", 80))
+    assert web is not None
+    busy = dest_of(web, "198.18.0.2", 80)
+    busy["activeconns"] = 3
+    busy["inactconns"] = 12
+    busy["persistconns"] = 1
+    web["stats"].update(conns=15, inpkts=123456789, outpkts=1500000000, inbytes=98765,
+                        outbytes=123456789012345)  # fmt: skip
     return snap
 
 
-def test_list_numeric() -> None:
-    assert format_list(snapshot()) == (
+def test_list_numeric(make_target: MakeTarget) -> None:
+    assert format_list(snapshot(make_target)) == (
         "IP Virtual Server version 1.2.1 (size=4096)\n"
         "Prot LocalAddress:Port Scheduler Flags\n"
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
@@ -81,8 +64,8 @@ def test_list_numeric() -> None:
     )
 
 
-def test_list_one_service_has_no_version_header() -> None:
-    snap = snapshot()
+def test_list_one_service_has_no_version_header(make_target: MakeTarget) -> None:
+    snap = snapshot(make_target)
     svc = find_service(snap, ("udp", "203.0.113.5", 53))
     assert svc is not None
     assert format_list(snap, ListFormat(), svc) == (
@@ -93,8 +76,8 @@ def test_list_one_service_has_no_version_header() -> None:
     assert find_service(snap, ("tcp", "203.0.113.5", 53)) is None
 
 
-def test_list_stats() -> None:
-    snap = snapshot()
+def test_list_stats(make_target: MakeTarget) -> None:
+    snap = snapshot(make_target)
     svc = find_service(snap, ("tcp", "203.0.113.5", 80))
     assert format_list(snap, ListFormat(stats=True), svc) == (
         "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"
@@ -105,8 +88,8 @@ def test_list_stats() -> None:
     )
 
 
-def test_list_stats_exact() -> None:
-    snap = snapshot()
+def test_list_stats_exact(make_target: MakeTarget) -> None:
+    snap = snapshot(make_target)
     svc = find_service(snap, ("tcp", "203.0.113.5", 80))
     lines = format_list(snap, ListFormat(stats=True, exact=True), svc).splitlines()
     assert lines[2] == (
@@ -114,8 +97,8 @@ def test_list_stats_exact() -> None:
     )
 
 
-def test_list_rate() -> None:
-    snap = snapshot()
+def test_list_rate(make_target: MakeTarget) -> None:
+    snap = snapshot(make_target)
     svc = find_service(snap, ("udp", "203.0.113.5", 53))
     assert format_list(snap, ListFormat(rate=True), svc) == (
         "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n"
@@ -124,8 +107,8 @@ def test_list_rate() -> None:
     )
 
 
-def test_list_thresholds_and_persistent_conn() -> None:
-    snap = snapshot()
+def test_list_thresholds_and_persistent_conn(make_target: MakeTarget) -> None:
+    snap = snapshot(make_target)
     svc = find_service(snap, ("tcp", "203.0.113.5", 80))
     assert format_list(snap, ListFormat(thresholds=True), svc) == (
         "Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn \n"
@@ -143,29 +126,34 @@ def test_list_thresholds_and_persistent_conn() -> None:
     )
 
 
-def test_connections() -> None:
-    assert format_conns(snapshot()) == (
-        "IPVS connection entries\n"
-        "pro expire state       source             virtual            destination\n"
-        "TCP 14:59  ESTABLISHED 203.0.113.10:40000 203.0.113.5:80     198.18.0.2:80\n"
-        "UDP 00:05  UDP         203.0.113.11:5353  203.0.113.5:53     198.18.0.3:53\n"
+def test_connections(make_target: MakeTarget) -> None:
+    """ipvsadm -Lc of two real NAT connections (each request sent on, rewritten): a
+    TCP one the client's SYN and ACK made ESTABLISHED (900 s) and a UDP one (300 s),
+    0.3 s after their last packet; the expiry shows as mm:ss, cut down."""
+    target = make_target(
+        "-A -t 203.0.113.5:80 -s rr\n-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n"
+        "-A -u 203.0.113.5:53 -s rr\n-a -u 203.0.113.5:53 -r 198.18.0.3:53 -m\n"
     )
+    then = time.monotonic() - 0.3
+    for buf in (
+        tcp(CLIENT, VIP, 40000, 80, flags=TH_SYN),
+        tcp(CLIENT, VIP, 40000, 80, flags=TH_ACK),
+        udp("203.0.113.11", VIP, 5353, 53, b"q"),
+    ):
+        assert target.director.hook_in(buf, then)[0] == SEND
+    conns = format_conns(target.snapshot(conns=True)).splitlines()
+    assert conns[:2] == [
+        "IPVS connection entries",
+        "pro expire state       source             virtual            destination",
+    ]
+    assert sorted(conns[2:]) == [
+        "TCP 14:59  ESTABLISHED 203.0.113.10:40000 203.0.113.5:80     198.18.0.2:80",
+        "UDP 04:59  UDP         203.0.113.11:5353  203.0.113.5:53     198.18.0.3:53",
+    ]
 
 
-def test_timeout() -> None:
-    assert format_timeout(snapshot()) == "Timeout (tcp tcpfin udp): 900 120 300\n"
-
-
-def test_ipv6_names_are_bracketed_and_not_cut() -> None:
-    target = FakeTarget(
-        config=load_rules(
-            "-A -t [2001:db8:1::100]:443 -s rr\n"
-            "-a -t [2001:db8:1::100]:443 -r [2001:db8:2::1234:5678:9abc]:8443 -m\n"
-        )
-    )
-    lines = format_list(target.snapshot(conns=False)).splitlines()
-    assert lines[3] == "TCP  [2001:db8:1::100]:443 rr"
-    assert lines[4].startswith("  -> [2001:db8:2::1234:5678:9abc]:8443 Masq    1      ")
+def test_timeout(make_target: MakeTarget) -> None:
+    assert format_timeout(snapshot(make_target)) == "Timeout (tcp tcpfin udp): 900 120 300\n"
 
 
 def test_largenum_units() -> None:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from director.ctl.ipvsadm import load_rules
 from director.ctl.listing import ListFormat, find_service, format_json, format_list, largenum
-from tests.ctl.fake import FakeTarget
+from director.ctl.snapshot import Snapshot
+from tests.conftest import MakeTarget
 
 
 @pytest.mark.parametrize(
@@ -43,25 +43,26 @@ def test_largenum_exact(value: int, text: str) -> None:
     assert largenum(value, exact=True) == text
 
 
-def _snapshot() -> dict:  # type: ignore[type-arg]
-    target = FakeTarget(
-        config=load_rules(
-            "-A -t 203.0.113.5:80 -s rr\n"
-            "-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n"
-            "-a -t 203.0.113.5:80 -r 198.18.0.3:8000 -m\n"
-        )
-    )
-    snap = target.snapshot(conns=False)
-    svc = snap["services"][0]
+def _snapshot(make_target: MakeTarget) -> Snapshot:
+    """The daemon's own snapshot, with rates (the estimator's, decoded) put in."""
+    snap = make_target(
+        "-A -t 203.0.113.5:80 -s rr\n"
+        "-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n"
+        "-a -t 203.0.113.5:80 -r 198.18.0.3:8000 -m\n"
+    ).snapshot(conns=False)
+    (svc,) = snap["services"]
     svc["stats"].update(cps=12, inpps=345, outpps=300, inbps=150_000_000, outbps=2_500_000_000)
-    svc["dests"][0]["stats"].update(cps=7, inpps=200, outpps=180, inbps=90_000, outbps=1_200_000)
-    svc["dests"][1]["stats"].update(cps=5, inpps=145, outpps=120, inbps=60_000, outbps=800_000)
-    return snap  # type: ignore[return-value]
+    first, second = sorted(svc["dests"], key=lambda d: d["addr"])
+    first["stats"].update(cps=7, inpps=200, outpps=180, inbps=90_000, outbps=1_200_000)
+    second["stats"].update(cps=5, inpps=145, outpps=120, inbps=60_000, outbps=800_000)
+    return snap
 
 
-def test_rate_rows_service_all_largenum_servers_three_plain_columns() -> None:
-    snap = _snapshot()
-    assert format_list(snap, ListFormat(rate=True)) == (  # type: ignore[arg-type]
+def test_rate_rows_service_all_largenum_servers_three_plain_columns(
+    make_target: MakeTarget,
+) -> None:
+    snap = _snapshot(make_target)
+    assert format_list(snap, ListFormat(rate=True)) == (
         "IP Virtual Server version 1.2.1 (size=4096)\n"
         "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n"
         "  -> RemoteAddress:Port\n"
@@ -71,13 +72,14 @@ def test_rate_rows_service_all_largenum_servers_three_plain_columns() -> None:
     )
 
 
-def test_rate_exact_and_json_carry_the_same_numbers() -> None:
-    snap = _snapshot()
-    svc = find_service(snap, ("tcp", "203.0.113.5", 80))  # type: ignore[arg-type]
-    lines = format_list(snap, ListFormat(rate=True, exact=True), svc).splitlines()  # type: ignore[arg-type]
+def test_rate_exact_and_json_carry_the_same_numbers(make_target: MakeTarget) -> None:
+    snap = _snapshot(make_target)
+    svc = find_service(snap, ("tcp", "203.0.113.5", 80))
+    assert svc is not None
+    lines = format_list(snap, ListFormat(rate=True, exact=True), svc).splitlines()
     assert lines[2] == (
         "TCP  203.0.113.5:80                     12      345      300 150000000 2500000000"
     )
-    data = json.loads(format_json(svc))  # type: ignore[arg-type]
+    data = json.loads(format_json(svc))
     assert data["stats"]["inbps"] == 150_000_000
-    assert [d["stats"]["cps"] for d in data["dests"]] == [7, 5]
+    assert sorted(d["stats"]["cps"] for d in data["dests"]) == [5, 7]

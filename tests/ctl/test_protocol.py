@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dpkt.tcp import TH_SYN
 
 from director.ctl.dispatch import dispatch, dispatch_bytes
 from director.ctl.ipvsadm import format_save, load_rules, parse_line
@@ -21,7 +23,10 @@ from director.ctl.protocol import (
     request,
 )
 from director.model.config import Config, ConfigError
-from tests.ctl.fake import FakeTarget
+from director.shell.daemon import Daemon
+from director.shell.netfilter import VIP_SET
+from tests.conftest import MakeTarget
+from tests.core.packets import CLIENT, VIP, tcp
 
 SEED = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules").read_text()
 
@@ -64,46 +69,84 @@ def test_malformed_ops_are_refused(command: str, args: dict[str, Any], message: 
         decode_op(command, args)
 
 
-def test_change_commits_once() -> None:
-    target = FakeTarget()
+def test_change_is_applied_and_persisted_at_once(make_target: MakeTarget) -> None:
+    target = make_target()
     command, args = encode_op(parse_line("-A -t 203.0.113.5:80 -s rr"))
     response = dispatch(target, msg(command, args))
     assert response == {"version": 1, "ok": True, "result": None, "error": "", "fault": ""}
-    assert len(target.commits) == 1 and target.config.services[0].port == 80
+    assert target.config == load_rules("-A -t 203.0.113.5:80 -s rr\n")
+    assert target.settings.rules.read_text() == format_save(target.config)
+    assert [svc.conf.port for svc in target.director.services] == [80]
+    assert target.hooks.selected[0][VIP_SET] == {("203.0.113.5", 0, 0)}
 
 
-def test_refused_change_commits_nothing() -> None:
-    target = FakeTarget(config=load_rules(SEED))
+def test_refused_change_commits_nothing(make_target: MakeTarget) -> None:
+    target = make_target(SEED)
+    before = (target.config, target.settings.rules.read_text(), target.snapshot(conns=False))
     command, args = encode_op(parse_line("-A -t 203.0.113.5:80 -s rr"))
     response = dispatch(target, msg(command, args))
     assert response["ok"] is False and response["fault"] == "caller"
     assert response["error"] == "Service already exists"
-    assert target.commits == []
+    assert (target.config, target.settings.rules.read_text(), target.snapshot(conns=False)) == (
+        before
+    )
 
 
-def test_restore_is_all_or_nothing() -> None:
-    target = FakeTarget()
+def test_a_configuration_the_data_plane_refuses_changes_nothing(make_target: MakeTarget) -> None:
+    """The packet path is IPv4 only: an IPv6 service is refused whole, with one line."""
+    target = make_target(SEED)
+    before = (target.config, target.settings.rules.read_text())
+    command, args = encode_op(parse_line("-A -t [2001:db8:1::100]:443 -s rr"))
+    response = dispatch(target, msg(command, args))
+    assert response["ok"] is False and response["fault"] == "caller"
+    assert response["error"] == "2001:db8:1::100: IPv6 is not supported by director yet"
+    assert (target.config, target.settings.rules.read_text()) == before
+
+
+def test_restore_is_all_or_nothing(make_target: MakeTarget) -> None:
+    target = make_target()
     bad = SEED + "-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n"
     response = dispatch(target, msg("restore", {"text": bad}))
     assert response["ok"] is False
     assert (
         response["error"].startswith("line ") and "Destination already exists" in response["error"]
     )
-    assert target.commits == [] and target.config == Config()
+    assert target.config == Config() and not target.settings.rules.exists()
+    assert len(target.director.services) == 0
     assert dispatch(target, msg("restore", {"text": SEED}))["ok"] is True
-    assert target.config == load_rules(SEED) and len(target.commits) == 1
+    assert target.config == load_rules(SEED)
+    assert target.settings.rules.read_text() == format_save(load_rules(SEED))
 
 
-def test_list_save_zero() -> None:
-    target = FakeTarget(config=load_rules(SEED))
-    snapshot = dispatch(target, msg("list", {"conns": False}))["result"]
-    assert [s["port"] for s in snapshot["services"]] == [80, 21]
+def _syn(target: Daemon, vport: int, cport: int) -> None:
+    """A client's SYN to the seed's VIP, through the real packet path."""
+    target.director.hook_in(tcp(CLIENT, VIP, cport, vport, flags=TH_SYN), time.monotonic())
+
+
+def _conns(target: Daemon) -> dict[int, int]:
+    """Each service's connection counter, by port, as `list --stats` shows it."""
+    snap = dispatch(target, msg("list", {"conns": False}))["result"]
+    return {svc["port"]: svc["stats"]["conns"] for svc in snap["services"]}
+
+
+def test_list_save_zero(make_target: MakeTarget) -> None:
+    """ipvsadm -Z [service] (ip_vs_zero_service, ip_vs_zero_all): the counters of the
+    one service (and its real servers), or of all, start again from 0."""
+    target = make_target(SEED)
+    for vport, cport in ((80, 40000), (80, 40001), (21, 40002)):
+        _syn(target, vport, cport)
+    assert _conns(target) == {80: 2, 21: 1}
     assert dispatch(target, msg("save"))["result"] == format_save(target.config)
-    assert dispatch(target, msg("zero", {"service": None}))["ok"]
     assert dispatch(target, msg("zero", {"service": ["tcp", "203.0.113.5", 21]}))["ok"]
+    assert _conns(target) == {80: 2, 21: 0}
     missing = dispatch(target, msg("zero", {"service": ["tcp", "203.0.113.5", 22]}))
     assert missing["error"] == "No such service"
-    assert target.zeroed == [None, ("tcp", "203.0.113.5", 21)]
+    assert _conns(target) == {80: 2, 21: 0}
+    assert dispatch(target, msg("zero", {"service": None}))["ok"]
+    assert _conns(target) == {80: 0, 21: 0}
+    snap = dispatch(target, msg("list", {"conns": False}))["result"]
+    assert snap["totals"]["conns"] == 0
+    assert [d["stats"]["conns"] for svc in snap["services"] for d in svc["dests"]] == [0, 0, 0]
 
 
 @pytest.mark.parametrize(
@@ -115,29 +158,35 @@ def test_list_save_zero() -> None:
         ({"version": 1}, "unknown command None"),
     ],
 )
-def test_bad_requests_get_error_responses(message: dict[str, Any], error: str) -> None:
-    response = dispatch(FakeTarget(), message)
+def test_bad_requests_get_error_responses(
+    make_target: MakeTarget, message: dict[str, Any], error: str
+) -> None:
+    response = dispatch(make_target(), message)
     assert (response["ok"], response["error"], response["fault"]) == (False, error, "caller")
 
 
-def test_daemon_failure_is_its_own_fault() -> None:
-    class Broken(FakeTarget):
-        def commit(self, config: Config) -> None:
-            raise OSError("disk full")
+def test_daemon_failure_is_its_own_fault(make_target: MakeTarget) -> None:
+    """The rules file cannot be written (its folder is a file): the daemon's fault, and
+    the live tables keep what they had."""
+    target = make_target(SEED)
+    blocker = target.settings.rules.parent / "not-a-folder"
+    blocker.write_text("")
+    target.settings.rules = blocker / "rules"
+    response = dispatch(target, msg("clear"))
+    assert response["ok"] is False and response["fault"] == "daemon"
+    assert response["error"].startswith("internal error: ") and str(blocker) in response["error"]
+    assert target.config == load_rules(SEED) and len(target.director.services) == 2
 
-    response = dispatch(Broken(), msg("clear"))
-    assert response["fault"] == "daemon" and "disk full" in response["error"]
 
-
-def test_dispatch_bytes_handles_garbage() -> None:
-    answer = json.loads(dispatch_bytes(FakeTarget(), b"\xff not json\n"))
+def test_dispatch_bytes_handles_garbage(make_target: MakeTarget) -> None:
+    answer = json.loads(dispatch_bytes(make_target(), b"\xff not json\n"))
     assert answer["ok"] is False and answer["error"] == "malformed request"
 
 
 # --- the client against a real Unix socket ------------------------------------------
 
 
-def serve_once(path: str, target: FakeTarget) -> threading.Thread:
+def serve_once(path: str, target: Daemon) -> threading.Thread:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
@@ -158,17 +207,17 @@ def serve_once(path: str, target: FakeTarget) -> threading.Thread:
     return thread
 
 
-def test_client_round_trip(tmp_path: Path) -> None:
+def test_client_round_trip(tmp_path: Path, make_target: MakeTarget) -> None:
     path = str(tmp_path / "control.sock")
-    target = FakeTarget(config=load_rules(SEED))
+    target = make_target(SEED)
     thread = serve_once(path, target)
     assert request(path, "save", {}, timeout=5) == format_save(target.config)
     thread.join(5)
 
 
-def test_client_refused(tmp_path: Path) -> None:
+def test_client_refused(tmp_path: Path, make_target: MakeTarget) -> None:
     path = str(tmp_path / "control.sock")
-    thread = serve_once(path, FakeTarget())
+    thread = serve_once(path, make_target())
     with pytest.raises(RequestRefused, match=r"^No such service$"):
         request(path, "delete-service", {"key": ["tcp", "203.0.113.5", 80]}, timeout=5)
     thread.join(5)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from director.model.config import Config
 from director.shell.control import MAX_REQUEST, ControlServer, may_use
-from tests.ctl.fake import FakeTarget
+from tests.conftest import MakeTarget
 
 NOBODY = 65534
 
@@ -56,11 +55,11 @@ def _ask(path: Path, payload: bytes) -> dict[str, object]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
-def test_another_user_is_refused_and_root_is_served():
+def test_another_user_is_refused_and_root_is_served(make_target: MakeTarget) -> None:
     where = Path(tempfile.mkdtemp(prefix="director-control-"))
     where.chmod(0o755)  # pytest's own temporary folders are closed to other users
     path = where / "control.sock"
-    server = ControlServer(path, FakeTarget(config=Config()))
+    server = ControlServer(path, make_target())
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     os.chmod(path, 0o666)  # let the other user reach it: only the credentials check stays
     thread = _serve(server, 2)
@@ -85,9 +84,9 @@ def test_another_user_is_refused_and_root_is_served():
     where.rmdir()
 
 
-def test_an_oversized_request_is_refused(tmp_path: Path):
+def test_an_oversized_request_is_refused(tmp_path: Path, make_target: MakeTarget) -> None:
     path = tmp_path / "control.sock"
-    server = ControlServer(path, FakeTarget(config=Config()))
+    server = ControlServer(path, make_target())
     thread = _serve(server, 1)
     answer = _ask(path, b"x" * (MAX_REQUEST + 65536))
     assert answer["ok"] is False and "too large" in str(answer["error"])
