@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.skips import unavailable
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "directord.service"
 INSTALLED = "/usr/local/bin/directord"
@@ -50,10 +50,10 @@ def test_unit_declares_notify_watchdog_and_least_privilege() -> None:
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+        unavailable("systemd-analyze is not installed (Debian package systemd)")
     directord = Path(sys.executable).parent / "directord"
     if not directord.exists():
-        pytest.skip(f"{directord} missing: install the project into the venv (make venv)")
+        unavailable(f"{directord} missing: install the project into the venv (make venv)")
     text = UNIT.read_text()
     assert f"ExecStart={INSTALLED} " in text
     copy = tmp_path / "directord.service"

@@ -1,7 +1,8 @@
 """Fixtures for the integration tests: the NAT lab in namespaces and the real daemon.
 
 Every test here is marked ``netns``.  They need root, ``ip netns``, iptables with
-NFQUEUE, curl and ab; where the machine lacks one, they are skipped and say which.
+NFQUEUE, curl and ab; where the machine lacks one, they are skipped and say which
+(under CI=true they fail instead: tests/skips.py).
 The lab is built once per module (its namespaces carry a per-run prefix, so parallel
 runs do not collide); each test gets a daemon of its own with fresh files.
 """
@@ -20,6 +21,7 @@ from labtools import SEED_RULES_FILE
 
 from director.lab import topology
 from director.lab.daemon import Daemon, venv_program
+from tests.skips import unavailable
 
 REQUIRED_PROGRAMS = ("ip", "iptables", "iptables-save", "ipset", "curl", "ab", "ss")
 
@@ -66,7 +68,7 @@ def _missing() -> str | None:
 def _netns_capable() -> None:
     reason = _missing()
     if reason:
-        pytest.skip(f"netns integration tests: {reason}")
+        unavailable(f"netns integration tests: {reason}")
 
 
 @pytest.fixture(scope="module")

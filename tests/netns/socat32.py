@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.skips import unavailable
 
 PORT = 8080
 DATALEN = 32
@@ -18,7 +18,7 @@ DATALEN = 32
 
 def need_socat() -> None:
     if shutil.which("socat") is None:
-        pytest.skip("socat is not installed (make deps)")
+        unavailable("socat is not installed (make deps)")
 
 
 def ns_exec(ns: str, *argv: str) -> list[str]:

@@ -23,6 +23,7 @@ from labtools import SEED_RULES_FILE, curl
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
+from tests.skips import unavailable
 
 METRICS = "127.0.0.1:9108"  # the director namespace's own loopback
 PROMETHEUS = "127.0.0.1:9090"
@@ -172,8 +173,9 @@ def _prometheus_query(lab: Lab, query: str) -> Any:
     return json.loads(done.stdout) if done.returncode == 0 and done.stdout else None
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")
 def test_a_real_prometheus_scrapes_the_endpoint(stats_daemon: Daemon, tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None:
+        unavailable("prometheus is not installed (make deps)")
     lab = stats_daemon.lab
     for _ in range(3):
         assert curl(lab, f"http://{lab.vip}/").code == 0

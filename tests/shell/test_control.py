@@ -10,10 +10,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-import pytest
-
 from director.shell.control import MAX_REQUEST, ControlServer, may_use
 from tests.conftest import MakeTarget
+from tests.skips import unavailable
 
 NOBODY = 65534
 
@@ -54,8 +53,9 @@ def _ask(path: Path, payload: bytes) -> dict[str, object]:
     return answer
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
 def test_another_user_is_refused_and_root_is_served(make_target: MakeTarget) -> None:
+    if os.geteuid() != 0:
+        unavailable("needs root to connect as another user")
     where = Path(tempfile.mkdtemp(prefix="director-control-"))
     where.chmod(0o755)  # pytest's own temporary folders are closed to other users
     path = where / "control.sock"
