@@ -1,7 +1,7 @@
 """Destination hashing scheduling, mirroring ``net/netfilter/ipvs/ip_vs_dh.c``.
 
 The same 256-bucket table as sh, keyed by the packet's *destination* address
-(``(addr * 2654435761) & 255``, see ``sh.sh_hashkey``), but filled without weights:
+(``hash_32(addr, 8)``, see ``sh.sh_hashkey``), but filled without weights:
 ``ip_vs_dh_reassign`` gives one bucket to each real server in turn, newest first, round
 and round.  The kernel reassigns on add_dest and del_dest only (weights do not shape
 the table).  The server in the bucket is returned unless it is unavailable (removed),

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from director.core.sched import Scheduler, register
-from director.core.sched.sh import fold_addr
+from director.core.sched.sh import fold_addr, hash_32
 from director.core.sched.wlc import WeightedLeastConnection
 
 if TYPE_CHECKING:
@@ -45,12 +45,6 @@ TAB_BITS = 10  # CONFIG_IP_VS_LBLC_TAB_BITS, CONFIG_IP_VS_LBLCR_TAB_BITS
 TAB_SIZE = 1 << TAB_BITS
 TAB_MASK = TAB_SIZE - 1
 MAX_SIZE = TAB_SIZE * 16
-GOLDEN_RATIO_32 = 0x61C88647  # include/linux/hash.h
-
-
-def hash_32(value: int, bits: int) -> int:
-    """hash_32 (include/linux/hash.h): the high ``bits`` of value * GOLDEN_RATIO_32."""
-    return ((value * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
 
 
 def bucket_of(addr: bytes) -> int:

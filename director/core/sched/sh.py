@@ -2,11 +2,10 @@
 
 A table of IP_VS_SH_TAB_SIZE = 256 buckets maps a hash of the client's address (and
 source port with ``sh-port``) to a real server.  ``ip_vs_sh_hashkey`` is
-``(offset + (port + addr) * 2654435761) & 255`` with the address in host order (an
-IPv6 address folded to 32 bits by XOR of its four words).  2654435761 is 0x9E3779B1,
-Knuth's multiplicative (golden ratio) constant, but the kernel keeps the *low* eight
-bits of the product, not the high ones as ``hash_32`` would: the bucket depends only
-on the low byte of ``port + addr``, i.e. ``(low byte) * 0xB1 mod 256``.
+``(offset + hash_32(port + addr, 8)) & 255`` with port and address in host order (an
+IPv6 address folded to 32 bits by XOR of its four words) and their sum taken modulo
+2^32.  ``hash_32`` (include/linux/hash.h) multiplies by GOLDEN_RATIO_32 = 0x61C88647
+modulo 2^32 and keeps the *high* bits, so every bit of the address moves the bucket.
 
 ``ip_vs_sh_reassign`` fills the buckets in order from the list of real servers (newest
 first), giving each server ``weight`` consecutive buckets (at least one, so a weight 0
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 TAB_BITS = 8  # CONFIG_IP_VS_SH_TAB_BITS
 TAB_SIZE = 1 << TAB_BITS
 TAB_MASK = TAB_SIZE - 1
-GOLDEN_RATIO_PRIME = 2654435761  # 0x9E3779B1
+GOLDEN_RATIO_32 = 0x61C88647  # include/linux/hash.h
 PORTED_PROTOCOLS = frozenset({6, 17, 132})  # TCP, UDP, SCTP: ip_vs_sh_get_port reads ports
 
 
@@ -49,9 +48,15 @@ def fold_addr(addr: bytes) -> int:
     return value
 
 
+def hash_32(value: int, bits: int) -> int:
+    """hash_32 (include/linux/hash.h): the high ``bits`` of ``value * GOLDEN_RATIO_32``
+    modulo 2^32."""
+    return ((value * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
+
+
 def sh_hashkey(addr: bytes, port: int = 0, offset: int = 0) -> int:
-    """ip_vs_sh_hashkey (ip_vs_dh_hashkey is the same without port and offset)."""
-    return (offset + ((port + fold_addr(addr)) & 0xFFFFFFFF) * GOLDEN_RATIO_PRIME) & TAB_MASK
+    """ip_vs_sh_hashkey; ip_vs_dh_hashkey is the same without port and offset."""
+    return (offset + hash_32((port + fold_addr(addr)) & 0xFFFFFFFF, TAB_BITS)) & TAB_MASK
 
 
 def fill_buckets(dests: list[Dest], weighted: bool) -> list[Dest | None]:

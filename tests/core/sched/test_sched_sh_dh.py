@@ -1,16 +1,20 @@
-"""sh and dh: the kernel's 256-bucket tables (ip_vs_sh.c, ip_vs_dh.c).
+"""sh and dh: the kernel's 256-bucket tables (net/netfilter/ipvs/ip_vs_sh.c
+ip_vs_sh_hashkey, ip_vs_sh_reassign, ip_vs_sh_get_fallback; ip_vs_dh.c ip_vs_dh_hashkey,
+ip_vs_dh_reassign).
 
-Worked by hand: ip_vs_sh_hashkey is ``(offset + (port + addr) * 2654435761) & 255``.
-2654435761 = 0x9E3779B1, so modulo 256 the multiplier is 0xB1 = 177 and only the low
-byte of ``port + addr`` matters:
+Worked by hand: ip_vs_sh_hashkey is ``(offset + hash_32(port + addr, 8)) & 255`` and
+ip_vs_dh_hashkey is ``hash_32(addr, 8)``, where hash_32 (include/linux/hash.h) is
+``(v * 0x61C88647 mod 2^32) >> 24`` for 8 bits, port and address in host order:
 
-* 203.0.113.10: low byte 10, 10 * 177 = 1770 = 6 * 256 + 234  -> bucket 234
-* 203.0.113.5:  5 * 177 = 885 = 3 * 256 + 117                   -> bucket 117
-* 203.0.113.6:  6 * 177 = 1062 = 4 * 256 + 38                   -> bucket 38
-* 203.0.113.10 port 1000 (0x3E8): low byte 0xE8 + 10 = 242, 242 * 177 = 42834
-  = 167 * 256 + 82                                                -> bucket 82
-* 2001:db8:1::10 folds to 0x20010db8 ^ 0x00010000 ^ 0 ^ 0x10 = 0x20000da8;
-  0xa8 = 168, 168 * 177 = 29736 = 116 * 256 + 40                  -> bucket 40
+* 203.0.113.10 = 0xCB00710A; times 0x61C88647 mod 2^32 = 0xA21A95C6 -> bucket 0xA2 = 162
+* 203.0.113.5  = 0xCB007105 -> 0xB92FF663 -> bucket 0xB9 = 185
+* 203.0.113.7  = 0xCB007107 -> 0x7CC102F1 -> bucket 0x7C = 124
+* 203.0.113.8  = 0xCB007108 -> 0xDE898938 -> bucket 0xDE = 222
+* 203.0.114.10 = 0xCB00720A -> 0x6AA0DCC6 -> bucket 0x6A = 106 (same last octet as
+  203.0.113.10, another bucket: the old low-bits product put both in one)
+* 203.0.113.10 port 1001: 0xCB00710A + 0x3E9 = 0xCB0074F3 -> 0xFB2FA165 -> bucket 251
+* 2001:db8:1::10 folds to 0x20010db8 ^ 0x00010000 ^ 0 ^ 0x10 = 0x20000DA8
+  -> 0x3A69B998 -> bucket 0x3A = 58
 
 Buckets are filled from the list newest first: servers A, B, C added in that order give
 the list C, B, A, so with weight 1 each bucket i holds [C, B, A][i % 3]; with weights
@@ -57,11 +61,13 @@ def _get(svc: Service, label: str) -> Dest:
 @pytest.mark.parametrize(
     ("addr", "port", "bucket"),
     [
-        ("203.0.113.10", 0, 234),
-        ("203.0.113.5", 0, 117),
-        ("203.0.113.6", 0, 38),
-        ("203.0.113.10", 1000, 82),
-        ("2001:db8:1::10", 0, 40),
+        ("203.0.113.10", 0, 162),
+        ("203.0.113.5", 0, 185),
+        ("203.0.113.7", 0, 124),
+        ("203.0.113.8", 0, 222),
+        ("203.0.114.10", 0, 106),
+        ("203.0.113.10", 1001, 251),
+        ("2001:db8:1::10", 0, 58),
     ],
 )
 def test_hashkey_by_hand(addr: str, port: int, bucket: int) -> None:
@@ -69,10 +75,10 @@ def test_hashkey_by_hand(addr: str, port: int, bucket: int) -> None:
 
 
 def test_fallback_probe_sequence() -> None:
-    # Probe i is hashkey(addr, 0, (234 + i) % 256) = ((234 + i) + 234) & 255 = 212 + i
+    # Probe i is hashkey(addr, 0, (162 + i) % 256) = ((162 + i) + 162) & 255 = 68 + i
     # for small i: the bucket of 203.0.113.10 plus the rolling offset.
     addr = pack_addr("203.0.113.10")
-    assert [sh_hashkey(addr, 0, (234 + i) % 256) for i in range(3)] == [212, 213, 214]
+    assert [sh_hashkey(addr, 0, (162 + i) % 256) for i in range(3)] == [68, 69, 70]
 
 
 def test_fill_weighted_and_unweighted() -> None:
@@ -89,7 +95,7 @@ def test_fill_weighted_and_unweighted() -> None:
 
 
 def test_sh_picks_the_bucket_of_the_client() -> None:
-    # Bucket 234, 234 % 3 = 0 -> C; with weights C=2 the period is 4: 234 % 4 = 2 -> B.
+    # Bucket 162, 162 % 3 = 0 -> C; with weights C=2 the period is 4: 162 % 4 = 2 -> B.
     svc = _svc("sh", {"A": 1, "B": 1, "C": 1})
     assert _label(svc.scheduler.schedule(svc, _pkt())) == "C"
     _get(svc, "C").weight = 2
@@ -98,26 +104,26 @@ def test_sh_picks_the_bucket_of_the_client() -> None:
 
 
 def test_sh_ignores_the_port_unless_sh_port() -> None:
-    # Without sh-port every source port gives bucket 234 (C); with it port 1000 gives
-    # bucket 82, 82 % 3 = 1 -> B.
+    # Without sh-port every source port gives bucket 162 (C); with it port 1001 gives
+    # bucket 251, 251 % 3 = 2 -> A.
     plain = _svc("sh", {"A": 1, "B": 1, "C": 1})
     assert {_label(plain.scheduler.schedule(plain, _pkt(sport=p))) for p in range(1000, 1100)} == {
         "C"
     }
     ported = _svc("sh", {"A": 1, "B": 1, "C": 1}, flags=("sh-port",))
-    assert _label(ported.scheduler.schedule(ported, _pkt(sport=1000))) == "B"
+    assert _label(ported.scheduler.schedule(ported, _pkt(sport=1001))) == "A"
 
 
 def test_sh_unavailable_server_without_and_with_fallback() -> None:
-    # Client .10 hashes to bucket 234 (C).  With C quiesced plain sh gives nothing;
-    # sh-fallback probes bucket 212 first: 212 % 3 = 2 -> A.
+    # Client .10 hashes to bucket 162 (C).  With C quiesced plain sh gives nothing;
+    # sh-fallback probes bucket 68 first: 68 % 3 = 2 -> A.
     for flags, expected in (((), "-"), (("sh-fallback",), "A"), (("flag-1",), "A")):
         svc = _svc("sh", {"A": 1, "B": 1, "C": 1}, flags=flags)
         _get(svc, "C").weight = 0
         svc.scheduler.update(svc)
         assert _label(svc.scheduler.schedule(svc, _pkt())) == expected
-    # Overloaded counts as unavailable too; the next probe, 213 % 3 = 0, is C (quiesced),
-    # then 214 % 3 = 1 -> B.
+    # Overloaded counts as unavailable too; the next probe, 69 % 3 = 0, is C (quiesced),
+    # then 70 % 3 = 1 -> B.
     svc = _svc("sh", {"A": 1, "B": 1, "C": 1}, flags=("sh-fallback",))
     _get(svc, "C").weight = 0
     _get(svc, "A").overloaded = True
@@ -129,27 +135,84 @@ def test_sh_unavailable_server_without_and_with_fallback() -> None:
 
 def test_sh_rebuilds_when_servers_change_without_update() -> None:
     svc = _svc("sh", {"A": 1, "B": 1, "C": 1})
-    svc.dests.pop(0)  # C leaves; list B, A: bucket 234 % 2 = 0 -> B
+    svc.dests.pop(0)  # C leaves; list B, A: bucket 162 % 2 = 0 -> B
     assert _label(svc.scheduler.schedule(svc, _pkt())) == "B"
     assert create_scheduler("sh").schedule(_svc("sh", {}), _pkt()) is None
 
 
 def test_dh_hashes_the_destination_without_weights() -> None:
-    # daddr .5 -> bucket 117, 117 % 3 = 0 -> C; daddr .6 -> bucket 38, 38 % 3 = 2 -> A.
+    # daddr .5 -> bucket 185, 185 % 3 = 2 -> A; .7 -> 124 % 3 = 1 -> B; .8 -> 222 % 3 = 0
+    # -> C, whatever C's weight.
     svc = _svc("dh", {"A": 1, "B": 1, "C": 5})
-    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.5"))) == "C"
-    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.6"))) == "A"
+    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.5"))) == "A"
+    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.7"))) == "B"
+    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.8"))) == "C"
     # The client's address plays no part.
-    assert _label(svc.scheduler.schedule(svc, _pkt(saddr="203.0.113.99"))) == "C"
+    assert _label(svc.scheduler.schedule(svc, _pkt(saddr="203.0.113.99"))) == "A"
 
 
 def test_dh_no_fallback() -> None:
+    # daddr .8 -> bucket 222 -> C.
     svc = _svc("dh", {"A": 1, "B": 1, "C": 1})
     _get(svc, "C").overloaded = True
-    assert svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.5")) is None
+    assert svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.8")) is None
     _get(svc, "C").overloaded = False
     _get(svc, "C").weight = 0
-    assert svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.5")) is None
-    svc.dests.remove(_get(svc, "C"))  # list B, A: 117 % 2 = 1 -> A
+    assert svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.8")) is None
+    svc.dests.remove(_get(svc, "C"))  # list B, A: 222 % 2 = 0 -> B
     svc.scheduler.update(svc)
-    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.5"))) == "A"
+    assert _label(svc.scheduler.schedule(svc, _pkt(daddr="203.0.113.8"))) == "B"
+
+
+def _kernel_hash_32(value: int, bits: int) -> int:
+    """include/linux/hash.h hash_32 with __hash_32_generic: val * GOLDEN_RATIO_32."""
+    return ((value * 0x61C88647) % 2**32) >> (32 - bits)
+
+
+def _kernel_buckets(weights: list[int], weighted: bool) -> list[int]:
+    """ip_vs_sh_reassign / ip_vs_dh_reassign walked as the C does: ``p`` steps along
+    svc->destinations (index -1 is the list head), skipping the head; sh moves on
+    once ``++d_count >= weight``, dh after every bucket."""
+    buckets, p, d_count = [], -1, 0
+    for _ in range(256):
+        if p == -1:
+            p = 0
+        buckets.append(p)
+        if not weighted:
+            p = p + 1 if p + 1 < len(weights) else -1
+            continue
+        d_count += 1
+        if d_count >= weights[p]:
+            p = p + 1 if p + 1 < len(weights) else -1
+            d_count = 0
+    return buckets
+
+
+def test_sh_and_dh_pick_what_the_kernel_formulas_pick() -> None:
+    """Many clients and destinations against the kernel's formulas, computed here
+    from ip_vs_sh_hashkey / ip_vs_dh_hashkey and the reassign loops."""
+    import random
+
+    rng = random.Random(10)
+    weights = {"A": 3, "B": 1, "C": 2, "D": 0, "E": 5}
+    sh, dh = _svc("sh", weights, flags=("sh-port",)), _svc("dh", weights)
+    order = [_label(d) for d in sh.dests]  # newest first: E, D, C, B, A
+    sh_table = _kernel_buckets([weights[x] for x in order], weighted=True)
+    dh_table = _kernel_buckets([weights[x] for x in order], weighted=False)
+    for _ in range(2000):
+        addr = rng.getrandbits(32)
+        port = rng.randrange(1, 65536)
+        text = ".".join(str(addr >> s & 255) for s in (24, 16, 8, 0))
+        want_sh = order[sh_table[(0 + _kernel_hash_32((port + addr) % 2**32, 8)) & 255]]
+        got = sh.scheduler.schedule(sh, _pkt(saddr=text, sport=port))
+        assert _label(got) == ("-" if want_sh == "D" else want_sh)  # D: weight 0
+        want_dh = order[dh_table[_kernel_hash_32(addr, 8)]]
+        got = dh.scheduler.schedule(dh, _pkt(daddr=text))
+        assert _label(got) == ("-" if want_dh == "D" else want_dh)
+
+
+def test_clients_sharing_the_last_octet_spread() -> None:
+    """hash_32 keeps the high bits of the product: 256 clients x.y.z.10 fall into many
+    buckets, where the low byte of the product would have put them all in one."""
+    same_octet = {sh_hashkey(pack_addr(f"198.{i}.100.10")) for i in range(256)}
+    assert len(same_octet) > 100
