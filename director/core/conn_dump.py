@@ -14,7 +14,7 @@ from typing import Any
 from director.core.conn import Conn
 from director.core.engine import Director
 from director.core.persist import new_template
-from director.core.proto_tcp import ESTABLISHED
+from director.core.proto_tcp import STATE_ACTIVE
 from director.core.service import Dest, Service, pack_addr, unpack_addr
 from director.core.xmit import bind_xmit
 
@@ -73,7 +73,7 @@ def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int
         conn = _rebuild(director, entry, svc, dest, now)
         control = templates.get(tuple(entry["control"])) if entry["control"] else None
         director.conns.add(conn, control)
-        if not conn.template and conn.state == ESTABLISHED and conn.protocol == 6:
+        if not conn.template and conn.protocol == 6 and STATE_ACTIVE[conn.state]:
             dest.inactconns -= 1  # add() counts a new connection inactive
             dest.activeconns += 1
             conn.inactive = False

@@ -4,8 +4,10 @@ A connection moves by the table for its direction: INPUT for client packets, OUT
 for replies seen by the director (NAT), INPUT-ONLY for connections whose replies never
 cross the director (DR, TUN: IP_VS_CONN_F_NOOUTPUT).  The row is picked by the packet's
 flags with RST before SYN before FIN before ACK; a packet with none of them sends the
-connection to CLOSE.  Entering or leaving ESTABLISHED moves the connection between its
-real server's active and inactive counters.
+connection to CLOSE.  Moving between an active state (tcp_state_active_table, since
+Linux 4.8: SYN_SENT, SYN_RECV, SYNACK and ESTABLISHED) and any other state moves the
+connection between its real server's active and inactive counters, which is what lc,
+wlc, sed, nq, ovf and lblc weigh and what ``list`` shows as ActiveConn / InActConn.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ STATE_NAMES: tuple[str, ...] = (
     "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK",
 )  # fmt: skip
 
+# tcp_state_active_table[]: the states counted in a real server's activeconns.
+STATE_ACTIVE: tuple[bool, ...] = (
+    False, True, True, True, False, False, False, False, False, False, True,
+)  # fmt: skip
+
 # Default timeouts in seconds (tcp_timeouts[]).
 DEFAULT_TIMEOUTS: tuple[int, ...] = (2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120)
 
@@ -50,7 +57,7 @@ TCP_STATES: tuple[tuple[tuple[int, ...], ...], ...] = (
         #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
         (sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR),  # syn
         (sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW),  # fin
-        (sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
+        (sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
         (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sSR),  # rst
     ),
     (  # OUTPUT
@@ -64,7 +71,7 @@ TCP_STATES: tuple[tuple[tuple[int, ...], ...], ...] = (
         #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
         (sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR),  # syn
         (sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW),  # fin
-        (sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
+        (sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
         (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL),  # rst
     ),
 )  # fmt: skip
@@ -78,7 +85,7 @@ TCP_STATES_DOS: tuple[tuple[tuple[int, ...], ...], ...] = (
         #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
         (sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSA),  # syn
         (sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sSA),  # fin
-        (sCL, sES, sSS, sSR, sFW, sTW, sCL, sCW, sCL, sLI, sSA),  # ack
+        (sES, sES, sSS, sSR, sFW, sTW, sCL, sCW, sCL, sLI, sSA),  # ack
         (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL),  # rst
     ),
     (  # OUTPUT
@@ -92,7 +99,7 @@ TCP_STATES_DOS: tuple[tuple[tuple[int, ...], ...], ...] = (
         #  sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
         (sSA, sES, sES, sSR, sSA, sSA, sSA, sSA, sSA, sSA, sSA),  # syn
         (sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW),  # fin
-        (sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
+        (sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES),  # ack
         (sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL),  # rst
     ),
 )  # fmt: skip
@@ -160,11 +167,12 @@ class TcpProtocol:
         new = next_state(direction, flags, conn.state, self.table)
         if new != conn.state:
             dest = conn.dest
-            if not conn.inactive and new != ESTABLISHED:
+            active = STATE_ACTIVE[new]
+            if not conn.inactive and not active:
                 dest.activeconns -= 1
                 dest.inactconns += 1
                 conn.inactive = True
-            elif conn.inactive and new == ESTABLISHED:
+            elif conn.inactive and active:
                 dest.activeconns += 1
                 dest.inactconns -= 1
                 conn.inactive = False

@@ -49,7 +49,8 @@ def unpack_addr(packed: bytes) -> str:
 class Dest:
     """A real server (``struct ip_vs_dest``).
 
-    ``activeconns`` counts connections in ESTABLISHED, ``inactconns`` every other
+    ``activeconns`` counts TCP connections in an active state (SYN_SENT, SYN_RECV,
+    SYNACK, ESTABLISHED: tcp_state_active_table), ``inactconns`` every other
     connection, ``persistconns`` the persistence templates that point here, exactly as
     ipvsadm's ActiveConn / InActConn columns show them.
     """
