@@ -68,6 +68,9 @@ class Dest:
     available: bool = True  # IP_VS_DEST_F_AVAILABLE: false once deleted from its service
     stats: Stats = field(default_factory=Stats)
     route: Route | None = None  # filled in by the shell from netlink (DR, TUN, local node)
+    # The service it was added to (dest->protocol, vaddr, vport, vfwmark): the trash
+    # gives a removed server back to that service only (ip_vs_trash_get_dest).
+    service: ServiceKey | None = None
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -190,7 +193,9 @@ class ServiceTable:
         for (addr, port), dconf in wanted.items():
             found = svc.find_dest(addr, port)
             if found is None:
-                found = self._revive(addr, port) or Dest(addr=addr, port=port, method=dconf.method)
+                found = self._revive(svc.key, addr, port) or Dest(
+                    addr=addr, port=port, method=dconf.method, service=svc.key
+                )
                 found.available = True
                 svc.dests.insert(0, found)
             found.update(dconf)
@@ -207,9 +212,12 @@ class ServiceTable:
         if dest.conns or dest.persistconns:
             self.trash.append(dest)
 
-    def _revive(self, addr: bytes, port: int) -> Dest | None:
+    def _revive(self, key: ServiceKey, addr: bytes, port: int) -> Dest | None:
+        """ip_vs_trash_get_dest: a removed server comes back, with its counters and
+        connections, only to the service it was removed from (same protocol, VIP and
+        port, or same fwmark) and at the same address and port."""
         for dest in self.trash:
-            if dest.addr == addr and dest.port == port:
+            if dest.service == key and dest.addr == addr and dest.port == port:
                 self.trash.remove(dest)
                 return dest
         return None

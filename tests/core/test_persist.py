@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 
 from director.core.engine import Director
+from director.core.service import pack_addr
 from director.core.xmit import DROP, SEND
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, FIN, RS1, RS2, SYN, VIP, tcp, udp
@@ -209,6 +210,28 @@ def test_readded_server_is_revived_with_its_counters():
     d.configure(Config(services=(conf,)))
     assert next(iter(d.services)).dests[0] is old
     assert old.stats.conns == 1 and old.activeconns == 1  # SYN_RECV is active
+
+
+def test_a_server_moved_to_another_service_comes_back_fresh():
+    """ip_vs_ctl.c ip_vs_trash_get_dest matches a removed server by its service
+    (dest->protocol, vaddr, vport, vfwmark) as well as its address and port: moved
+    from :80 to :8080, RS1 starts with no counters and no connections there, and the
+    :80 connection still finds its server removed; put back into :80 it is revived."""
+    web = ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80)))
+    d = make(web)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0)
+    old = next(iter(d.services)).dests[0]
+    moved = ServiceConf("tcp", VIP, 8080, scheduler="rr", dests=nat((RS1, 80)))
+    d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr"), moved)))
+    other = d.services.lookup(6, pack_addr(VIP), 8080)
+    assert other is not None
+    new = other.dests[0]
+    assert new is not old
+    assert (new.stats.conns, new.activeconns, new.inactconns) == (0, 0, 0)
+    assert d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 1.0) == (DROP, "dest_unavailable")
+    d.configure(Config(services=(web, moved)))
+    assert d.services.lookup(6, pack_addr(VIP), 80).dests[0] is old
+    assert old.available and old.stats.conns == 1
 
 
 def test_syn_on_time_wait_schedules_afresh():
