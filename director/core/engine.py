@@ -13,7 +13,6 @@ never escape: they become a drop reason and a counter.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections import Counter
 
 from director.core import persist
@@ -81,6 +80,7 @@ class Director:
     def expire(self, now: float) -> int:
         """The connection collector's tick: remove what timed out, return how many."""
         expired = self.conns.expire(now)
+        self.services.expire_pmtu(now)
         if expired and self.services.trash:
             self.services.collect_trash()
         return len(expired)
@@ -92,9 +92,11 @@ class Director:
         return self.defense.random_dropentry(self.conns, now)
 
     def forget(self, daddr: bytes) -> int:
-        """Remove the connections to a real server nothing can be sent to any more
-        (its neighbour did not resolve), so that retries are scheduled afresh."""
-        doomed = [conn for conn in self.conns if conn.daddr == daddr]
+        """The neighbour of a real server did not resolve and its packets were lost.
+        IPVS keeps its connections (a failed send is not a dead connection); only
+        entries whose first packet was the one lost go, so their retries are
+        scheduled afresh."""
+        doomed = [conn for conn in self.conns if conn.daddr == daddr and conn.in_pkts <= 1]
         for conn in doomed:
             self.conns.remove(conn)
         return len(doomed)
@@ -138,8 +140,9 @@ class Director:
             pkt = parse(buf, mark)
         except PacketError as err:
             if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
-                return self._icmp_in(buf, mark)
+                return self._icmp_in(buf, mark, now)
             return self._refuse(err.reason)
+        created = False
         conn = self.conns.in_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
         if conn is not None and not conn.dest.available:
             # ip_vs_in: the real server was removed.  By default its packets are dropped
@@ -164,14 +167,16 @@ class Director:
             if isinstance(scheduled, tuple):
                 return self._count(scheduled)
             conn = scheduled
+            created = True
         self._count_in(conn, pkt.length)
         conn.in_pkts += 1
         conn.proto.transition(conn, INPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
         verdict = conn.xmit.xmit_in(conn, pkt)
-        if verdict[0] == DROP:
-            # Nothing can be sent to this real server: do not keep a connection that
-            # points at nothing; the client's retry is scheduled afresh.
+        if verdict[0] == DROP and created:
+            # A failed send is not a dead connection: IPVS drops the packet and keeps
+            # the entry (the next packet may find the route back).  Only an entry this
+            # very packet made goes, so the client's retry is scheduled afresh.
             self.conns.remove(conn)
         return self._count(verdict)
 
@@ -191,7 +196,7 @@ class Director:
         conn.expires = now + conn.timeout
         return self._count(conn.xmit.xmit_out(conn, pkt))
 
-    def _icmp_in(self, buf: bytearray, mark: int) -> Verdict:
+    def _icmp_in(self, buf: bytearray, mark: int, now: float) -> Verdict:
         """ip_vs_in_icmp: an error from outside about a connection goes to its real
         server; the quoted packet is one the VIP sent, so the key is read reversed."""
         try:
@@ -201,7 +206,7 @@ class Director:
         if err is None:
             return self._pass("icmp_other")
         if err.tunnel_dst is not None:
-            return self._icmp_ipip(err)
+            return self._icmp_ipip(err, now)
         conn = self.conns.in_tab.get(
             (err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
              err.inner_sport)
@@ -211,12 +216,14 @@ class Director:
         self._count_in(conn, err.pkt.length)
         return self._count(conn.xmit.icmp_in(conn, err))
 
-    def _icmp_ipip(self, err: IcmpError) -> Verdict:
+    def _icmp_ipip(self, err: IcmpError, now: float) -> Verdict:
         """ip_vs_in_icmp's "ICMP for IPIP": an error about a packet the director
         tunnelled to a real server quotes the client's request (not reversed).  The
-        client hears of it from the VIP, quoting its own request; a smaller path MTU
-        is remembered for that real server (less the 20-byte tunnel header for the
-        client), so path MTU discovery works past the director's own links."""
+        client hears of it from the VIP, quoting its own request.  Fragmentation
+        needed teaches the real server's path MTU (ipv4_update_pmtu, kept apart from
+        the route so a route lookup does not forget it); a client not doing path MTU
+        discovery (no DF) hears nothing; one that does is told the resulting path MTU
+        less the 20-byte tunnel header, so discovery works past the director's links."""
         conn = self.conns.in_tab.get(
             (err.inner_protocol, err.inner_saddr, err.inner_sport, err.inner_daddr,
              err.inner_dport)
@@ -229,9 +236,14 @@ class Director:
         if icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED:
             mtu = int.from_bytes(buf[err.pkt.l4 + 6 : err.pkt.l4 + 8], "big")
             route = conn.dest.route
-            if route is not None and 68 <= mtu < route.mtu:
-                conn.dest.route = dataclasses.replace(route, mtu=mtu)
-            mtu = max(mtu - TUNNEL_HLEN, 0)
+            if route is not None:
+                conn.dest.learn_pmtu(mtu, route, now)
+            if not buf[err.inner + 6] & 0x40:  # the client's packet had no DF
+                return self._count((DROP, "icmp_no_pmtud"))
+            if route is not None:
+                mtu = conn.dest.path_mtu(route)  # "Prefer the resulting PMTU"
+            if mtu > 68 + TUNNEL_HLEN:
+                mtu -= TUNNEL_HLEN
         return self._count((SEND, unreachable(buf[err.inner :], code, mtu, icmp_type)))
 
     def _icmp_out(self, buf: bytearray) -> Verdict:

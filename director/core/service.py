@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+MIN_PMTU = 552  # net.ipv4.route.min_pmtu (ip_rt_min_pmtu)
+MTU_EXPIRES = 600.0  # net.ipv4.route.mtu_expires (ip_rt_mtu_expires), seconds
 PROTO_NUMBERS: dict[str, int] = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 PROTO_NAMES: dict[int, str] = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}
 
@@ -68,6 +70,10 @@ class Dest:
     available: bool = True  # IP_VS_DEST_F_AVAILABLE: false once deleted from its service
     stats: Stats = field(default_factory=Stats)
     route: Route | None = None  # filled in by the shell from netlink (DR, TUN, local node)
+    # A path MTU an ICMP error taught (the route's nexthop exception in the kernel), and
+    # when it is forgotten: kept apart from ``route`` so a fresh lookup keeps it.
+    pmtu: int = 0
+    pmtu_expires: float = 0.0
     # The service it was added to (dest->protocol, vaddr, vport, vfwmark): the trash
     # gives a removed server back to that service only (ip_vs_trash_get_dest).
     service: ServiceKey | None = None
@@ -80,6 +86,21 @@ class Dest:
     def conns(self) -> int:
         """All connections bound here (the figure the thresholds compare)."""
         return self.activeconns + self.inactconns
+
+    def path_mtu(self, route: Route) -> int:
+        """dst_mtu of the route toward the server: the route's MTU, or the smaller path
+        MTU learned from ICMP while it lasts."""
+        return min(route.mtu, self.pmtu) if self.pmtu else route.mtu
+
+    def learn_pmtu(self, mtu: int, route: Route, now: float) -> None:
+        """__ip_rt_update_pmtu (net/ipv4/route.c): a larger figure than the path's is
+        ignored, one below min_pmtu (552) is raised to it, and what is learned lasts
+        mtu_expires (600 s)."""
+        current = self.path_mtu(route)
+        if current < mtu:
+            return
+        self.pmtu = min(current, MIN_PMTU) if mtu < MIN_PMTU else mtu
+        self.pmtu_expires = now + MTU_EXPIRES
 
     def update(self, conf: DestConf) -> None:
         """ipvsadm -e: change weight, method and thresholds in place (__ip_vs_update_dest)."""
@@ -221,6 +242,13 @@ class ServiceTable:
                 self.trash.remove(dest)
                 return dest
         return None
+
+    def expire_pmtu(self, now: float) -> None:
+        """Learned path MTUs last mtu_expires, as the kernel's route exceptions do."""
+        for svc in self.services.values():
+            for dest in svc.dests:
+                if dest.pmtu and now >= dest.pmtu_expires:
+                    dest.pmtu = 0
 
     def collect_trash(self) -> None:
         """Forget removed real servers that no connection uses any more."""

@@ -149,3 +149,43 @@ def test_dr_connection_uses_the_input_only_table():
     assert conn.state_name == "FIN_WAIT"
     svc = next(iter(d.services))
     assert svc.stats.outpkts == 0 and svc.stats.inpkts == 3
+
+
+def test_a_failed_send_keeps_an_established_connection():
+    """ip_vs_xmit.c ip_vs_dr_xmit / ip_vs_tunnel_xmit: when __ip_vs_get_out_rt finds no
+    route the packet is dropped (tx_error) and ip_vs_in_hook puts the connection back
+    with ip_vs_conn_put, never deletes it: during a link flap the connection waits for
+    the route and goes on where it was, on the same real server."""
+    for method, rs in (("droute", RS_LAN), ("tunnel", RS_REMOTE)):
+        d = director(method, rs)
+        d.hook_in(tcp(CLIENT, VIP, 40000, 8080, SYN), 1.0)
+        d.hook_in(tcp(CLIENT, VIP, 40000, 8080, ACK), 1.1)
+        (conn,) = list(d.conns)
+        dest, route = conn.dest, conn.dest.route
+        dest.route = None  # the link went down: no route to the real server
+        assert d.hook_in(tcp(CLIENT, VIP, 40000, 8080, ACK, b"data"), 2.0) == (DROP, "no_route")
+        assert list(d.conns) == [conn] and conn.state_name == "ESTABLISHED"
+        assert (dest.activeconns, dest.inactconns) == (1, 0)
+        dest.route = route  # back
+        assert d.hook_in(tcp(CLIENT, VIP, 40000, 8080, ACK, b"data"), 3.0)[0] in (DIRECT, SEND)
+        assert list(d.conns) == [conn] and conn.in_pkts == 4
+
+
+def test_a_packet_too_big_to_tunnel_keeps_its_connection():
+    d = director("tunnel", RS_REMOTE, mtu=70000)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 8080, SYN), 1.0)
+    huge = tcp(CLIENT, VIP, 40000, 8080, ACK, b"z" * (65535 - 40))
+    assert d.hook_in(bytearray(huge), 1.0) == (DROP, "too_big_to_encapsulate")
+    assert len(d.conns) == 1
+
+
+def test_an_unresolved_neighbour_forgets_only_entries_it_made():
+    """The neighbour of a DR server did not resolve: the frames waiting for it are lost.
+    Entries that carried more than the lost first packet stay, as IPVS keeps them; an
+    entry whose only packet was lost goes, so the client's retry is scheduled afresh."""
+    d = director("droute", RS_LAN)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 8080, SYN), 1.0)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 8080, ACK), 1.1)
+    d.hook_in(tcp(CLIENT, VIP, 40001, 8080, SYN), 1.2)
+    assert d.forget(socket.inet_aton(RS_LAN)) == 1
+    assert [c.cport for c in d.conns] == [40000]

@@ -115,28 +115,54 @@ def test_zero_port_is_dropped_by_reason():
     assert d.hook_in(tcp(CLIENT, VIP, 0, 80, SYN), 1.0) == (DROP, "zero_port")
 
 
-def test_frag_needed_about_a_tunnelled_packet_reaches_the_client_less_20():
-    """ip_vs_in_icmp's ICMP for IPIP: a router past the director says 1300 about the
-    director's IPIP packet; the client hears 1280 from the VIP about its own request,
-    and later packets of 1300 - 20 + 1 bytes with DF are refused at the director."""
-    d = nat_director("tunnel")
-    request = bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1400))
+def _df(packet: bytes) -> bytes:
+    ip = dpkt.ip.IP(packet)
+    ip.df = 1
+    ip.sum = 0
+    return bytes(ip)
+
+
+def _tunnel_error(request: bytes, mtu: int, quote: int = 576) -> bytes:
+    """A router past the director says ``mtu`` about the director's IPIP packet."""
     tunnelled = bytes(
         dpkt.ip.IP(src=socket.inet_aton("198.18.0.1"), dst=socket.inet_aton(RS2), p=4,
-                   ttl=63, data=request)
+                   ttl=63, data=dpkt.ip.IP(request))
     )  # fmt: skip
-    error = dpkt.ip.IP(
-        src=socket.inet_aton("198.18.0.254"), dst=socket.inet_aton("198.18.0.1"), p=1,
-        data=dpkt.icmp.ICMP(type=3, code=4,
-                            data=dpkt.icmp.ICMP.Unreach(mtu=1300, data=tunnelled[:576])),
+    return bytes(
+        dpkt.ip.IP(
+            src=socket.inet_aton("198.18.0.254"), dst=socket.inet_aton("198.18.0.1"), p=1,
+            data=dpkt.icmp.ICMP(type=3, code=4,
+                                data=dpkt.icmp.ICMP.Unreach(mtu=mtu, data=tunnelled[:quote])),
+        )
     )  # fmt: skip
-    action, data = d.hook_in(bytearray(bytes(error)), 1.0)
+
+
+def test_frag_needed_about_a_tunnelled_packet_reaches_the_client_less_20():
+    """ip_vs_core.c ip_vs_in_icmp, ICMP for IPIP: a router past the director says 1300
+    about the director's IPIP packet; the client (DF set: it does path MTU discovery)
+    hears 1300 - 20 = 1280 from the VIP about its own request, and later packets of
+    1281 bytes with DF are refused at the director."""
+    d = nat_director("tunnel")
+    request = _df(bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1400)))
+    tunnelled = bytes(
+        dpkt.ip.IP(src=socket.inet_aton("198.18.0.1"), dst=socket.inet_aton(RS2), p=4,
+                   ttl=63, data=dpkt.ip.IP(request))
+    )  # fmt: skip
+    error = _tunnel_error(request, 1300)
+    action, data = d.hook_in(bytearray(error), 1.0)
     assert action == SEND
     answer = dpkt.ip.IP(bytes(data))
     assert (answer.src, answer.dst) == (socket.inet_aton(VIP), socket.inet_aton(CLIENT))
     assert (answer.data.type, answer.data.code, answer.data.data.mtu) == (3, 4, 1280)
     assert bytes(answer.data.data.data) == request[:28]  # its own request, quoted
-    assert next(iter(d.services)).dests[0].route.mtu == 1300
+    dest = next(iter(d.services)).dests[0]
+    assert dest.route is not None and dest.path_mtu(dest.route) == 1300
+    fits = _df(bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"z" * (1280 - 40))))
+    action, data = d.hook_in(bytearray(fits), 2.0)
+    assert action == SEND and len(data) == 1280 + 20  # tunnelled as it is
+    big = _df(bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"z" * (1281 - 40))))
+    action, data = d.hook_in(bytearray(big), 2.0)
+    assert action == SEND and dpkt.ip.IP(bytes(data)).data.data.mtu == 1280
     # An error quoting too little of the tunnelled packet to find the connection passes.
     short = dpkt.ip.IP(
         src=socket.inet_aton("198.18.0.254"), dst=socket.inet_aton("198.18.0.1"), p=1,
@@ -144,3 +170,41 @@ def test_frag_needed_about_a_tunnelled_packet_reaches_the_client_less_20():
                             data=dpkt.icmp.ICMP.Unreach(mtu=1300, data=tunnelled[:28])),
     )  # fmt: skip
     assert d.hook_in(bytearray(bytes(short)), 1.0) == (ACCEPT, None)
+
+
+def test_a_learned_path_mtu_survives_a_route_lookup_and_expires():
+    """The PMTU lives in the route's nexthop exception (net/ipv4/route.c
+    __ip_rt_update_pmtu, update_or_create_fnhe), not in the cached route: a fresh
+    route lookup (the shell re-annotating the server) keeps it, until mtu_expires
+    (600 s) passes."""
+    d = nat_director("tunnel")
+    request = _df(bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1400)))
+    d.hook_in(bytearray(_tunnel_error(request, 1300)), 10.0)
+    dest = next(iter(d.services)).dests[0]
+    dest.route = Route(ifindex=3, source=socket.inet_aton("198.18.0.1"), mtu=1500)
+    assert dest.path_mtu(dest.route) == 1300
+    big = _df(bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"z" * (1281 - 40))))
+    assert dpkt.ip.IP(bytes(d.hook_in(bytearray(big), 11.0)[1])).data.data.mtu == 1280
+    d.expire(609.0)
+    assert dest.path_mtu(dest.route) == 1300
+    d.expire(610.0)
+    assert dest.path_mtu(dest.route) == 1500
+
+
+def test_a_tiny_or_larger_mtu_is_taken_as_the_kernel_takes_it():
+    """__ip_rt_update_pmtu: a figure above the current path MTU is ignored, one below
+    min_pmtu (552) is raised to 552; ip_vs_in_icmp then tells the client the resulting
+    path MTU less the tunnel header (532).  A client packet without DF is not doing
+    path MTU discovery: no ICMP goes back to it ("Client uses PMTUD?")."""
+    d = nat_director("tunnel")
+    dest = next(iter(d.services)).dests[0]
+    assert dest.route is not None
+    request = _df(bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1400)))
+    _, data = d.hook_in(bytearray(_tunnel_error(request, 9000)), 1.0)
+    assert dest.path_mtu(dest.route) == 1500
+    assert dpkt.ip.IP(bytes(data)).data.data.mtu == 1480
+    _, data = d.hook_in(bytearray(_tunnel_error(request, 300)), 2.0)
+    assert dest.path_mtu(dest.route) == 552
+    assert dpkt.ip.IP(bytes(data)).data.data.mtu == 532
+    plain = bytes(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1400))  # no DF
+    assert d.hook_in(bytearray(_tunnel_error(plain, 552)), 3.0) == (DROP, "icmp_no_pmtud")

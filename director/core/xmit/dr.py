@@ -28,7 +28,10 @@ class DirectRoute(Xmit):
         route = conn.dest.route
         if route is None:
             return (DROP, "no_route")
-        return too_big(pkt, route.mtu) or (DIRECT, Frame(pkt.buf, conn.daddr, route.ifindex))
+        return too_big(pkt, conn.dest.path_mtu(route)) or (
+            DIRECT,
+            Frame(pkt.buf, conn.daddr, route.ifindex),
+        )
 
 
 def ethernet_frame(dst_mac: bytes, src_mac: bytes, packet: bytes | bytearray) -> bytes:

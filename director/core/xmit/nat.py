@@ -79,7 +79,7 @@ class Masquerade(Xmit):
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         route = conn.dest.route
         if route is not None:
-            refused = too_big(pkt, route.mtu)
+            refused = too_big(pkt, conn.dest.path_mtu(route))
             if refused is not None:
                 return refused
         rewrite(pkt, 16, 2, conn.daddr, conn.dport)

@@ -56,7 +56,7 @@ class Tunnel(Xmit):
             return (DROP, "no_route")
         if pkt.length + TUNNEL_HLEN > MAX_IP_LEN:
             return (DROP, "too_big_to_encapsulate")
-        refused = too_big(pkt, route.mtu - TUNNEL_HLEN)
+        refused = too_big(pkt, conn.dest.path_mtu(route) - TUNNEL_HLEN)
         if refused is not None:
             return refused
         return (SEND, encapsulate(pkt.buf, route.source, conn.daddr))
