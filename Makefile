@@ -1,8 +1,9 @@
 # director: install what is missing, build the virtualenv, lint, test, demo, bench.
 #
-#   make demo   installs what is missing and runs the NAT demo in namespaces (root)
-#   make test   installs what is missing, lints and runs every test (root for netns tests)
-#   make bench  prints requests/s: director NAT vs HAProxy vs nftables DNAT vs direct (root)
+#   make demo   installs what the demo lacks and runs the NAT demo in namespaces (root)
+#   make test   installs what the tests lack, lints and runs every test (root for netns tests)
+#   make bench  installs what the benchmark lacks and prints requests/s: director NAT vs
+#               HAProxy vs nftables DNAT vs direct (root)
 #
 # Everything that sends traffic runs inside network namespaces it creates and removes.
 
@@ -14,41 +15,30 @@ PIP_FLAGS := --disable-pip-version-check --no-input -q
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-# Debian packages the project needs at run, test and bench time.
-DEB_PACKAGES := iptables ipset nftables conntrack iproute2 libnetfilter-queue-dev \
-	libnfnetlink-dev build-essential python3-venv curl socat apache2-utils haproxy \
-	systemd prometheus
-
-.PHONY: all deps venv lint test demo bench clean
+.PHONY: all deps deps-demo deps-test deps-bench venv lint test demo bench clean
 
 all: test
 
-# Install, with one `apt-get update` at most, only the packages that are missing.
-# python3-dev only when the python3 in use has no Python.h (pyenv builds ship their own).
-deps:
-	@missing=""; \
-	for p in $(DEB_PACKAGES); do \
-		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
-			|| missing="$$missing $$p"; \
-	done; \
-	if ! $(PYTHON) -c 'import os, sysconfig, sys; \
-		sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-		2>/dev/null; then \
-		dpkg-query -W -f='$${Status}' python3-dev 2>/dev/null | grep -q "install ok installed" \
-			|| missing="$$missing python3-dev"; \
-	fi; \
-	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; exit 0; fi; \
-	echo "deps: installing$$missing"; \
-	if [ "$$(id -u)" != 0 ]; then echo "deps: run as root to install$$missing" >&2; exit 1; fi; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	apt-get update -q && apt-get install -y -q --no-install-recommends $$missing
+# The Debian packages each command needs, installed only when missing (one `apt-get
+# update` at most), with no packaged service left enabled or running: see
+# tools/install-deps for the lists.  `make deps` is what the tests need.
+deps: deps-test
 
-# The virtualenv is rebuilt only when pyproject.toml changes.
+deps-demo deps-test deps-bench: deps-%:
+	@PYTHON=$(PYTHON) tools/install-deps $*
+
+# The virtualenv is rebuilt only when pyproject.toml changes.  The demo and the
+# benchmark need the project only ($(VENV)/.run); `make venv` (and the tests) add the
+# test tools (pytest, hypothesis, mypy, ruff).
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.run: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e .
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.run
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[test]'
 	@touch $@
 
@@ -59,14 +49,14 @@ lint: venv
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy --strict director
 
-test: deps venv lint
+test: deps-test venv lint
 	@if [ "$$(id -u)" != 0 ]; then echo "test: not root: the netns tests will be skipped" >&2; fi
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-demo: deps venv
+demo: deps-demo $(VENV)/.run
 	$(PY) -m director.lab demo
 
-bench: deps venv
+bench: deps-bench $(VENV)/.run
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -36,15 +36,18 @@ removes whatever of the lab exists, even after a partial build.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # pyroute2 costs ~0.1 s to import: only the functions that build need it
     from pyroute2 import NetNS
@@ -68,6 +71,7 @@ KINDS: dict[str, tuple[tuple[str, str, str], ...]] = {
               ("rs3", "198.19.0.2", "tun")),
 }  # fmt: skip
 IPVSADM_FLAG = {"nat": "-m", "dr": "-g", "tun": "-i"}
+T = TypeVar("T")
 
 
 def new_prefix(base: str = "dl") -> str:
@@ -150,13 +154,52 @@ class Lab:
         )
 
 
-def _sysctl(ns: str, key: str, value: str) -> None:
-    # Inside the namespace only: /proc/sys/net is per network namespace.
-    subprocess.run(
-        ["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"],
-        check=True,
-        capture_output=True,
-    )
+CLONE_NEWNET = 0x40000000
+NETNS_RUN = Path("/run/netns")  # where `ip netns` and pyroute2 keep the named namespaces
+
+
+def in_netns(ns: str, action: Callable[[], T]) -> T:
+    """``action()`` run inside namespace ``ns``, by a thread of its own that enters it
+    with setns(2) (a thread's network namespace is its own) and then ends: the rest of
+    the process never moves.  For what needs the namespace but no program, such as
+    /proc/sys/net, which is the namespace of whoever opens it."""
+    result: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(NETNS_RUN / ns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {ns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(action())
+        except BaseException as err:  # handed to the caller's thread
+            failed.append(err)
+
+    thread = threading.Thread(target=run, name=f"in {ns}")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return result[0]
+
+
+def set_sysctl(ns: str, key: str, value: str) -> None:
+    """``sysctl -w KEY=VALUE`` in namespace ``ns``, without the ``sysctl`` program."""
+    path = Path("/proc/sys", *key.split("."))
+    try:
+        in_netns(ns, lambda: path.write_text(f"{value}\n"))
+    except OSError as err:
+        raise OSError(err.errno, f"{ns}: sysctl {key}={value}: {err.strerror}") from None
+
+
+def get_sysctl(ns: str, key: str) -> str:
+    """``sysctl -n KEY`` in namespace ``ns``."""
+    path = Path("/proc/sys", *key.split("."))
+    return in_netns(ns, path.read_text).strip()
 
 
 def _up(ns: NetNS, ifname: str, addr: str | None = None, prefixlen: int = 24) -> int:
@@ -198,7 +241,7 @@ def _build(lab: Lab) -> None:
             port = ns.link_lookup(ifname=rs.name)[0]
             ns.link("set", index=port, master=br)
             ns.link("set", index=port, state="up")
-    _sysctl(lab.director, "net.ipv4.ip_forward", "1")
+    set_sysctl(lab.director, "net.ipv4.ip_forward", "1")
 
     if lab.router is not None:
         _build_router(lab, lab.router)
@@ -212,7 +255,7 @@ def _build(lab: Lab) -> None:
     if lab.kind != "nat":
         # DR and TUN replies come back through the director with the VIP, one of its
         # own addresses, as source: without accept_local they are martians.
-        _sysctl(lab.director, "net.ipv4.conf.br0.accept_local", "1")
+        set_sysctl(lab.director, "net.ipv4.conf.br0.accept_local", "1")
 
 
 def _build_router(lab: Lab, router: str) -> None:
@@ -240,10 +283,10 @@ def _build_router(lab: Lab, router: str) -> None:
             ns.link("set", index=port, master=br)
             ns.link("set", index=port, state="up")
         ns.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_INSIDE)
-    _sysctl(router, "net.ipv4.ip_forward", "1")
+    set_sysctl(router, "net.ipv4.ip_forward", "1")
     # The real servers' replies have the VIP as source, routed back the other way.
     for key in ("all", "default", "lan0", "br0"):
-        _sysctl(router, f"net.ipv4.conf.{key}.rp_filter", "0")
+        set_sysctl(router, f"net.ipv4.conf.{key}.rp_filter", "0")
 
 
 def build(prefix: str | None = None, kind: str = "nat") -> Lab:

@@ -21,6 +21,24 @@ CURL_REFUSED = 7  # curl: "Failed to connect" (RST or ICMP unreachable)
 CURL_TIMEOUT = 28
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, oldest first (``pgrep -P``, read from
+    /proc so that no procps is needed)."""
+    found: list[tuple[int, int]] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid ... starttime (field 22); comm may hold spaces and ")"
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append((int(fields[19]), int(entry.name)))
+    return [child for _, child in sorted(found)]
+
+
 @dataclass(frozen=True)
 class CurlResult:
     code: int

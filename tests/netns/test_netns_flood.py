@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from labtools import SEED_RULES_FILE, curl
+from labtools import SEED_RULES_FILE, children, curl
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
@@ -49,8 +49,7 @@ def rss_kib(pid: int) -> int:
 
 def daemon_child(d: Daemon) -> int:
     assert d.proc is not None
-    found = subprocess.run(["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True)
-    return int(found.stdout.split()[0])
+    return children(d.proc.pid)[0]
 
 
 def test_syn_flood_with_secure_tcp(lab: Lab, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_backends_answer_with_their_names_across_the_director(lab: topology.Lab)
 def test_director_forwards_and_holds_the_vip(lab: topology.Lab) -> None:
     addrs = lab.run(lab.director, ["ip", "-4", "-o", "addr", "show", "ext0"]).stdout
     assert f"{lab.vip}/32" in addrs
-    forward = lab.run(lab.director, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout
+    forward = lab.run(lab.director, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout
     assert forward.strip() == "1"
 
 
@@ -32,8 +33,55 @@ def test_teardown_after_a_partial_build_leaves_nothing(monkeypatch: pytest.Monke
     def broken(*args: object) -> None:
         raise RuntimeError("injected failure half way")
 
-    monkeypatch.setattr(topology, "_sysctl", broken)
+    monkeypatch.setattr(topology, "set_sysctl", broken)
     prefix = topology.new_prefix("dbroken")
     with pytest.raises(RuntimeError, match="injected"):
         topology.build(prefix)
     assert not [name for name in _namespaces() if name.startswith(prefix)]
+
+
+def test_sysctls_are_written_in_the_namespace_only(lab: topology.Lab) -> None:
+    """/proc/sys/net is per namespace: the lab's write reaches the namespace it names
+    (read back with `cat` inside it) and leaves this process's namespace alone."""
+    key, path = "net.ipv4.conf.all.accept_local", "/proc/sys/net/ipv4/conf/all/accept_local"
+    home = Path(path).read_text()
+    before = topology.get_sysctl(lab.client, key)
+    flipped = "0" if before == "1" else "1"
+    try:
+        topology.set_sysctl(lab.client, key, flipped)
+        assert lab.run(lab.client, ["cat", path]).stdout.strip() == flipped
+        assert topology.get_sysctl(lab.client, key) == flipped
+        assert Path(path).read_text() == home
+    finally:
+        topology.set_sysctl(lab.client, key, before)
+    with pytest.raises(OSError, match="no-such-key"):
+        topology.set_sysctl(lab.client, "net.ipv4.no-such-key", "1")
+
+
+def test_building_a_lab_runs_no_sysctl_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A minimal Debian has no procps: the lab needs no `sysctl` (or any procps)
+    program.  Every command the build and teardown start is recorded."""
+    started: list[list[str]] = []
+    real_run, real_popen = subprocess.run, subprocess.Popen
+
+    def run(argv: list[str], *args: object, **kwargs: object) -> object:
+        started.append(list(argv))
+        return real_run(argv, *args, **kwargs)  # type: ignore[call-overload]
+
+    class Popen(real_popen):  # type: ignore[misc,valid-type]
+        def __init__(self, argv: list[str], *args: object, **kwargs: object) -> None:
+            started.append(list(argv))
+            super().__init__(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+    built = topology.build(topology.new_prefix("dnosys"), kind="tun")
+    try:
+        assert topology.get_sysctl(built.director, "net.ipv4.ip_forward") == "1"
+        assert built.router is not None
+        assert topology.get_sysctl(built.router, "net.ipv4.conf.lan0.rp_filter") == "0"
+    finally:
+        topology.teardown(built)
+    procps = {"sysctl", "pgrep", "pkill", "ps", "kill", "pidof"}
+    assert started, "the build started no command at all: the recording is broken"
+    assert not [argv for argv in started if procps & {a.rsplit("/", 1)[-1] for a in argv}]

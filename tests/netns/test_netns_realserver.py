@@ -5,6 +5,8 @@ as it was (addresses, links, every net.ipv4.conf sysctl) with no decapsulator le
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +30,10 @@ def host() -> Iterator[str]:
             ["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"],
             ["ip", "link", "set", "eth0", "up"],
             ["ip", "link", "set", "peer0", "up"],
-            ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"],  # strict: up must relax it
-            ["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=1"],
         ):
             subprocess.run(["ip", "netns", "exec", name, *argv], check=True)
+        for dev in ("all", "eth0"):  # strict: up must relax it
+            topology.set_sysctl(name, f"net.ipv4.conf.{dev}.rp_filter", "1")
         yield name
     finally:
         subprocess.run(["ip", "netns", "exec", name, venv_program("dirctl"), "realserver", "down"],
@@ -60,7 +62,7 @@ def snapshot(ns: str) -> dict[str, object]:
         for x in json.loads(run("ip", "-j", "addr"))
         for a in x.get("addr_info", [])
     }
-    sysctls = run("sysctl", "-a", "-r", r"^net\.ipv4\.conf\.").splitlines()
+    sysctls = run("grep", "-r", "^", "/proc/sys/net/ipv4/conf/").splitlines()
     return {"links": links, "addrs": addrs, "sysctls": sorted(sysctls)}
 
 
@@ -78,8 +80,7 @@ def decapsulators(ns: str) -> list[str]:
 
 
 def sysctl(ns: str, key: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n", key],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return topology.get_sysctl(ns, key)
 
 
 @pytest.mark.parametrize(("method", "extra"), [("dr", ()), ("tun", ("--decap", "userspace"))])
@@ -125,8 +126,7 @@ def test_up_status_down_leaves_the_host_as_it_was(
 def test_what_the_host_had_before_is_left_alone(host: str) -> None:
     subprocess.run(["ip", "netns", "exec", host, "ip", "addr", "add", f"{VIP}/32", "dev", "lo"],
                    check=True)  # fmt: skip
-    subprocess.run(["ip", "netns", "exec", host, "sysctl", "-qw",
-                    "net.ipv4.conf.all.arp_ignore=2"], check=True)  # fmt: skip
+    topology.set_sysctl(host, "net.ipv4.conf.all.arp_ignore", "2")
     before = snapshot(host)
     assert dirctl(host, "up", "--vip", VIP, "--method", "dr").returncode == 0
     assert sysctl(host, "net.ipv4.conf.all.arp_ignore") == "2"  # stricter: kept
@@ -139,7 +139,7 @@ def test_a_killed_decapsulator_is_reported_and_restarted_by_up(host: str) -> Non
         dirctl(host, "up", "--vip", VIP, "--method", "tun", "--decap", "userspace").returncode == 0
     )
     pid = json.loads(dirctl(host, "status", "--json").stdout)["decap"]["pid"]
-    subprocess.run(["kill", "-9", str(pid)], check=True)
+    os.kill(pid, signal.SIGKILL)
     for _ in range(100):
         if not decapsulators(host):
             break

@@ -18,7 +18,6 @@ server is prepared by ``dirctl realserver up`` instead of hand-set sysctls.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,10 +30,6 @@ from director.lab.daemon import Daemon
 VIP = "198.51.100.5"
 CIP, GIP, DIP, RIP, SIP = "203.0.113.10", "203.0.113.1", "198.18.0.1", "198.18.0.2", "203.0.113.20"
 FLAG = {"dr": "-g", "nat": "-m", "tun": "-i"}
-
-
-def _sysctl(ns: str, key: str, value: str) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"], check=True)
 
 
 def _build(lab: topology.Lab) -> None:
@@ -96,17 +91,17 @@ def _prepare(lab: topology.Lab, method: str) -> None:
     """The method-specific part of ipvs.sh's test_dr / test_nat / test_tun."""
     rs = lab.real_servers[0]
     if method == "nat":
-        _sysctl(lab.director, "net.ipv4.ip_forward", "1")
+        topology.set_sysctl(lab.director, "net.ipv4.ip_forward", "1")
         lab.run(rs.netns, ["ip", "link", "del", "veth20"])
         lab.run(rs.netns, ["ip", "route", "add", "default", "via", DIP, "dev", "veth21"])
         return
     if method == "dr":
-        _sysctl(lab.director, "net.ipv4.ip_forward", "1")
+        topology.set_sysctl(lab.director, "net.ipv4.ip_forward", "1")
         extra: tuple[str, ...] = ()
     else:
-        _sysctl(lab.director, "net.ipv4.ip_forward", "0")
-        _sysctl(lab.director, "net.ipv4.conf.all.send_redirects", "0")
-        _sysctl(lab.director, "net.ipv4.conf.default.send_redirects", "0")
+        topology.set_sysctl(lab.director, "net.ipv4.ip_forward", "0")
+        topology.set_sysctl(lab.director, "net.ipv4.conf.all.send_redirects", "0")
+        topology.set_sysctl(lab.director, "net.ipv4.conf.default.send_redirects", "0")
         extra = ("--decap", "userspace")
     topology.realserver(lab, rs, "up", "--vip", VIP, "--method", method, *extra)
 

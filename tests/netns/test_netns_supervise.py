@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labtools import SEED_RULES_FILE, curl
+from labtools import SEED_RULES_FILE, children, curl
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
@@ -20,8 +19,7 @@ METRICS = "127.0.0.1:9631"
 
 
 def child_of(pid: int) -> int | None:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    pids = [int(p) for p in found.stdout.split()]
+    pids = children(pid)
     return pids[0] if pids else None
 
 
