@@ -10,7 +10,7 @@ that need the kernel are in memory:
   (``director.shell.netfilter.selection``, the production computation) instead of
   loading iptables rules and ipsets;
 - ``StaticRoutes``: route lookups answer from a table instead of netlink
-  (``Routes.check`` and ``Routes.annotate``, what the daemon does with them, stay).
+  (``Routes.annotate``, what the daemon does with it, stays).
 """
 
 from __future__ import annotations

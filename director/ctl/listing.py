@@ -166,17 +166,24 @@ def _service_row(svc: ServiceDict, fmt: ListFormat) -> str:
     return _service_settings(svc)
 
 
-# Health markers after ipvsadm's last column, so its columns stay where they are.
+# Health and route markers after ipvsadm's last column, so its columns stay where
+# they are.
 _STATE_MARKERS = {"down": "[down]", "sorry": "[sorry]"}
+UNREACHABLE_MARKER = "[unreachable]"
 
 
 def _plain_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
     word = METHOD_WORDS.get(dest["method"], dest["method"])
-    marker = _STATE_MARKERS.get(dest.get("state", ""), "")
-    return (
-        f"  -> {name:<28} {word:<7} {dest['weight']:<6} "
-        f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
-    ) + (f" {marker}" if marker else "")
+    markers = [_STATE_MARKERS.get(dest.get("state", ""), "")]
+    if "unreachable" in dest:
+        markers.append(UNREACHABLE_MARKER)
+    return " ".join(
+        [
+            f"  -> {name:<28} {word:<7} {dest['weight']:<6} "
+            f"{dest['activeconns']:<10} {dest['inactconns']:<10}",
+            *filter(None, markers),
+        ]
+    )
 
 
 def _stats_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:

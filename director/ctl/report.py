@@ -9,6 +9,7 @@ from director.core.conn import Conn
 from director.core.engine import Director
 from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
 from director.core.stats import Stats
+from director.core.xmit import unreachable
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
 
 IPVS_VERSION = "1.2.1"
@@ -34,7 +35,7 @@ def stats_dict(stats: Stats) -> StatsDict:
 
 
 def dest_dict(dest: Dest) -> DestDict:
-    return DestDict(
+    row = DestDict(
         addr=unpack_addr(dest.addr),
         port=dest.port,
         # __ip_vs_update_dest: a real server at an address of the director is local.
@@ -47,6 +48,10 @@ def dest_dict(dest: Dest) -> DestDict:
         persistconns=dest.persistconns,
         stats=stats_dict(dest.stats),
     )
+    reason = unreachable(dest)
+    if reason is not None:
+        row["unreachable"] = reason
+    return row
 
 
 def service_dict(svc: Service) -> ServiceDict:

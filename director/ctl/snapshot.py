@@ -38,6 +38,9 @@ class DestDict(TypedDict):
     # Health (director.health): "unknown", "up", "down" for checked real servers,
     # "sorry" for a sorry server in service; absent when not checked.
     state: NotRequired[str]
+    # Why the director cannot deliver to it now ("no route", ...), for a DR or TUN
+    # real server the route lookup found no usable way to; absent when it can.
+    unreachable: NotRequired[str]
 
 
 class ServiceDict(TypedDict):

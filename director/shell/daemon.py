@@ -27,8 +27,9 @@ from typing import Any
 from director.core import conn_dump, estimator, proto_tcp
 from director.core.conn import CONN_BYTES, PAGE
 from director.core.engine import Director
-from director.core.service import PROTO_NUMBERS, pack_addr
+from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
 from director.core.sysctl import Sysctls
+from director.core.xmit import unreachable
 from director.ctl.ipvsadm import format_save, load_rules
 from director.ctl.report import dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
@@ -206,6 +207,7 @@ class Daemon:
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
         self._config = Config()
+        self._unreachable: dict[tuple[bytes, str], str] = {}  # (addr, method) -> reason
         self.hooks = (
             hooks
             if hooks is not None
@@ -233,8 +235,9 @@ class Daemon:
 
     def commit(self, config: Config, *, persist: bool = True) -> None:
         # Everything that can refuse the change does so before anything is written.
+        # A real server with no route is no reason to refuse (IPVS takes it): it is
+        # shown unreachable until netlink announces a way to it.
         self.director.check(self.health.worst(config))
-        self.routes.check(self.health.worst(config))  # sorry servers included
         if persist:
             atomic_write(self.settings.rules, format_save(config))
         self.director.configure(self.health.effective(config))
@@ -254,8 +257,24 @@ class Daemon:
         return self.health.report()
 
     def _annotate_routes(self) -> None:
-        """Tell every real server the way to it (DR, TUN, local node), from netlink."""
-        self.routes.annotate(d for svc in self.director.services for d in svc.dests)
+        """Tell every real server the way to it (DR, TUN, local node), from netlink,
+        and log the real servers that became unreachable or reachable again."""
+        dests = [d for svc in self.director.services for d in svc.dests]
+        self.routes.annotate(dests)
+        now = {(d.addr, d.method): unreachable(d) for d in dests}
+        for (addr, method), reason in now.items():
+            if reason != self._unreachable.get((addr, method)):
+                if reason is None:
+                    log.info("real server %s (%s) is reachable", unpack_addr(addr), method)
+                else:
+                    log.warning(
+                        "real server %s (%s) is unreachable: %s; its packets are dropped "
+                        "until a route appears",
+                        unpack_addr(addr),
+                        method,
+                        reason,
+                    )
+        self._unreachable = {k: v for k, v in now.items() if v is not None}
 
     def _on_netlink(self, neighbours: Neighbours) -> None:
         neighbours.on_readable()

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from director.core.engine import Director
 from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
+from director.core.xmit import unreachable
 from director.model.config import ConfigError
 from director.shell.supervise import restarts
 
@@ -61,6 +62,7 @@ class BackendSample:
     inactive: int
     weight: int
     rates: Five  # cps, inpps, outpps, inbps, outbps
+    unreachable: int = 0  # 1 while no usable route leads to it (DR, TUN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ def _backend(svc_labels: tuple[str, str, str, str], dest: Dest) -> BackendSample
         inactive=dest.inactconns,
         weight=dest.weight,
         rates=dest.stats.rates(),
+        unreachable=int(unreachable(dest) is not None),
     )
 
 
@@ -214,6 +217,12 @@ class DirectorCollector(Collector):
                 "director_backend_weight",
                 "The current backend weight by local and remote address.",
                 lambda b: b.weight,
+            ),
+            (
+                "director_backend_unreachable",
+                "1 while no usable route leads to the real server (DR, TUN): its packets "
+                "are dropped until one appears.",
+                lambda b: b.unreachable,
             ),
         )
         for name, text, value in gauges:

@@ -4,7 +4,9 @@
 (``__ip_vs_get_out_rt``): interface, source address, MTU, whether there is a gateway
 on the way, whether the address is the director's own.  It is asked again whenever
 the configuration changes and whenever the kernel announces a route, address or link
-change.
+change.  A real server with no route is taken all the same, as IPVS takes it
+(ip_vs_new_dest asks only for a unicast or local address): its packets are dropped
+(``no_route``) and it is shown unreachable until a route to it appears.
 
 ``Neighbours`` hands DR frames to the real server's MAC.  It keeps the kernel's
 neighbour table in a dictionary, kept current from RTM_NEWNEIGH/RTM_DELNEIGH
@@ -28,7 +30,6 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from director.core.route import Frame, Route
 from director.core.service import Dest, unpack_addr
 from director.core.xmit.dr import ethernet_frame
-from director.model.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +83,6 @@ class Routes:
             return int(link.get_attr("IFLA_MTU") or 1500)
         except Exception:
             return 1500
-
-    def check(self, config: Config) -> None:
-        """Refuse what the kernel would refuse: a DR real server that is not on a
-        directly connected network, a DR or TUN real server with no route."""
-        for svc in config.services:
-            for dest in svc.dests:
-                if dest.method not in ("droute", "tunnel") or ":" in dest.addr:
-                    continue
-                route = self.lookup(dest.addr)
-                if route is None:
-                    raise ConfigError(f"no route to real server {dest.addr}")
-                if dest.method == "droute" and not (route.onlink or route.local):
-                    raise ConfigError(
-                        f"real server {dest.addr} is not on a directly connected network: "
-                        "direct routing (-g) needs one; use -i (tunnel) or -m (NAT)"
-                    )
 
     def annotate(self, dests: Iterable[Dest]) -> None:
         for dest in dests:

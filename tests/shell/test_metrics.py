@@ -86,3 +86,18 @@ def test_listen_address(text: str, expected: tuple[str, int]) -> None:
 def test_listen_address_must_be_explicit_and_numeric(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_listen(text)
+
+
+def test_unreachable_real_servers_have_a_gauge_of_one() -> None:
+    """A DR real server with no route (``dest.route`` None) is 1, a NAT one 0."""
+    director = Director()
+    director.configure(
+        load_rules(
+            "-A -t 203.0.113.5:80 -s rr\n"
+            "-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n"
+            "-a -t 203.0.113.5:80 -r 198.18.0.3:80 -g\n"
+        )
+    )
+    got = _scrape(director)["director_backend_unreachable"]
+    by_addr = {dict(labels)["remote_address"]: value for labels, value in got.items()}
+    assert by_addr == {"198.18.0.2": 0.0, "198.18.0.3": 1.0}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from director.core.route import Frame
+from director.core.route import Frame, Route
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -54,6 +54,14 @@ class Xmit:
         """An ICMP error from the real server about a connection."""
         return (ACCEPT, None)
 
+    def unreachable(self, route: Route | None) -> str | None:
+        """Why this method cannot deliver a packet along ``route`` (None: it can).
+
+        IPVS takes such a real server all the same (ip_vs_new_dest checks only that
+        the address is unicast or local) and its packets fail at transmit time
+        (__ip_vs_get_out_rt); the director says so in listings and metrics."""
+        return None
+
 
 XMITS: dict[str, Xmit] = {}
 
@@ -76,6 +84,16 @@ def bind_xmit(dest: Dest) -> Xmit:
     if dest.route is not None and dest.route.local:
         return XMITS["local"]
     return XMITS[dest.method]
+
+
+def unreachable(dest: Dest) -> str | None:
+    """Why the packets of ``dest`` cannot be delivered now, by the route the shell
+    last found toward it (None: nothing stops them)."""
+    try:
+        xmit = bind_xmit(dest)
+    except KeyError:  # a method the data path does not know: not a route question
+        return None
+    return xmit.unreachable(dest.route)
 
 
 _loaded = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from director.core.route import Frame
+from director.core.route import Frame, Route
 from director.core.xmit import DIRECT, DROP, Verdict, Xmit, register
 from director.core.xmit.mtu import too_big
 
@@ -32,6 +32,16 @@ class DirectRoute(Xmit):
             DIRECT,
             Frame(pkt.buf, conn.daddr, route.ifindex),
         )
+
+    def unreachable(self, route: Route | None) -> str | None:
+        """No route at all, or one through a gateway: DR hands the frame to the real
+        server's own MAC (IP_VS_RT_MODE_KNOWN_NH), which only answers ARP on a
+        directly connected network, so the packets go nowhere."""
+        if route is None:
+            return "no route"
+        if not route.onlink:
+            return "not on a directly connected network"
+        return None
 
 
 def ethernet_frame(dst_mac: bytes, src_mac: bytes, packet: bytes | bytearray) -> bytes:

@@ -15,6 +15,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from director.core.checksum import internet_checksum
+from director.core.route import Route
 from director.core.xmit import DROP, SEND, Verdict, Xmit, register
 from director.core.xmit.mtu import too_big
 
@@ -60,3 +61,7 @@ class Tunnel(Xmit):
         if refused is not None:
             return refused
         return (SEND, encapsulate(pkt.buf, route.source, conn.daddr))
+
+    def unreachable(self, route: Route | None) -> str | None:
+        """Without a route there is no outer source address and no way out."""
+        return "no route" if route is None else None
