@@ -77,9 +77,12 @@ class Director:
         self.tcp.set_timeouts(config.timeouts.tcp, config.timeouts.tcpfin)
         self.udp.set_timeout(config.timeouts.udp)
 
-    def expire(self, now: float) -> int:
-        """The connection collector's tick: remove what timed out, return how many."""
-        expired = self.conns.expire(now)
+    def expire(self, now: float, budget: int | None = None) -> int:
+        """The connection collector: remove what timed out, return how many.  With a
+        ``budget`` it visits at most that many entries (one slice); the caller calls
+        again, between packets, while ``conns.behind(now)``.  Learned path MTUs past
+        their time are dropped on every call."""
+        expired = self.conns.expire(now, budget)
         self.services.expire_pmtu(now)
         if expired and self.services.trash:
             self.services.collect_trash()

@@ -2,7 +2,8 @@
 
 At start it installs the netfilter hooks, binds the NFQUEUE worker, loads the rules
 file and opens the control socket; then one loop serves packets, control requests and
-a one-second tick (connection expiry, systemd watchdog).  Signal handlers only set a
+a one-second tick (defences, rates, metrics, systemd watchdog); the connection
+collector runs in slices between packets.  Signal handlers only set a
 flag; the loop acts on it.  On SIGTERM it removes the hooks and exits 0.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from director.core import conn_dump, estimator, proto_tcp
-from director.core.conn import CONN_BYTES, PAGE
+from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
 from director.core.sysctl import Sysctls
@@ -379,12 +380,17 @@ class Daemon:
         )
         next_tick = time.monotonic()
         while not self.stop_requested:
-            timeout = max(0.0, next_tick - time.monotonic())
+            now = time.monotonic()
+            # While the collector has entries due, one slice per turn and no waiting:
+            # the packets that came meanwhile are served between two slices.
+            timeout = 0.0 if self.director.conns.behind(now) else max(0.0, next_tick - now)
             for key, _ in selector.select(timeout):
                 key.data()
             now = time.monotonic()
-            if now >= next_tick:
-                self.director.expire(now)
+            tick = now >= next_tick
+            if tick or self.director.conns.behind(now):
+                self.director.expire(now, COLLECT_SLICE)
+            if tick:
                 self.director.defend(self._available_pages(), now)
                 for nexthop in neighbours.expire(now):
                     self.director.forget(nexthop)
