@@ -6,13 +6,23 @@ original and sends the rewritten packet from a raw socket, routed by its new
 destination, marked so the director's own OUTPUT rules leave it alone; DIRECT drops the
 original and hands the unchanged packet to the real server's MAC (VS/DR); DROP drops.
 An exception on one packet is counted and that packet dropped; the worker goes on.
+
+Jumbo frames: NetfilterQueue's ``bind`` caps the copy range at 4,016 bytes and its
+``run_socket`` asks for 4,096-byte messages, so a larger packet would reach the core cut
+short.  The worker sets the queue's copy range itself (an NFQNL_MSG_CONFIG message on
+the queue's own netlink socket, as ``nfq_set_mode`` sends it, with the kernel's
+largest range), reads each message whole into a 64 KiB + headers buffer, and gives
+the socket a receive buffer that holds a burst of jumbo packets.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import select
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +40,26 @@ NF_INET_LOCAL_IN = 1
 NF_INET_FORWARD = 2
 QUEUE_MAXLEN = 4096
 BATCH = 64  # packets per turn of the daemon's loop
+# The whole packet, up to the kernel's own cap (NFQNL_MAX_COPY_RANGE, 0xFFFF less
+# the attribute header): IPv4's 65,535 bytes but for the last four.
+COPY_RANGE = 0xFFFF
+# One message: the packet and its attributes (headers, marks, interfaces: < 1 KiB).
+RECV_SIZE = COPY_RANGE + 4096
+# The socket's receive buffer (the kernel doubles the figure): a burst of ~1,000
+# 9,000-byte packets, or ~240 of 64 KiB, while the loop is busy elsewhere.
+SOCK_RCVBUF = 8 << 20
+
+# The copy-mode message (linux/netfilter/nfnetlink_queue.h), nfnetlink framed.
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_CONFIG = 2
+NFQA_CFG_PARAMS = 2
+NFQNL_COPY_PACKET = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
+_CONFIG_SEQ = 0x6A756D62  # ours, to tell the kernel's answer from packets
+CONFIG_TIMEOUT = 2.0
 
 
 class Worker:
@@ -53,10 +83,32 @@ class Worker:
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
 
     def bind(self) -> None:
-        self.nfq.bind(self.queue, self.handle, max_len=QUEUE_MAXLEN)
+        self.nfq.bind(self.queue, self.handle, max_len=QUEUE_MAXLEN, sock_len=SOCK_RCVBUF)
         sock = socket.socket(fileno=self.nfq.get_fd())
         sock.setblocking(False)
         self._batch = _Batch(sock)
+        self._set_copy_range(sock)
+
+    def _set_copy_range(self, sock: socket.socket) -> None:
+        """Ask the kernel for whole packets (nfqnl_recv_config, NFQA_CFG_PARAMS) and
+        wait for its answer; packets queued meanwhile get their verdicts as usual."""
+        sock.send(config_message(self.queue, COPY_RANGE))
+        deadline = self.clock() + CONFIG_TIMEOUT
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                raise OSError(errno.ETIMEDOUT, "NFQUEUE copy range: no answer from the kernel")
+            readable, _, _ = select.select([sock], [], [], left)
+            if not readable:
+                continue
+            message = sock.recv(RECV_SIZE)
+            answer = config_answer(message)
+            if answer is None:  # a packet: handle it as run_once would
+                self.nfq.run_socket(_Replay(message))  # type: ignore[arg-type]
+                continue
+            if answer:
+                raise OSError(answer, f"NFQUEUE copy range: {os.strerror(answer)}")
+            return
 
     def fileno(self) -> int:
         fd: int = self.nfq.get_fd()
@@ -108,13 +160,44 @@ class Worker:
             self.errors[f"send_{err.errno}"] += 1
 
 
+def config_message(queue: int, copy_range: int) -> bytes:
+    """NFQNL_MSG_CONFIG with NFQA_CFG_PARAMS (copy_range, copy_mode=NFQNL_COPY_PACKET)
+    for ``queue``, asking for an acknowledgement (struct nfqnl_msg_config_params is
+    packed: a big-endian u32 and a u8, padded to 4 in the attribute)."""
+    params = struct.pack("!IB", copy_range, NFQNL_COPY_PACKET)
+    attr = struct.pack("=HH", 4 + len(params), NFQA_CFG_PARAMS) + params
+    attr += b"\0" * (-len(attr) % 4)
+    nfgen = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)  # family, NFNETLINK_V0, res_id
+    body = nfgen + attr
+    kind = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
+    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK,
+                            _CONFIG_SEQ, 0)  # fmt: skip
+    return header + body
+
+
+def config_answer(message: bytes) -> int | None:
+    """The errno of the kernel's answer to ``config_message`` (0: done), or None when
+    ``message`` is something else (a queued packet)."""
+    if len(message) < _NLMSGHDR.size + 4:
+        return None
+    _, kind, _, seq, _ = _NLMSGHDR.unpack_from(message)
+    if kind != NLMSG_ERROR or seq != _CONFIG_SEQ:
+        return None
+    error: int = struct.unpack_from("=i", message, _NLMSGHDR.size)[0]
+    return -error
+
+
 class _Batch:
     """A stand-in for the queue's socket that NetfilterQueue.run_socket reads from: it
-    hands out BATCH messages (one packet each), then says EAGAIN, which ends the run."""
+    hands out BATCH messages (one packet each), then says EAGAIN, which ends the run.
+    Each message is read whole (RECV_SIZE, not the 4,096 bytes run_socket asks for)
+    into one buffer, and only its own length is copied out."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.left = 0
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
 
     def refill(self) -> _Batch:
         self.left = BATCH
@@ -124,4 +207,18 @@ class _Batch:
         if self.left <= 0:
             raise BlockingIOError(errno.EAGAIN, "batch done")
         self.left -= 1
-        return self.sock.recv(size)
+        got = self.sock.recv_into(self._buffer, RECV_SIZE)
+        return bytes(self._view[:got])
+
+
+class _Replay:
+    """One message already read, for run_socket (then EAGAIN)."""
+
+    def __init__(self, message: bytes) -> None:
+        self.message: bytes | None = message
+
+    def recv(self, size: int) -> bytes:
+        message, self.message = self.message, None
+        if message is None:
+            raise BlockingIOError(errno.EAGAIN, "replayed")
+        return message
