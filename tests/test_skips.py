@@ -64,3 +64,10 @@ def test_netns_tests_without_their_tools_fail_under_ci() -> None:
         for line in errors
     ), summary
     assert "SKIPPED" not in done.stdout and " passed" not in done.stdout
+
+
+def test_hypothesis_examples_have_no_deadline() -> None:
+    """tests/conftest.py's profile: an example slowed by a loaded machine is not a failure."""
+    from hypothesis import settings
+
+    assert settings.default.deadline is None

@@ -133,7 +133,7 @@ class FileServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not lab.run(ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()

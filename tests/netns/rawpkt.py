@@ -360,7 +360,7 @@ def udp_refused(args: argparse.Namespace) -> dict[str, Any]:
             outcome = "refused"
         except TimeoutError:
             outcome = "timeout"
-        caught = catch_icmp(catcher, 1.0)
+        caught = catch_icmp(catcher, 5.0)  # returns at the first one
         return {"outcome": outcome, "local": sock.getsockname(), "icmp": caught}
 
 

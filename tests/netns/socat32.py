@@ -38,7 +38,7 @@ class Listener:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while not self._listening():
             assert self.proc.poll() is None, f"socat exited: {self._err()}"
             assert time.monotonic() < deadline, f"socat does not listen on :{port} in {ns}"

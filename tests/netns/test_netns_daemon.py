@@ -11,7 +11,7 @@ from director.lab.daemon import Daemon
 
 def test_notify_ready_watchdog_and_stopping(daemon: Daemon) -> None:
     assert "READY=1" in daemon.notifications
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # one a second when the machine keeps up
     while "WATCHDOG=1" not in daemon.notifications and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "WATCHDOG=1" in daemon.notifications

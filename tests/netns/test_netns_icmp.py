@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +48,7 @@ def _rawpkt(lab: topology.Lab, ns: str, *args: str) -> dict[str, Any]:
 class Catcher:
     """``rawpkt.py icmp-catch`` in a namespace: the ICMP errors that arrive there."""
 
-    def __init__(self, lab: topology.Lab, ns: str, seconds: float = 5.0) -> None:
+    def __init__(self, lab: topology.Lab, ns: str, seconds: float = 15.0) -> None:
         argv = helper_argv("rawpkt.py", "icmp-catch", "--seconds", str(seconds))
         self.proc = subprocess.Popen(lab.exec_argv(ns, argv), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -94,10 +95,9 @@ def test_frag_needed_from_a_nat_real_server_lowers_the_clients_path_mtu(nat: Dae
         _rawpkt(lab, rs1.netns, "icmp-inject", "--src", rs1.addr, "--dst", CLIENT,
                 "--qsrc", CLIENT, "--qsport", str(cport), "--qdst", rs1.addr,
                 "--qdport", "5304", "--code", "4", "--mtu", "1200")  # fmt: skip
-        for _ in range(20):
-            if route_mtu(lab, lab.client, VIP) is not None:
-                break
-            subprocess.run(["sleep", "0.1"], check=True)
+        deadline = time.monotonic() + 20
+        while route_mtu(lab, lab.client, VIP) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         hold.communicate(timeout=15)
     assert route_mtu(lab, lab.client, VIP) == 1200

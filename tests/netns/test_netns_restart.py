@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +33,8 @@ conn.sendall(data)
 conn.close()
 """
 
-# Reads at about 4 MB/s, so the transfer lasts some 5 s, and prints the SHA-256.
+# Reads at about 4 MB/s, so the transfer lasts some 5 s; says "started" after the
+# first 2 MiB, and prints the byte count and SHA-256 at the end.
 CLIENT = """
 import hashlib, socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
@@ -44,6 +44,8 @@ while True:
     if not chunk:
         break
     digest.update(chunk)
+    if got < 2 << 20 <= got + len(chunk):
+        print("started", flush=True)
     got += len(chunk)
     ahead = got / 4e6 - (time.monotonic() - start)
     if ahead > 0:
@@ -84,7 +86,7 @@ def test_transfer_survives_a_restart(method_lab: topology.Lab, tmp_path: Path) -
             lab.exec_argv(lab.client, [sys.executable, "-c", CLIENT, lab.vip, str(PORT)]),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(1.0)  # well into the transfer
+        assert client.stdout is not None and client.stdout.readline() == "started\n"
         assert client.poll() is None, "the transfer ended before the restart"
         assert first.stop() == 0, first.log()
         second = Daemon(lab, workdir, ["--on-stop", "keep"])

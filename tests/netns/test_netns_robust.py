@@ -97,14 +97,18 @@ def _queue_losses(lab: topology.Lab) -> int:
 
 
 def _settled(lab: topology.Lab) -> dict[str, dict[str, float]]:
-    """The metrics once the daemon has published a sample taken after the traffic."""
-    last = scrape(lab, METRICS)
-    for _ in range(30):
+    """The metrics once the daemon has published a sample taken after the traffic: the
+    verdict counts no longer move across more than one tick (the daemon publishes a
+    sample a second; two scrapes within one tick are equal whatever is still to come)."""
+    last, last_at = scrape(lab, METRICS), time.monotonic()
+    deadline = last_at + 60
+    while time.monotonic() < deadline:
         time.sleep(0.3)
         now = scrape(lab, METRICS)
-        if now.get("director_verdicts_total") == last.get("director_verdicts_total"):
+        if now.get("director_verdicts_total") != last.get("director_verdicts_total"):
+            last, last_at = now, time.monotonic()
+        elif time.monotonic() - last_at > 2.5:
             return now
-        last = now
     return last
 
 

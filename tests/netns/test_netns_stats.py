@@ -95,11 +95,22 @@ def test_stats_count_every_connection_and_packet(
     done = lab.run(lab.client, ["curl", "-sS", "--max-time", "30", "-H", "Connection: close",
                                 *[f"http://{lab.vip}/"] * N], timeout=60)  # fmt: skip
     assert done.stdout.count("\n") == N, done.stderr
-    time.sleep(0.5)  # the last ACKs and FINs of the last connections
-    sent = tuple(a - b for a, b in zip(_client_count(lab, "in"), before_in, strict=True))
-    got = tuple(a - b for a, b in zip(_client_count(lab, "out"), before_out, strict=True))
 
-    web = _web(d)
+    def counted() -> tuple[tuple[int, ...], tuple[int, ...], Any]:
+        sent = tuple(a - b for a, b in zip(_client_count(lab, "in"), before_in, strict=True))
+        got = tuple(a - b for a, b in zip(_client_count(lab, "out"), before_out, strict=True))
+        return sent, got, _web(d)
+
+    # The last ACKs and FINs of the last connections may still be on their way: read
+    # both sides until they agree (or 15 s have passed), then compare.
+    deadline = time.monotonic() + 15
+    sent, got, web = counted()
+    while time.monotonic() < deadline and (
+        (web["stats"]["inpkts"], web["stats"]["inbytes"]) != sent
+        or (web["stats"]["outpkts"], web["stats"]["outbytes"]) != got
+    ):
+        time.sleep(0.2)
+        sent, got, web = counted()
     stats = web["stats"]
     assert stats["conns"] == N
     by_dest = {f"{x['addr']}:{x['port']}": x["stats"] for x in web["dests"]}
@@ -140,11 +151,11 @@ def test_rates_rise_under_load_and_fall_after(stats_daemon: Daemon) -> None:
     )  # fmt: skip
     readings: list[int] = []
     try:
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (readings and readings[-1] > 0):
             time.sleep(0.5)
             readings.append(_web(d)["stats"]["cps"])
-        assert readings[-1] > 0, f"no rate within 8 s of load: {readings}"
+        assert readings[-1] > 0, f"no rate within 20 s of load: {readings}"
         rate = _list_json(d, "--rate")
         assert rate["totals"]["inpps"] > 0 and rate["totals"]["inbps"] > 0
         assert "CPS    InPPS   OutPPS    InBPS   OutBPS" in d.dirctl("list", "--rate").stdout
@@ -153,7 +164,7 @@ def test_rates_rise_under_load_and_fall_after(stats_daemon: Daemon) -> None:
     # The load has stopped: the next steps of the average bring it down.
     loaded = _web(d)["stats"]["cps"]
     after = [loaded]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and after[-1] >= loaded:
         time.sleep(0.5)
         after.append(_web(d)["stats"]["cps"])
@@ -196,7 +207,7 @@ def test_a_real_prometheus_scrapes_the_endpoint(stats_daemon: Daemon, tmp_path: 
         stderr=log,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 25
+        deadline = time.monotonic() + 60
         found: list[Any] = []
         while time.monotonic() < deadline and not found:
             time.sleep(0.5)
