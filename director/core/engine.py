@@ -147,6 +147,9 @@ class Director:
             return self._refuse(err.reason)
         created = False
         conn = self.conns.in_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+        if conn is not None and self._is_new_conn(pkt) and self._resched(conn):
+            self.conns.remove(conn)  # a template is never here: it holds no such entry
+            conn = None
         if conn is not None and not conn.dest.available:
             # ip_vs_in: the real server was removed.  By default its packets are dropped
             # silently; with expire_nodest_conn the connection goes and a SYN is
@@ -154,9 +157,6 @@ class Director:
             if not self.sysctls.expire_nodest_conn:
                 return self._count((DROP, "dest_unavailable"))
             self.conns.remove(conn)
-            conn = None
-        elif conn is not None and pkt.tcp_flags & TH_SYN and self._reusable(conn):
-            self.conns.remove(conn)  # a template is never here: it holds no such entry
             conn = None
         if conn is None:
             svc = self.services.lookup(pkt.protocol, pkt.daddr, pkt.dport, mark)
@@ -351,6 +351,21 @@ class Director:
         if self.sysctls.sloppy_tcp:
             return not flags & TH_RST
         return flags & (TH_SYN | TH_RST) == TH_SYN
+
+    @staticmethod
+    def _is_new_conn(pkt: Packet) -> bool:
+        """is_new_conn (ip_vs_core.c): a TCP SYN."""
+        return pkt.protocol == IPPROTO_TCP and bool(pkt.tcp_flags & TH_SYN)
+
+    def _resched(self, conn: Conn) -> bool:
+        """ip_vs_in_hook, a SYN (is_new_conn) that finds an entry: with
+        expire_nodest_conn an entry whose real server is quiesced (weight 0) goes and
+        the SYN is scheduled afresh; otherwise conn_reuse_mode decides.  A userspace
+        director has no conntrack of its own, so the old-conntrack case (drop the SYN
+        and let the client retry) never arises."""
+        if self.sysctls.expire_nodest_conn and conn.dest.weight == 0:
+            return True
+        return self._reusable(conn)
 
     def _reusable(self, conn: Conn) -> bool:
         """is_new_conn_expected: may a SYN that finds this connection start afresh?"""

@@ -234,6 +234,28 @@ def test_a_server_moved_to_another_service_comes_back_fresh():
     assert old.available and old.stats.conns == 1
 
 
+def test_syn_to_a_quiesced_server_is_rescheduled_with_expire_nodest_conn():
+    """ip_vs_core.c ip_vs_in_hook: a SYN (is_new_conn) meeting an entry whose real server
+    has weight 0 reschedules when expire_nodest_conn is set (the entry expires now);
+    without it, or for a packet that is not a SYN, the entry carries on to the
+    quiesced server, as IPVS lets established connections drain."""
+    conf = ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80), (RS2, 80)))
+    for expire_nodest in (False, True):
+        d = make(conf)
+        d.sysctls.expire_nodest_conn = expire_nodest
+        first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+        d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 0.1)  # ESTABLISHED: not reusable
+        quiesced = tuple(DestConf(a, 80, "masq", weight=0 if a == first else 1)
+                         for a in (RS1, RS2))  # fmt: skip
+        d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr",
+                                                 dests=quiesced),)))  # fmt: skip
+        assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK, b"more"), 1.0)) == first
+        again = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 2.0))
+        assert (again != first) is expire_nodest
+        (conn,) = list(d.conns)
+        assert conn.state_name == ("SYN_RECV" if expire_nodest else "ESTABLISHED")
+
+
 def test_syn_on_time_wait_schedules_afresh():
     d = make(ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80), (RS2, 80))))
     first = server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
