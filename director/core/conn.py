@@ -59,6 +59,11 @@ PAGE = 4096
 # however many entries are due at once.
 COLLECT_SLICE = 1000
 
+# A template's states (IP_VS_CTPL_S_*): ASSURED once a connection it controls was
+# established (TCP) or answered (UDP); drop_entry spares assured templates.
+CTPL_ASSURED = 1
+TEMPLATE_STATE_NAMES: tuple[str, ...] = ("NONE", "ASSURED")
+
 InKey = tuple[int, bytes, int, bytes, int]  # protocol, caddr, cport, vaddr, vport
 OutKey = tuple[int, bytes, int, bytes, int]  # protocol, daddr, dport, caddr, cport
 
@@ -133,8 +138,16 @@ class Conn:
 
     @property
     def state_name(self) -> str:
-        """ip_vs_state_name: templates always show their protocol's state 0."""
-        return self.proto.state_names[0 if self.template else self.state]
+        """ip_vs_state_name: a template shows NONE or ASSURED, whatever its protocol."""
+        if self.template:
+            return TEMPLATE_STATE_NAMES[self.state]
+        return self.proto.state_names[self.state]
+
+    def assure_control(self) -> None:
+        """ip_vs_control_assure_ct: the template this connection was made through is
+        assured."""
+        if self.control is not None and self.control.template:
+            self.control.state |= CTPL_ASSURED
 
 
 class ConnTable:

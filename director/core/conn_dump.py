@@ -103,6 +103,7 @@ def _rebuild(
         key = (protocol, caddr, 0, vaddr, entry["vport"])
         conn = new_template(director.protocols.get(protocol, director.tcp), key, svc, dest,
                             bind_xmit(dest), now)  # fmt: skip
+        conn.state = entry["state"]  # NONE or ASSURED
     else:
         conn = Conn(
             director.protocols[protocol], protocol, caddr, entry["cport"], vaddr,

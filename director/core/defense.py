@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from director.core.conn import CTPL_ASSURED
 from director.core.proto_tcp import ESTABLISHED, SYN_RECV, SYNACK
 from director.core.service import IPPROTO_TCP
 
@@ -73,22 +74,33 @@ class Defense:
         return True
 
     def random_dropentry(self, conns: ConnTable, now: float) -> int:
-        """ip_vs_random_dropentry: look at 1/32 of the table, drop what may go."""
-        if not self.drop_entry or not conns.in_tab:
+        """ip_vs_random_dropentry: look at 1/32 of the table (connections and
+        templates), drop what may go.  Nothing that still controls connections goes;
+        a dropped connection takes its template along only if the template controls
+        nothing else and is not assured (ip_vs_conn_expire's "drop controlling
+        connection"), else the template keeps its timer and goes on."""
+        if not self.drop_entry or not (conns.in_tab or conns.templates):
             return 0
-        candidates = list(conns.in_tab.values())
+        candidates = [*conns.in_tab.values(), *conns.templates.values()]
         dropped = 0
         for conn in self.rng.sample(candidates, max(1, len(candidates) >> 5)):
-            if conn.n_control or not self._may_drop(conn, now):
+            if conn.n_control or not conns.is_hashed(conn) or not self._may_drop(conn, now):
                 continue
             control = conn.control
             conns.remove(conn)
             dropped += 1
-            if control is not None:
+            if control is not None and not control.n_control and _unassured(control):
                 conns.remove(control)
+                dropped += 1
         return dropped
 
     def _may_drop(self, conn: Conn, now: float) -> bool:
+        if conn.template:
+            # A one-packet service's template counts its packets; any other template
+            # may go while no connection of it was ever established or answered.
+            if conn.svc.conf.ops:
+                return self._todrop_entry(conn, now)
+            return _unassured(conn)
         if conn.protocol == IPPROTO_TCP:
             if conn.state in (SYN_RECV, SYNACK):
                 return True
@@ -107,6 +119,11 @@ class Defense:
             return False
         self._todrop_counter[packets] = TODROP_RATE[packets]
         return True
+
+
+def _unassured(conn: Conn) -> bool:
+    """A connection, or a template never assured (IP_VS_CTPL_S_ASSURED)."""
+    return not (conn.template and conn.state & CTPL_ASSURED)
 
 
 def _mode(sysctl: int, nomem: bool) -> tuple[int, bool]:

@@ -318,9 +318,12 @@ class Director:
         )
         conn.expires = now + conn.timeout
         if not (svc.conf.ops and pkt.protocol == IPPROTO_UDP):
-            # One-packet scheduling (-o): the entry serves this datagram only and is
-            # never hashed (IP_VS_CONN_F_ONE_PACKET).
             self.conns.add(conn, template)
+        elif template is not None:
+            # One-packet scheduling (-o): the entry serves this datagram only and is
+            # never hashed (IP_VS_CONN_F_ONE_PACKET); its template counts the packet
+            # (ip_vs_in_hook), which drop_entry's todrop_entry looks at.
+            template.in_pkts += 1
         dest.stats.conns += 1
         svc.stats.conns += 1
         self.totals.conns += 1

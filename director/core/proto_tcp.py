@@ -177,4 +177,6 @@ class TcpProtocol:
                 dest.inactconns -= 1
                 conn.inactive = False
             conn.state = new
+            if new == ESTABLISHED:
+                conn.assure_control()
         conn.timeout = self.timeouts[new]

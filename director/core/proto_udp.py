@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from director.core.proto_tcp import OUTPUT
+
 if TYPE_CHECKING:
     from director.core.conn import Conn
 
@@ -32,4 +34,7 @@ class UdpProtocol:
             self.timeouts[NORMAL] = seconds
 
     def transition(self, conn: Conn, direction: int, flags: int) -> None:
+        """udp_state_transition: an answer assures the connection's template."""
         conn.timeout = self.timeouts[NORMAL]
+        if direction == OUTPUT:
+            conn.assure_control()

@@ -63,3 +63,18 @@ def test_entries_of_services_gone_are_left_out():
     new.configure(Config(services=(CONFIG.services[1],)))
     assert load(new, dump(old, 1.0), 1.0) == (0, 1)
     assert len(new.conns) == 0
+
+
+def test_an_answered_udp_template_is_assured_across_a_restart():
+    """udp_state_transition: a reply (IP_VS_DIR_OUTPUT) assures the connection's template
+    (ip_vs_control_assure_ct), which ip_vs_state_name shows as ASSURED; the dump keeps
+    the template's state."""
+    old = fresh()
+    old.hook_in(udp(CLIENT, VIP, 5000, 53), 0.0)
+    (template,) = old.conns.templates.values()
+    assert template.state_name == "NONE"
+    old.hook_out(udp(RS1, CLIENT, 53, 5000), 0.1)
+    assert template.state_name == "ASSURED"
+    new = fresh()
+    load(new, json.loads(json.dumps(dump(old, 1.0))), 1.0)
+    assert [t.state_name for t in new.conns.templates.values()] == ["ASSURED"]

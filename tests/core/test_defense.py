@@ -11,6 +11,7 @@ import pytest
 from director.core.conn import CONN_BYTES
 from director.core.defense import _mode
 from director.core.engine import Director
+from director.core.service import pack_addr
 from director.core.xmit import DROP, SEND
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, RS1, SYN, VIP, tcp, udp
@@ -132,3 +133,36 @@ def test_conn_bytes_covers_what_an_entry_costs() -> None:
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown / len(d.conns) <= CONN_BYTES
     assert d.conns.memory() == len(d.conns) * CONN_BYTES
+
+
+def test_drop_entry_spares_templates_that_still_control_or_are_assured():
+    """ip_vs_conn.c ip_vs_random_dropentry and ip_vs_conn_expire: an entry with
+    n_control is never dropped; a dropped connection takes its template along only
+    when the template controls nothing else and is not ASSURED (ip_vs_control_assure_ct:
+    one of its connections reached ESTABLISHED); an unassured template that controls
+    nothing may be dropped when it is looked at."""
+    d = Director()
+    d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr", persistent=600,
+                                             dests=(DestConf(RS1, 80, "masq"),)),)))  # fmt: skip
+    d.defense.rng = random.Random(3)
+    d.sysctls.drop_entry = 3
+    flood = [f"198.51.100.{i}" for i in range(1, 41)]
+    for client in flood:  # two half-open connections through each client's template
+        for port in (1024, 1025):
+            d.hook_in(tcp(client, VIP, port, 80, SYN), 0.0)
+    d.hook_in(tcp(CLIENT, VIP, 50000, 80, SYN), 0.0)
+    d.hook_in(tcp(CLIENT, VIP, 50000, 80, ACK), 0.0)  # established: its template assured
+    d.hook_in(tcp(CLIENT, VIP, 50001, 80, SYN), 0.0)  # and a half-open one beside it
+    assured = next(t for t in d.conns.templates.values() if t.caddr == pack_addr(CLIENT))
+    assert assured.state_name == "ASSURED"
+    for t in range(400):
+        d.hook_in(tcp(CLIENT, VIP, 50000, 80, ACK, b"busy"), 1.0 + t)  # never quiet
+        d.defend(PLENTY, 1.0 + t)
+        for conn in d.conns:  # nothing points at a template that is gone
+            assert conn.control is None or d.conns.is_hashed(conn.control)
+        for template in d.conns.templates.values():
+            assert template.n_control == sum(c.control is template for c in d.conns)
+    assert [c.cport for c in d.conns] == [50000]
+    assert list(d.conns.templates.values()) == [assured]  # the flood's are all gone
+    dest = next(iter(d.services)).dests[0]
+    assert (dest.persistconns, dest.activeconns, dest.inactconns) == (1, 1, 0)
