@@ -56,11 +56,25 @@ class Director:
         self.verdicts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.passes: Counter[str] = Counter()
-        self.sysctls = Sysctls()
+        self._sysctls = Sysctls()
         self.defense = Defense()
         self.conn_limit = 0  # entries the table may hold (0: no limit), from a memory cap
 
     # -- control ---------------------------------------------------------------
+
+    @property
+    def sysctls(self) -> Sysctls:
+        return self._sysctls
+
+    @sysctls.setter
+    def sysctls(self, sysctls: Sysctls) -> None:
+        """New settings (Sysctls.updated): the schedulers read theirs again."""
+        self._sysctls = sysctls
+        self._tune()
+
+    def _tune(self) -> None:
+        for svc in self.services:
+            svc.scheduler.tune(self._sysctls)
 
     @staticmethod
     def check(config: Config) -> None:
@@ -74,6 +88,7 @@ class Director:
     def configure(self, config: Config) -> None:
         """Make the live tables follow a validated configuration."""
         self.services.apply(config)
+        self._tune()
         self.tcp.set_timeouts(config.timeouts.tcp, config.timeouts.tcpfin)
         self.udp.set_timeout(config.timeouts.udp)
 

@@ -31,6 +31,11 @@ class Sysctls:
     amemthresh: int = 1024
     # drop_packet=3 drops one new connection in this many.
     am_droprate: int = 10
+    # Seconds an lblc entry / an lblcr entry may go unused before the full check (every
+    # 30 minutes) drops it; lblcr also drops a set's busiest member after this long
+    # without a change.
+    lblc_expiration: int = 24 * 60 * 60
+    lblcr_expiration: int = 24 * 60 * 60
 
     def as_dict(self) -> dict[str, int | bool]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -66,4 +71,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "secure_tcp": (0, 3),
     "amemthresh": (0, INT_MAX),
     "am_droprate": (1, INT_MAX),
+    # proc_dointvec_jiffies refuses more than INT_MAX / HZ seconds (HZ 250 on Debian).
+    "lblc_expiration": (0, INT_MAX // 250),
+    "lblcr_expiration": (0, INT_MAX // 250),
 }

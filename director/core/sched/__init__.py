@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from director.core.packet import Packet
     from director.core.service import Dest, Service
+    from director.core.sysctl import Sysctls
 
 
 class Scheduler:
@@ -24,6 +25,10 @@ class Scheduler:
 
     def update(self, svc: Service) -> None:
         """Real servers of ``svc`` changed; rebuild any derived state."""
+
+    def tune(self, sysctls: Sysctls) -> None:
+        """The IPVS sysctls changed (or the scheduler is new): read the ones it uses
+        (lblc_expiration, lblcr_expiration)."""
 
 
 def usable(dest: Dest) -> bool:

@@ -12,6 +12,10 @@ and keeps sending that address there:
 * otherwise the choice is wlc's (``__ip_vs_lblc_schedule`` is the wlc walk) and is
   cached, replacing the old entry.
 
+A new entry is only made while the table holds no more than max_size = 1024 * 16
+entries (``ip_vs_lblc_new``): past that the choice is used but not remembered, so a
+flood of destination addresses cannot grow the table without bound.
+
 Every lookup refreshes the entry's ``lastuse``.  Entries are collected by the
 kernel's periodic timer, run here from ``now`` (seconds instead of jiffies): every
 CHECK_EXPIRE_INTERVAL = 60 s from the first call, ``ip_vs_lblc_check_expire``
@@ -36,6 +40,7 @@ from director.core.sched.wlc import WeightedLeastConnection
 if TYPE_CHECKING:
     from director.core.packet import Packet
     from director.core.service import Dest, Service
+    from director.core.sysctl import Sysctls
 
 CHECK_EXPIRE_INTERVAL = 60.0
 ENTRY_TIMEOUT = 6 * 60.0
@@ -90,6 +95,10 @@ class LocalityTable(Generic[E]):
         self.rover = 0
         self.counter = 1
         self.next_check: float | None = None
+
+    def has_room(self) -> bool:
+        """ip_vs_lblc_new / ip_vs_lblcr_new: no new entry once more than max_size."""
+        return len(self.entries) <= MAX_SIZE
 
     def run_timers(self, now: float) -> None:
         """Run every periodic check due by ``now``, at the time it was due."""
@@ -149,6 +158,9 @@ class LocalityBasedLeastConnection(Scheduler):
     def __init__(self) -> None:
         self.table: LocalityTable[CacheEntry] = LocalityTable()
 
+    def tune(self, sysctls: Sysctls) -> None:
+        self.table.expiration = float(sysctls.lblc_expiration)
+
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.table.run_timers(now)
         entry = self.table.entries.get(pkt.daddr)
@@ -161,5 +173,7 @@ class LocalityBasedLeastConnection(Scheduler):
         if chosen is None:
             return None  # "no destination available"
         if entry is None or entry.dest is not chosen:  # ip_vs_lblc_new
-            self.table.entries[pkt.daddr] = CacheEntry(chosen, now)
+            self.table.entries.pop(pkt.daddr, None)
+            if self.table.has_room():
+                self.table.entries[pkt.daddr] = CacheEntry(chosen, now)
         return chosen

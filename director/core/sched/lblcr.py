@@ -14,7 +14,8 @@ member first, as ``ip_vs_dest_set_insert`` adds at the head):
 * if there is no member to take, or the one taken is overloaded in lblc's sense
   (``activeconns > weight`` while some server has ``activeconns * 2 < weight``), the
   wlc choice over the whole service is taken and added to the set;
-* an address without an entry gets a new set holding the wlc choice.
+* an address without an entry gets a new set holding the wlc choice, while the table
+  holds no more than max_size entries (``ip_vs_lblcr_new``), as lblc's.
 
 Adding or dropping a member sets the set's ``lastmod``; every lookup refreshes the
 entry's ``lastuse``, on which the same periodic collector as lblc's runs.
@@ -31,6 +32,7 @@ from director.core.sched.lc import conn_overhead
 if TYPE_CHECKING:
     from director.core.packet import Packet
     from director.core.service import Dest, Service
+    from director.core.sysctl import Sysctls
 
 
 class _DestSet(Entry):
@@ -86,12 +88,15 @@ class LocalityBasedLeastConnectionReplication(Scheduler):
     def __init__(self) -> None:
         self.table: LocalityTable[_DestSet] = LocalityTable()
 
+    def tune(self, sysctls: Sysctls) -> None:
+        self.table.expiration = float(sysctls.lblcr_expiration)
+
     def schedule(self, svc: Service, pkt: Packet, now: float = 0.0) -> Dest | None:
         self.table.run_timers(now)
         entry = self.table.entries.get(pkt.daddr)
         if entry is None:
             chosen = least_weighted(svc, pkt)
-            if chosen is not None:
+            if chosen is not None and self.table.has_room():  # ip_vs_lblcr_new
                 self.table.entries[pkt.daddr] = _DestSet(chosen, now)
             return chosen  # None: "no destination available"
         entry.lastuse = now

@@ -237,3 +237,57 @@ def test_lblcr_entries_expire_with_the_full_check() -> None:
     assert pack_addr(D1) in table.entries
     table.run_timers(86400.0)
     assert pack_addr(D1) not in table.entries
+
+
+def _addr(i: int) -> str:
+    return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+
+
+def test_lblc_and_lblcr_tables_are_capped() -> None:
+    """ip_vs_lblc_new / ip_vs_lblcr_new: no new entry once the table holds more than
+    max_size = IP_VS_LBLC_TAB_SIZE * 16 = 16384 entries (atomic_read(&tbl->entries) >
+    tbl->max_size), so it stops at 16385; the server is still chosen and returned.  In
+    lblc a cached address whose server is replaced loses its entry first, then gets
+    none while the table is over the size."""
+    assert MAX_SIZE == 1024 * 16
+    for name in ("lblc", "lblcr"):
+        svc, _ = _svc(name, A=1, B=1)
+        for i in range(MAX_SIZE + 50):
+            assert svc.scheduler.schedule(svc, _pkt(_addr(i)), now=0.0) is not None
+        assert isinstance(
+            svc.scheduler, (LocalityBasedLeastConnection, LocalityBasedLeastConnectionReplication)
+        )
+        assert len(svc.scheduler.table.entries) == MAX_SIZE + 1
+        assert pack_addr(_addr(MAX_SIZE + 1)) not in svc.scheduler.table.entries
+    svc, _ = _svc("lblc", A=1, B=1)
+    for i in range(MAX_SIZE + 1):
+        svc.scheduler.schedule(svc, _pkt(_addr(i)), now=0.0)
+    table = _lblc(svc).table
+    first = table.entries[pack_addr(_addr(0))].dest
+    first.weight = 0  # its cached server is quiesced: wlc picks the other one
+    other = svc.scheduler.schedule(svc, _pkt(_addr(0)), now=1.0)
+    assert other is not first and other is not None
+    assert pack_addr(_addr(0)) in table.entries  # deleted (16384 left), then room again
+    assert table.entries[pack_addr(_addr(0))].dest is other
+
+
+def test_the_expiration_sysctls_reach_the_schedulers() -> None:
+    """sysctl_lblc_expiration / sysctl_lblcr_expiration (net.ipv4.vs.lblc_expiration,
+    lblcr_expiration, default 24 h): the full check drops entries unused that long."""
+    from director.core.engine import Director
+    from director.model.config import Config, DestConf
+
+    rs = (DestConf("198.18.0.2", 80, "droute"),)
+    d = Director()
+    web = ServiceConf("fwm", fwmark=1, scheduler="lblc", dests=rs)
+    d.configure(Config(services=(web, ServiceConf("fwm", fwmark=2, scheduler="lblcr", dests=rs))))
+    lblc, lblcr = (svc.scheduler for svc in d.services)
+    assert isinstance(lblc, LocalityBasedLeastConnection)
+    assert isinstance(lblcr, LocalityBasedLeastConnectionReplication)
+    assert (lblc.table.expiration, lblcr.table.expiration) == (86400.0, 86400.0)
+    d.sysctls = d.sysctls.updated({"lblc_expiration": "100", "lblcr_expiration": "200"})
+    assert (lblc.table.expiration, lblcr.table.expiration) == (100.0, 200.0)
+    d.configure(Config(services=(ServiceConf("fwm", fwmark=1, scheduler="lblcr", dests=rs),)))
+    (fresh,) = (svc.scheduler for svc in d.services)
+    assert isinstance(fresh, LocalityBasedLeastConnectionReplication)
+    assert fresh.table.expiration == 200.0  # a new scheduler reads the settings too
