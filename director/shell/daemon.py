@@ -3,8 +3,10 @@
 At start it installs the netfilter hooks, binds the NFQUEUE worker, loads the rules
 file and opens the control socket; then one loop serves packets, control requests and
 a one-second tick (defences, rates, metrics, systemd watchdog); the connection
-collector runs in slices between packets.  Signal handlers only set a
-flag; the loop acts on it.  On SIGTERM it removes the hooks and exits 0.
+collector runs in slices between packets.  Signal handlers only set a flag; the loop
+acts on it.  On SIGTERM it saves the connection table, removes the hooks (or, with
+``--on-stop keep``, leaves them holding traffic for the next start, as the shipped
+systemd unit does) and exits 0.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import selectors
 import signal
 import socket
 import sys
+import textwrap
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -107,45 +111,143 @@ class Settings:
 QUEUE_POLICIES = ("hold", "bypass")
 STOP_POLICIES = ("remove", "keep")
 CONNS_FILE = "conns.json"
+DEFAULT_CONFIG = Path("/etc/director/director.toml")
 
 
-def parse_settings(argv: list[str]) -> Settings:
-    parser = argparse.ArgumentParser(prog="directord", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="TOML file (default /etc/director/director.toml, if present)",
+# What each setting does, for --help; the TOML file takes the same names as keys.
+# Every field of Settings has one (tests/shell/test_settings.py checks it).
+SETTING_HELP: dict[str, tuple[str, str]] = {  # field: (metavar, help)
+    "control_socket": ("PATH", "the Unix socket dirctl talks to"),
+    "rules": ("PATH", "the rules file (ipvsadm-save lines), read at start, rewritten on "
+              "every change"),
+    "state_dir": ("DIR", "where the connection table is saved at stop and read at start"),
+    "metrics_listen": ("HOST:PORT", "serve Prometheus /metrics there (off when empty)"),
+    "queue_num": ("N", "the NFQUEUE number of the hooks"),
+    "send_mark": ("MARK", "firewall mark of the packets the worker sends itself"),
+    "tcp_timeouts": ("STATE=SECONDS", "a TCP state's timeout beyond ipvsadm --set's "
+                     "(e.g. TIME_WAIT=5); repeatable"),
+    "sysctl": ("", "IPVS's sysctls (no option: the TOML table, or dirctl sysctl)"),
+    "queue_policy": ("", "while no worker is bound (a restart): hold the services' "
+                     "packets (TCP sends them again) or bypass them to the host's stack"),
+    "on_stop": ("", "at SIGTERM, remove the hooks (the services stop) or keep them "
+                "holding traffic for the next start (a restart drops no connection)"),
+    "control_group": ("GROUP", "a group whose members may use the control socket too"),
+    "supervise": ("", "run under the supervisor process, which starts a daemon that "
+                  "died again (--no-supervise: not)"),
+    "conn_table_memory": ("MIB", "the most memory the connection table may take"),
+}  # fmt: skip
+
+
+def _shown(name: str, value: object) -> str:
+    """A default as the TOML file writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return hex(value) if name == "send_mark" else str(value)
+    return json.dumps(str(value))
+
+
+def _wrapped(words: Sequence[str]) -> list[str]:
+    return textwrap.wrap(", ".join(words), width=79, initial_indent=" " * 19,
+                         subsequent_indent=" " * 19)  # fmt: skip
+
+
+def _epilog() -> str:
+    defaults = Settings()
+    keys = [
+        f"  {f.name} = {_shown(f.name, getattr(defaults, f.name))}"
+        for f in fields(Settings)
+        if not isinstance(getattr(defaults, f.name), dict)
+    ]
+    return "\n".join(
+        [
+            f"The TOML file (--config; {DEFAULT_CONFIG} if present) takes every",
+            "setting as a key ('-' or '_' alike); the command line wins.  Keys, defaults:",
+            *keys,
+            "  [tcp_timeouts]   STATE = SECONDS, STATE one of",
+            *_wrapped(proto_tcp.STATE_NAMES),
+            "  [sysctl]         NAME = VALUE, IPVS's (dirctl sysctl shows them), NAME one of",
+            *_wrapped([f.name for f in fields(Sysctls)]),
+            "",
+            "directord --remove-hooks takes out the hooks a daemon stopped with",
+            "--on-stop keep left in place (systemd/director-hooks.service runs it).",
+        ]
     )
-    parser.add_argument("--control-socket", type=Path)
-    parser.add_argument("--rules", type=Path)
-    parser.add_argument("--state-dir", type=Path)
-    parser.add_argument("--metrics-listen", metavar="HOST:PORT")
-    parser.add_argument("--queue-num", type=int)
-    parser.add_argument("--send-mark", type=lambda s: int(s, 0))
-    parser.add_argument("--tcp-timeout", action="append", default=[], metavar="STATE=SECONDS")
-    parser.add_argument("--queue-policy", choices=QUEUE_POLICIES)
-    parser.add_argument("--on-stop", choices=STOP_POLICIES)
-    parser.add_argument("--control-group", metavar="GROUP")
-    parser.add_argument("--conn-table-memory", type=int, metavar="MIB")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="directord",
+        description="director's daemon: the NFQUEUE verdict worker and control socket\n"
+        "(IPVS in userspace).  Runs in the foreground until SIGTERM.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = Settings()
+
+    def option(name: str, **kwargs: Any) -> None:
+        metavar, text = SETTING_HELP[name]
+        default = getattr(defaults, name)
+        shown = f" (default {_shown(name, default)})" if default not in ("", {}) else ""
+        parser.add_argument(
+            "--" + name.replace("_", "-"), metavar=metavar or None, help=text + shown, **kwargs
+        )
+
+    parser.add_argument(
+        "--config", type=Path, default=None, metavar="PATH", help="the TOML settings file"
+    )
+    option("control_socket", type=Path)
+    option("rules", type=Path)
+    option("state_dir", type=Path)
+    option("metrics_listen")
+    option("queue_num", type=int)
+    option("send_mark", type=lambda s: int(s, 0))
+    parser.add_argument(
+        "--tcp-timeout",
+        action="append",
+        default=[],
+        metavar=SETTING_HELP["tcp_timeouts"][0],
+        help=SETTING_HELP["tcp_timeouts"][1],
+    )
+    option("queue_policy", choices=QUEUE_POLICIES)
+    option("on_stop", choices=STOP_POLICIES)
+    option("control_group")
+    option("conn_table_memory", type=int)
     parser.add_argument(
         "--no-supervise",
         dest="supervise",
         action="store_false",
         default=None,
-        help="run without the supervisor process (it restarts a daemon that died)",
+        help="run without the supervisor process (it starts a daemon that died again)",
     )
+    parser.add_argument(
+        "--remove-hooks",
+        action="store_true",
+        help="remove the hooks a daemon stopped with --on-stop keep left, and exit",
+    )
+    return parser
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    return parse_command(argv)[0]
+
+
+def parse_command(argv: list[str]) -> tuple[Settings, bool]:
+    """The settings, and whether ``--remove-hooks`` was asked instead of a daemon."""
+    parser = _parser()
     args = parser.parse_args(argv)
 
     settings = Settings()
-    config_path = args.config or Path("/etc/director/director.toml")
+    config_path = args.config or DEFAULT_CONFIG
     if args.config is not None or config_path.exists():
         try:
             data: dict[str, Any] = tomllib.loads(config_path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"config {config_path}: {err}") from err
         _merge(settings, {k.replace("-", "_"): v for k, v in data.items()}, str(config_path))
-    cli = {k: v for k, v in vars(args).items() if v is not None and k not in ("config",)}
+    cli = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("config", "remove_hooks")
+    }
     timeouts = cli.pop("tcp_timeout")
     _merge(settings, cli, "command line")
     for item in timeouts:
@@ -155,7 +257,7 @@ def parse_settings(argv: list[str]) -> Settings:
         if state.upper() not in proto_tcp.STATE_NAMES or seconds <= 0:
             raise ConfigError(f"bad TCP timeout {state}={seconds}")
     settings.check()
-    return settings
+    return settings, bool(args.remove_hooks)
 
 
 def _int(text: str, what: str) -> int:
@@ -456,13 +558,37 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        settings, removing = parse_command(sys.argv[1:] if argv is None else argv)
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
+    if removing:
+        return remove_hooks(settings)
     if not settings.supervise:
         return serve(settings)
     return supervise(lambda: serve(settings))
+
+
+def remove_hooks(settings: Settings) -> int:
+    """``directord --remove-hooks``: take out the hooks (jumps, chains, ipsets) that a
+    daemon stopped with ``--on-stop keep`` left holding the services' traffic; the last
+    step of ``systemctl stop`` (systemd/director-hooks.service).  Refused while a daemon
+    answers on the control socket: its services would stop under it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(settings.control_socket))
+        except OSError:
+            pass
+        else:
+            log.error("a directord answers on %s: stop it first", settings.control_socket)
+            return EXIT_SETUP
+    try:
+        Hooks(queue=settings.queue_num, mark=settings.send_mark).remove()
+    except OSError as err:
+        log.error("cannot remove the hooks: %s", err)
+        return EXIT_SETUP
+    log.info("netfilter hooks removed")
+    return EXIT_OK
 
 
 def serve(settings: Settings) -> int:

@@ -20,6 +20,43 @@ SEED_RULES_FILE = Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rule
 CURL_REFUSED = 7  # curl: "Failed to connect" (RST or ICMP unreachable)
 CURL_TIMEOUT = 28
 
+# A transfer that outlasts a restart (python3 -c): the server sends one file once, as
+# fast as TCP lets it go (argv: file, port); the client reads it at about 4 MB/s, so
+# 20 MB last some 5 s, says "started" after the first 2 MiB and prints the byte count
+# and SHA-256 at the end (argv: address, port).
+# Serves one file once, as fast as TCP lets it go.
+TRANSFER_SERVER = """
+import socket, sys
+data = open(sys.argv[1], "rb").read()
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", int(sys.argv[2])))
+srv.listen(1)
+print("listening", flush=True)
+conn, _ = srv.accept()
+conn.sendall(data)
+conn.close()
+"""
+
+# Reads at about 4 MB/s, so the transfer lasts some 5 s, and prints the SHA-256.
+TRANSFER_CLIENT = """
+import hashlib, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+digest, got, start = hashlib.sha256(), 0, time.monotonic()
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    digest.update(chunk)
+    if got < 2 << 20 <= got + len(chunk):
+        print("started", flush=True)
+    got += len(chunk)
+    ahead = got / 4e6 - (time.monotonic() - start)
+    if ahead > 0:
+        time.sleep(ahead)
+print(got, digest.hexdigest(), flush=True)
+"""
+
 
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``, oldest first (``pgrep -P``, read from

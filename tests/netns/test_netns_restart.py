@@ -12,46 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labtools import TRANSFER_CLIENT, TRANSFER_SERVER
 
 from director.lab import topology
 from director.lab.daemon import Daemon
 
 PORT = 8080
 SIZE = 20 << 20
-
-# Serves one file once, as fast as TCP lets it go.
-SERVER = """
-import socket, sys
-data = open(sys.argv[1], "rb").read()
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[2])))
-srv.listen(1)
-print("listening", flush=True)
-conn, _ = srv.accept()
-conn.sendall(data)
-conn.close()
-"""
-
-# Reads at about 4 MB/s, so the transfer lasts some 5 s; says "started" after the
-# first 2 MiB, and prints the byte count and SHA-256 at the end.
-CLIENT = """
-import hashlib, socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-digest, got, start = hashlib.sha256(), 0, time.monotonic()
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    digest.update(chunk)
-    if got < 2 << 20 <= got + len(chunk):
-        print("started", flush=True)
-    got += len(chunk)
-    ahead = got / 4e6 - (time.monotonic() - start)
-    if ahead > 0:
-        time.sleep(ahead)
-print(got, digest.hexdigest(), flush=True)
-"""
 
 
 @pytest.fixture(scope="module", params=["nat", "dr", "tun"])
@@ -78,12 +45,12 @@ def test_transfer_survives_a_restart(method_lab: topology.Lab, tmp_path: Path) -
     try:
         assert first.dirctl("restore", input=rules).returncode == 0
         server = subprocess.Popen(
-            lab.exec_argv(rs.netns, [sys.executable, "-c", SERVER, str(blob), str(PORT)]),
+            lab.exec_argv(rs.netns, [sys.executable, "-c", TRANSFER_SERVER, str(blob), str(PORT)]),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
         client = subprocess.Popen(
-            lab.exec_argv(lab.client, [sys.executable, "-c", CLIENT, lab.vip, str(PORT)]),
+            lab.exec_argv(lab.client, [sys.executable, "-c", TRANSFER_CLIENT, lab.vip, str(PORT)]),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert client.stdout is not None and client.stdout.readline() == "started\n"

@@ -3,12 +3,13 @@ wrong is a ConfigError (exit 2) before the daemon touches the host."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from director.model.config import ConfigError
-from director.shell.daemon import Settings, parse_settings
+from director.shell.daemon import Settings, _parser, parse_command, parse_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -59,3 +60,26 @@ def test_bad_settings_are_refused(tmp_path: Path, text: str) -> None:
 
 def test_settings_are_plain_data() -> None:
     assert Settings().conn_table_memory == 256
+
+
+def test_help_documents_every_option_and_every_toml_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    undocumented = [a.option_strings for a in _parser()._actions if not a.help]
+    assert undocumented == []
+    for f in fields(Settings):
+        assert f"\n  {f.name} = " in text or f"[{f.name}]" in text, f.name
+    for name in ("TIME_WAIT", "SYN_RECV", "expire_nodest_conn", "am_droprate"):
+        assert name in text
+    assert "--remove-hooks" in text
+
+
+def test_remove_hooks_is_a_command_not_a_setting(tmp_path: Path) -> None:
+    assert parse_command(["--config", str(write(tmp_path, "")), "--remove-hooks"])[1] is True
+    assert parse_command(["--config", str(write(tmp_path, ""))])[1] is False
+    with pytest.raises(ConfigError, match="remove_hooks"):
+        parse_settings(["--config", str(write(tmp_path, "remove_hooks = true\n"))])
