@@ -16,6 +16,7 @@ with ``app.add_typer(...)`` at the bottom of this module (see "Sub-apps").
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -535,9 +536,22 @@ def _fail(status: int, message: str) -> int:
     return status
 
 
+def _negatives_as_arguments(argv: list[str]) -> list[str]:
+    """``set-timeout -5 0 0``: its arguments are numbers, which click would take for
+    options when negative (``No such option: -5``).  Passed after ``--``, they reach the
+    timeout check, which says what is wrong with them."""
+    if "set-timeout" not in argv:
+        return argv
+    at = argv.index("set-timeout") + 1
+    rest = argv[at:]
+    if "--" in rest or not any(re.fullmatch(r"-\d+", word) for word in rest):
+        return argv
+    return [*argv[:at], "--", *rest]
+
+
 def run(argv: Sequence[str]) -> int:
     """Run dirctl on ``argv`` (without the program name) and return its exit status."""
-    args = _hoist_socket(expand_bare_options(argv))
+    args = _negatives_as_arguments(_hoist_socket(expand_bare_options(argv)))
     try:
         result = app(args, prog_name="dirctl", standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors

@@ -276,9 +276,11 @@ def build_op(command: str, raw: RawArgs) -> Op:
         if len(raw.timeouts) != 3:
             raise ConfigError("--set option requires 3 timeout values")
         tcp, tcpfin, udp = (
-            parse_number(t, 0, MAX_TIMEOUT, f"invalid timeout value `{t}' specified")
+            parse_number(t, 0, MAX_TIMEOUT, f"invalid timeout value `{t}' specified: "
+                         f"a non-negative number of seconds, at most {MAX_TIMEOUT} "
+                         "(0 keeps the current one)")
             for t in raw.timeouts
-        )
+        )  # fmt: skip
         return SetTimeout(tcp=tcp, tcpfin=tcpfin, udp=udp)
     assert raw.service is not None
     key = parse_service_key(*raw.service)

@@ -108,7 +108,8 @@ class Daemon:
                 return
             self.notifications.extend(data.decode(errors="replace").split("\n"))
 
-    def _socket_answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether a daemon accepts connections on the control socket."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(str(self.socket_path))
@@ -129,7 +130,7 @@ class Daemon:
                 raise DaemonError(f"directord not ready in {timeout:.0f} s:\n{self.log()}")
             # A daemon that answers but never says READY is still usable here; the
             # integration tests check READY separately.
-            if answered_at is None and self._socket_answers():
+            if answered_at is None and self.answers():
                 answered_at = now
             if answered_at is not None and now - answered_at > 2.0:
                 return

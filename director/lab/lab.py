@@ -10,18 +10,20 @@ of the NAT one (see ``topology``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from director.lab import topology
-from director.lab.daemon import Daemon, DaemonError
+from director.lab.daemon import Daemon, DaemonError, venv_program
 from director.model.config import ConfigError
 
 lab_app = typer.Typer(
@@ -42,6 +44,7 @@ RUN_DIR = Path("/run/director-lab")
 METRICS_LISTEN = "127.0.0.1:9108"  # the director namespace's own loopback
 
 NameOpt = Annotated[str, typer.Option("--name", help="namespace-name prefix of the lab")]
+DEFAULT_NAME = "dlab"
 
 
 def _say(text: str) -> None:
@@ -63,40 +66,110 @@ def _require_root() -> None:
         raise typer.Exit(1)
 
 
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A lab command that fails says what failed, with the failing command's stderr
+    (CommandFailed, a backend's or the daemon's own output), and exits 1."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, ConfigError):
+        raise
+    except Exception as err:  # CommandFailed, DaemonError, pyroute2's NetlinkError, ...
+        typer.secho(f"lab: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _named(name: str) -> str:
+    return "" if name == DEFAULT_NAME else f" --name {name}"
+
+
+def _kind_file(name: str) -> Path:
+    return RUN_DIR / name / "kind"
+
+
+def _rules_for(lab: topology.Lab) -> str:
+    """The rules a lab's daemon starts with: SPEC §4's example (rules/seed-nat.rules)
+    in the NAT lab, one service on port 80 over every real server in the others."""
+    if lab.kind == "nat":
+        return REPO_RULES.read_text() if REPO_RULES.exists() else SEED_RULES
+    return lab.rules()
+
+
 @lab_app.command()
 def up(
-    name: NameOpt = "dlab",
-    daemon: Annotated[bool, typer.Option(help="also start directord in the director")] = False,
+    name: NameOpt = DEFAULT_NAME,
+    daemon: Annotated[
+        bool,
+        typer.Option(
+            help="also start directord in the director, with the lab's rules restored "
+            "(on a lab that is up already: start only the daemon)"
+        ),
+    ] = False,
     kind: Annotated[str, typer.Option(help="nat, dr, tun or mixed real servers")] = "nat",
 ) -> None:
     """Build the lab and leave it running: backends answer on 80, 8000 and 21."""
     _require_root()
     if kind not in topology.KINDS:
         raise ConfigError(f"--kind {kind!r}: one of {', '.join(topology.KINDS)}")
-    if topology.namespace_exists(f"{name}-director"):
-        typer.secho(f"lab {name} exists: `lab down --name {name}` first", err=True)
-        raise typer.Exit(1)
-    lab = topology.build(name, kind)
-    try:
-        topology.start_backends(lab, detach=True)
-        if daemon:
-            d = Daemon(lab, RUN_DIR / name)
-            d.start()
-            typer.echo(f"directord pid {d.pid}; control socket {d.socket_path}")
-    except BaseException:
-        topology.teardown(lab)
-        raise
-    typer.echo(f"lab {name} is up: namespaces {', '.join(lab.namespaces)}")
-    typer.echo(f"try: ip netns exec {lab.client} curl http://{lab.vip}/")
-    if kind != "nat":
-        typer.echo(f"rules for this lab (dirctl restore):\n{lab.rules()}", nl=False)
+    with _reported():
+        if topology.namespace_exists(f"{name}-director"):
+            built = _kind_file(name).read_text().strip() if _kind_file(name).exists() else kind
+            if not daemon or built != kind:
+                hint = (
+                    "" if daemon else f", or add its daemon: `dirctl lab up{_named(name)} --daemon`"
+                )
+                typer.secho(
+                    f"lab {name} ({built}) exists: `dirctl lab down{_named(name)}` first{hint}",
+                    err=True,
+                )
+                raise typer.Exit(1)
+            lab = topology.Lab.named(name, kind)
+            _start_daemon(lab, name)
+            return
+        lab = topology.build(name, kind)
+        try:
+            topology.start_backends(lab, detach=True)
+            _kind_file(name).parent.mkdir(parents=True, exist_ok=True)
+            _kind_file(name).write_text(kind + "\n")
+            typer.echo(f"lab {name} is up: namespaces {', '.join(lab.namespaces)}")
+            if daemon:
+                _start_daemon(lab, name)
+            else:
+                rs = lab.real_servers[0]
+                typer.echo("no directord yet; the real servers answer directly:")
+                typer.echo(f"  ip netns exec {lab.client} curl http://{rs.addr}/")
+                typer.echo(f"`dirctl lab up{_named(name)} --daemon` adds directord with:")
+                typer.echo(_rules_for(lab), nl=False)
+        except BaseException:
+            topology.teardown(lab)
+            shutil.rmtree(RUN_DIR / name, ignore_errors=True)
+            raise
+
+
+def _start_daemon(lab: topology.Lab, name: str) -> None:
+    """Start directord in the lab (unless one answers already) with the lab's rules."""
+    d = Daemon(lab, RUN_DIR / name)
+    dirctl = f"ip netns exec {lab.director} {venv_program('dirctl')} --socket {d.socket_path}"
+    if d.answers():
+        typer.echo(f"directord answers on {d.socket_path} already")
+    else:
+        fresh = not d.rules_path.exists()
+        d.start()
+        typer.echo(f"directord pid {d.pid} in {lab.director}; log {d.log_path}")
+        if fresh:
+            done = d.dirctl("restore", input=_rules_for(lab))
+            if done.returncode:
+                raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
+    typer.echo(d.dirctl("list", "-n").stdout.rstrip())
+    typer.echo(f"try:\n  ip netns exec {lab.client} curl http://{lab.vip}/\n  {dirctl} list -n")
 
 
 @lab_app.command()
-def down(name: NameOpt = "dlab") -> None:
+def down(name: NameOpt = DEFAULT_NAME) -> None:
     """Stop what runs in the lab and remove its namespaces."""
     _require_root()
-    topology.teardown(topology.Lab.named(name))
+    with _reported():
+        topology.teardown(topology.Lab.named(name))
     shutil.rmtree(RUN_DIR / name, ignore_errors=True)
     typer.echo(f"lab {name} removed")
 
@@ -158,11 +231,12 @@ def demo(
     _require_root()
     if method not in (*DEMO_METHODS, "all"):
         raise ConfigError(f"--method {method!r}: one of {', '.join(DEMO_METHODS)} or all")
-    for kind in DEMO_METHODS if method == "all" else (method,):
-        if kind == "nat":
-            _demo_nat(requests, rules)
-        else:
-            _demo_method(kind, requests)
+    with _reported():
+        for kind in DEMO_METHODS if method == "all" else (method,):
+            if kind == "nat":
+                _demo_nat(requests, rules)
+            else:
+                _demo_method(kind, requests)
 
 
 def _demo_nat(requests: int, rules: Path | None) -> None:

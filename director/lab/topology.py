@@ -39,6 +39,7 @@ import contextlib
 import ctypes
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -144,14 +145,22 @@ class Lab:
     def run(
         self, ns: str, argv: Sequence[str], *, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command in a namespace and capture its output as text."""
-        return subprocess.run(
-            self.exec_argv(ns, argv),
-            check=check,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        """Run a command in a namespace and capture its output as text; with ``check``,
+        a failure raises CommandFailed, whose message ends with the command's stderr."""
+        argv = self.exec_argv(ns, argv)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode:
+            raise CommandFailed(done.returncode, argv, done.stdout, done.stderr)
+        return done
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A lab command failed: the message says which, its exit status and its stderr."""
+
+    def __str__(self) -> str:
+        err = self.stderr.strip() if isinstance(self.stderr, str) else ""
+        said = f": {err}" if err else " (nothing on stderr)"
+        return f"`{shlex.join(self.cmd)}` failed with exit status {self.returncode}{said}"
 
 
 CLONE_NEWNET = 0x40000000

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from director.lab import topology
+from director.lab.daemon import venv_program
 
 
 def _namespaces() -> set[str]:
@@ -85,3 +86,48 @@ def test_building_a_lab_runs_no_sysctl_program(monkeypatch: pytest.MonkeyPatch) 
     procps = {"sysctl", "pgrep", "pkill", "ps", "kill", "pidof"}
     assert started, "the build started no command at all: the recording is broken"
     assert not [argv for argv in started if procps & {a.rsplit("/", 1)[-1] for a in argv}]
+
+
+def test_a_failing_lab_command_says_what_it_wrote_to_stderr(lab: topology.Lab) -> None:
+    with pytest.raises(topology.CommandFailed) as failed:
+        lab.run(lab.client, ["ls", "/nonexistent-dir"])
+    message = str(failed.value)
+    assert message.startswith("`ip netns exec")
+    assert "ls /nonexistent-dir` failed with exit status 2" in message
+    assert "No such file or directory" in message
+
+
+def test_readme_lab_commands_work_in_order(tmp_path: Path) -> None:
+    """README's lab section, command by command: `lab up`, a real server straight,
+    `lab up --daemon` on the lab that is up, the VIP through the director, `list -n`
+    with the socket the README names, `lab down`."""
+    name = topology.new_prefix("dreadme")
+    dirctl = venv_program("dirctl")
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    try:
+        up = run(dirctl, "lab", "up", "--name", name)
+        assert up.returncode == 0, up.stderr
+        assert run("ip", "netns", "exec", f"{name}-client", "curl", "-sS", "-m", "3",
+                   "http://198.18.0.2/").stdout == "rs1 198.18.0.2:80\n"  # fmt: skip
+        again = run(dirctl, "lab", "up", "--name", name)
+        assert again.returncode == 1 and "--daemon" in again.stderr
+        daemon = run(dirctl, "lab", "up", "--name", name, "--daemon")
+        assert daemon.returncode == 0, daemon.stderr + daemon.stdout
+        answers = {
+            run("ip", "netns", "exec", f"{name}-client", "curl", "-sS", "-m", "3",
+                "http://203.0.113.5/").stdout.split(" ")[0]
+            for _ in range(4)
+        }  # fmt: skip
+        assert answers == {"rs1", "rs2"}
+        socket = f"/run/director-lab/{name}/control.sock"
+        listed = run("ip", "netns", "exec", f"{name}-director", dirctl, "--socket", socket,
+                     "list", "-n")  # fmt: skip
+        assert listed.returncode == 0 and "TCP  203.0.113.5:80 rr" in listed.stdout, listed
+        assert run(dirctl, "lab", "up", "--name", name, "--daemon").returncode == 0  # no-op
+    finally:
+        down = run(dirctl, "lab", "down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in _namespaces() if n.startswith(name)]
