@@ -87,10 +87,26 @@ class Director:
 
     def configure(self, config: Config) -> None:
         """Make the live tables follow a validated configuration."""
+        retired = len(self.services.trash)
         self.services.apply(config)
         self._tune()
+        if self.sysctls.expire_nodest_conn and len(self.services.trash) > retired:
+            self._expire_nodest_conns()
         self.tcp.set_timeouts(config.timeouts.tcp, config.timeouts.tcpfin)
         self.udp.set_timeout(config.timeouts.udp)
+
+    def _expire_nodest_conns(self) -> None:
+        """ip_vs_expire_nodest_conn_flush, queued by __ip_vs_del_dest when
+        expire_nodest_conn is set: every entry of a removed real server that controls
+        nothing goes at once, and so does its template once that controls nothing."""
+        for conn in [*self.conns.in_tab.values(), *self.conns.templates.values()]:
+            if conn.dest.available or conn.n_control or not self.conns.is_hashed(conn):
+                continue
+            control = conn.control
+            self.conns.remove(conn)
+            if control is not None and not control.n_control:
+                self.conns.remove(control)
+        self.services.collect_trash()
 
     def expire(self, now: float, budget: int | None = None) -> int:
         """The connection collector: remove what timed out, return how many.  With a

@@ -201,6 +201,31 @@ def test_removed_server_drops_silently_unless_expire_nodest_conn():
     assert not d.services.trash[0].conns
 
 
+def test_removing_a_server_with_expire_nodest_conn_flushes_its_entries():
+    """ip_vs_ctl.c __ip_vs_del_dest queues ip_vs_expire_nodest_conn_flush
+    (ip_vs_conn.c) when expire_nodest_conn is set: the removed server's connections,
+    and then the templates that control nothing any more, go at once, not at their
+    next packet; other servers' entries stay.  Without the sysctl they stay until they
+    expire (their packets are dropped)."""
+    conf = ServiceConf("tcp", VIP, 80, scheduler="rr", persistent=300,
+                       dests=nat((RS1, 80), (RS2, 80)))  # fmt: skip
+    for flush in (False, True):
+        d = make(conf)
+        d.sysctls.expire_nodest_conn = flush
+        for client, port in (("203.0.113.10", 40000), ("203.0.113.11", 40001)):
+            d.hook_in(tcp(client, VIP, port, 80, SYN), 0.0)
+            d.hook_in(tcp(client, VIP, port, 80, ACK), 0.1)
+        gone = next(c for c in d.conns if c.cport == 40000).dest
+        rest = tuple(x for x in conf.dests if pack_addr(x.addr) != gone.addr)
+        d.configure(Config(services=(ServiceConf("tcp", VIP, 80, scheduler="rr",
+                                                 persistent=300, dests=rest),)))  # fmt: skip
+        ports = sorted(c.cport for c in d.conns)
+        assert ports == ([40001] if flush else [40000, 40001])
+        assert len(d.conns.templates) == (1 if flush else 2)
+        assert (gone.activeconns, gone.persistconns) == ((0, 0) if flush else (1, 1))
+        assert (not d.services.trash) is flush
+
+
 def test_readded_server_is_revived_with_its_counters():
     conf = ServiceConf("tcp", VIP, 80, scheduler="rr", dests=nat((RS1, 80)))
     d = make(conf)
