@@ -59,6 +59,8 @@ PAGE = 4096
 # however many entries are due at once.
 COLLECT_SLICE = 1000
 
+EXPIRE_LATER = 60  # seconds: ip_vs_conn_expire's "cp->timeout = 60*HZ"
+
 # A template's states (IP_VS_CTPL_S_*): ASSURED once a connection it controls was
 # established (TCP) or answered (UDP); drop_entry spares assured templates.
 CTPL_ASSURED = 1
@@ -253,8 +255,10 @@ class ConnTable:
                 continue  # already removed
             if conn.expires <= now and conn.n_control:
                 # A template outlives what it controls: its timer, fired, is set
-                # again for another period (ip_vs_conn_expire's expire_later).
-                conn.expires += max(conn.timeout, 1)
+                # again, and its timeout becomes 60 s for good, so later connections
+                # through it restart it for 60 s (ip_vs_conn_expire's expire_later).
+                conn.timeout = EXPIRE_LATER
+                conn.expires += EXPIRE_LATER
             if conn.expires > now or conn.n_control:
                 self._file(conn, int(conn.expires))
             else:

@@ -62,6 +62,21 @@ def test_a_template_outlives_the_connections_it_controls():
     assert not d.conns.templates
 
 
+def test_a_deferred_template_is_put_off_by_60_s_from_then_on():
+    """ip_vs_conn.c ip_vs_conn_expire, expire_later: a template whose timer fires while
+    it still controls connections gets ``cp->timeout = 60*HZ`` and is restarted with
+    it; ip_vs_core.c ip_vs_sched_persist then restarts an existing template with that
+    timeout (ip_vs_conn_put(ct)), not the service's -p, for every later connection."""
+    d = make(ServiceConf("udp", VIP, 53, scheduler="rr", persistent=10, dests=nat((RS1, 53))))
+    d.hook_in(udp(CLIENT, VIP, 5000, 53), 0.0)  # the connection lives 300 s (UDP)
+    (template,) = d.conns.templates.values()
+    assert (template.timeout, template.expires) == (10, 10.0)
+    d.expire(11.0)
+    assert (template.timeout, template.expires) == (60, 70.0)
+    d.hook_in(udp(CLIENT, VIP, 5001, 53), 15.0)  # another connection through it
+    assert template.expires == 75.0  # 15 + 60, not 15 + 10
+
+
 def test_template_expires_then_the_client_is_scheduled_afresh():
     d = make(
         ServiceConf("tcp", VIP, 80, scheduler="rr", persistent=5, dests=nat((RS1, 80), (RS2, 80)))
