@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from director.core.route import Frame, Route
-from director.core.xmit import DIRECT, DROP, Verdict, Xmit, register
-from director.core.xmit.mtu import too_big
+from director.core.xmit import DIRECT, Verdict, Xmit, register
+from director.core.xmit.mtu import out_route
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -25,13 +25,10 @@ class DirectRoute(Xmit):
     name = "droute"
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
-        route = conn.dest.route
-        if route is None:
-            return (DROP, "no_route")
-        return too_big(pkt, conn.dest.path_mtu(route)) or (
-            DIRECT,
-            Frame(pkt.buf, conn.daddr, route.ifindex),
-        )
+        route = out_route(conn, pkt)
+        if not isinstance(route, Route):
+            return route
+        return (DIRECT, Frame(pkt.buf, conn.daddr, route.ifindex))
 
     def unreachable(self, route: Route | None) -> str | None:
         """No route at all, or one through a gateway: DR hands the frame to the real

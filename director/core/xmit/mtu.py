@@ -8,9 +8,15 @@ fragments it on output.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from director.core.icmp import frag_needed
 from director.core.packet import Packet
-from director.core.xmit import SEND, Verdict
+from director.core.route import Route
+from director.core.xmit import DROP, SEND, Verdict
+
+if TYPE_CHECKING:
+    from director.core.conn import Conn
 
 _IP_DF = 0x40  # in the first byte of the fragment field
 
@@ -20,3 +26,14 @@ def too_big(pkt: Packet, mtu: int) -> Verdict | None:
     if pkt.length > mtu and pkt.buf[6] & _IP_DF:
         return (SEND, frag_needed(pkt.buf, mtu))
     return None
+
+
+def out_route(conn: Conn, pkt: Packet, overhead: int = 0) -> Route | Verdict:
+    """The prologue of the DR and TUN transmitters (__ip_vs_get_out_rt): the route
+    toward the real server, or the verdict when there is none (dropped as
+    ``no_route``) or the packet plus ``overhead`` bytes of encapsulation does not fit
+    its path MTU (ensure_mtu_is_adequate)."""
+    route = conn.dest.route
+    if route is None:
+        return (DROP, "no_route")
+    return too_big(pkt, conn.dest.path_mtu(route) - overhead) or route

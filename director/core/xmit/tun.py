@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from director.core.checksum import internet_checksum
 from director.core.route import Route
 from director.core.xmit import DROP, SEND, Verdict, Xmit, register
-from director.core.xmit.mtu import too_big
+from director.core.xmit.mtu import out_route
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -52,14 +52,11 @@ class Tunnel(Xmit):
     name = "tunnel"
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
-        route = conn.dest.route
-        if route is None:
-            return (DROP, "no_route")
-        if pkt.length + TUNNEL_HLEN > MAX_IP_LEN:
+        route = out_route(conn, pkt, TUNNEL_HLEN)
+        if not isinstance(route, Route):
+            return route
+        if pkt.length + TUNNEL_HLEN > MAX_IP_LEN:  # no DF, and no room left for the header
             return (DROP, "too_big_to_encapsulate")
-        refused = too_big(pkt, conn.dest.path_mtu(route) - TUNNEL_HLEN)
-        if refused is not None:
-            return refused
         return (SEND, encapsulate(pkt.buf, route.source, conn.daddr))
 
     def unreachable(self, route: Route | None) -> str | None:
