@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from director.core.fragment import fragment
 from director.core.route import Frame, Route
 from director.core.service import Dest, unpack_addr
 from director.core.xmit.dr import ethernet_frame
@@ -104,7 +105,7 @@ class Neighbours:
         self.monitor.bind((0, RTMGRP_NEIGH | RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
         self.monitor.setblocking(False)
         self.macs: dict[tuple[int, bytes], bytes] = {}
-        self.links: dict[int, tuple[str, bytes]] = {}
+        self.links: dict[int, tuple[str, bytes, int]] = {}  # index -> name, MAC, MTU
         self.pending: dict[tuple[int, bytes], list[tuple[float, bytes]]] = {}
         self.routes_changed = False
         for msg in self.ipr.neigh("dump"):
@@ -193,7 +194,8 @@ class Neighbours:
             return
         name = msg.get_attr("IFLA_IFNAME")  # type: ignore[attr-defined]
         address = msg.get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"  # type: ignore[attr-defined]
-        self.links[index] = (name, bytes.fromhex(address.replace(":", "")))
+        mtu = int(msg.get_attr("IFLA_MTU") or 1500)  # type: ignore[attr-defined]
+        self.links[index] = (name, bytes.fromhex(address.replace(":", "")), mtu)
 
     def _resolve(self, frame: Frame) -> None:
         try:
@@ -213,8 +215,15 @@ class Neighbours:
         if link is None:
             self.errors["no_interface"] += 1
             return
-        name, own = link
-        try:
-            self.packet.sendto(ethernet_frame(mac, own, packet), (name, ETH_P_IP))
-        except OSError:
-            self.errors["send_frame_error"] += 1
+        name, own, mtu = link
+        # A packet larger than the link (a datagram reassembled before LOCAL_IN) goes
+        # as fragments, as ip_output would send it; DF ones the core answered before.
+        pieces = [packet] if len(packet) <= mtu else fragment(packet, mtu)
+        if not pieces:
+            self.errors["frame_too_big"] += 1
+        for piece in pieces:
+            try:
+                self.packet.sendto(ethernet_frame(mac, own, piece), (name, ETH_P_IP))
+            except OSError:
+                self.errors["send_frame_error"] += 1
+                return

@@ -3,7 +3,8 @@
 One packet: copy the payload, hand it to the core with the time, carry out the verdict.
 ACCEPT reinjects the packet (with its rewritten bytes if any); SEND drops the queued
 original and sends the rewritten packet from a raw socket, routed by its new
-destination, marked so the director's own OUTPUT rules leave it alone; DIRECT drops the
+destination, marked so the director's own OUTPUT rules leave it alone (in fragments
+when it is larger than the way out and may be fragmented); DIRECT drops the
 original and hands the unchanged packet to the real server's MAC (VS/DR); DROP drops.
 An exception on one packet is counted and that packet dropped; the worker goes on.
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from netfilterqueue import NetfilterQueue, Packet
 
 from director.core.engine import Director
+from director.core.fragment import fragment
 from director.core.route import Frame
 from director.core.xmit import ACCEPT, DIRECT, SEND
 from director.shell.netlink import Neighbours
@@ -61,6 +63,11 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
 _CONFIG_SEQ = 0x6A756D62  # ours, to tell the kernel's answer from packets
 CONFIG_TIMEOUT = 2.0
 
+IP_RECVERR = 11  # linux/in.h
+MSG_ERRQUEUE = 0x2000
+# struct sock_extended_err (linux/errqueue.h): errno, origin, type, code, pad, info, data
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+
 
 class Worker:
     def __init__(
@@ -81,6 +88,7 @@ class Worker:
         self._batch: _Batch | None = None
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        self.raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # to learn the MTU it refuses
 
     def bind(self) -> None:
         self.nfq.bind(self.queue, self.handle, max_len=QUEUE_MAXLEN, sock_len=SOCK_RCVBUF)
@@ -154,10 +162,40 @@ class Worker:
             packet.drop()
 
     def _send(self, data: bytearray) -> None:
+        """Send a rewritten packet; one larger than the way out (a datagram the kernel
+        reassembled before LOCAL_IN) goes as fragments, as the kernel's output path
+        would send it (a raw socket with the header included never fragments)."""
+        destination = (socket.inet_ntoa(data[16:20]), 0)
         try:
-            self.raw.sendto(data, (socket.inet_ntoa(data[16:20]), 0))
+            self.raw.sendto(data, destination)
+            return
         except OSError as err:
-            self.errors[f"send_{err.errno}"] += 1
+            failed = err
+        pieces = fragment(data, self._reported_mtu()) if failed.errno == errno.EMSGSIZE else []
+        if not pieces:
+            self.errors[f"send_{failed.errno}"] += 1
+            return
+        for piece in pieces:
+            try:
+                self.raw.sendto(piece, destination)
+            except OSError as err:
+                self.errors[f"send_{err.errno}"] += 1
+                return
+
+    def _reported_mtu(self) -> int:
+        """The MTU the kernel refused a packet for (raw_send_hdrinc queues it on the
+        socket's error queue with IP_RECVERR: ee_info of a sock_extended_err), or 0."""
+        mtu = 0
+        while True:
+            try:
+                _, ancillary, _, _ = self.raw.recvmsg(0, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:  # the queue is empty
+                return mtu
+            for level, kind, data in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_RECVERR and len(data) >= 16:
+                    ee_errno, _, _, _, _, ee_info, _ = _EXTENDED_ERR.unpack_from(data)
+                    if ee_errno == errno.EMSGSIZE:
+                        mtu = ee_info
 
 
 def config_message(queue: int, copy_range: int) -> bytes:

@@ -1,7 +1,7 @@
 """Jumbo frames through the director (issue 10): packets larger than the 4 KB that
 NetfilterQueue copies by default pass whole.
 
-The NAT lab with every link at MTU 9000 (client, director, bridge, real servers): TCP
+The NAT and DR labs with every link at MTU 9000 (client, director, bridge, servers): TCP
 then uses an MSS of 8960 less options, and a UDP datagram of 8,972 bytes fits one
 9,000-byte packet.  Both go through NAT in both directions (requests rewritten and sent
 by the worker, replies rewritten and reinjected) and must arrive byte for byte.  Before
@@ -30,10 +30,10 @@ SIZE = 4 << 20
 OLD_LIMIT = 4096  # NetfilterQueue's message size: no packet above it passed before
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[topology.Lab]:
-    """The NAT lab at MTU 9000 on every link (overrides conftest's lab)."""
-    built = topology.build(kind="nat")
+@pytest.fixture(scope="module", params=["nat", "dr"])
+def lab(request: pytest.FixtureRequest) -> Iterator[topology.Lab]:
+    """The NAT and the DR lab at MTU 9000 on every link (overrides conftest's lab)."""
+    built = topology.build(kind=request.param)
     try:
         links = [(built.client, "eth0"), (built.director, "ext0")]
         links += [(built.director, rs.name) for rs in built.real_servers]
@@ -61,6 +61,7 @@ def _curl(lab: topology.Lab, *args: str) -> subprocess.CompletedProcess[str]:
     return lab.run(lab.client, argv, check=False, timeout=40)
 
 
+@pytest.mark.parametrize("lab", ["nat"], indirect=True)
 def test_tcp_at_mss_8960_through_nat_byte_exact_both_ways(daemon: Daemon, tmp_path: Path) -> None:
     lab = daemon.lab
     rs1 = lab.real_servers[0]
@@ -86,29 +87,58 @@ def test_tcp_at_mss_8960_through_nat_byte_exact_both_ways(daemon: Daemon, tmp_pa
         assert outbytes / outpkts > OLD_LIMIT, (outpkts, outbytes)  # and came back out
 
 
-def test_a_9000_byte_udp_datagram_through_nat_and_back_byte_exact(daemon: Daemon) -> None:
-    lab = daemon.lab
+def _echo(d: Daemon, size: int, *flags: str, digest: bool = False) -> dict[str, object]:
+    """One datagram of ``size`` bytes to VIP:UDP_PORT (rs1's echo, by the lab's
+    method) and back (with ``digest``, its SHA-256 and length come back instead)."""
+    lab = d.lab
     rs1 = lab.real_servers[0]
-    rules = f"-A -u {VIP}:{UDP_PORT} -s rr\n-a -u {VIP}:{UDP_PORT} -r {rs1.addr}:{UDP_PORT} -m\n"
-    assert daemon.dirctl("restore", input=rules).returncode == 0
+    flag = topology.IPVSADM_FLAG[rs1.method]
+    rules = (
+        f"-A -u {VIP}:{UDP_PORT} -s rr\n-a -u {VIP}:{UDP_PORT} -r {rs1.addr}:{UDP_PORT} {flag}\n"
+    )
+    assert d.dirctl("restore", input=rules).returncode == 0
+    bind = VIP if rs1.method == "dr" else rs1.addr  # a DR server answers from the VIP
+    serve = ["serve", "--bind", bind, "--port", str(UDP_PORT), "--seconds", "30", *flags]
+    if digest:
+        serve.append("--digest")
     echo = subprocess.Popen(
-        lab.exec_argv(
-            rs1.netns,
-            helper_argv("udpecho.py", "serve", "--port", str(UDP_PORT), "--seconds", "30"),
-        ),
+        lab.exec_argv(rs1.netns, helper_argv("udpecho.py", *serve)),
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert echo.stderr is not None and echo.stderr.readline().strip() == "ready"
-        size = MTU - 28  # IPv4 and UDP headers: one 9,000-byte packet each way
-        asked = lab.run(lab.client, helper_argv("udpecho.py", "ask", "--to", VIP, "--port",
-                                                 str(UDP_PORT), "--size", str(size)))  # fmt: skip
-        answer = json.loads(asked.stdout)
-        assert answer == {"sent": size, "got": size, "same": True, "from": VIP}, (
-            answer,
-            daemon.log(),
+        ask = ["ask", "--to", VIP, "--port", str(UDP_PORT), "--size", str(size), *flags]
+        answer: dict[str, object] = json.loads(
+            lab.run(lab.client, helper_argv("udpecho.py", *ask)).stdout
         )
+        return answer
     finally:
         echo.kill()
         echo.wait()
+
+
+def test_a_9000_byte_udp_datagram_there_and_back_byte_exact(daemon: Daemon) -> None:
+    """NAT: rewritten and sent by the worker, the answer rewritten in FORWARD; DR: the
+    frame handed to the real server's MAC, the answer straight back from the VIP."""
+    size = MTU - 28  # IPv4 and UDP headers: one 9,000-byte packet each way, DF set
+    answer = _echo(daemon, size)
+    assert answer["same"] and answer["from"] == VIP, (answer, daemon.log())
+
+
+# 65,503 + 28 = 65,531 bytes, the most NFQUEUE copies (NFQNL_MAX_COPY_RANGE, 0xFFFF less
+# the attribute header): the largest datagram that can pass a userspace director.
+@pytest.mark.parametrize("size", [30000, 65503])
+def test_a_datagram_larger_than_the_mtu_reaches_the_real_server_whole(
+    daemon: Daemon, size: int
+) -> None:
+    """Without DF the client sends fragments; the director's kernel reassembles them
+    before LOCAL_IN, so the worker gets the whole datagram (up to 65,531 bytes), and
+    what it sends to the real server must be fragmented again, as the kernel's output
+    path fragments what IPVS forwards (ip_finish_output -> ip_fragment): a raw socket
+    with the header included refuses anything above the MTU (raw_send_hdrinc,
+    EMSGSIZE), and a packet socket refuses a frame above the link's MTU (DR).  The
+    real server answers the SHA-256 and length it reassembled.
+    (A fragmented answer would need IPVS's ip_vs_gather_frags in FORWARD: not here.)"""
+    answer = _echo(daemon, size, "--fragments", digest=True)
+    assert answer["digest_same"] and answer["from"] == VIP, (answer, daemon.log())

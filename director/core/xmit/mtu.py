@@ -2,8 +2,8 @@
 
 A packet with DF set that does not fit the way to its real server is answered with
 ICMP fragmentation needed carrying the MTU that fits; the client's stack lowers its
-path MTU and sends again (RFC 1191).  Without DF the packet goes on and the kernel
-fragments it on output.
+path MTU and sends again (RFC 1191).  Without DF the packet goes on and is fragmented
+on output, as the kernel's ip_fragment would (the shells use director.core.fragment).
 """
 
 from __future__ import annotations
