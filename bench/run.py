@@ -1,5 +1,5 @@
-"""Benchmark: requests/s through director NAT, DR and TUN, HAProxy, nftables DNAT and
-no balancer.
+"""Benchmark: requests/s through director NAT, DR and TUN, HAProxy, nftables DNAT, the
+NFQUEUE accept-only ceiling and no balancer.
 
 Builds the labs of SPEC §3 in namespaces of its own (the NAT lab; the DR lab, same
 LAN and servers; the TUN lab, servers behind a router) and, in one run, measures from
@@ -8,20 +8,38 @@ the client to the VIP (or, for "direct", to rs1 itself):
 * new-connection rate: ``ab -n N -c C`` (no keep-alive: one TCP connection per request)
 * keep-alive rate:     ``ab -k -n N -c C``
 
-through
+for every answer size of ``--body-size`` (by default tiny answers, the server's name,
+and 16 KiB ones), through
 * director NAT: the real directord in the director namespace with the seed rules;
-* HAProxy in TCP mode with one thread (``nbthread 1``) bound on the VIP;
+* HAProxy in TCP mode with as many threads (``nbthread``) as director has workers;
 * kernel nftables DNAT, ``numgen inc mod 2`` over the same two servers;
+* the NFQUEUE accept-only ceiling: the same kernel DNAT, and every packet of the
+  service, both ways, queued to a minimal worker (``bench/nfq_accept.py``) that
+  accepts it unchanged: the ceiling of any design where every packet passes a
+  userspace worker (issue 11), which the report sets director NAT against;
 * direct: rs1:80 reached through the director's plain IP forwarding, no balancer;
 * director DR and director TUN: the same two-server service by ``-g`` and ``-i``, real
   servers prepared by ``dirctl realserver up`` (TUN: the userspace decapsulator).
   Replies bypass the director's NFQUEUE, so DR's keep-alive rate should be well above
   NAT's (issue 3's goal: 1.5x), which the report prints.
 
-It prints a table and director's ratio to each; it is a program that prints figures,
-never a test, and it does not fail because something is slow.  Every load is bounded
-(N requests, per-request and per-run timeouts) and the namespaces are removed at the
-end, whatever happens.  Run as root: ``make bench`` or ``.venv/bin/python bench/run.py``.
+The real servers are nginx (``--backend nginx``, the default where nginx is
+installed: one foreground nginx per real-server namespace, with a configuration file of
+its own in a temporary directory, stopped at the end; never the packaged service) or
+the lab's Python backends (``--backend python``).  For every balancer that runs as a
+process (directord with its supervisor and workers, HAProxy, the accept-only workers)
+the table also gives its CPU time per request: utime + stime from /proc/PID/stat of the
+process and its descendants, read before and after each kind of run.
+
+``--workers N`` runs directord with N workers where ``directord --help`` offers
+``--workers``, and HAProxy with ``nbthread N``; until directord has the option, N is 1.
+
+It prints a table per answer size and director's ratio to each case; it is a program
+that prints figures, never a test, and it does not fail because something is slow.
+Every load is bounded (N requests, per-request and per-run timeouts) and the
+namespaces are removed at the end, whatever happens.  Run as root: ``make bench`` or
+``.venv/bin/python bench/run.py``.  The connection table at scale is measured
+in-process by ``bench/table.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -41,7 +60,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from director.lab import topology
-from director.lab.daemon import Daemon
+from director.lab.daemon import Daemon, venv_program
 from director.lab.topology import Lab
 
 TARGETS = (("198.18.0.2", 80), ("198.18.0.3", 8000))  # as in the seed's port 80 service
@@ -51,22 +70,96 @@ SEED_80 = "".join(
         *(f"-a -t 203.0.113.5:80 -r {addr}:{port} -m -w 1\n" for addr, port in TARGETS),
     ]
 )
-
+NGINX_PORTS = (80, 8000)  # every port a case sends to (TARGETS, and the DR/TUN labs' 80)
+CEILING_QUEUE = 7  # the accept-only workers' first queue (directord is stopped by then)
+BODY_SIZES = (0, 16384)
 
 DR_GOAL = 1.5
+# Issue 11's goals on the 2-core lab with one worker, director NAT against HAProxy:
+# (answer size, "new" or "keepalive", lowest ratio).
+HAPROXY_GOALS = ((0, "keepalive", 0.6), (0, "new", 0.5), (16384, "keepalive", 0.5))
 
 
 @dataclass
 class Figure:
     case: str
+    body: int = 0  # bytes in each answer (0: the server's name only)
     new_rps: float | None = None
     keepalive_rps: float | None = None
+    # CPU time of the balancer's processes per request, in µs (None: no such process)
+    new_cpu_us: float | None = None
+    keepalive_cpu_us: float | None = None
     failed: int = 0
     note: str = ""
 
 
-def run_ab(lab: Lab, url: str, n: int, c: int, keepalive: bool, limit: float) -> tuple[float, int]:
-    """One bounded ab run from the client: (requests/s, failed + non-2xx + missing)."""
+@dataclass(frozen=True)
+class Target:
+    """Where a case's client sends, and the processes whose CPU time it costs."""
+
+    url: str
+    pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    workers: int = 1  # directord's workers, HAProxy's threads, accept-only workers
+    workers_flag: bool = False  # directord takes --workers
+    daemon_args: tuple[str, ...] = ()
+
+
+# -- CPU time of a process tree, from /proc -----------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, utime + stime + cutime + cstime in clock ticks) of every process."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # proc_pid_stat(5): the name is in parentheses and may hold anything; the
+        # fields after the last ")" start with field 3 (state).
+        fields = raw[raw.rindex(")") + 2 :].split()
+        ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        table[int(entry.name)] = (int(fields[1]), ticks)
+    return table
+
+
+def tree_cpu_seconds(roots: tuple[int, ...]) -> float:
+    """CPU seconds used so far by ``roots`` and all their descendants.  cutime and
+    cstime hold the children a member has reaped, so a worker that ended meanwhile
+    still counts, and nothing is counted twice."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    todo = [pid for pid in roots if pid in table]
+    ticks = 0
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        ticks += table[pid][1]
+        todo.extend(children.get(pid, ()))
+    return ticks / CLK_TCK
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+def run_ab(
+    lab: Lab, url: str, n: int, c: int, keepalive: bool, limit: float
+) -> tuple[float, int, int]:
+    """One bounded ab run from the client: (requests/s, failed + non-2xx + missing,
+    complete requests)."""
     argv = ["ab", "-q", "-r", "-s", "10", "-n", str(n), "-c", str(c)]
     if keepalive:
         argv.append("-k")
@@ -88,46 +181,183 @@ def run_ab(lab: Lab, url: str, n: int, c: int, keepalive: bool, limit: float) ->
             bad += sum(int(v) for k, v in counts.items() if k != "Length")
     if done.returncode and not complete:
         raise RuntimeError(f"ab failed: {(done.stderr or done.stdout).strip()[-300:]}")
-    return rps, bad + (n - complete)
+    return rps, bad + (n - complete), complete
 
 
-def measure(lab: Lab, figure: Figure, url: str, args: argparse.Namespace) -> None:
-    """The median of ``args.repeat`` runs of each kind, after a short warm-up."""
-    run_ab(lab, url, min(500, args.requests), args.concurrency, True, args.run_timeout)
+def measure(lab: Lab, figure: Figure, target: Target, args: argparse.Namespace) -> None:
+    """The median of ``args.repeat`` runs of each kind, after a short warm-up; the
+    balancer's CPU time over all runs of a kind, per request completed."""
+    run_ab(lab, target.url, min(500, args.requests), args.concurrency, True, args.run_timeout)
     for keepalive in (False, True):
         rates: list[float] = []
+        completed = 0
+        cpu_before = tree_cpu_seconds(target.pids)
         for _ in range(args.repeat):
             try:
-                rps, bad = run_ab(
-                    lab, url, args.requests, args.concurrency, keepalive, args.run_timeout
+                rps, bad, complete = run_ab(
+                    lab, target.url, args.requests, args.concurrency, keepalive, args.run_timeout
                 )
             except subprocess.TimeoutExpired:
                 kind = "-k" if keepalive else "new"
                 figure.note += f" {kind}: a run took over {args.run_timeout:.0f} s;"
                 continue
             figure.failed += bad
+            completed += complete
             rates.append(rps)
-        if rates:
-            median = statistics.median(rates)
-            if keepalive:
-                figure.keepalive_rps = median
-            else:
-                figure.new_rps = median
+        cpu = tree_cpu_seconds(target.pids) - cpu_before
+        cpu_us = cpu * 1e6 / completed if target.pids and completed else None
+        median = statistics.median(rates) if rates else None
+        if keepalive:
+            figure.keepalive_rps, figure.keepalive_cpu_us = median, cpu_us
+        else:
+            figure.new_rps, figure.new_cpu_us = median, cpu_us
+
+
+# -- the real servers ---------------------------------------------------------------------
+
+
+def body_of(name: str, port: int, pad: int) -> bytes:
+    """The answer of real server ``name`` on ``port``: its name, then dots up to ``pad``
+    bytes, as the lab's Python backend pads (director/lab/backend.py)."""
+    body = f"{name} port {port}\n".encode()
+    if len(body) < pad:
+        body += b"." * (pad - len(body) - 1) + b"\n"
+    return body
+
+
+def nginx_conf(root: Path, rs: topology.RealServerHost) -> str:
+    """A whole nginx configuration for one real server: foreground, its files under
+    ``root``, one worker (a real server here has a share of a 2-core box), listening
+    on every address (DR and TUN servers get the VIP on lo) on NGINX_PORTS."""
+    servers = "".join(
+        f"""
+    server {{
+        listen {port} backlog=4096;
+        root {root / str(port)};
+        location / {{ try_files /body =404; }}
+    }}"""
+        for port in NGINX_PORTS
+    )
+    temp = root / "temp"
+    return f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {root / "nginx.pid"};
+error_log {root / "error.log"} warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_body_temp_path {temp / "body"};
+    proxy_temp_path {temp / "proxy"};
+    fastcgi_temp_path {temp / "fastcgi"};
+    uwsgi_temp_path {temp / "uwsgi"};
+    scgi_temp_path {temp / "scgi"};{servers}
+}}
+"""
+
+
+def nginx_program() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
+    )
+
+
+def start_nginx(lab: Lab, work: Path, pad: int, timeout: float = 10.0) -> None:
+    """One foreground nginx per real-server namespace, each with its own configuration
+    under ``work`` (which nginx's unprivileged workers must be able to pass through;
+    its own files are made readable to them); put in ``lab.backends``,
+    which ``stop_backends`` and ``topology.teardown`` end."""
+    program = nginx_program()
+    if program is None:
+        raise RuntimeError("nginx is not installed: make deps-bench, or --backend python")
+    for rs in lab.real_servers:
+        root = work / f"nginx-{rs.name}"
+        for port in NGINX_PORTS:
+            (root / str(port)).mkdir(parents=True)
+            (root / str(port) / "body").write_bytes(body_of(rs.name, port, pad))
+        (root / "temp").mkdir()
+        conf = root / "nginx.conf"
+        conf.write_text(nginx_conf(root, rs))
+        for path in (root, *root.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        argv = [program, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
+        lab.backends.append(
+            subprocess.Popen(
+                lab.exec_argv(rs.netns, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    for rs, proc in zip(lab.real_servers, lab.backends, strict=True):
+        while not _listening(lab, rs.netns, NGINX_PORTS):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                log = work / f"nginx-{rs.name}" / "error.log"
+                if log.exists():
+                    err += log.read_text(errors="replace")
+                raise RuntimeError(f"nginx {rs.name} exited {proc.returncode}: {err.strip()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nginx {rs.name} did not listen on {list(NGINX_PORTS)}")
+            time.sleep(0.05)
+
+
+def _listening(lab: Lab, ns: str, ports: tuple[int, ...]) -> bool:
+    out = lab.run(ns, ["ss", "-Hltn"], check=False).stdout
+    local = {line.split()[3].rsplit(":", 1)[-1] for line in out.splitlines() if line.split()}
+    return all(str(p) in local for p in ports)
+
+
+def start_backends(lab: Lab, work: Path, backend: str, pad: int) -> None:
+    if backend == "nginx":
+        start_nginx(lab, work, pad)
+    else:
+        topology.start_backends(lab, pad=pad)
+
+
+def stop_backends(lab: Lab) -> None:
+    """End the real servers' processes (SIGTERM; nginx's is a fast shutdown)."""
+    for proc in lab.backends:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in lab.backends:
+        _reap(proc)
+    lab.backends.clear()
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
 
 
 # -- the balancers, each set up and removed around its measurement ----------------------
 
 
-@contextmanager
-def no_balancer(lab: Lab, work: Path) -> Iterator[str]:
-    yield "http://198.18.0.2:80/"
+Setup = Callable[[Lab, Path, Settings], AbstractContextManager[Target]]
 
 
 @contextmanager
-def nftables_dnat(lab: Lab, work: Path) -> Iterator[str]:
+def no_balancer(lab: Lab, work: Path, settings: Settings) -> Iterator[Target]:
+    yield Target("http://198.18.0.2:80/")
+
+
+def _dnat_ruleset(lab: Lab, table: str) -> str:
+    """nftables DNAT of VIP:80 over TARGETS, ``numgen inc mod 2``."""
     elements = ", ".join(f"{i} : {addr} . {port}" for i, (addr, port) in enumerate(TARGETS))
-    ruleset = f"""
-table ip director_bench {{
+    return f"""
+table ip {table} {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         ip daddr {lab.vip} tcp dport 80 \\
@@ -135,24 +365,111 @@ table ip director_bench {{
     }}
 }}
 """
-    path = work / "bench.nft"
-    path.write_text(ruleset)
-    lab.run(lab.director, ["nft", "-f", str(path)])
-    try:
-        yield f"http://{lab.vip}/"
-    finally:
-        lab.run(lab.director, ["nft", "delete", "table", "ip", "director_bench"], check=False)
 
 
 @contextmanager
-def haproxy(lab: Lab, work: Path) -> Iterator[str]:
+def _nft_table(lab: Lab, work: Path, table: str) -> Iterator[None]:
+    path = work / f"{table}.nft"
+    path.write_text(_dnat_ruleset(lab, table))
+    _run(lab, ["nft", "-f", str(path)])
+    try:
+        yield
+    finally:
+        lab.run(lab.director, ["nft", "delete", "table", "ip", table], check=False)
+
+
+def _run(lab: Lab, argv: list[str]) -> None:
+    """Run ``argv`` in the director namespace; its stderr is the error if it fails."""
+    done = lab.run(lab.director, argv, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()[-300:]}")
+
+
+@contextmanager
+def nftables_dnat(lab: Lab, work: Path, settings: Settings) -> Iterator[Target]:
+    with _nft_table(lab, work, "director_bench"):
+        yield Target(f"http://{lab.vip}/")
+
+
+@contextmanager
+def nfqueue_ceiling(lab: Lab, work: Path, settings: Settings) -> Iterator[Target]:
+    """Kernel DNAT does the NAT; every packet of connections to VIP:80, requests and
+    replies alike (conntrack's original tuple matches both), goes at FORWARD to one of
+    ``settings.workers`` accept-only workers by the iptables NFQUEUE target, as
+    director's own hooks queue (this kernel has no nft ``queue``).  Several queues
+    are spread by ``--queue-balance``, whose flow hash is the same both ways once the
+    kernel has done the NAT."""
+    first, last = CEILING_QUEUE, CEILING_QUEUE + settings.workers - 1
+    target = (
+        ["--queue-num", str(first)] if first == last else ["--queue-balance", f"{first}:{last}"]
+    )
+    rule = ["FORWARD", "-p", "tcp", "-m", "conntrack", "--ctorigdst", lab.vip,
+            "--ctorigdstport", "80", "-j", "NFQUEUE", *target]  # fmt: skip
+    script = Path(__file__).resolve().with_name("nfq_accept.py")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for queue in range(first, last + 1):
+            argv = [sys.executable, str(script), "--queue-num", str(queue)]
+            procs.append(
+                subprocess.Popen(
+                    lab.exec_argv(lab.director, argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        for proc in procs:
+            _wait_ready_line(proc, "accept-only worker")
+        with _nft_table(lab, work, "director_bench_ceiling"):
+            _run(lab, ["iptables", "-w", "-I", *rule])
+            try:
+                yield Target(f"http://{lab.vip}/", tuple(p.pid for p in procs))
+                # A ceiling its workers never saw would be no ceiling at all.
+                if not _queued_packets(lab):
+                    raise RuntimeError("the accept-only workers were queued no packet")
+            finally:
+                lab.run(lab.director, ["iptables", "-w", "-D", *rule], check=False)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            _reap(proc)
+
+
+def _queued_packets(lab: Lab) -> int:
+    """Packets the NFQUEUE rules at FORWARD have sent to a queue so far."""
+    out = lab.run(lab.director, ["iptables", "-w", "-nvxL", "FORWARD"], check=False).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if " NFQUEUE " in line)
+
+
+def _wait_ready_line(proc: subprocess.Popen[bytes], what: str, timeout: float = 10.0) -> None:
+    """Wait for the line ``ready`` on ``proc``'s stdout."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if line.strip() == b"ready":
+            return
+        if not line:  # the end of its output: it exited
+            proc.wait(timeout=5)
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"{what} exited {proc.returncode}: {err.strip()[-300:]}")
+    raise RuntimeError(f"{what} not ready in {timeout:.0f} s")
+
+
+@contextmanager
+def haproxy(lab: Lab, work: Path, settings: Settings) -> Iterator[Target]:
     servers = "\n".join(
         f"    server rs{i} {addr}:{port}" for i, (addr, port) in enumerate(TARGETS, 1)
     )
     cfg = work / "haproxy.cfg"
     cfg.write_text(
         f"""global
-    nbthread 1
+    nbthread {settings.workers}
     maxconn 4096
 defaults
     mode tcp
@@ -176,16 +493,10 @@ backend pool
     )
     try:
         _wait_listening(lab, proc, "haproxy")
-        yield f"http://{lab.vip}/"
+        yield Target(f"http://{lab.vip}/", (proc.pid,))
     finally:
         proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        _reap(proc)
 
 
 def _wait_listening(lab: Lab, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -202,44 +513,52 @@ def _wait_listening(lab: Lab, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 @contextmanager
-def director_nat(lab: Lab, work: Path, sysctls: tuple[str, ...] = ()) -> Iterator[str]:
-    daemon = Daemon(lab, work / ("director-defended" if sysctls else "director"))
+def _daemon(lab: Lab, workdir: Path, settings: Settings) -> Iterator[Daemon]:
+    daemon = Daemon(lab, workdir, settings.daemon_args)
     daemon.start()
     try:
-        done = daemon.dirctl("restore", input=SEED_80)
+        yield daemon
+    finally:
+        code = daemon.stop()
+        if code:
+            print(f"note: directord exited {code} on SIGTERM", file=sys.stderr)
+
+
+def director_nat(
+    lab: Lab, work: Path, settings: Settings, sysctls: tuple[str, ...] = ()
+) -> AbstractContextManager[Target]:
+    workdir = work / ("director-defended" if sysctls else "director")
+    return _director(lab, workdir, settings, SEED_80, sysctls)
+
+
+def director_lab_rules(lab: Lab, work: Path, settings: Settings) -> AbstractContextManager[Target]:
+    """directord with one port-80 service over the lab's servers by their own method."""
+    rules = lab.rules(port=80, scheduler="wlc")
+    return _director(lab, work / f"director-{lab.kind}", settings, rules)
+
+
+@contextmanager
+def _director(
+    lab: Lab, workdir: Path, settings: Settings, rules: str, sysctls: tuple[str, ...] = ()
+) -> Iterator[Target]:
+    with _daemon(lab, workdir, settings) as daemon:
+        done = daemon.dirctl("restore", input=rules)
         if done.returncode:
             raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
         if sysctls:
             done = daemon.dirctl("sysctl", *sysctls)
             if done.returncode:
                 raise RuntimeError(f"dirctl sysctl: {done.stderr.strip()}")
-        yield f"http://{lab.vip}/"
-    finally:
-        code = daemon.stop()
-        if code:
-            print(f"note: directord exited {code} on SIGTERM", file=sys.stderr)
+        assert daemon.pid is not None
+        # The supervisor, its daemon child and whatever workers that one starts.
+        yield Target(f"http://{lab.vip}/", (daemon.pid,))
 
 
-@contextmanager
-def director_lab_rules(lab: Lab, work: Path) -> Iterator[str]:
-    """directord with one port-80 service over the lab's servers by their own method."""
-    daemon = Daemon(lab, work / f"director-{lab.kind}")
-    daemon.start()
-    try:
-        done = daemon.dirctl("restore", input=lab.rules(port=80, scheduler="wlc"))
-        if done.returncode:
-            raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
-        yield f"http://{lab.vip}/"
-    finally:
-        code = daemon.stop()
-        if code:
-            print(f"note: directord exited {code} on SIGTERM", file=sys.stderr)
-
-
-CASES: dict[str, tuple[str, Callable[[Lab, Path], AbstractContextManager[str]]]] = {
+CASES: dict[str, tuple[str, Setup]] = {
     "direct": ("direct to rs1, no balancer", no_balancer),
     "nftables": ("kernel nftables DNAT", nftables_dnat),
-    "haproxy": ("HAProxy tcp, nbthread 1", haproxy),
+    "ceiling": ("NFQUEUE accept-only ceiling", nfqueue_ceiling),
+    "haproxy": ("HAProxy tcp", haproxy),
     "director": ("director NAT", director_nat),
     # The DoS defences on: secure_tcp always, drop_entry and drop_packet automatic (armed,
     # they act when memory runs short).  Always on, those two drop connections by design
@@ -247,8 +566,8 @@ CASES: dict[str, tuple[str, Callable[[Lab, Path], AbstractContextManager[str]]]]
     # random 1/32 of the table each second, and one such drop stalls ab for its timeout).
     "director-defended": (
         "director NAT, defences on",
-        lambda lab, work: director_nat(
-            lab, work, ("secure_tcp=3", "drop_entry=1", "drop_packet=1")
+        lambda lab, work, settings: director_nat(
+            lab, work, settings, ("secure_tcp=3", "drop_entry=1", "drop_packet=1")
         ),
     ),
     "director-dr": ("director DR", director_lab_rules),
@@ -257,94 +576,206 @@ CASES: dict[str, tuple[str, Callable[[Lab, Path], AbstractContextManager[str]]]]
 LAB_KIND = {"director-dr": "dr", "director-tun": "tun"}  # the others run in the NAT lab
 
 
+def title_of(key: str, settings: Settings) -> str:
+    """A case's row title, with the worker or thread count where it has one."""
+    title = CASES[key][0]
+    if key == "haproxy":
+        return f"{title}, nbthread {settings.workers}"
+    if key == "ceiling" and settings.workers > 1:
+        return f"{title}, {settings.workers} workers"
+    if key.startswith("director") and settings.workers_flag:
+        return f"{title}, {settings.workers} worker{'s' if settings.workers > 1 else ''}"
+    return title
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
+
+
+def _fmt_us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or not b else f"{a / b:.2f}x"
 
 
-def report(figures: list[Figure], args: argparse.Namespace) -> None:
+def _size(body: int) -> str:
+    if not body:
+        return "tiny answers (the server's name)"
+    return f"answers of {body:,} bytes" + (f" ({body // 1024} KiB)" if body % 1024 == 0 else "")
+
+
+def report(figures: list[Figure], args: argparse.Namespace, settings: Settings) -> None:
     sys.stderr.flush()
-    print()
-    print(
-        f"requests/s from the client: median of {args.repeat} runs of "
-        f"ab -n {args.requests} -c {args.concurrency} (new connections) and with -k"
-        + (f", answers of {args.body_size} bytes" if args.body_size else "")
-    )
-    print(f"{'case':<28} {'new conn/s':>12} {'keep-alive/s':>13} {'failed':>7}  note")
-    for f in figures:
+    nat_title = title_of("director", settings)
+    for body in dict.fromkeys(f.body for f in figures):
+        rows = [f for f in figures if f.body == body]
+        print()
         print(
-            f"{f.case:<28} {_fmt(f.new_rps):>12} {_fmt(f.keepalive_rps):>13} "
-            f"{f.failed:>7}  {f.note.strip()}"
+            f"requests/s from the client, {_size(body)}: median of {args.repeat} runs of "
+            f"ab -n {args.requests} -c {args.concurrency} (new connections) and with -k; "
+            f"real servers: {args.backend}"
         )
-    mine = next((f for f in figures if f.case == CASES["director"][0]), None)
-    if mine is None:
-        return
-    print()
-    print(f"{'director NAT relative to':<28} {'new conn':>12} {'keep-alive':>13}")
-    for f in figures:
-        if f is not mine:
+        print("CPU: the balancer's processes (utime + stime), µs per request, all runs")
+        print(
+            f"{'case':<38} {'new conn/s':>11} {'CPU µs':>7} {'keep-alive/s':>13} "
+            f"{'CPU µs':>7} {'failed':>7}  note"
+        )
+        for f in rows:
             print(
-                f"{f.case:<28} {_ratio(mine.new_rps, f.new_rps):>12} "
-                f"{_ratio(mine.keepalive_rps, f.keepalive_rps):>13}"
+                f"{f.case:<38} {_fmt(f.new_rps):>11} {_fmt_us(f.new_cpu_us):>7} "
+                f"{_fmt(f.keepalive_rps):>13} {_fmt_us(f.keepalive_cpu_us):>7} "
+                f"{f.failed:>7}  {f.note.strip()}"
             )
-    dr = next((f for f in figures if f.case == CASES["director-dr"][0]), None)
+        mine = next((f for f in rows if f.case == nat_title), None)
+        if mine is None:
+            continue
+        print()
+        print(f"{'director NAT relative to':<38} {'new conn':>11} {'keep-alive':>21}")
+        for f in rows:
+            if f is not mine:
+                print(
+                    f"{f.case:<38} {_ratio(mine.new_rps, f.new_rps):>11} "
+                    f"{_ratio(mine.keepalive_rps, f.keepalive_rps):>21}"
+                )
+        _goals(rows, mine, body, settings)
+
+
+def _goals(rows: list[Figure], mine: Figure, body: int, settings: Settings) -> None:
+    """Issue 11's goals against HAProxy, and issue 3's DR goal, where measured."""
+    lines: list[str] = []
+    proxy = next((f for f in rows if f.case == title_of("haproxy", settings)), None)
+    for goal_body, kind, goal in HAPROXY_GOALS:
+        if proxy is None or goal_body != body:
+            continue
+        a, b = getattr(mine, f"{kind}_rps"), getattr(proxy, f"{kind}_rps")
+        if a and b:
+            verdict = "meets" if a / b >= goal else "misses"
+            what = "keep-alive" if kind == "keepalive" else "new connections"
+            lines.append(
+                f"director NAT {what} vs {proxy.case}: {a / b:.2f}x "
+                f"({verdict} issue 11's {goal}x goal, set for one worker)"
+            )
+    ceiling = next((f for f in rows if f.case == title_of("ceiling", settings)), None)
+    if ceiling is not None and mine.keepalive_rps and ceiling.keepalive_rps:
+        lines.append(
+            f"director NAT keep-alive vs the accept-only ceiling: "
+            f"{mine.keepalive_rps / ceiling.keepalive_rps:.2f}x (1.00x is all an "
+            "every-packet design can reach here)"
+        )
+    dr = next((f for f in rows if f.case == title_of("director-dr", settings)), None)
     if dr is not None and dr.keepalive_rps and mine.keepalive_rps:
         ratio = dr.keepalive_rps / mine.keepalive_rps
         verdict = "meets" if ratio >= DR_GOAL else "misses"
-        print()
-        print(
+        lines.append(
             f"director DR keep-alive vs director NAT: {ratio:.2f}x "
             f"({verdict} the {DR_GOAL}x goal of issue 3)"
         )
+    if lines:
+        print()
+        print("\n".join(lines))
+
+
+# -- running it -----------------------------------------------------------------------------
 
 
 def run_cases(
-    kind: str, keys: list[str], figures: list[Figure], work: Path, args: argparse.Namespace
+    kind: str,
+    keys: list[str],
+    figures: list[Figure],
+    work: Path,
+    args: argparse.Namespace,
+    settings: Settings,
 ) -> int:
-    """Build the lab of ``kind``, measure ``keys`` in it, remove it; the number of errors."""
+    """Build the lab of ``kind``, measure ``keys`` in it for every answer size, remove
+    it; the number of errors."""
     errors = 0
     lab = topology.build(kind=kind)
     try:
-        topology.start_backends(lab, pad=args.body_size)
-        for key in keys:
-            title, setup = CASES[key]
-            figure = Figure(title)
-            figures.append(figure)
-            print(f"measuring: {title} ...", file=sys.stderr, flush=True)
+        for body in args.body_sizes:
+            # Each size has its files apart: directord's rules and state start afresh.
+            size_work = work / f"{kind}-{body}"
+            size_work.mkdir(mode=0o711)
+            start_backends(lab, size_work, args.backend, body)
             try:
-                with setup(lab, work) as url:
-                    measure(lab, figure, url, args)
-            except Exception as err:  # one broken case must not hide the others
-                errors += 1
-                figure.note = f"error: {err}".splitlines()[0][:200]
+                for key in keys:
+                    setup = CASES[key][1]
+                    figure = Figure(title_of(key, settings), body)
+                    figures.append(figure)
+                    print(f"measuring: {figure.case}, {_size(body)}", file=sys.stderr, flush=True)
+                    try:
+                        with setup(lab, size_work, settings) as target:
+                            measure(lab, figure, target, args)
+                    except Exception as err:  # one broken case must not hide the others
+                        errors += 1
+                        figure.note = f"error: {err}".splitlines()[0][:200]
+            finally:
+                stop_backends(lab)
     finally:
         topology.teardown(lab)
     return errors
 
 
+def directord_takes_workers() -> bool:
+    """Does this tree's directord offer ``--workers`` (issue 11)?"""
+    done = subprocess.run(
+        [venv_program("directord"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    return "--workers" in done.stdout
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated byte counts") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("at least one size")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="director benchmark (root; namespaces only)")
     parser.add_argument("-n", "--requests", type=int, default=20000, help="per ab run")
-    parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument("-c", "--concurrency", type=int, default=32)
     parser.add_argument("-r", "--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     parser.add_argument("--run-timeout", type=float, default=120.0, help="seconds per ab run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--body-size",
+        dest="body_sizes",
+        type=_sizes,
+        default=list(BODY_SIZES),
+        metavar="BYTES[,BYTES...]",
+        help="the answer sizes to measure, each a table (default 0,16384; 0 is just the "
+        "server's name, some 20 bytes)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("nginx", "python"),
+        default="nginx" if nginx_program() else "python",
+        help="the real servers: nginx (default where installed) or the lab's Python backends",
+    )
+    parser.add_argument(
+        "--workers",
         type=int,
-        default=0,
-        help="bytes in each answer (default: just the server's name, some 20 bytes)",
+        default=1,
+        help="directord's workers (where it takes --workers), HAProxy's nbthread and the "
+        "accept-only workers (default 1)",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: the benchmark builds network namespaces")
     for program in ("ab", "ip"):
         if shutil.which(program) is None:
-            parser.error(f"{program} is not installed: make deps")
+            parser.error(f"{program} is not installed: make deps-bench")
+    if args.backend == "nginx" and nginx_program() is None:
+        parser.error("nginx is not installed: make deps-bench, or --backend python")
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in CASES]
     if unknown:
@@ -352,19 +783,30 @@ def main(argv: list[str] | None = None) -> int:
     args.requests = max(1, min(args.requests, 100_000))  # bounded load
     args.concurrency = max(1, min(args.concurrency, 200))
     args.repeat = max(1, min(args.repeat, 10))
-    args.body_size = max(0, min(args.body_size, 1 << 20))
+    args.body_sizes = list(dict.fromkeys(max(0, min(b, 1 << 20)) for b in args.body_sizes))
+    workers_flag = directord_takes_workers()
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers: 1 to 64")
+    if args.workers > 1 and not workers_flag:
+        parser.error("this directord has no --workers yet: it runs one worker (--workers 1)")
+    settings = Settings(
+        workers=args.workers,
+        workers_flag=workers_flag,
+        daemon_args=("--workers", str(args.workers)) if workers_flag else (),
+    )
 
     figures: list[Figure] = []
     errors = 0
     work = Path(tempfile.mkdtemp(prefix="director-bench-"))
+    work.chmod(0o711)  # nginx's unprivileged workers pass through to their files
     try:
         # One lab at a time: the NAT lab for most cases, then the DR and TUN labs.
         for kind in dict.fromkeys(LAB_KIND.get(key, "nat") for key in chosen):
             keys = [key for key in chosen if LAB_KIND.get(key, "nat") == kind]
-            errors += run_cases(kind, keys, figures, work, args)
+            errors += run_cases(kind, keys, figures, work, args, settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(figures, args)
+    report(figures, args, settings)
     if args.json:
         args.json.write_text(json.dumps([asdict(f) for f in figures], indent=2) + "\n")
     return 1 if errors else 0
