@@ -2,8 +2,10 @@
 #
 #   make demo   installs what the demo lacks and runs the NAT demo in namespaces (root)
 #   make test   installs what the tests lack, lints and runs every test (root for netns tests)
-#   make bench  installs what the benchmark lacks and prints requests/s: director NAT vs
-#               HAProxy vs nftables DNAT vs direct (root)
+#   make bench  installs what the benchmark lacks and prints requests/s and CPU per
+#               request: director NAT, DR, TUN vs HAProxy vs nftables DNAT vs the NFQUEUE
+#               accept-only ceiling vs direct, nginx real servers (root); then the
+#               connection table at scale (make bench-table: that part alone, no root)
 #
 # Everything that sends traffic runs inside network namespaces it creates and removes.
 
@@ -14,8 +16,9 @@ PY := $(VENV)/bin/python
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+TABLE_ARGS ?=
 
-.PHONY: all deps deps-demo deps-test deps-bench venv lint test demo bench clean
+.PHONY: all deps deps-demo deps-test deps-bench venv lint test demo bench bench-table clean
 
 all: test
 
@@ -58,6 +61,10 @@ demo: deps-demo $(VENV)/.run
 
 bench: deps-bench $(VENV)/.run
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/table.py $(TABLE_ARGS)
+
+bench-table: $(VENV)/.run
+	$(PY) bench/table.py $(TABLE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
