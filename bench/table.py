@@ -9,6 +9,9 @@ client SYNs to ``Director.hook_in`` as the daemon's worker does, up to each size
   before it (tracemalloc, in a first pass of fills) over the entries, and the process's
   resident size grown over the entries (/proc/self/statm, in the timed pass; pages,
   so coarse at small sizes);
+* the fill's cost per SYN (wall time of the fill from the size before, over its
+  SYNs: everything included, the dict's growth and the garbage collector's passes
+  over a table of a million objects);
 * the per-packet cost, ``time.perf_counter`` over ``--packets`` packets in blocks of
   100 (median of the blocks, and the mean): a SYN of a new connection (hook_in; each
   block's entries are removed after it, untimed, so the table keeps its size), a
@@ -25,8 +28,8 @@ anywhere (SPEC §3 addresses in the packets all the same).  The garbage collecto
 as in the daemon.  The fill's SYNs are one packet built with dpkt whose client address
 and port are patched in place, so their checksums are stale: the core does not check
 them and its incremental rewrite costs the same; the timed packets are whole dpkt
-packets.  Run: ``make bench-table`` or ``.venv/bin/python bench/table.py``; about a
-minute and 1 GiB of memory at a million entries.
+packets.  Run: ``make bench-table`` or ``.venv/bin/python bench/table.py``; about two
+minutes of CPU and 1.5 GiB of memory with a million entries.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import gc
 import os
 import random
+import resource
 import socket
 import statistics
 import struct
@@ -130,6 +134,7 @@ class Row:
     entries: int = 0
     traced_bytes: float | None = None  # per entry
     rss_bytes: float | None = None  # per entry
+    fill_us: float | None = None  # per SYN of the fill that grew the table to this size
     syn_us: tuple[float, float] | None = None  # (median of blocks, mean)
     est_in_us: tuple[float, float] | None = None
     est_out_us: tuple[float, float] | None = None
@@ -215,9 +220,11 @@ def time_pass(sizes: list[int], rows: dict[int, Row], count: int, seed: int) -> 
     base = rss()
     filled = 0
     for size in sizes:
+        start = time.perf_counter()
         fill(director, filled, size)
-        filled = size
         row = rows[size]
+        row.fill_us = (time.perf_counter() - start) * 1e6 / (size - filled)
+        filled = size
         row.rss_bytes = (rss() - base) / size
         row.syn_us = time_syns(director, size, count)
         row.est_in_us, row.est_out_us = time_established(director, size, count, rng)
@@ -240,15 +247,19 @@ def report(rows: list[Row], count: int) -> None:
         f"per-packet µs, median / mean of blocks of {BLOCK}, {count} packets each"
     )
     print(
-        f"{'entries':>10} {'B/entry':>8} {'RSS B/entry':>12} {'SYN µs':>13} "
+        f"{'entries':>10} {'B/entry':>8} {'RSS B/entry':>12} {'fill µs':>8} {'SYN µs':>13} "
         f"{'established µs':>15} {'reply µs':>13}"
     )
     for r in rows:
+        fill_us = "-" if r.fill_us is None else f"{r.fill_us:.1f}"
         print(
             f"{r.entries:>10,} {_bytes(r.traced_bytes):>8} {_bytes(r.rss_bytes):>12} "
-            f"{_us(r.syn_us):>13} {_us(r.est_in_us):>15} {_us(r.est_out_us):>13}"
+            f"{fill_us:>8} {_us(r.syn_us):>13} {_us(r.est_in_us):>15} {_us(r.est_out_us):>13}"
         )
-    print("(B/entry: tracemalloc, the director's Python memory; RSS: the process's pages)")
+    print("B/entry: tracemalloc, the director's Python memory; RSS: the process's pages;")
+    print("fill: wall time per SYN of the fill up to that size, everything included")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(f"peak resident size of this process: {peak / 1024:,.0f} MiB")
     first, last = rows[0], rows[-1]
     print()
     if last.traced_bytes is not None:
