@@ -99,8 +99,11 @@ class Worker:
 
     def _set_copy_range(self, sock: socket.socket) -> None:
         """Ask the kernel for whole packets (nfqnl_recv_config, NFQA_CFG_PARAMS) and
-        wait for its answer; packets queued meanwhile get their verdicts as usual."""
-        sock.send(config_message(self.queue, COPY_RANGE))
+        wait for its answer; packets queued meanwhile get their verdicts as usual.  If
+        the socket overflowed meanwhile (ENOBUFS: the answer may be lost with the
+        packets), ask again: the setting is the same each time."""
+        request = config_message(self.queue, COPY_RANGE)
+        sock.send(request)
         deadline = self.clock() + CONFIG_TIMEOUT
         while True:
             left = deadline - self.clock()
@@ -109,7 +112,15 @@ class Worker:
             readable, _, _ = select.select([sock], [], [], left)
             if not readable:
                 continue
-            message = sock.recv(RECV_SIZE)
+            try:
+                message = sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+                sock.send(request)
+                continue
             answer = config_answer(message)
             if answer is None:  # a packet: handle it as run_once would
                 self.nfq.run_socket(_Replay(message))  # type: ignore[arg-type]

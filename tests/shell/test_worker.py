@@ -7,9 +7,15 @@ copy_range; __u8 copy_mode; } with NFQNL_COPY_PACKET = 2
 
 from __future__ import annotations
 
+import errno
+import socket
 import struct
+import time
 
-from director.shell.worker import config_answer, config_message
+import pytest
+
+from director.shell import worker as worker_module
+from director.shell.worker import Worker, config_answer, config_message
 
 
 def test_config_message_layout() -> None:
@@ -38,3 +44,52 @@ def test_config_answer_tells_the_ack_from_a_packet() -> None:
     assert config_answer(error(0, seq + 1)) is None  # someone else's answer
     packet = struct.pack("=IHHII", 100, 3 << 8 | 0, 0, 0, 0) + bytes(84)  # NFQNL_MSG_PACKET
     assert config_answer(packet) is None
+
+
+class _Queue:
+    """What _set_copy_range needs of NetfilterQueue: run_socket, recording packets."""
+
+    def __init__(self) -> None:
+        self.replayed: list[bytes] = []
+
+    def run_socket(self, source: object) -> None:
+        self.replayed.append(source.recv(0))  # type: ignore[attr-defined]
+
+
+def _worker() -> Worker:
+    worker = Worker.__new__(Worker)  # no queue, no raw socket: only what this step uses
+    worker.queue, worker.clock, worker.nfq = 0, time.monotonic, _Queue()  # type: ignore[assignment]
+    return worker
+
+
+def _ack(code: int) -> bytes:
+    sent = config_message(queue=0, copy_range=0xFFFF)
+    seq = struct.unpack_from("=I", sent, 8)[0]
+    return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", code) + sent[:16]
+
+
+def test_set_copy_range_waits_for_the_ack_and_hands_on_packets_meanwhile() -> None:
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        ours.setblocking(False)
+        packet = struct.pack("=IHHII", 24, 3 << 8, 0, 0, 0) + bytes(8)
+        kernel.send(packet)  # a packet queued before the answer
+        kernel.send(_ack(0))
+        worker = _worker()
+        worker._set_copy_range(ours)
+        assert kernel.recv(100) == config_message(0, 0xFFFF)  # what the kernel was sent
+        assert worker.nfq.replayed == [packet]  # type: ignore[attr-defined]
+
+
+def test_set_copy_range_refused_or_unanswered_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        ours.setblocking(False)
+        kernel.send(_ack(-errno.EPERM))
+        with pytest.raises(OSError, match="copy range") as refused:
+            _worker()._set_copy_range(ours)
+        assert refused.value.errno == errno.EPERM
+        monkeypatch.setattr(worker_module, "CONFIG_TIMEOUT", 0.05)
+        with pytest.raises(OSError, match="no answer") as silent:
+            _worker()._set_copy_range(ours)
+        assert silent.value.errno == errno.ETIMEDOUT
