@@ -9,6 +9,7 @@ giving the packet loop back every ``COLLECT_SLICE`` entries.
 
 from __future__ import annotations
 
+import gc
 import socket
 import time
 
@@ -60,11 +61,18 @@ def test_a_million_entries_due_in_one_second_go_in_slices_of_a_few_milliseconds(
     _fill(d, MILLION, 100.5)
     now = 101.0
     slices: list[tuple[int, float, float]] = []  # (expired, cpu seconds, wall seconds)
-    while d.conns.behind(now):
-        cpu, wall = time.thread_time(), time.perf_counter()
-        expired = d.expire(now, COLLECT_SLICE)
-        slices.append((expired, time.thread_time() - cpu, time.perf_counter() - wall))
-        assert len(slices) <= MILLION // COLLECT_SLICE + 2, "the collector does not finish"
+    # The cyclic GC's full pass over a million objects may land in any slice; it is not
+    # the collector's work and is measured apart (bench/table.py), so it is kept out here.
+    gc.collect()
+    gc.disable()
+    try:
+        while d.conns.behind(now):
+            cpu, wall = time.thread_time(), time.perf_counter()
+            expired = d.expire(now, COLLECT_SLICE)
+            slices.append((expired, time.thread_time() - cpu, time.perf_counter() - wall))
+            assert len(slices) <= MILLION // COLLECT_SLICE + 2, "the collector does not finish"
+    finally:
+        gc.enable()
     assert len(d.conns) == 0
     assert sum(n for n, _, _ in slices) == MILLION
     assert {n for n, _, _ in slices[:-1]} <= {COLLECT_SLICE, 0}
