@@ -4,6 +4,7 @@ legitimate connections succeed, and the connection table stays under its memory 
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
@@ -110,8 +111,12 @@ def test_the_daemon_answers_during_a_flood_it_cannot_keep_up_with(lab: Lab, tmp_
             time.sleep(0.5)  # samples spread over the flood
         assert d.dirctl("list", "-n", timeout=20).returncode == 0
         flood.communicate(timeout=30)
-        # Served between batches: well under a second; without that, the whole flood.
-        assert waits and max(waits) < 3.0, waits
+        # Served between batches: the answers keep coming while the flood lasts.  A
+        # starved socket answers once, when the flood is over (6-8 s), so at most one or
+        # two samples fit in it; a loaded machine slows single answers, not most of them.
+        assert len(waits) >= 4, waits
+        assert statistics.median(waits) < 1.5, waits
+        assert max(waits) < 6.0, waits
     finally:
         assert d.stop() == 0, d.log()
         d.kill()
