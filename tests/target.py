@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from director.core.route import Route
-from director.core.service import ServiceTable
 from director.ctl.ipvsadm import load_rules
+from director.model.config import Config
 from director.shell.daemon import Daemon, Settings
 from director.shell.netfilter import Entry, Hooks, selection
 from director.shell.netlink import Routes
@@ -46,8 +46,8 @@ class MemoryHooks(Hooks):
         self.installed = False
         self.selected = ({}, set())
 
-    def sync(self, services: ServiceTable) -> None:
-        self.selected = selection(services)
+    def sync(self, config: Config) -> None:
+        self.selected = selection(config)
 
 
 class StaticRoutes(Routes):

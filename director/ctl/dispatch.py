@@ -155,9 +155,16 @@ def dispatch(target: ControlTarget, message: dict[str, Any]) -> dict[str, Any]:
 
 
 def dispatch_bytes(target: ControlTarget, data: bytes) -> bytes:
-    """One request line in, one response line out: what the socket server calls."""
+    """One request line in, one response line out: what the socket server calls.
+    Never raises: a request that is not a message (not JSON, nested too deep) gets a
+    one-line refusal, an answer that cannot be encoded a one-line failure."""
     try:
         message = load_message(data)
-    except (ValueError, UnicodeDecodeError):
-        return dump_message(encode_response(False, error="malformed request", fault="caller"))
-    return dump_message(dispatch(target, message))
+    except ValueError as err:
+        return dump_message(encode_response(False, error=f"bad request: {err}", fault="caller"))
+    response = dispatch(target, message)
+    try:
+        return dump_message(response)
+    except (TypeError, ValueError) as err:
+        log.exception("the answer to %r cannot be encoded", message.get("command"))
+        return dump_message(encode_response(False, error=f"internal error: {err}", fault="daemon"))

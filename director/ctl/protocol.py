@@ -16,9 +16,12 @@ type-checked, by ``decode_op``, so the daemon applies the very ops dirctl parsed
 from __future__ import annotations
 
 import json
+import re
 import socket
 import types
+from array import array
 from dataclasses import asdict, fields, is_dataclass
+from itertools import accumulate
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from director.ctl.ops import OP_NAMES, OPS, Op
@@ -26,7 +29,12 @@ from director.model.config import ConfigError
 
 VERSION = 1
 DEFAULT_SOCKET = "/run/director/control.sock"
-MAX_MESSAGE = 16 * 1024 * 1024  # a listing of a large connection table still fits
+MAX_MESSAGE = 16 * 1024 * 1024  # the client's bound on one response line
+# No message of the protocol nests deeper than a handful of levels (a snapshot: the
+# services, one service, its real servers, one of them, its counters).  Anything deeper
+# is refused before it is parsed: json's decoder recurses once per level and a request
+# of 200,000 "[" would end in RecursionError, not in a ValueError anyone expects.
+MAX_DEPTH = 32
 
 
 class DaemonUnreachable(Exception):
@@ -67,11 +75,35 @@ def dump_message(message: dict[str, Any]) -> bytes:
 
 
 def load_message(data: bytes) -> dict[str, Any]:
-    """One JSON object from one line; ValueError if it is not one."""
-    message = json.loads(data.decode().strip())
+    """One JSON object from one line; ValueError (with a one-line reason) if it is not
+    one, or if it nests deeper than MAX_DEPTH."""
+    check_depth(data)
+    try:
+        message = json.loads(data.decode().strip())
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg} at character {err.pos})") from None
     if not isinstance(message, dict):
         raise ValueError("a message is a JSON object")
     return message
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Brackets count +1 (opening) and -1 (closing, 0xff as a signed byte); all else goes.
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
+    """ValueError if the JSON text ``data`` opens more than ``limit`` arrays and objects
+    inside one another; brackets inside strings do not count.  Linear, and done in C
+    (a regular expression, a translation, an accumulation) for a 4 MiB request."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return  # the common case: too few brackets to nest that deep
+    brackets = _JSON_STRING.sub(b"", data).translate(_DEPTH_STEP, _NOT_A_BRACKET)
+    if max(accumulate(array("b", brackets)), default=0) > limit:
+        raise ValueError(f"nested deeper than {limit} levels")
 
 
 # --- operations as args -------------------------------------------------------------

@@ -7,6 +7,14 @@ collector runs in slices between packets.  Signal handlers only set a flag; the 
 acts on it.  On SIGTERM it saves the connection table, removes the hooks (or, with
 ``--on-stop keep``, leaves them holding traffic for the next start, as the shipped
 systemd unit does) and exits 0.
+
+Nothing that goes wrong in one turn of the loop ends it: an exception in a selector
+callback, in a collector slice, in a step of the tick or in the health hand-off is
+logged and counted (``director_loop_errors_total``) and the loop goes on.  A change is
+all or nothing: ``commit`` changes the hooks, then the rules file, and undoes the hooks
+if either fails, before the core's tables are touched.  Runtime ``dirctl sysctl``
+changes are kept in ``<state-dir>/sysctl.json`` and applied over the file's
+``[sysctl]`` at start.
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import sys
 import textwrap
 import time
 import tomllib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from director.core import conn_dump, estimator, proto_tcp
 from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE
@@ -54,6 +64,7 @@ log = logging.getLogger("directord")
 EXIT_OK = 0
 EXIT_SETUP = 1  # could not install hooks, bind the queue or open the socket
 EXIT_USAGE = 2  # bad option, bad config file or bad rules file
+EXIT_STOP_FAILED = 1  # stopped, but the connection table could not be saved
 
 TICK = 1.0
 
@@ -112,6 +123,7 @@ QUEUE_POLICIES = ("hold", "bypass")
 STOP_POLICIES = ("remove", "keep")
 CONNS_FILE = "conns.json"
 DEFAULT_CONFIG = Path("/etc/director/director.toml")
+SYSCTL_FILE = "sysctl.json"  # the `dirctl sysctl` changes, kept across restarts
 
 
 # What each setting does, for --help; the TOML file takes the same names as keys.
@@ -268,18 +280,59 @@ def _int(text: str, what: str) -> int:
 
 
 def _merge(settings: Settings, values: dict[str, Any], origin: str) -> None:
-    known = {f.name: f for f in fields(settings)}
+    """Set ``values`` (from the TOML file or the command line) on ``settings``; a value
+    of the wrong type is refused naming its key, as an unknown key is."""
+    known = {f.name for f in fields(settings)}
+    hints = get_type_hints(Settings)
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting {key!r}")
-        default = getattr(settings, key)
-        if isinstance(default, Path):
-            value = Path(value)
-        elif key == "tcp_timeouts":
-            value = {str(k).upper(): int(v) for k, v in dict(value).items()}
-        elif isinstance(default, dict):
-            value = {str(k): str(v).lower() for k, v in dict(value).items()}
-        setattr(settings, key, value)
+        setattr(settings, key, _typed(hints[key], value, f"{origin}: {key}"))
+
+
+# TOML values each kind of setting takes: (the types accepted, what to call them).
+_SCALARS: dict[Any, tuple[tuple[type, ...], str]] = {
+    Path: ((str, Path), "a path (a string)"),
+    str: ((str,), "a string"),
+    int: ((int,), "an integer"),
+    bool: ((bool,), "true or false"),
+}
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as the setting whose annotation is ``hint`` holds it, or ConfigError
+    saying which key is wrong and why."""
+    if hint in _SCALARS:
+        accepted, what = _SCALARS[hint]
+        if not isinstance(value, accepted) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where} must be {what}, not {_toml_kind(value)}")
+        return Path(str(value)) if hint is Path else value
+    # dict[str, int] (tcp_timeouts) or dict[str, str] (sysctl): a table of scalars.
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, not {_toml_kind(value)}")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        if hint == dict[str, int]:
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise ConfigError(f"{where}.{name} must be an integer, not {_toml_kind(item)}")
+            out[str(name).upper()] = item
+        else:
+            if not isinstance(item, str | int | bool):
+                raise ConfigError(
+                    f"{where}.{name} must be a number, a string or true/false, "
+                    f"not {_toml_kind(item)}"
+                )
+            out[str(name)] = ("1" if item else "0") if isinstance(item, bool) else str(item).lower()
+    return out
+
+
+def _toml_kind(value: Any) -> str:
+    kinds = {bool: "true/false", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}  # fmt: skip
+    for kind, name in kinds.items():
+        if isinstance(value, kind):
+            return f"{name} ({value!r})" if kind in (int, float, str) else name
+    return type(value).__name__
 
 
 def read_rules(path: Path) -> Config:
@@ -306,9 +359,10 @@ class Daemon:
         for state, seconds in settings.tcp_timeouts.items():
             self.director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
         try:
-            self.sysctls(settings.sysctl)
+            self.director.sysctls = self.director.sysctls.updated(settings.sysctl)
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
+        self._runtime_sysctls = self._load_sysctls()
         self._config = Config()
         self._unreachable: dict[tuple[bytes, str], str] = {}  # (addr, method) -> reason
         self.hooks = (
@@ -324,6 +378,9 @@ class Daemon:
         self.notifier = Notifier()
         self.stop_requested = False
         self.rate_timer = estimator.RateTimer()
+        # Exceptions the loop caught and went on after, by where they happened.
+        self.loop_errors: Counter[str] = Counter()
+        self._hooks_stale = False  # a health hand-off could not sync them: retry
         self.metrics = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
         # Health checks (director.health): the core runs health.effective(intent).
         self.health = HealthManager()
@@ -337,24 +394,44 @@ class Daemon:
         return self._config
 
     def commit(self, config: Config, *, persist: bool = True) -> None:
+        """All or nothing: the hooks, then the rules file; if either fails the hooks
+        are put back as they were and nothing else changed.  The core's tables,
+        which cannot refuse a checked configuration, follow last."""
         # Everything that can refuse the change does so before anything is written.
         # A real server with no route is no reason to refuse (IPVS takes it): it is
         # shown unreachable until netlink announces a way to it.
         self.director.check(self.health.worst(config))
-        if persist:
-            atomic_write(self.settings.rules, format_save(config))
-        self.director.configure(self.health.effective(config))
+        effective = self.health.effective(config)
+        try:
+            self.hooks.sync(effective)
+            if persist:
+                atomic_write(self.settings.rules, format_save(config))
+        except Exception:
+            try:
+                self.hooks.sync(self.health.effective(self._config))
+            except Exception:
+                self._hooks_stale = True  # the tick tries again
+                log.exception("netfilter hooks not put back after a failed change")
+            raise
+        self.director.configure(effective)
         self._annotate_routes()
-        self.hooks.sync(self.director.services)
         self._config = config
         self.health.reconfigure(config)
 
     def _on_health(self) -> None:
         """Check results came in: run the table health makes of the intent."""
         if self.health.on_readable():
-            self.director.configure(self.health.effective(self._config))
+            effective = self.health.effective(self._config)
+            self.director.configure(effective)
             self._annotate_routes()
-            self.hooks.sync(self.director.services)
+            self._hooks_stale = True
+            self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """Bring the hooks to what the core runs, if a hand-off left them behind."""
+        if self._hooks_stale:
+            self.hooks.sync(self.health.effective(self._config))
+            self._hooks_stale = False
 
     def checks(self) -> list[dict[str, Any]]:
         return self.health.report()
@@ -406,8 +483,38 @@ class Daemon:
         return None if dest is None else dict(dest_dict(dest))
 
     def sysctls(self, changes: dict[str, str]) -> dict[str, int | bool]:
-        self.director.sysctls = self.director.sysctls.updated(changes)
-        return self.director.sysctls.as_dict()
+        """Change IPVS's sysctls: all or none, and kept in SYSCTL_FILE for the next
+        start (written before the change takes effect, so a failed write changes
+        nothing)."""
+        updated = self.director.sysctls.updated(changes)
+        if changes:
+            typed = updated.as_dict()
+            kept = dict(self._runtime_sysctls)
+            kept.update({name: str(int(typed[name])) for name in changes})
+            atomic_write(self.settings.state_dir / SYSCTL_FILE, json.dumps(kept, indent=1))
+            self._runtime_sysctls = kept
+        self.director.sysctls = updated
+        return updated.as_dict()
+
+    def _load_sysctls(self) -> dict[str, str]:
+        """The sysctls `dirctl sysctl` set in an earlier run, applied over the
+        settings' own; a file that cannot be used is reported and left alone."""
+        path = self.settings.state_dir / SYSCTL_FILE
+        try:
+            kept = json.loads(path.read_text())
+            if not isinstance(kept, dict):
+                raise ValueError("not an object")
+            kept = {str(k): str(v) for k, v in kept.items()}
+            self.director.sysctls = self.director.sysctls.updated(kept)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            log.error("sysctls of an earlier run (%s) not applied: %s", path, err)
+            return {}
+        if kept:
+            changes = ", ".join(f"{k}={v}" for k, v in kept.items())
+            log.info("sysctls set by dirctl in an earlier run: %s", changes)
+        return kept
 
     def zero(self, key: tuple[str, str, int] | None) -> None:
         estimator.zero(self.director, key)
@@ -427,7 +534,7 @@ class Daemon:
             self._load_conns()
             worker.bind()
             if self.metrics is not None:
-                self.metrics.publish(take_sample(self.director, worker.errors))
+                self.metrics.publish(self._sample(worker))
                 self.metrics.start()
             group = self.settings.control_group
             control = ControlServer(
@@ -442,21 +549,47 @@ class Daemon:
         try:
             self._loop(worker, control)
         finally:
-            if self.stop_requested:
-                self.notifier.stopping()
-            worker.close()  # no verdicts from here on: the queue holds or bypasses
-            self.health.stop()
-            self._save_conns()
-            # After a crash the hooks stay, holding traffic for the supervisor's restart.
-            if self.stop_requested and self.settings.on_stop == "remove":
-                self.hooks.remove()
-            control.close()
-            if self.metrics is not None:
-                self.metrics.close()
-            worker.neighbours.close()
-            self.routes.close()
-            log.info("stopped")
-        return EXIT_OK
+            saved = self._shut_down(worker, control)
+        return EXIT_OK if saved else EXIT_STOP_FAILED
+
+    def _shut_down(self, worker: Worker, control: ControlServer) -> bool:
+        """Stop serving, save the connection table and, on SIGTERM, take the hooks out
+        (or leave them for the next start with on_stop = keep).  Each step runs
+        whatever the others did; a table that could not be saved is no reason to
+        keep the hooks holding traffic for a start that cannot restore it.  Returns
+        whether the table was saved."""
+        if self.stop_requested:
+            self._step("stop", self.notifier.stopping)
+        self._step("stop", worker.close)  # no verdicts from here on: the queue holds or bypasses
+        self._step("stop", self.health.stop)
+        saved = self._step("save", self._save_conns)
+        # After a crash the hooks stay, holding traffic for the supervisor's restart.
+        keep = self.settings.on_stop == "keep" and saved
+        if self.stop_requested and not keep:
+            if not saved and self.settings.on_stop == "keep":
+                log.error("connection table not saved: removing the hooks (on_stop = keep)")
+            self._step("stop", self.hooks.remove)
+        self._step("stop", control.close)
+        if self.metrics is not None:
+            self._step("stop", self.metrics.close)
+        self._step("stop", worker.neighbours.close)
+        self._step("stop", self.routes.close)
+        log.info("stopped")
+        return saved
+
+    def _step(self, where: str, action: Callable[[], object]) -> bool:
+        """Run one piece of the loop's (or the stop's) work; an exception in it is
+        logged and counted, and the caller goes on.  Returns whether it succeeded."""
+        try:
+            action()
+        except Exception:
+            self.loop_errors[where] += 1
+            log.exception("%s failed; going on", where)
+            return False
+        return True
+
+    def _sample(self, worker: Worker) -> Any:
+        return take_sample(self.director, worker.errors, self.loop_errors)
 
     def _loop(self, worker: Worker, control: ControlServer) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -466,12 +599,15 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         selector = selectors.DefaultSelector()
-        selector.register(worker, selectors.EVENT_READ, worker.run_once)
-        selector.register(control, selectors.EVENT_READ, control.serve_one)
         neighbours = worker.neighbours
-        selector.register(neighbours, selectors.EVENT_READ, lambda: self._on_netlink(neighbours))
-        selector.register(wake_r, selectors.EVENT_READ, lambda: _drain(wake_r))
-        selector.register(self.health, selectors.EVENT_READ, self._on_health)
+        # Every callback is (where, action): `where` names it in the error count.
+        selector.register(worker, selectors.EVENT_READ, ("packets", worker.run_once))
+        control.register(selector)
+        selector.register(
+            neighbours, selectors.EVENT_READ, ("netlink", lambda: self._on_netlink(neighbours))
+        )
+        selector.register(wake_r, selectors.EVENT_READ, ("signal", lambda: _drain(wake_r)))
+        selector.register(self.health, selectors.EVENT_READ, ("health", self._on_health))
 
         self.notifier.ready(f"{len(self.director.services)} virtual services")
         log.info(
@@ -487,24 +623,41 @@ class Daemon:
             # the packets that came meanwhile are served between two slices.
             timeout = 0.0 if self.director.conns.behind(now) else max(0.0, next_tick - now)
             for key, _ in selector.select(timeout):
-                key.data()
+                where, action = key.data
+                self._step(where, action)
             now = time.monotonic()
-            tick = now >= next_tick
-            if tick or self.director.conns.behind(now):
-                self.director.expire(now, COLLECT_SLICE)
-            if tick:
-                self.director.defend(self._available_pages(), now)
-                for nexthop in neighbours.expire(now):
-                    self.director.forget(nexthop)
-                estimator.estimate(self.director, self.rate_timer, now)
-                if self.metrics is not None:
-                    self.metrics.publish(take_sample(self.director, worker.errors))
-                self.notifier.watchdog()
+            if now >= next_tick or self.director.conns.behind(now):
+                self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
+            if now >= next_tick:
+                self._tick(worker, control, now)
                 next_tick = now + TICK
         signal.set_wakeup_fd(-1)
         selector.close()
         wake_r.close()
         wake_w.close()
+
+    def _tick(self, worker: Worker, control: ControlServer, now: float) -> None:
+        """The one-second timers, each on its own: one failing stops none of the rest
+        (the watchdog least of all)."""
+        neighbours = worker.neighbours
+
+        def forget_unresolved() -> None:
+            for nexthop in neighbours.expire(now):
+                self.director.forget(nexthop)
+
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("defend", lambda: self.director.defend(self._available_pages(), now)),
+            ("neighbours", forget_unresolved),
+            ("estimate", lambda: estimator.estimate(self.director, self.rate_timer, now)),
+            ("control", control.expire),
+            ("hooks", self._sync_hooks),
+        )
+        for where, action in steps:
+            self._step(where, action)
+        if self.metrics is not None:
+            metrics = self.metrics
+            self._step("metrics", lambda: metrics.publish(self._sample(worker)))
+        self._step("watchdog", self.notifier.watchdog)
 
     def _available_pages(self) -> int:
         """4 KiB pages left: the host's MemAvailable or the table's own cap, the lesser."""

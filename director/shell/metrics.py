@@ -89,6 +89,7 @@ class Sample:
     drop_rate: int = 0
     conn_limit: int = 0
     worker_errors: tuple[tuple[str, int], ...] = ()
+    loop_errors: tuple[tuple[str, int], ...] = ()
 
 
 def service_labels(svc: Service) -> tuple[str, str, str, str]:
@@ -117,7 +118,11 @@ def _backend(svc_labels: tuple[str, str, str, str], dest: Dest) -> BackendSample
     )
 
 
-def take_sample(director: Director, worker_errors: Mapping[str, int]) -> Sample:
+def take_sample(
+    director: Director,
+    worker_errors: Mapping[str, int],
+    loop_errors: Mapping[str, int] | None = None,
+) -> Sample:
     """Copy what the metrics show out of the core (services and servers, not conns)."""
     services = []
     for svc in director.services:
@@ -147,6 +152,7 @@ def take_sample(director: Director, worker_errors: Mapping[str, int]) -> Sample:
         drop_rate=director.defense.drop_rate,
         conn_limit=director.conn_limit,
         worker_errors=tuple(sorted(worker_errors.items())),
+        loop_errors=tuple(sorted((loop_errors or {}).items())),
     )
 
 
@@ -297,6 +303,15 @@ class DirectorCollector(Collector):
                 labels=["kind"],
             ),
             sample.worker_errors,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "director_loop_errors",
+                "Exceptions the daemon's loop caught and went on after, by where "
+                "(packets, control, health, netlink, a step of the tick, the stop).",
+                labels=["where"],
+            ),
+            sample.loop_errors,
         )
         for index, (suffix, text) in enumerate(_RATES):
             yield GaugeMetricFamily(

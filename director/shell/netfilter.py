@@ -4,6 +4,10 @@ The rules live in ``iptables/director.rules`` (iptables-restore syntax).  Instal
 remove-then-load, removing deletes only the jumps that file inserts and the chains it
 declares, so both are idempotent and touch nothing else of the host's firewall.  The
 ipsets that select virtual-service traffic are kept over netlink with pyroute2.
+
+Every iptables program run has a time limit: ``-w`` waits at most IPTABLES_WAIT for
+the xtables lock, and the run itself at most IPTABLES_TIMEOUT, so a wedged lock or
+program fails a change (which ``sync``'s caller undoes) instead of hanging the daemon.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 
 from pyroute2.ipset import IPSet, PortEntry
 
-from director.core.service import IPPROTO_TCP, IPPROTO_UDP, ServiceTable, unpack_addr
+from director.core.service import IPPROTO_TCP, IPPROTO_UDP, PROTO_NUMBERS
+from director.model.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +85,29 @@ def declared(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str, str
     return chains, jumps
 
 
+IPTABLES_WAIT = 5  # seconds iptables waits for the xtables lock (-w)
+IPTABLES_TIMEOUT = 15.0  # seconds one iptables run may take in all
+
+
+class HookError(OSError):
+    """An iptables program failed or ran out of time: the hooks did not change."""
+
+
+def _run(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            argv, input=stdin, capture_output=True, check=False, timeout=IPTABLES_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        raise HookError(f"{argv[0]}: no result in {IPTABLES_TIMEOUT:.0f} s") from None
+
+
 def _iptables(*args: str) -> bool:
-    done = subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+    try:
+        done = _run(["iptables", "-w", str(IPTABLES_WAIT), *args])
+    except HookError as err:
+        log.error("iptables %s: %s", " ".join(args), err)
+        return False
     return done.returncode == 0
 
 
@@ -94,7 +120,7 @@ class Hooks:
     bypass: bool = False
     text: str = field(default_factory=rules_text)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
-    _marks: set[int] = field(default_factory=set)
+    _marks: set[int] | None = None  # None: the chain's contents are not known
 
     def install(self) -> None:
         """Load the hooks.  Hooks a previous run left in place (on_stop = keep) are
@@ -105,7 +131,7 @@ class Hooks:
             for name, stype in SETS.items():
                 ipset.create(name, stype=stype, exclusive=False)
         self._entries = {}  # contents unknown: the first sync replaces them whole
-        self._marks = set()
+        self._marks = None
         _, jumps = declared(self.text)
         text = render(self.text, self.queue, self.mark, self.bypass)
         _restore("\n".join(line for line in text.splitlines() if not _JUMP.match(line)) + "\n")
@@ -130,51 +156,54 @@ class Hooks:
                         ipset.destroy(spare)
         self._entries.clear()
 
-    def sync(self, services: ServiceTable) -> None:
-        """Make the ipsets and the fwmark chain select exactly the configured services
-        and the NAT real servers whose replies must be rewritten."""
-        wanted, marks = selection(services)
+    def sync(self, config: Config) -> None:
+        """Make the ipsets and the fwmark chain select exactly the services of
+        ``config`` and the NAT real servers whose replies must be rewritten.
+
+        A failure raises and leaves what it could not finish marked unknown, so the
+        next sync (the caller's undo, or a retry) replaces it whole."""
+        wanted, marks = selection(config)
         with IPSet() as ipset:
             for name, entries in wanted.items():
-                if name not in self._entries:
+                have = self._entries.pop(name, None)
+                if have is None:
                     _replace_set(ipset, name, entries)
-                    self._entries[name] = entries
-                    continue
-                have = self._entries[name]
-                for entry in have - entries:
-                    value, etype = _ipset_entry(entry)
-                    ipset.delete(name, value, etype=etype)
-                for entry in entries - have:
-                    value, etype = _ipset_entry(entry)
-                    ipset.add(name, value, etype=etype, exclusive=False)
+                else:
+                    for entry in have - entries:
+                        value, etype = _ipset_entry(entry)
+                        ipset.delete(name, value, etype=etype)
+                    for entry in entries - have:
+                        value, etype = _ipset_entry(entry)
+                        ipset.add(name, value, etype=etype, exclusive=False)
                 self._entries[name] = entries
         if marks != self._marks:
+            self._marks = None
             _restore(_fwmark_chain(marks, self.queue))
             self._marks = marks
 
 
-def selection(services: ServiceTable) -> tuple[dict[str, set[Entry]], set[int]]:
-    """What the hooks must select for these services: each ipset's entries (the VIPs,
-    the NAT real servers whose replies come back through FORWARD) and the firewall
-    marks of the fwmark services."""
+def selection(config: Config) -> tuple[dict[str, set[Entry]], set[int]]:
+    """What the hooks must select for ``config`` (the table the core runs): each
+    ipset's entries (the VIPs, the NAT real servers whose replies come back through
+    FORWARD) and the firewall marks of the fwmark services."""
     wanted: dict[str, set[Entry]] = {name: set() for name in SETS}
     marks: set[int] = set()
-    for svc in services:
-        proto, vaddr, vport = svc.key
+    for svc in config.services:
+        proto = PROTO_NUMBERS.get(svc.protocol, 0)
         if proto:
-            wanted[VIP_SET].add((unpack_addr(vaddr), 0, 0))
+            wanted[VIP_SET].add((svc.addr, 0, 0))
         else:
-            marks.add(vport)
+            marks.add(svc.fwmark)
         for dest in svc.dests:
             if dest.method != "masq":
                 continue
-            wanted[RS_ADDR_SET].add((unpack_addr(dest.addr), 0, 0))
-            port = (dest.port or vport) if proto else dest.port
+            wanted[RS_ADDR_SET].add((dest.addr, 0, 0))
+            port = (dest.port or svc.port) if proto else dest.port
             if not port:
-                wanted[RS_ANY_SET].add((unpack_addr(dest.addr), 0, 0))
+                wanted[RS_ANY_SET].add((dest.addr, 0, 0))
             for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
                 if port:
-                    wanted[RS_SET].add((unpack_addr(dest.addr), protocol, port))
+                    wanted[RS_SET].add((dest.addr, protocol, port))
     return wanted, marks
 
 
@@ -208,9 +237,7 @@ def _fwmark_chain(marks: set[int], queue: int) -> str:
 
 
 def _restore(text: str) -> None:
-    subprocess.run(
-        ["iptables-restore", "-w", "--noflush"],
-        input=text.encode(),
-        capture_output=True,
-        check=True,
-    )
+    done = _run(["iptables-restore", "-w", str(IPTABLES_WAIT), "--noflush"], text.encode())
+    if done.returncode:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise HookError(f"iptables-restore failed: {reason[-1] if reason else done.returncode}")

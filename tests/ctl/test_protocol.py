@@ -180,7 +180,7 @@ def test_daemon_failure_is_its_own_fault(make_target: MakeTarget) -> None:
 
 def test_dispatch_bytes_handles_garbage(make_target: MakeTarget) -> None:
     answer = json.loads(dispatch_bytes(make_target(), b"\xff not json\n"))
-    assert answer["ok"] is False and answer["error"] == "malformed request"
+    assert answer["ok"] is False and answer["error"].startswith("bad request: not UTF-8")
 
 
 # --- the client against a real Unix socket ------------------------------------------

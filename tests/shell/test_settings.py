@@ -3,6 +3,8 @@ wrong is a ConfigError (exit 2) before the daemon touches the host."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -83,3 +85,57 @@ def test_remove_hooks_is_a_command_not_a_setting(tmp_path: Path) -> None:
     assert parse_command(["--config", str(write(tmp_path, ""))])[1] is False
     with pytest.raises(ConfigError, match="remove_hooks"):
         parse_settings(["--config", str(write(tmp_path, "remove_hooks = true\n"))])
+
+
+@pytest.mark.parametrize(
+    ("text", "named", "reason"),
+    [
+        ('queue_num = "three"\n', "queue_num", "must be an integer, not a string ('three')"),
+        ("queue_num = true\n", "queue_num", "must be an integer, not true/false"),
+        ("conn_table_memory = 1.5\n", "conn_table_memory", "must be an integer, not a float"),
+        ("supervise = 1\n", "supervise", "must be true or false, not an integer (1)"),
+        ("rules = 7\n", "rules", "must be a path (a string), not an integer (7)"),
+        ('on_stop = ["keep"]\n', "on_stop", "must be a string, not an array"),
+        ("tcp_timeouts = 5\n", "tcp_timeouts", "must be a table, not an integer (5)"),
+        ('[tcp_timeouts]\ntime_wait = "5"\n', "tcp_timeouts.time_wait", "must be an integer"),
+        ("[sysctl]\nsecure_tcp = [1]\n", "sysctl.secure_tcp", "not an array"),
+        ("[sysctl]\n[sysctl.nested]\na = 1\n", "sysctl.nested", "not a table"),
+        ("no_such_setting = 1\n", "no_such_setting", "unknown setting"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_key_and_reason(
+    tmp_path: Path, text: str, named: str, reason: str
+) -> None:
+    """Before, a wrong type went into the settings as it was and failed later: a string
+    queue number inside the worker, a list for on_stop as "must be one of"."""
+    with pytest.raises(ConfigError) as err:
+        parse_settings(["--config", str(write(tmp_path, text))])
+    message = str(err.value)
+    assert named in message and reason in message and "\n" not in message, message
+
+
+def test_directord_exits_2_on_a_bad_value_and_says_why(tmp_path: Path) -> None:
+    """The real program, as systemd runs it: exit status 2 and one line naming the key
+    (it stops before touching the host, so no root is needed)."""
+    config = write(tmp_path, 'queue_num = "three"\n')
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "directord"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "queue_num must be an integer" in lines[0], done.stderr
+
+
+def test_toml_booleans_and_numbers_make_sysctl_text(tmp_path: Path) -> None:
+    config = write(tmp_path, "[sysctl]\nexpire_nodest_conn = true\nsloppy_tcp = false\n"
+                             "am_droprate = 20\nsecure_tcp = \"1\"\n")  # fmt: skip
+    settings = parse_settings(["--config", str(config)])
+    assert settings.sysctl == {
+        "expire_nodest_conn": "1",
+        "sloppy_tcp": "0",
+        "am_droprate": "20",
+        "secure_tcp": "1",
+    }
