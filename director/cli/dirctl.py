@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -109,6 +109,19 @@ def _settings(ctx: typer.Context) -> Settings:
 def _ask(ctx: typer.Context, command: str, args: dict[str, Any] | None = None) -> Any:
     settings = _settings(ctx)
     return protocol.request(settings.socket, command, args or {}, settings.timeout)
+
+
+def _conn_pages(ctx: typer.Context) -> Iterator[Any]:
+    """``list -c`` page after page: the daemon answers at most a page of the
+    connection table per request (director.ctl.report.CONN_PAGE)."""
+    offset = 0
+    while True:
+        page = _ask(ctx, "list", {"conns": True, "offset": offset})
+        yield page
+        following = page.get("conns_next")
+        if not isinstance(following, int) or following <= offset:
+            return
+        offset = following
 
 
 def _change(ctx: typer.Context, command: str, raw: RawArgs) -> None:
@@ -335,14 +348,24 @@ def list_(
     flags = {"connection": connection, "service-address": chosen is not None, "timeout": timeout}
     _check_list_options(flags, layout)
     key: ServiceKey | None = parse_service_key(*chosen) if chosen else None
-    snapshot = _ask(ctx, "list", {"conns": connection})
+    if connection:
+        pages = _conn_pages(ctx)
+        if as_json:  # one snapshot with every page's entries
+            snapshot = next(pages)
+            for page in pages:
+                snapshot["conns"].extend(page["conns"])
+            snapshot.pop("conns_next", None)
+            typer.echo(listing.format_json(snapshot), nl=False)
+        else:  # printed as they come: a million entries never sit in memory at once
+            for number, page in enumerate(pages):
+                typer.echo(listing.format_conns(page, header=number == 0), nl=False)
+        return
+    snapshot = _ask(ctx, "list", {"conns": False})
     service = listing.find_service(snapshot, key) if key else None
     if key and service is None:
         raise ConfigError("No such service")
     if as_json:
         typer.echo(listing.format_json(service or snapshot), nl=False)
-    elif connection:
-        typer.echo(listing.format_conns(snapshot), nl=False)
     elif timeout:
         typer.echo(listing.format_timeout(snapshot), nl=False)
     else:

@@ -25,6 +25,7 @@ from director.ctl.protocol import (
     encode_response,
     load_message,
 )
+from director.ctl.report import CONN_PAGE
 from director.ctl.target import ControlTarget
 from director.model.config import ConfigError
 
@@ -34,7 +35,15 @@ Handler = Callable[[ControlTarget, dict[str, Any]], Any]
 
 
 def _list(target: ControlTarget, args: dict[str, Any]) -> Any:
-    return target.snapshot(conns=bool(args.get("conns", False)))
+    """ipvsadm -L; with conns, one page of -Lc from ``offset`` (at most CONN_PAGE
+    entries, fewer if ``limit`` says so): the answer's conns_next is the next offset."""
+    offset, limit = args.get("offset", 0), args.get("limit", CONN_PAGE)
+    for name, value in (("offset", offset), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"list: {name} must be a whole number")
+    return target.snapshot(
+        conns=bool(args.get("conns", False)), offset=offset, limit=min(max(limit, 1), CONN_PAGE)
+    )
 
 
 def _save(target: ControlTarget, args: dict[str, Any]) -> Any:

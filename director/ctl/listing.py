@@ -269,12 +269,15 @@ def _conn_row(conn: ConnDict) -> str:
     )
 
 
-def format_conns(snapshot: Snapshot) -> str:
-    """``ipvsadm -L -n -c``: the connection table with expiry as mm:ss."""
+def format_conns(snapshot: Snapshot, *, header: bool = True) -> str:
+    """``ipvsadm -L -n -c``: the connection table with expiry as mm:ss (the header
+    once, then the rows of each page the daemon answers)."""
     lines = [
         "IPVS connection entries",
         f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination",
     ]
+    if not header:
+        lines = []
     lines.extend(_conn_row(conn) for conn in snapshot["conns"])
     return "".join(f"{line}\n" for line in lines)
 

@@ -5,6 +5,8 @@ Pure: it reads the core's tables and the time it is given, nothing else.
 
 from __future__ import annotations
 
+from itertools import chain, islice
+
 from director.core.conn import Conn
 from director.core.engine import Director
 from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
@@ -12,6 +14,10 @@ from director.core.stats import Stats
 from director.core.xmit import unreachable
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
 
+# Connection entries in one answer to `list -c`: a page costs the loop a few
+# milliseconds and its answer well under the client's MAX_MESSAGE, whatever the
+# table holds.  The client asks page after page.
+CONN_PAGE = 2048
 IPVS_VERSION = "1.2.1"
 CONN_TAB_SIZE = 4096  # what ipvsadm prints as (size=...): the kernel's default hash size
 
@@ -87,15 +93,37 @@ def conn_dict(conn: Conn, now: float) -> ConnDict:
     )
 
 
+def conn_page(director: Director, now: float, offset: int, limit: int) -> list[ConnDict]:
+    """Entries ``offset`` to ``offset + limit`` of the table, connections then
+    templates, as ``ipvsadm -Lc`` lists them.  Pages are found by position, as the
+    kernel's /proc/net/ip_vs_conn is read (ip_vs_conn_seq_start walks to ``*pos``):
+    an entry added or removed between two pages may be missed or listed twice."""
+    table = director.conns
+    entries = chain(table.in_tab.values(), table.templates.values())
+    return [conn_dict(c, now) for c in islice(entries, offset, offset + limit)]
+
+
 def snapshot(
-    director: Director, config_timeouts: tuple[int, int, int], now: float, *, conns: bool
+    director: Director,
+    config_timeouts: tuple[int, int, int],
+    now: float,
+    *,
+    conns: bool,
+    offset: int = 0,
+    limit: int = CONN_PAGE,
 ) -> Snapshot:
+    """The tables; with ``conns``, one page of the connection table (``conns_next``
+    says where the next one starts)."""
     tcp, tcpfin, udp = config_timeouts
+    page = conn_page(director, now, offset, limit) if conns else []
+    total = len(director.conns.in_tab) + len(director.conns.templates)
+    more = conns and offset + len(page) < total and len(page) == limit
     return Snapshot(
         version=IPVS_VERSION,
         conn_tab_size=CONN_TAB_SIZE,
         services=[service_dict(svc) for svc in director.services],
-        conns=[conn_dict(c, now) for c in director.conns.all()] if conns else [],
+        conns=page,
+        conns_next=offset + len(page) if more else None,
         timeouts={"tcp": tcp, "tcpfin": tcpfin, "udp": udp},
         totals=stats_dict(director.totals),
         conn_entries=len(director.conns),

@@ -79,7 +79,9 @@ class Snapshot(TypedDict):
     version: str  # "1.2.1", the IPVS version ipvsadm prints
     conn_tab_size: int
     services: list[ServiceDict]
-    conns: list[ConnDict]  # empty unless asked for (list -c)
+    conns: list[ConnDict]  # empty unless asked for (list -c): one page of the table
+    # Where the next page of conns starts (the offset to ask for), None after the last.
+    conns_next: NotRequired[int | None]
     timeouts: TimeoutsDict
     totals: StatsDict
     conn_entries: int  # entries in the connection table

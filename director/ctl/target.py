@@ -19,7 +19,9 @@ class ControlTarget(Protocol):
     def commit(self, config: Config) -> None:
         """Apply a validated configuration to the live tables and persist it atomically."""
 
-    def snapshot(self, *, conns: bool) -> Snapshot: ...
+    def snapshot(self, *, conns: bool, offset: int = 0, limit: int = 2048) -> Snapshot:
+        """The tables; with ``conns``, the connection entries ``offset`` to
+        ``offset + limit`` (director.ctl.report.snapshot)."""
 
     def zero(self, key: tuple[str, str, int] | None) -> None:
         """ipvsadm -Z: zero the counters of one service (by ServiceConf.key) or of all."""

@@ -46,7 +46,7 @@ from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
 from director.core.sysctl import Sysctls
 from director.core.xmit import unreachable
 from director.ctl.ipvsadm import format_save, load_rules
-from director.ctl.report import dest_dict, snapshot
+from director.ctl.report import CONN_PAGE, dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
@@ -462,9 +462,16 @@ class Daemon:
             neighbours.routes_changed = False
             self._annotate_routes()
 
-    def snapshot(self, *, conns: bool) -> Snapshot:
+    def snapshot(self, *, conns: bool, offset: int = 0, limit: int = CONN_PAGE) -> Snapshot:
         t = self._config.timeouts
-        snap = snapshot(self.director, (t.tcp, t.tcpfin, t.udp), time.monotonic(), conns=conns)
+        snap = snapshot(
+            self.director,
+            (t.tcp, t.tcpfin, t.udp),
+            time.monotonic(),
+            conns=conns,
+            offset=offset,
+            limit=limit,
+        )
         self.health.annotate(snap)
         return snap
 

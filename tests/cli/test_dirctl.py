@@ -3,6 +3,7 @@ daemon's own control target (tests/target.py: in-memory hooks and routes)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,25 @@ def test_which_prints_the_server_or_says_none(
     for argv in (("icmp", "1.2.3.4:1", "203.0.113.5:80"), ("tcp", "nonsense", "203.0.113.5:80")):
         status, _, err = run(capsys, "which", *argv)
         assert status == 2 and err.startswith("dirctl: ") and len(err.splitlines()) == 1
+
+
+def test_list_c_asks_page_after_page(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """The daemon answers one page of the connection table per request; dirctl asks
+    for every page and prints one listing (one header), or one JSON snapshot."""
+    from director.ctl.report import CONN_PAGE
+
+    target.commit(load_rules(SEED))
+    count = 2 * CONN_PAGE + 5
+    now = time.monotonic()
+    for n in range(count):  # SYNs from as many client ports: one entry each
+        target.director.hook_in(tcp(CLIENT, VIP, 1024 + n, 80, flags=TH_SYN), now)
+    assert len(target.director.conns) == count
+    status, out, _ = run(capsys, "list", "-c")
+    lines = out.splitlines()
+    assert status == 0 and lines.count("IPVS connection entries") == 1
+    assert len(lines) == 2 + count
+    ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in lines[2:]}
+    assert ports == set(range(1024, 1024 + count))
+    status, out, _ = run(capsys, "list", "-c", "--json")
+    snap = json.loads(out)
+    assert len(snap["conns"]) == count and "conns_next" not in snap
