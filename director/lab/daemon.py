@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from director.lab.topology import Lab
@@ -39,8 +39,15 @@ class DaemonError(RuntimeError):
 class Daemon:
     """One ``directord`` process in ``lab.director``, with its own files under ``workdir``."""
 
-    def __init__(self, lab: Lab, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.lab = lab
+        self.env = dict(env or {})  # over the caller's own environment (e.g. PATH)
         self.workdir = workdir
         self.socket_path = workdir / "control.sock"
         self.rules_path = workdir / "rules"
@@ -75,7 +82,9 @@ class Daemon:
             str(self.config_path),
             *self.extra_args,
         ]
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), WATCHDOG_USEC="2000000")
+        env = dict(
+            os.environ, **self.env, NOTIFY_SOCKET=str(self.notify_path), WATCHDOG_USEC="2000000"
+        )
         env.pop("WATCHDOG_PID", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
