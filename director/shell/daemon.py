@@ -413,6 +413,7 @@ class Daemon:
                 self._hooks_stale = True  # the tick tries again
                 log.exception("netfilter hooks not put back after a failed change")
             raise
+        self._hooks_stale = False
         self.director.configure(effective)
         self._annotate_routes()
         self._config = config
