@@ -592,7 +592,11 @@ class Daemon:
             action()
         except Exception:
             self.loop_errors[where] += 1
-            log.exception("%s failed; going on", where)
+            count = self.loop_errors[where]
+            # The 1st, 10th, 100th... with its traceback: a fault that repeats on
+            # every turn must not flood the journal.
+            if count == 10 ** (len(str(count)) - 1):
+                log.exception("%s failed (%d times so far); going on", where, count)
             return False
         return True
 

@@ -172,3 +172,14 @@ def test_a_failing_step_is_counted_and_the_rest_goes_on(daemon: Daemon) -> None:
     assert daemon._step("tick", broken) is False
     assert daemon._step("tick", lambda: ran.append(1)) is True
     assert daemon.loop_errors == {"tick": 1} and ran == [1]
+
+
+def test_a_repeating_fault_is_logged_at_powers_of_ten(daemon: Daemon, caplog) -> None:
+    def broken() -> None:
+        raise RuntimeError("again")
+
+    for _ in range(150):
+        daemon._step("packets", broken)
+    logged = [r.getMessage() for r in caplog.records if "packets failed" in r.getMessage()]
+    assert logged == [f"packets failed ({n} times so far); going on" for n in (1, 10, 100)]
+    assert daemon.loop_errors["packets"] == 150

@@ -101,3 +101,16 @@ def test_unreachable_real_servers_have_a_gauge_of_one() -> None:
     got = _scrape(director)["director_backend_unreachable"]
     by_addr = {dict(labels)["remote_address"]: value for labels, value in got.items()}
     assert by_addr == {"198.18.0.2": 0.0, "198.18.0.3": 1.0}
+
+
+def test_the_loops_caught_exceptions_are_counted_by_where() -> None:
+    server = MetricsServer("127.0.0.1:9")  # never started: only its registry is used
+    server.publish(take_sample(Director(), {}, {"control": 2, "expire": 1}))
+    text = generate_latest(server.registry).decode()
+    got = {
+        tuple(s.labels.items()): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "director_loop_errors_total"
+    }
+    assert got == {(("where", "control"),): 2.0, (("where", "expire"),): 1.0}
