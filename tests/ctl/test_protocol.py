@@ -246,3 +246,28 @@ def test_client_silent_daemon(tmp_path: Path) -> None:
     with pytest.raises(DaemonFailed):
         request(path, "list", {}, timeout=2)
     thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("text", "deep"),
+    [
+        ("[" * 32 + "]" * 32, False),
+        ("[" * 33 + "]" * 33, True),
+        ('{"a": ' * 33 + "1" + "}" * 33, True),
+        ("[" + ",".join(["[[]]"] * 10_000) + "]", False),  # many brackets, none deep
+        (json.dumps({"text": "[" * 100 + '\\"[' * 100}), False),  # text, escaped quotes too
+        (json.dumps([["[" * 40]] * 3), False),
+    ],
+)
+def test_nesting_is_bounded_before_parsing(text: str, deep: bool) -> None:
+    """MAX_DEPTH counts arrays and objects opened inside one another, never brackets in
+    strings; the refusal is a ValueError (one line), not json's RecursionError."""
+    from director.ctl.protocol import MAX_DEPTH, check_depth
+
+    assert MAX_DEPTH == 32
+    if deep:
+        with pytest.raises(ValueError, match="nested deeper than 32 levels"):
+            check_depth(text.encode())
+    else:
+        check_depth(text.encode())
+        json.loads(text)
