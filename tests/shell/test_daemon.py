@@ -183,3 +183,14 @@ def test_a_repeating_fault_is_logged_at_powers_of_ten(daemon: Daemon, caplog) ->
     logged = [r.getMessage() for r in caplog.records if "packets failed" in r.getMessage()]
     assert logged == [f"packets failed ({n} times so far); going on" for n in (1, 10, 100)]
     assert daemon.loop_errors["packets"] == 150
+
+
+def test_a_health_hand_off_that_cannot_sync_is_retried_by_the_tick(daemon: Daemon) -> None:
+    hooks = hooks_of(daemon)
+    hooks.selected = ({}, set())  # what a failed sync would leave unknown
+    daemon._hooks_stale = True
+    hooks.fail = 1
+    assert daemon._step("hooks", daemon._sync_hooks) is False  # this tick: still failing
+    assert daemon._hooks_stale
+    assert daemon._step("hooks", daemon._sync_hooks) is True  # the next one
+    assert not daemon._hooks_stale and hooks.selected == selection(load_rules(RULES))
