@@ -24,11 +24,11 @@ all: test
 
 # The Debian packages each command needs, installed only when missing (one `apt-get
 # update` at most), with no packaged service left enabled or running: see
-# tools/install-deps for the lists.  `make deps` is what the tests need.
+# .ci/install-deps for the lists.  `make deps` is what the tests need.
 deps: deps-test
 
 deps-demo deps-test deps-bench: deps-%:
-	@PYTHON=$(PYTHON) tools/install-deps $*
+	@PYTHON=$(PYTHON) .ci/install-deps $*
 
 # The virtualenv is rebuilt only when pyproject.toml changes.  The demo and the
 # benchmark need the project only ($(VENV)/.run); `make venv` (and the tests) add the
