@@ -167,6 +167,13 @@ CLONE_NEWNET = 0x40000000
 NETNS_RUN = Path("/run/netns")  # where `ip netns` and pyroute2 keep the named namespaces
 
 
+def setns(fd: int, name: str = "") -> None:
+    """setns(2): the calling thread enters the network namespace open at ``fd``."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns {name}: {os.strerror(err)}")
+
+
 def in_netns(ns: str, action: Callable[[], T]) -> T:
     """``action()`` run inside namespace ``ns``, by a thread of its own that enters it
     with setns(2) (a thread's network namespace is its own) and then ends: the rest of
@@ -179,9 +186,7 @@ def in_netns(ns: str, action: Callable[[], T]) -> T:
         try:
             fd = os.open(NETNS_RUN / ns, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {ns}: {os.strerror(err)}")
+                setns(fd, ns)
             finally:
                 os.close(fd)
             result.append(action())

@@ -8,24 +8,16 @@ it starts inherit it) and comes back after.  Needs root; skipped otherwise (fail
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from director.lab.topology import new_prefix
+from director.lab.topology import new_prefix, setns
 from tests.skips import unavailable
 
-CLONE_NEWNET = 0x40000000
 ADDR = "198.18.0.2"
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
 
 
 @pytest.fixture
@@ -40,13 +32,13 @@ def in_netns() -> Iterator[str]:
         subprocess.run(["ip", "-n", name, "addr", "add", f"{ADDR}/32", "dev", "lo"], check=True)
         target = os.open(f"/run/netns/{name}", os.O_RDONLY)
         try:
-            _setns(target)
+            setns(target, name)
         finally:
             os.close(target)
         try:
             yield ADDR
         finally:
-            _setns(home)
+            setns(home)
     finally:
         os.close(home)
         subprocess.run(["ip", "netns", "del", name], check=False)
