@@ -105,6 +105,7 @@ TCP_STATES_DOS: tuple[tuple[tuple[int, ...], ...], ...] = (
 )  # fmt: skip
 
 _SYN, _FIN, _ACK, _RST = range(4)
+ACK_ROW = _ACK  # the row of a segment with ACK and none of RST, SYN, FIN
 
 
 def flag_row(flags: int) -> int:

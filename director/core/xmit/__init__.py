@@ -45,6 +45,17 @@ class Xmit:
     def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
         return (ACCEPT, None)
 
+    def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        """The fused path's xmit_in (Director.hook_in): the same rewrite and verdict
+        for a packet with a 20-byte IP header, or None, having changed nothing, when
+        the packet needs a question the general path asks (no route, too big...).
+        By default every packet takes the general path."""
+        return None
+
+    def fused_out(self, conn: Conn, buf: bytearray) -> Verdict | None:
+        """The fused path's xmit_out, as ``fused_in``."""
+        return None
+
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
         """An ICMP error from outside about a connection: by default it goes to the
         real server as it is, the way the connection's packets go (ip_vs_icmp_xmit)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from director.core.route import Frame, Route
 from director.core.xmit import DIRECT, Verdict, Xmit, register
-from director.core.xmit.mtu import out_route
+from director.core.xmit.mtu import IP_DF, out_route
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -29,6 +29,13 @@ class DirectRoute(Xmit):
         if not isinstance(route, Route):
             return route
         return (DIRECT, Frame(pkt.buf, conn.daddr, route.ifindex))
+
+    def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        dest = conn.dest
+        route = dest.route
+        if route is None or (length > dest.path_mtu(route) and buf[6] & IP_DF):
+            return None
+        return (DIRECT, Frame(buf, conn.daddr, route.ifindex))
 
     def unreachable(self, route: Route | None) -> str | None:
         """No route at all, or one through a gateway: DR hands the frame to the real

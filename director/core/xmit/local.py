@@ -21,3 +21,6 @@ class LocalNode(Xmit):
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         return (ACCEPT, None)
+
+    def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        return (ACCEPT, None)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from director.core.conn import Conn
 
 _IP_DF = 0x40  # in the first byte of the fragment field
+IP_DF = _IP_DF
 
 
 def too_big(pkt: Packet, mtu: int) -> Verdict | None:

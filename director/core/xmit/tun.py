@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from director.core.checksum import internet_checksum
 from director.core.route import Route
 from director.core.xmit import DROP, SEND, Verdict, Xmit, register
-from director.core.xmit.mtu import out_route
+from director.core.xmit.mtu import IP_DF, out_route
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -58,6 +58,17 @@ class Tunnel(Xmit):
         if pkt.length + TUNNEL_HLEN > MAX_IP_LEN:  # no DF, and no room left for the header
             return (DROP, "too_big_to_encapsulate")
         return (SEND, encapsulate(pkt.buf, route.source, conn.daddr))
+
+    def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        dest = conn.dest
+        route = dest.route
+        if (
+            route is None
+            or (length > dest.path_mtu(route) - TUNNEL_HLEN and buf[6] & IP_DF)
+            or length + TUNNEL_HLEN > MAX_IP_LEN
+        ):
+            return None
+        return (SEND, encapsulate(buf, route.source, conn.daddr))
 
     def unreachable(self, route: Route | None) -> str | None:
         """Without a route there is no outer source address and no way out."""
