@@ -415,17 +415,18 @@ class Daemon:
             raise
         self._hooks_stale = False
         self.director.configure(effective)
-        self._annotate_routes()
         self._config = config
         self.health.reconfigure(config)
+        # The change is made: a route lookup that fails now must not report it
+        # failed (netlink's next change annotates again).
+        self._step("routes", self._annotate_routes)
 
     def _on_health(self) -> None:
         """Check results came in: run the table health makes of the intent."""
         if self.health.on_readable():
-            effective = self.health.effective(self._config)
-            self.director.configure(effective)
-            self._annotate_routes()
-            self._hooks_stale = True
+            self._hooks_stale = True  # until synced, here or by a later tick
+            self.director.configure(self.health.effective(self._config))
+            self._step("routes", self._annotate_routes)
             self._sync_hooks()
 
     def _sync_hooks(self) -> None:

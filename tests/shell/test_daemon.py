@@ -194,3 +194,23 @@ def test_a_health_hand_off_that_cannot_sync_is_retried_by_the_tick(daemon: Daemo
     assert daemon._hooks_stale
     assert daemon._step("hooks", daemon._sync_hooks) is True  # the next one
     assert not daemon._hooks_stale and hooks.selected == selection(load_rules(RULES))
+
+
+class BrokenRoutes(StaticRoutes):
+    def lookup(self, addr: str) -> None:
+        raise OSError("netlink: no buffer space")
+
+
+def test_a_failed_route_lookup_after_the_change_does_not_unmake_it(tmp_path: Path) -> None:
+    """Before, the lookup came between the table's change and the configuration's:
+    its exception reported a failed change that the table, the hooks and the rules
+    file had all taken, and the daemon's own configuration had not."""
+    settings = settings_in(tmp_path)
+    hooks = FailingHooks(queue=settings.queue_num, mark=settings.send_mark)
+    d = Daemon(settings, hooks=hooks, routes=BrokenRoutes())
+    dr = "-A -t 203.0.113.5:80 -s rr\n-a -t 203.0.113.5:80 -r 198.18.0.2:80 -g -w 1\n"
+    d.commit(load_rules(dr))
+    assert format_save(d.config) == format_save(load_rules(dr))
+    assert d.settings.rules.read_text() == format_save(load_rules(dr))
+    assert d.loop_errors["routes"] == 1
+    close(d)
