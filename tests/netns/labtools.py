@@ -9,12 +9,14 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from director.lab.daemon import Daemon
-from director.lab.topology import Lab
+from director.lab.topology import Lab, RealServerHost
 
 SEED_RULES_FILE = Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules"
 CURL_REFUSED = 7  # curl: "Failed to connect" (RST or ICMP unreachable)
@@ -23,8 +25,7 @@ CURL_TIMEOUT = 28
 # A transfer that outlasts a restart (python3 -c): the server sends one file once, as
 # fast as TCP lets it go (argv: file, port); the client reads it at about 4 MB/s, so
 # 20 MB last some 5 s, says "started" after the first 2 MiB and prints the byte count
-# and SHA-256 at the end (argv: address, port).
-# Serves one file once, as fast as TCP lets it go.
+# and SHA-256 at the end (argv: address, port).  ``transfer()`` runs the pair.
 TRANSFER_SERVER = """
 import socket, sys
 data = open(sys.argv[1], "rb").read()
@@ -56,6 +57,35 @@ while True:
         time.sleep(ahead)
 print(got, digest.hexdigest(), flush=True)
 """
+
+
+@contextmanager
+def transfer(
+    lab: Lab, rs: RealServerHost, blob: Path, port: int
+) -> Iterator[subprocess.Popen[str]]:
+    """``blob`` served by ``rs`` on ``port`` and read by the client from the VIP: the
+    client's process, under way (its first 2 MiB in); both are gone at the end."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        server = subprocess.Popen(
+            lab.exec_argv(rs.netns, [sys.executable, "-c", TRANSFER_SERVER, str(blob), str(port)]),
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        client = subprocess.Popen(
+            lab.exec_argv(lab.client, [sys.executable, "-c", TRANSFER_CLIENT, lab.vip, str(port)]),
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(client)
+        assert client.stdout is not None and client.stdout.readline() == "started\n"
+        assert client.poll() is None, "the transfer ended before it was under way"
+        yield client
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def children(pid: int) -> list[int]:

@@ -6,13 +6,11 @@ table is restored): the client gets every byte, in order."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import TRANSFER_CLIENT, TRANSFER_SERVER
+from labtools import transfer
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -41,38 +39,23 @@ def test_transfer_survives_a_restart(method_lab: topology.Lab, tmp_path: Path) -
     workdir = tmp_path / "director"
     first = Daemon(lab, workdir, ["--on-stop", "keep"])
     first.start()
-    server = client = None
     try:
         assert first.dirctl("restore", input=rules).returncode == 0
-        server = subprocess.Popen(
-            lab.exec_argv(rs.netns, [sys.executable, "-c", TRANSFER_SERVER, str(blob), str(PORT)]),
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        client = subprocess.Popen(
-            lab.exec_argv(lab.client, [sys.executable, "-c", TRANSFER_CLIENT, lab.vip, str(PORT)]),
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert client.stdout is not None and client.stdout.readline() == "started\n"
-        assert client.poll() is None, "the transfer ended before the restart"
-        assert first.stop() == 0, first.log()
-        second = Daemon(lab, workdir, ["--on-stop", "keep"])
-        second.start()
-        try:
-            out, _ = client.communicate(timeout=60)
-            got, digest = out.split()
-            assert (int(got), digest) == (SIZE, expected)
-            # The connection the second daemon carried is its restored one.
-            listed = second.dirctl("list", "-n", "-c").stdout
-            assert f"{rs.addr}:{PORT}" in listed, listed
-        finally:
-            second.stop()
-            second.kill()
+        with transfer(lab, rs, blob, PORT) as client:
+            assert first.stop() == 0, first.log()
+            second = Daemon(lab, workdir, ["--on-stop", "keep"])
+            second.start()
+            try:
+                out, _ = client.communicate(timeout=60)
+                got, digest = out.split()
+                assert (int(got), digest) == (SIZE, expected)
+                # The connection the second daemon carried is its restored one.
+                listed = second.dirctl("list", "-n", "-c").stdout
+                assert f"{rs.addr}:{PORT}" in listed, listed
+            finally:
+                second.stop()
+                second.kill()
     finally:
-        for proc in (client, server):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
         first.kill()
         # --on-stop keep left the hooks: take them out as a plain stop would.
         cleanup = Daemon(lab, tmp_path / "cleanup")

@@ -23,10 +23,9 @@ import configparser
 import hashlib
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-from labtools import TRANSFER_CLIENT, TRANSFER_SERVER, curl, ipset_names, iptables_save
+from labtools import curl, ipset_names, iptables_save, transfer
 
 from director.lab import topology
 from director.lab.daemon import Daemon, venv_program
@@ -103,32 +102,20 @@ def test_restart_keeps_a_transfer_and_stop_takes_the_hooks_out(
     workdir = tmp_path / "director"
     first = start_directord(lab, workdir)
     second: Daemon | None = None
-    server = client = None
     try:
         rules = "".join(
             f"-A -t {lab.vip}:{port} -s rr\n-a -t {lab.vip}:{port} -r {rs.addr}:{port} -m\n"
             for port in (80, PORT)
         )
         assert first.dirctl("restore", input=rules).returncode == 0
-        server = subprocess.Popen(
-            lab.exec_argv(rs.netns, [sys.executable, "-c", TRANSFER_SERVER, str(blob), str(PORT)]),
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        client = subprocess.Popen(
-            lab.exec_argv(lab.client, [sys.executable, "-c", TRANSFER_CLIENT, lab.vip, str(PORT)]),
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert client.stdout is not None and client.stdout.readline() == "started\n"
-        assert client.poll() is None, "the transfer ended before the restart"
-
-        # systemctl restart directord
-        stop_directord(first)
-        assert director_hooks(lab), "the hooks went with a restart"
-        second = start_directord(lab, workdir)
-        out, _ = client.communicate(timeout=60)
-        got, digest = out.split()
-        assert (int(got), digest) == (SIZE, expected)
+        with transfer(lab, rs, blob, PORT) as client:
+            # systemctl restart directord
+            stop_directord(first)
+            assert director_hooks(lab), "the hooks went with a restart"
+            second = start_directord(lab, workdir)
+            out, _ = client.communicate(timeout=60)
+            got, digest = out.split()
+            assert (int(got), digest) == (SIZE, expected)
 
         # The hooks unit's ExecStop refuses while a daemon answers: nothing changes.
         (remove,) = command_lines("director-hooks.service", "ExecStop", second)
@@ -144,10 +131,6 @@ def test_restart_keeps_a_transfer_and_stop_takes_the_hooks_out(
         # The VIP is the director's own address again: port 80 is refused at once.
         assert curl(lab, f"http://{lab.vip}/").code == 7
     finally:
-        for proc in (client, server):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
         for d in (first, second):
             if d is not None:
                 d.kill()
