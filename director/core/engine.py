@@ -23,6 +23,7 @@ from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, unreachable
 from director.core.packet import (
     ICMP_DEST_UNREACH,
     IPPROTO_ICMP,
+    SKB_CSUMNOTREADY,
     TH_ACK,
     TH_RST,
     TH_SYN,
@@ -286,12 +287,15 @@ class Director:
             self.conns.remove(conn)
         return self._count(verdict)
 
-    def hook_out(self, buf: bytearray, now: float) -> Verdict:
-        """FORWARD: a packet from a real server; NAT replies are rewritten.
+    def hook_out(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
+        """FORWARD: a packet from a real server; NAT replies are rewritten.  ``skb_info``:
+        the queue's NFQA_SKB_INFO flags (a GSO super-packet, a partial checksum).
 
         Fused as hook_in is: a reply of a known connection that changes no state
         (and is not the first the connection sees: that clears its NOOUTPUT) and that
-        its transmitter rewrites without a question (``Xmit.fused_out``)."""
+        its transmitter rewrites without a question (``Xmit.fused_out``, or
+        ``Xmit.fused_out_partial`` for a packet whose checksum is the kernel's partial
+        seed)."""
         if self.fused and len(buf) >= 28:
             vihl, length, frag, protocol, saddr, daddr, sport, dport = _FUSED.unpack_from(buf)
             if vihl == 0x45 and length == len(buf) and not frag & _FRAG:
@@ -307,13 +311,17 @@ class Director:
                             or buf[32] < _TH_DOFF5
                             or proto.table[OUTPUT][ACK_ROW][state] != state
                         ):
-                            return self.hook_out_general(buf, now)
+                            return self.hook_out_general(buf, now, skb_info)
                         timeout = proto.timeouts[state]
                     elif proto is self.udp:
                         timeout = proto.timeouts[0]
                     else:
-                        return self.hook_out_general(buf, now)
-                    verdict = conn.xmit.fused_out(conn, buf)
+                        return self.hook_out_general(buf, now, skb_info)
+                    verdict = (
+                        conn.xmit.fused_out_partial(conn, buf, skb_info)
+                        if skb_info & SKB_CSUMNOTREADY
+                        else conn.xmit.fused_out(conn, buf)
+                    )
                     if verdict is not None:
                         stats = conn.dest.stats  # ip_vs_out_stats, unrolled
                         stats.outpkts += 1
@@ -330,12 +338,12 @@ class Director:
                         conn.expires = now + timeout
                         self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
                         return verdict
-        return self.hook_out_general(buf, now)
+        return self.hook_out_general(buf, now, skb_info)
 
-    def hook_out_general(self, buf: bytearray, now: float) -> Verdict:
+    def hook_out_general(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
         """hook_out, every step of ip_vs_out in turn."""
         try:
-            pkt = parse(buf)
+            pkt = parse(buf, 0, skb_info)
         except PacketError as err:
             if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
                 return self._icmp_out(buf)

@@ -24,6 +24,12 @@ TH_SYN = 0x02
 TH_RST = 0x04
 TH_ACK = 0x10
 
+# NFQA_SKB_INFO (linux/netfilter/nfnetlink_queue.h), as the queue tells them: the
+# transport checksum is the kernel's partial seed (the skb is CHECKSUM_PARTIAL), and
+# the packet is a GSO super-packet the kernel cuts into segments on output.
+SKB_CSUMNOTREADY = 1 << 0
+SKB_GSO = 1 << 1
+
 _IP = struct.Struct("!BBHHHBBH4s4s")  # version/ihl, tos, len, id, frag, ttl, proto, csum, src, dst
 _PORTS = struct.Struct("!HH")
 _IP_MF = 0x2000
@@ -42,7 +48,8 @@ class Packet:
     """Parsed IPv4 + TCP/UDP header fields and where they live in ``buf``.
 
     ``l4`` is the offset of the transport header (the IP header length, options
-    included).  ``tcp_flags`` is 0 for UDP.
+    included).  ``tcp_flags`` is 0 for UDP.  ``skb_info`` holds the queue's
+    SKB_CSUMNOTREADY / SKB_GSO flags (0: a packet with complete checksums).
     """
 
     __slots__ = (
@@ -54,6 +61,7 @@ class Packet:
         "mark",
         "protocol",
         "saddr",
+        "skb_info",
         "sport",
         "tcp_flags",
     )
@@ -70,6 +78,7 @@ class Packet:
         length: int,
         tcp_flags: int = 0,
         mark: int = 0,
+        skb_info: int = 0,
     ) -> None:
         self.buf = buf
         self.protocol = protocol
@@ -81,9 +90,10 @@ class Packet:
         self.length = length
         self.tcp_flags = tcp_flags
         self.mark = mark
+        self.skb_info = skb_info
 
 
-def parse(buf: bytearray, mark: int = 0) -> Packet:
+def parse(buf: bytearray, mark: int = 0, skb_info: int = 0) -> Packet:
     """Read an IPv4 TCP or UDP packet; raise PacketError naming why it cannot be handled."""
     size = len(buf)
     if size < 20:
@@ -116,7 +126,7 @@ def parse(buf: bytearray, mark: int = 0) -> Packet:
         raise PacketError("zero_port")
     if length < size:
         del buf[length:]  # link-layer padding is not part of the packet
-    return Packet(buf, protocol, saddr, daddr, sport, dport, ihl, length, flags, mark)
+    return Packet(buf, protocol, saddr, daddr, sport, dport, ihl, length, flags, mark, skb_info)
 
 
 # ICMP errors IPVS relays for a connection (ip_vs_in_icmp / ip_vs_out_icmp).

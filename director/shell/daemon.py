@@ -52,7 +52,7 @@ from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, take_sample
-from director.shell.netfilter import Hooks
+from director.shell.netfilter import Hooks, reply_queue
 from director.shell.netlink import Neighbours, Routes
 from director.shell.notify import Notifier
 from director.shell.persist import atomic_write
@@ -107,6 +107,8 @@ class Settings:
             Sysctls().updated(self.sysctl)
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
+        if not 0 <= self.queue_num < 65535:
+            raise ConfigError("queue_num must be 0 to 65534 (replies use the next queue)")
         if self.conn_table_memory < 1:
             raise ConfigError("conn_table_memory must be at least 1 MiB")
         for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
@@ -134,7 +136,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {  # field: (metavar, help)
               "every change"),
     "state_dir": ("DIR", "where the connection table is saved at stop and read at start"),
     "metrics_listen": ("HOST:PORT", "serve Prometheus /metrics there (off when empty)"),
-    "queue_num": ("N", "the NFQUEUE number of the hooks"),
+    "queue_num": ("N", "the NFQUEUE number of requests; NAT replies use the next one"),
     "send_mark": ("MARK", "firewall mark of the packets the worker sends itself"),
     "tcp_timeouts": ("STATE=SECONDS", "a TCP state's timeout beyond ipvsadm --set's "
                      "(e.g. TIME_WAIT=5); repeatable"),
@@ -534,16 +536,20 @@ class Daemon:
         config = read_rules(self.settings.rules)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.hooks.install()
-        worker = Worker(
-            self.director, self.settings.queue_num, self.settings.send_mark, Neighbours()
-        )
+        neighbours = Neighbours()
+        queue, mark = self.settings.queue_num, self.settings.send_mark
+        workers = [
+            Worker(self.director, queue, mark, neighbours),
+            Worker(self.director, reply_queue(queue), mark, neighbours, gso=True),
+        ]
         try:
             self.health.start()
             self.commit(config, persist=False)
             self._load_conns()
-            worker.bind()
+            for worker in workers:
+                worker.bind()
             if self.metrics is not None:
-                self.metrics.publish(self._sample(worker))
+                self.metrics.publish(self._sample(workers))
                 self.metrics.start()
             group = self.settings.control_group
             control = ControlServer(
@@ -556,12 +562,12 @@ class Daemon:
             self.hooks.remove()
             raise
         try:
-            self._loop(worker, control)
+            self._loop(workers, control)
         finally:
-            saved = self._shut_down(worker, control)
+            saved = self._shut_down(workers, control)
         return EXIT_OK if saved else EXIT_STOP_FAILED
 
-    def _shut_down(self, worker: Worker, control: ControlServer) -> bool:
+    def _shut_down(self, workers: list[Worker], control: ControlServer) -> bool:
         """Stop serving, save the connection table and, on SIGTERM, take the hooks out
         (or leave them for the next start with on_stop = keep).  Each step runs
         whatever the others did; a table that could not be saved is no reason to
@@ -569,7 +575,8 @@ class Daemon:
         whether the table was saved."""
         if self.stop_requested:
             self._step("stop", self.notifier.stopping)
-        self._step("stop", worker.close)  # no verdicts from here on: the queue holds or bypasses
+        for worker in workers:  # no verdicts from here on: the queues hold or bypass
+            self._step("stop", worker.close)
         self._step("stop", self.health.stop)
         saved = self._step("save", self._save_conns)
         # After a crash the hooks stay, holding traffic for the supervisor's restart.
@@ -581,7 +588,8 @@ class Daemon:
         self._step("stop", control.close)
         if self.metrics is not None:
             self._step("stop", self.metrics.close)
-        self._step("stop", worker.neighbours.close)
+        for neighbours in {id(w.neighbours): w.neighbours for w in workers}.values():
+            self._step("stop", neighbours.close)
         self._step("stop", self.routes.close)
         log.info("stopped")
         return saved
@@ -601,10 +609,11 @@ class Daemon:
             return False
         return True
 
-    def _sample(self, worker: Worker) -> Any:
-        return take_sample(self.director, worker.errors, self.loop_errors)
+    def _sample(self, workers: list[Worker]) -> Any:
+        queues = tuple((w.queue, w.counters()) for w in workers)
+        return take_sample(self.director, workers[0].errors, self.loop_errors, queues)
 
-    def _loop(self, worker: Worker, control: ControlServer) -> None:
+    def _loop(self, workers: list[Worker], control: ControlServer) -> None:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -612,9 +621,10 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         selector = selectors.DefaultSelector()
-        neighbours = worker.neighbours
+        neighbours = workers[0].neighbours
         # Every callback is (where, action): `where` names it in the error count.
-        selector.register(worker, selectors.EVENT_READ, ("packets", worker.run_once))
+        for worker in workers:
+            selector.register(worker, selectors.EVENT_READ, ("packets", worker.run_once))
         control.register(selector)
         selector.register(
             neighbours, selectors.EVENT_READ, ("netlink", lambda: self._on_netlink(neighbours))
@@ -624,9 +634,10 @@ class Daemon:
 
         self.notifier.ready(f"{len(self.director.services)} virtual services")
         log.info(
-            "ready: %d virtual services, NFQUEUE %d, control socket %s",
+            "ready: %d virtual services, NFQUEUE %d (replies %d), control socket %s",
             len(self.director.services),
-            self.settings.queue_num,
+            workers[0].queue,
+            workers[1].queue,
             self.settings.control_socket,
         )
         next_tick = time.monotonic()
@@ -642,17 +653,17 @@ class Daemon:
             if now >= next_tick or self.director.conns.behind(now):
                 self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
             if now >= next_tick:
-                self._tick(worker, control, now)
+                self._tick(workers, control, now)
                 next_tick = now + TICK
         signal.set_wakeup_fd(-1)
         selector.close()
         wake_r.close()
         wake_w.close()
 
-    def _tick(self, worker: Worker, control: ControlServer, now: float) -> None:
+    def _tick(self, workers: list[Worker], control: ControlServer, now: float) -> None:
         """The one-second timers, each on its own: one failing stops none of the rest
         (the watchdog least of all)."""
-        neighbours = worker.neighbours
+        neighbours = workers[0].neighbours
 
         def forget_unresolved() -> None:
             for nexthop in neighbours.expire(now):
@@ -669,7 +680,7 @@ class Daemon:
             self._step(where, action)
         if self.metrics is not None:
             metrics = self.metrics
-            self._step("metrics", lambda: metrics.publish(self._sample(worker)))
+            self._step("metrics", lambda: metrics.publish(self._sample(workers)))
         self._step("watchdog", self.notifier.watchdog)
 
     def _available_pages(self) -> int:

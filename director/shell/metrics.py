@@ -90,6 +90,8 @@ class Sample:
     conn_limit: int = 0
     worker_errors: tuple[tuple[str, int], ...] = ()
     loop_errors: tuple[tuple[str, int], ...] = ()
+    # Per NFQUEUE: the worker's counters (packets, gso_packets, verdicts, ...).
+    queues: tuple[tuple[int, Mapping[str, int]], ...] = ()
 
 
 def service_labels(svc: Service) -> tuple[str, str, str, str]:
@@ -122,8 +124,10 @@ def take_sample(
     director: Director,
     worker_errors: Mapping[str, int],
     loop_errors: Mapping[str, int] | None = None,
+    queues: tuple[tuple[int, Mapping[str, int]], ...] = (),
 ) -> Sample:
-    """Copy what the metrics show out of the core (services and servers, not conns)."""
+    """Copy what the metrics show out of the core (services and servers, not conns)
+    and the queues' counters (already copied by the caller)."""
     services = []
     for svc in director.services:
         labels = service_labels(svc)
@@ -153,6 +157,7 @@ def take_sample(
         conn_limit=director.conn_limit,
         worker_errors=tuple(sorted(worker_errors.items())),
         loop_errors=tuple(sorted((loop_errors or {}).items())),
+        queues=tuple((queue, dict(counts)) for queue, counts in queues),
     )
 
 
@@ -173,6 +178,19 @@ _RATES = (
     ("outgoing_bytes_per_second", "outgoing bytes per second"),
 )
 _ESTIMATOR = "IPVS's 2-second moving average"
+# Per queue (label ``queue``): (counter key, family, kind, help).
+QUEUE_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
+    ("packets", "director_nfqueue_packets", "counter",
+     "Packets the worker took from the queue (a GSO super-packet counts once)."),
+    ("gso_packets", "director_nfqueue_gso_packets", "counter",
+     "GSO super-packets among them (NFQA_SKB_GSO), each many segments on the wire."),
+    ("partial_checksum_packets", "director_nfqueue_partial_checksum_packets", "counter",
+     "Packets whose transport checksum the kernel had left partial (NFQA_SKB_CSUMNOTREADY)."),
+    ("verdicts", "director_nfqueue_verdicts", "counter",
+     "Verdict messages the worker sent (one per packet)."),
+    ("verdict_sends", "director_nfqueue_verdict_sends", "counter",
+     "System calls that carried them (one per batch of waiting packets)."),
+)  # fmt: skip
 
 
 class DirectorCollector(Collector):
@@ -313,6 +331,7 @@ class DirectorCollector(Collector):
             ),
             sample.loop_errors,
         )
+        yield from _queues(sample)
         for index, (suffix, text) in enumerate(_RATES):
             yield GaugeMetricFamily(
                 f"director_total_{suffix}",
@@ -322,6 +341,19 @@ class DirectorCollector(Collector):
 
 
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _queues(sample: Sample) -> Iterator[Metric]:
+    for key, name, kind, text in QUEUE_FAMILIES:
+        family: CounterMetricFamily | GaugeMetricFamily = (
+            CounterMetricFamily(name, text, labels=["queue"])
+            if kind == "counter"
+            else GaugeMetricFamily(name, text, labels=["queue"])
+        )
+        for queue, counts in sample.queues:
+            if key in counts:
+                family.add_metric([str(queue)], counts[key])
+        yield family
 
 
 def _labelled(family: Family, items: Iterable[tuple[str, int]]) -> Family:

@@ -57,9 +57,15 @@ def rules_text() -> str:
     raise FileNotFoundError(f"{RULES_FILE} is neither in the source tree nor installed")
 
 
+def reply_queue(queue: int) -> int:
+    """The queue of NAT replies (FORWARD): the one after the requests' (LOCAL_IN)."""
+    return queue + 1
+
+
 def render(text: str, queue: int, mark: int, bypass: bool = False) -> str:
     return (
         text.replace("@QUEUE@", str(queue))
+        .replace("@REPLY_QUEUE@", str(reply_queue(queue)))
         .replace("@BYPASS@", " --queue-bypass" if bypass else "")
         .replace("@MARK@", hex(mark))
     )
@@ -138,7 +144,8 @@ class Hooks:
         for table, chain, rule in jumps:
             if not _iptables("-t", table, "-C", chain, *rule.split()):
                 _iptables("-t", table, "-I", chain, "1", *rule.split())
-        log.info("netfilter hooks installed (NFQUEUE %d)", self.queue)
+        log.info("netfilter hooks installed (NFQUEUE %d, replies %d)", self.queue,
+                 reply_queue(self.queue))  # fmt: skip
 
     def remove(self) -> None:
         chains, jumps = declared(self.text)

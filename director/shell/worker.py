@@ -8,12 +8,19 @@ when it is larger than the way out and may be fragmented); DIRECT drops the
 original and hands the unchanged packet to the real server's MAC (VS/DR); DROP drops.
 An exception on one packet is counted and that packet dropped; the worker goes on.
 
-Jumbo frames: NetfilterQueue's ``bind`` caps the copy range at 4,016 bytes and its
-``run_socket`` asks for 4,096-byte messages, so a larger packet would reach the core cut
-short.  The worker sets the queue's copy range itself (an NFQNL_MSG_CONFIG message on
-the queue's own netlink socket, as ``nfq_set_mode`` sends it, with the kernel's
-largest range), reads each message whole into a 64 KiB + headers buffer, and gives
-the socket a receive buffer that holds a burst of jumbo packets.
+One worker per queue: requests (LOCAL_IN) on one, NAT replies (FORWARD) on the next.
+NetfilterQueue binds the queue; the worker then speaks the queue's netlink protocol
+itself on the queue's socket (director/shell/nfqueue.py):
+
+- Jumbo frames and GSO: NetfilterQueue caps the copy range at 4,016 bytes and reads
+  4,096-byte messages.  The worker sets the copy range to the kernel's largest
+  (NFQNL_MSG_CONFIG, as ``nfq_set_mode`` sends it), reads each message whole into a
+  64 KiB + headers buffer, and gives the socket a receive buffer for a burst of them.
+  The reply queue also gets NFQA_CFG_F_GSO: the kernel hands over a GSO super-packet
+  (up to 64 KiB, many segments) as one message instead of cutting it first, with a
+  partial checksum (NFQA_SKB_INFO), and the core rewrites it once (xmit/nat.py).  The
+  request queue keeps the flag off: requests are sent on by a raw socket, which takes
+  no super-packets.
 """
 
 from __future__ import annotations
@@ -28,13 +35,28 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from netfilterqueue import NetfilterQueue, Packet
+from netfilterqueue import NetfilterQueue
 
 from director.core.engine import Director
 from director.core.fragment import fragment
+from director.core.packet import SKB_CSUMNOTREADY, SKB_GSO
 from director.core.route import Frame
 from director.core.xmit import ACCEPT, DIRECT, SEND
 from director.shell.netlink import Neighbours
+from director.shell.nfqueue import (
+    NF_ACCEPT,
+    NF_DROP,
+    NFQA_CFG_F_GSO,
+    NLMSG_ERROR,
+    PACKET_TYPE,
+    VerdictHeads,
+    config_answer,
+    config_message,
+    error_code,
+    message_type,
+    pad,
+    parse_packet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +72,6 @@ RECV_SIZE = COPY_RANGE + 4096
 # The socket's receive buffer (the kernel doubles the figure): a burst of ~1,000
 # 9,000-byte packets, or ~240 of 64 KiB, while the loop is busy elsewhere.
 SOCK_RCVBUF = 8 << 20
-
-# The copy-mode message (linux/netfilter/nfnetlink_queue.h), nfnetlink framed.
-NFNL_SUBSYS_QUEUE = 3
-NFQNL_MSG_CONFIG = 2
-NFQA_CFG_PARAMS = 2
-NFQNL_COPY_PACKET = 2
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 0x2
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
-_CONFIG_SEQ = 0x6A756D62  # ours, to tell the kernel's answer from packets
 CONFIG_TIMEOUT = 2.0
 
 IP_RECVERR = 11  # linux/in.h
@@ -70,6 +81,8 @@ _EXTENDED_ERR = struct.Struct("=IBBBBII")
 
 
 class Worker:
+    """The verdict worker of one queue; ``gso``: take GSO super-packets whole."""
+
     def __init__(
         self,
         director: Director,
@@ -77,43 +90,76 @@ class Worker:
         mark: int,
         neighbours: Neighbours,
         clock: Callable[[], float] = time.monotonic,
+        gso: bool = False,
     ) -> None:
-        self.director = director
+        self._setup(director, queue, neighbours.errors, clock, gso)
         self.neighbours = neighbours
-        self.queue = queue
-        self.clock = clock
-        # One tally of what the shell could not do (send errors, unresolved neighbours).
-        self.errors: Counter[str] = neighbours.errors
         self.nfq = NetfilterQueue()
-        self._batch: _Batch | None = None
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         self.raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # to learn the MTU it refuses
 
+    def _setup(
+        self,
+        director: Director,
+        queue: int,
+        errors: Counter[str],
+        clock: Callable[[], float],
+        gso: bool,
+    ) -> None:
+        """The worker's own state, no socket yet."""
+        self.director = director
+        self.queue = queue
+        self.gso = gso
+        self.clock = clock
+        # One tally of what the shell could not do (send errors, unresolved neighbours).
+        self.errors = errors
+        # What passed: packets taken, of them GSO and partial-checksum ones, verdict
+        # messages and the sends that carried them.
+        self.packets = self.gso_packets = self.partial_packets = 0
+        self.verdicts = self.verdict_sends = 0
+        self.sock: socket.socket | None = None
+        self._heads = VerdictHeads(queue)
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+        self._out: list[bytes | bytearray] = []  # the pending verdicts, piece by piece
+        self._starts: list[int] = []  # where in _out each verdict message begins
+        self._out_bytes = 0
+
     def bind(self) -> None:
-        self.nfq.bind(self.queue, self.handle, max_len=QUEUE_MAXLEN, sock_len=SOCK_RCVBUF)
+        self.nfq.bind(self.queue, _unused, max_len=QUEUE_MAXLEN, sock_len=SOCK_RCVBUF)
         sock = socket.socket(fileno=self.nfq.get_fd())
         sock.setblocking(False)
-        self._batch = _Batch(sock)
-        self._set_copy_range(sock)
+        self.sock = sock
+        flags = NFQA_CFG_F_GSO if self.gso else 0
+        answer = self._configure(config_message(self.queue, COPY_RANGE, flags, NFQA_CFG_F_GSO))
+        if answer in (errno.EOPNOTSUPP, errno.EINVAL) and self.gso:
+            log.warning("NFQUEUE %d: the kernel takes no GSO flag: %s; packets come cut",
+                        self.queue, os.strerror(answer))  # fmt: skip
+            self.gso = False
+            answer = self._configure(config_message(self.queue, COPY_RANGE))
+        if answer:
+            raise OSError(answer, f"NFQUEUE {self.queue} copy range and flags: "
+                                  f"{os.strerror(answer)}")  # fmt: skip
 
-    def _set_copy_range(self, sock: socket.socket) -> None:
-        """Ask the kernel for whole packets (nfqnl_recv_config, NFQA_CFG_PARAMS) and
-        wait for its answer; packets queued meanwhile get their verdicts as usual.  If
-        the socket overflowed meanwhile (ENOBUFS: the answer may be lost with the
-        packets), ask again: the setting is the same each time."""
-        request = config_message(self.queue, COPY_RANGE)
+    def _configure(self, request: bytes) -> int:
+        """Send a queue configuration (nfqnl_recv_config: the copy range, the flags) and
+        wait for the kernel's answer, its errno (0: done); packets queued meanwhile get
+        their verdicts as usual.  If the socket overflowed meanwhile (ENOBUFS: the
+        answer may be lost with the packets), ask again: the setting is the same."""
+        assert self.sock is not None
+        sock = self.sock
         sock.send(request)
         deadline = self.clock() + CONFIG_TIMEOUT
         while True:
             left = deadline - self.clock()
             if left <= 0:
-                raise OSError(errno.ETIMEDOUT, "NFQUEUE copy range: no answer from the kernel")
+                raise OSError(errno.ETIMEDOUT, "NFQUEUE configuration: no answer from the kernel")
             readable, _, _ = select.select([sock], [], [], left)
             if not readable:
                 continue
             try:
-                message = sock.recv(RECV_SIZE)
+                got = sock.recv_into(self._buffer, RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as err:
@@ -121,13 +167,11 @@ class Worker:
                     raise
                 sock.send(request)
                 continue
-            answer = config_answer(message)
-            if answer is None:  # a packet: handle it as run_once would
-                self.nfq.run_socket(_Replay(message))  # type: ignore[arg-type]
-                continue
-            if answer:
-                raise OSError(answer, f"NFQUEUE copy range: {os.strerror(answer)}")
-            return
+            answer = config_answer(self._view[:got])
+            if answer is not None:
+                self._flush()
+                return answer
+            self._message(got)
 
     def fileno(self) -> int:
         fd: int = self.nfq.get_fd()
@@ -137,40 +181,120 @@ class Worker:
         """Give verdicts on the packets waiting in the queue, at most BATCH of them, then
         return: under a flood the daemon's loop still serves the control socket, the
         connection collector and the watchdog between batches."""
-        assert self._batch is not None, "bind() first"
-        # run_socket only calls recv() on what it is given.
-        self.nfq.run_socket(self._batch.refill())  # type: ignore[arg-type]
+        assert self.sock is not None, "bind() first"
+        recv_into = self.sock.recv_into
+        buffer = self._buffer
+        try:
+            for _ in range(BATCH):
+                try:
+                    got = recv_into(buffer, RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as err:
+                    if err.errno != errno.ENOBUFS:
+                        raise
+                    # The socket overflowed: the kernel counted those packets dropped
+                    # (queue_user_dropped); the queue goes on.
+                    self.errors["nfqueue_enobufs"] += 1
+                    continue
+                self._message(got)
+        finally:
+            self._flush()
 
     def close(self) -> None:
-        if self._batch is not None:
-            self._batch.sock.detach()  # the fd is the queue's: NetfilterQueue closes it
+        if self.sock is not None:
+            self._flush()
+            self.sock.detach()  # the fd is the queue's: NetfilterQueue closes it
+            self.sock = None
         self.nfq.unbind()
         self.raw.close()
 
-    def handle(self, packet: Packet) -> None:
+    def counters(self) -> dict[str, int]:
+        """What passed this worker, for the metrics."""
+        return {
+            "packets": self.packets,
+            "gso_packets": self.gso_packets,
+            "partial_checksum_packets": self.partial_packets,
+            "verdicts": self.verdicts,
+            "verdict_sends": self.verdict_sends,
+        }
+
+    def _message(self, got: int) -> None:
+        """One message from the kernel: a packet, or the error a verdict met."""
+        view = self._view
+        kind = message_type(view)
+        if kind != PACKET_TYPE:
+            if kind == NLMSG_ERROR:
+                code = error_code(view[:got])
+                if code:
+                    self.errors[f"verdict_{errno.errorcode.get(code, code)}"] += 1
+            return
         try:
-            buf = bytearray(packet.get_payload())
+            packet_id, hook, mark, skb_info, at, length, _ = parse_packet(view, got)
+        except ValueError:
+            self.errors["nfqueue_bad_message"] += 1
+            return
+        self.packets += 1
+        if skb_info & SKB_GSO:
+            self.gso_packets += 1
+        if skb_info & SKB_CSUMNOTREADY:
+            self.partial_packets += 1
+        verdict, payload = self.handle(hook, mark, skb_info, bytearray(view[at : at + length]))
+        heads = self._heads
+        self._starts.append(len(self._out))
+        if payload is None:
+            self._out.append(heads.head(packet_id, verdict))
+            self._out_bytes += 32
+        else:
+            size = len(payload)
+            self._out += (heads.head(packet_id, verdict, size), payload, pad(size))
+            self._out_bytes += size + 40
+        self.verdicts += 1
+        self._flush()
+
+    def handle(
+        self, hook: int, mark: int, skb_info: int, buf: bytearray
+    ) -> tuple[int, bytearray | None]:
+        """The verdict on one packet (NF_ACCEPT or NF_DROP) and its new bytes, if any."""
+        try:
             now = self.clock()
-            if packet.hook == NF_INET_LOCAL_IN:
-                action, data = self.director.hook_in(buf, now, packet.get_mark())
+            if hook == NF_INET_LOCAL_IN:
+                action, data = self.director.hook_in(buf, now, mark)
             else:
-                action, data = self.director.hook_out(buf, now)
+                action, data = self.director.hook_out(buf, now, skb_info)
             if action == ACCEPT:
-                if isinstance(data, bytearray):
-                    packet.set_payload(bytes(data))
-                packet.accept()
-                return
+                return NF_ACCEPT, data if isinstance(data, bytearray) else None
             if action == SEND:
                 assert isinstance(data, bytearray)
                 self._send(data)
             elif action == DIRECT:
                 assert isinstance(data, Frame)
                 self.neighbours.send(data, now)
-            packet.drop()
         except Exception:
             self.errors["worker_exception"] += 1
             log.exception("packet handling failed; packet dropped")
-            packet.drop()
+        return NF_DROP, None
+
+    def _flush(self) -> None:
+        """Send the pending verdicts, all in one sendmsg (one by one if that fails)."""
+        out, starts = self._out, self._starts
+        if not out or self.sock is None:
+            return
+        self._out, self._starts, self._out_bytes = [], [], 0
+        if self._sendmsg(out):
+            return
+        for begin, end in zip(starts, [*starts[1:], len(out)], strict=True):
+            self._sendmsg(out[begin:end])
+
+    def _sendmsg(self, pieces: list[bytes | bytearray]) -> bool:
+        assert self.sock is not None
+        try:
+            self.sock.sendmsg(pieces)
+        except OSError as err:
+            self.errors[f"verdict_send_{errno.errorcode.get(err.errno or 0, err.errno)}"] += 1
+            return False
+        self.verdict_sends += 1
+        return True
 
     def _send(self, data: bytearray) -> None:
         """Send a rewritten packet; one larger than the way out (a datagram the kernel
@@ -209,65 +333,5 @@ class Worker:
                         mtu = ee_info
 
 
-def config_message(queue: int, copy_range: int) -> bytes:
-    """NFQNL_MSG_CONFIG with NFQA_CFG_PARAMS (copy_range, copy_mode=NFQNL_COPY_PACKET)
-    for ``queue``, asking for an acknowledgement (struct nfqnl_msg_config_params is
-    packed: a big-endian u32 and a u8, padded to 4 in the attribute)."""
-    params = struct.pack("!IB", copy_range, NFQNL_COPY_PACKET)
-    attr = struct.pack("=HH", 4 + len(params), NFQA_CFG_PARAMS) + params
-    attr += b"\0" * (-len(attr) % 4)
-    nfgen = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)  # family, NFNETLINK_V0, res_id
-    body = nfgen + attr
-    kind = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
-    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK,
-                            _CONFIG_SEQ, 0)  # fmt: skip
-    return header + body
-
-
-def config_answer(message: bytes) -> int | None:
-    """The errno of the kernel's answer to ``config_message`` (0: done), or None when
-    ``message`` is something else (a queued packet)."""
-    if len(message) < _NLMSGHDR.size + 4:
-        return None
-    _, kind, _, seq, _ = _NLMSGHDR.unpack_from(message)
-    if kind != NLMSG_ERROR or seq != _CONFIG_SEQ:
-        return None
-    error: int = struct.unpack_from("=i", message, _NLMSGHDR.size)[0]
-    return -error
-
-
-class _Batch:
-    """A stand-in for the queue's socket that NetfilterQueue.run_socket reads from: it
-    hands out BATCH messages (one packet each), then says EAGAIN, which ends the run.
-    Each message is read whole (RECV_SIZE, not the 4,096 bytes run_socket asks for)
-    into one buffer, and only its own length is copied out."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.left = 0
-        self._buffer = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buffer)
-
-    def refill(self) -> _Batch:
-        self.left = BATCH
-        return self
-
-    def recv(self, size: int) -> bytes:
-        if self.left <= 0:
-            raise BlockingIOError(errno.EAGAIN, "batch done")
-        self.left -= 1
-        got = self.sock.recv_into(self._buffer, RECV_SIZE)
-        return bytes(self._view[:got])
-
-
-class _Replay:
-    """One message already read, for run_socket (then EAGAIN)."""
-
-    def __init__(self, message: bytes) -> None:
-        self.message: bytes | None = message
-
-    def recv(self, size: int) -> bytes:
-        message, self.message = self.message, None
-        if message is None:
-            raise BlockingIOError(errno.EAGAIN, "replayed")
-        return message
+def _unused(packet: object) -> None:
+    """NetfilterQueue's callback: never called, the worker reads the socket itself."""

@@ -279,9 +279,9 @@ class Spy(Director):
         self.general += 1
         return super().hook_in_general(buf, now, mark)
 
-    def hook_out_general(self, buf: bytearray, now: float) -> Verdict:
+    def hook_out_general(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
         self.general += 1
-        return super().hook_out_general(buf, now)
+        return super().hook_out_general(buf, now, skb_info)
 
 
 def test_the_common_case_takes_the_fused_path():

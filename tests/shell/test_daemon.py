@@ -147,7 +147,7 @@ def test_a_failed_save_at_sigterm_still_removes_the_hooks(daemon: Daemon, on_sto
     (daemon.settings.state_dir / "conns.json" / "in-the-way").mkdir(parents=True)
     daemon.stop_requested = True
     worker, control = Closable(), Closable()
-    saved = daemon._shut_down(worker, control)  # type: ignore[arg-type]
+    saved = daemon._shut_down([worker], control)  # type: ignore[arg-type]
     assert saved is False
     assert hooks.removed == 1
     assert worker.closed and control.closed  # the rest of the stop ran too
@@ -158,7 +158,7 @@ def test_a_saved_table_and_on_stop_keep_leave_the_hooks(daemon: Daemon) -> None:
     hooks = hooks_of(daemon)
     daemon.settings.on_stop = "keep"
     daemon.stop_requested = True
-    assert daemon._shut_down(Closable(), Closable()) is True  # type: ignore[arg-type]
+    assert daemon._shut_down([Closable()], Closable()) is True  # type: ignore[arg-type]
     assert hooks.removed == 0
     assert (daemon.settings.state_dir / "conns.json").exists()
 

@@ -114,3 +114,20 @@ def test_the_loops_caught_exceptions_are_counted_by_where() -> None:
         if s.name == "director_loop_errors_total"
     }
     assert got == {(("where", "control"),): 2.0, (("where", "expire"),): 1.0}
+
+
+def test_queue_counters_per_queue() -> None:
+    """The worker's counters of each NFQUEUE, labelled by queue."""
+    server = MetricsServer("127.0.0.1:9")
+    queues = (
+        (0, {"packets": 10, "verdicts": 10, "verdict_sends": 4}),
+        (1, {"packets": 5, "gso_packets": 3, "verdicts": 5, "verdict_sends": 5}),
+    )
+    server.publish(take_sample(Director(), {}, None, queues))
+    got: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(generate_latest(server.registry).decode()):
+        for s in family.samples:
+            got.setdefault(s.name, {})[s.labels.get("queue", "")] = s.value
+    assert got["director_nfqueue_packets_total"] == {"0": 10, "1": 5}
+    assert got["director_nfqueue_gso_packets_total"] == {"1": 3}
+    assert got["director_nfqueue_verdict_sends_total"] == {"0": 4, "1": 5}

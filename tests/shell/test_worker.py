@@ -11,11 +11,15 @@ import errno
 import socket
 import struct
 import time
+from collections import Counter
 
 import pytest
 
+from director.core.engine import Director
 from director.shell import worker as worker_module
-from director.shell.worker import Worker, config_answer, config_message
+from director.shell.nfqueue import NFQA_CFG_F_GSO, config_answer, config_message
+from director.shell.worker import Worker
+from tests.core.packets import tcp
 
 
 def test_config_message_layout() -> None:
@@ -46,50 +50,51 @@ def test_config_answer_tells_the_ack_from_a_packet() -> None:
     assert config_answer(packet) is None
 
 
-class _Queue:
-    """What _set_copy_range needs of NetfilterQueue: run_socket, recording packets."""
-
-    def __init__(self) -> None:
-        self.replayed: list[bytes] = []
-
-    def run_socket(self, source: object) -> None:
-        self.replayed.append(source.recv(0))  # type: ignore[attr-defined]
-
-
-def _worker() -> Worker:
-    worker = Worker.__new__(Worker)  # no queue, no raw socket: only what this step uses
-    worker.queue, worker.clock, worker.nfq = 0, time.monotonic, _Queue()  # type: ignore[assignment]
+def _worker(sock: socket.socket) -> Worker:
+    """A worker with no queue, no raw socket: only what configuring and verdicts use."""
+    worker = Worker.__new__(Worker)
+    worker._setup(Director(), 0, Counter(), time.monotonic, gso=True)
+    worker.sock = sock
     return worker
 
 
-def _ack(code: int) -> bytes:
-    sent = config_message(queue=0, copy_range=0xFFFF)
-    seq = struct.unpack_from("=I", sent, 8)[0]
-    return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", code) + sent[:16]
+def _ack(code: int, request: bytes) -> bytes:
+    seq = struct.unpack_from("=I", request, 8)[0]
+    return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", code) + request[:16]
 
 
-def test_set_copy_range_waits_for_the_ack_and_hands_on_packets_meanwhile() -> None:
+def _queued_packet(packet_id: int) -> bytes:
+    """An NFQNL_MSG_PACKET for a reply of no connection (it passes: NF_ACCEPT)."""
+    ip = bytes(tcp("198.18.0.2", "203.0.113.10", 80, 40000))
+    attrs = struct.pack("=HH", 11, 1) + struct.pack("!IHB", packet_id, 0x0800, 2) + b"\0"
+    attrs += struct.pack("=HH", 4 + len(ip), 10) + ip
+    body = bytes([2, 0, 0, 0]) + attrs
+    return struct.pack("=IHHII", 16 + len(body), 3 << 8, 0, 0, 0) + body
+
+
+REQUEST = config_message(0, 0xFFFF, NFQA_CFG_F_GSO, NFQA_CFG_F_GSO)
+
+
+def test_configure_waits_for_the_ack_and_gives_verdicts_meanwhile() -> None:
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, kernel:
         ours.setblocking(False)
-        packet = struct.pack("=IHHII", 24, 3 << 8, 0, 0, 0) + bytes(8)
-        kernel.send(packet)  # a packet queued before the answer
-        kernel.send(_ack(0))
-        worker = _worker()
-        worker._set_copy_range(ours)
-        assert kernel.recv(100) == config_message(0, 0xFFFF)  # what the kernel was sent
-        assert worker.nfq.replayed == [packet]  # type: ignore[attr-defined]
+        kernel.send(_queued_packet(7))  # a packet queued before the answer
+        kernel.send(_ack(0, REQUEST))
+        assert _worker(ours)._configure(REQUEST) == 0
+        assert kernel.recv(1000) == REQUEST  # what the kernel was sent
+        verdict = kernel.recv(1000)  # then the packet's verdict: NF_ACCEPT, id 7
+        assert struct.unpack_from("=IH", verdict) == (32, 3 << 8 | 1)
+        assert struct.unpack_from("!II", verdict, 24) == (1, 7)
 
 
-def test_set_copy_range_refused_or_unanswered_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configure_refused_or_unanswered_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, kernel:
         ours.setblocking(False)
-        kernel.send(_ack(-errno.EPERM))
-        with pytest.raises(OSError, match="copy range") as refused:
-            _worker()._set_copy_range(ours)
-        assert refused.value.errno == errno.EPERM
+        kernel.send(_ack(-errno.EPERM, REQUEST))
+        assert _worker(ours)._configure(REQUEST) == errno.EPERM
         monkeypatch.setattr(worker_module, "CONFIG_TIMEOUT", 0.05)
         with pytest.raises(OSError, match="no answer") as silent:
-            _worker()._set_copy_range(ours)
+            _worker(ours)._configure(REQUEST)
         assert silent.value.errno == errno.ETIMEDOUT

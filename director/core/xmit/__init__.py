@@ -56,6 +56,11 @@ class Xmit:
         """The fused path's xmit_out, as ``fused_in``."""
         return None
 
+    def fused_out_partial(self, conn: Conn, buf: bytearray, skb_info: int) -> Verdict | None:
+        """``fused_out`` for a packet whose transport checksum is the kernel's partial
+        seed (``skb_info``: the queue's NFQA_SKB_INFO flags)."""
+        return None
+
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
         """An ICMP error from outside about a connection: by default it goes to the
         real server as it is, the way the connection's packets go (ip_vs_icmp_xmit)."""

@@ -4,6 +4,8 @@ A packet with DF set that does not fit the way to its real server is answered wi
 ICMP fragmentation needed carrying the MTU that fits; the client's stack lowers its
 path MTU and sends again (RFC 1191).  Without DF the packet goes on and is fragmented
 on output, as the kernel's ip_fragment would (the shells use director.core.fragment).
+A GSO super-packet is never refused: the kernel cuts it into segments that fit
+(ensure_mtu_is_adequate skips skb_is_gso).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from director.core.icmp import frag_needed
-from director.core.packet import Packet
+from director.core.packet import SKB_GSO, Packet
 from director.core.route import Route
 from director.core.xmit import DROP, SEND, Verdict
 
@@ -24,7 +26,7 @@ IP_DF = _IP_DF
 
 def too_big(pkt: Packet, mtu: int) -> Verdict | None:
     """The ICMP answer if ``pkt`` needs more than ``mtu`` bytes and may not be fragmented."""
-    if pkt.length > mtu and pkt.buf[6] & _IP_DF:
+    if pkt.length > mtu and pkt.buf[6] & _IP_DF and not pkt.skb_info & SKB_GSO:
         return (SEND, frag_needed(pkt.buf, mtu))
     return None
 

@@ -5,6 +5,17 @@ sent on by the director.  Replies, which come back through the director because 
 the real servers' gateway, get the VIP and virtual port back as their source.  The
 buffer is rewritten in place and every checksum (IP header; TCP or UDP over the
 pseudo-header) is adjusted incrementally (RFC 1624), never recomputed.
+
+A reply whose transport checksum the kernel has not computed yet (NFQA_SKB_CSUMNOTREADY:
+CHECKSUM_PARTIAL, the field holds the pseudo-header seed) gets the seed updated for the
+new address as tcp_snat_handler's CHECKSUM_PARTIAL branch does (tcp_partial_csum_update;
+the port is in the data the seed does not cover).  A GSO super-packet keeps that seed:
+the kernel cuts it into segments and completes each one's checksum from the seed
+(__udp_gso_segment; tcp4_gso_segment re-seeds it from the new addresses).  A small
+packet does not keep it: a verdict with a payload makes the packet CHECKSUM_NONE
+(nfqnl_mangle in net/netfilter/nfnetlink_queue.c), so nothing would complete it
+downstream, and its checksum is completed here as skb_checksum_help would: the sum of
+the transport header and data from the seed on, complemented, a zero sent as 0xFFFF.
 """
 
 from __future__ import annotations
@@ -12,8 +23,8 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from director.core.checksum import adjust16, adjust32, internet_checksum
-from director.core.packet import IPPROTO_UDP
+from director.core.checksum import adjust16, adjust32, internet_checksum, replace32_partial
+from director.core.packet import IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO
 from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
 from director.core.xmit.mtu import IP_DF, too_big
 
@@ -36,6 +47,10 @@ def rewrite(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port: 
     """
     buf = pkt.buf
     l4 = pkt.l4
+    if pkt.skb_info & SKB_CSUMNOTREADY:
+        rewrite_partial(buf, pkt.protocol, l4, pkt.length, pkt.skb_info, addr_at, port_at,
+                        new_addr, new_port)  # fmt: skip
+        return
     old_addr = _U32.unpack_from(buf, addr_at)[0]
     new_addr_n = _U32.unpack(new_addr)[0]
     old_port = _U16.unpack_from(buf, l4 + port_at)[0]
@@ -53,6 +68,32 @@ def rewrite(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port: 
     if pkt.protocol == IPPROTO_UDP and csum == 0:
         csum = 0xFFFF  # RFC 768: a computed zero is sent as all ones
     _U16.pack_into(buf, csum_at, csum)
+
+
+def rewrite_partial(
+    buf: bytearray,
+    protocol: int,
+    l4: int,
+    length: int,
+    skb_info: int,
+    addr_at: int,
+    port_at: int,
+    new_addr: bytes,
+    new_port: int,
+) -> None:
+    """``rewrite`` for a packet whose transport checksum is the kernel's partial seed
+    (NFQA_SKB_CSUMNOTREADY): the seed follows the address (tcp_partial_csum_update),
+    and a packet that is not GSO leaves with its checksum completed from it."""
+    old = _U32.unpack_from(buf, addr_at)[0]
+    new = _U32.unpack(new_addr)[0]
+    _U16.pack_into(buf, _IP_CSUM, adjust32(_U16.unpack_from(buf, _IP_CSUM)[0], old, new))
+    buf[addr_at : addr_at + 4] = new_addr
+    _U16.pack_into(buf, l4 + port_at, new_port)
+    csum_at = l4 + (_UDP_CSUM if protocol == IPPROTO_UDP else _TCP_CSUM)
+    _U16.pack_into(buf, csum_at, replace32_partial(_U16.unpack_from(buf, csum_at)[0], old, new))
+    if not skb_info & SKB_GSO:
+        full = internet_checksum(memoryview(buf)[l4:length])
+        _U16.pack_into(buf, csum_at, full or 0xFFFF)
 
 
 def rewrite_fused(
@@ -127,6 +168,11 @@ class Masquerade(Xmit):
 
     def fused_out(self, conn: Conn, buf: bytearray) -> Verdict | None:
         rewrite_fused(buf, conn.protocol, 12, 20, conn.vaddr, conn.vport)
+        return (ACCEPT, buf)
+
+    def fused_out_partial(self, conn: Conn, buf: bytearray, skb_info: int) -> Verdict | None:
+        rewrite_partial(buf, conn.protocol, 20, len(buf), skb_info, 12, 0, conn.vaddr,
+                        conn.vport)  # fmt: skip
         return (ACCEPT, buf)
 
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
