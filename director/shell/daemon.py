@@ -54,10 +54,11 @@ from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, take_sample
 from director.shell.netfilter import Hooks, reply_queue
 from director.shell.netlink import Neighbours, Routes
+from director.shell.nfqueue import read_queue_table
 from director.shell.notify import Notifier
 from director.shell.persist import atomic_write
 from director.shell.supervise import EXIT_CRASH, supervise
-from director.shell.worker import Worker
+from director.shell.worker import Worker, queue_sample
 
 log = logging.getLogger("directord")
 
@@ -610,7 +611,8 @@ class Daemon:
         return True
 
     def _sample(self, workers: list[Worker]) -> Any:
-        queues = tuple((w.queue, w.counters()) for w in workers)
+        kernel = read_queue_table()
+        queues = tuple((w.queue, queue_sample(w, kernel)) for w in workers)
         return take_sample(self.director, workers[0].errors, self.loop_errors, queues)
 
     def _loop(self, workers: list[Worker], control: ControlServer) -> None:

@@ -90,7 +90,8 @@ class Sample:
     conn_limit: int = 0
     worker_errors: tuple[tuple[str, int], ...] = ()
     loop_errors: tuple[tuple[str, int], ...] = ()
-    # Per NFQUEUE: the worker's counters (packets, gso_packets, verdicts, ...).
+    # Per NFQUEUE: the worker's counters (packets, gso_packets, verdicts, ...) and the
+    # kernel's for that queue (waiting, kernel_dropped, ...; see QUEUE_FAMILIES).
     queues: tuple[tuple[int, Mapping[str, int]], ...] = ()
 
 
@@ -178,7 +179,8 @@ _RATES = (
     ("outgoing_bytes_per_second", "outgoing bytes per second"),
 )
 _ESTIMATOR = "IPVS's 2-second moving average"
-# Per queue (label ``queue``): (counter key, family, kind, help).
+# Per queue (label ``queue``): (counter key, family, kind, help).  The worker's own, then
+# the kernel's line of /proc/net/netfilter/nfnetlink_queue (nfnetlink_queue.c seq_show).
 QUEUE_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
     ("packets", "director_nfqueue_packets", "counter",
      "Packets the worker took from the queue (a GSO super-packet counts once)."),
@@ -190,6 +192,14 @@ QUEUE_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
      "Verdict messages the worker sent (one per packet)."),
     ("verdict_sends", "director_nfqueue_verdict_sends", "counter",
      "System calls that carried them (one per batch of waiting packets)."),
+    ("waiting", "director_nfqueue_waiting", "gauge",
+     "Packets in the kernel's queue waiting for a verdict (queue_total)."),
+    ("kernel_dropped", "director_nfqueue_kernel_dropped", "counter",
+     "Packets the kernel dropped because the queue was full (queue_dropped)."),
+    ("kernel_user_dropped", "director_nfqueue_kernel_user_dropped", "counter",
+     "Packets the kernel dropped because the worker's socket was full (queue_user_dropped)."),
+    ("kernel_id_sequence", "director_nfqueue_kernel_id_sequence", "counter",
+     "Packets the kernel queued (its packet id sequence; it wraps at 2**32)."),
 )  # fmt: skip
 
 

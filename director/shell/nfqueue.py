@@ -10,6 +10,8 @@ linux/netfilter/nfnetlink_queue.h) and net/netfilter/nfnetlink_queue.c reads the
   of an NFQA_PAYLOAD when the packet was rewritten), read by nfqnl_recv_verdict.  The
   kernel takes several such messages in one send (netlink_rcv_skb walks them all);
   NFQNL_MSG_VERDICT_BATCH would carry no payload.
+- ``queue_table``: /proc/net/netfilter/nfnetlink_queue (seq_show): per queue the
+  packets waiting, those the kernel dropped, and its packet id sequence.
 
 Netlink headers are in host order; the nfnetlink payloads (res_id, ids, marks, flags)
 in network order.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = 0
@@ -172,3 +175,44 @@ _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
 def pad(size: int) -> bytes:
     """The zero bytes that align an attribute of ``size`` bytes of data to 4."""
     return _PADS[size % 4]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelQueue:
+    """One line of /proc/net/netfilter/nfnetlink_queue (nfnetlink_queue.c seq_show)."""
+
+    queue: int
+    portid: int
+    waiting: int  # queue_total: packets queued, no verdict yet
+    copy_mode: int
+    copy_range: int
+    dropped: int  # queue_dropped: the queue was full (or the packet map refused it)
+    user_dropped: int  # queue_user_dropped: the message did not fit the socket
+    id_sequence: int  # the last packet id: packets queued so far, modulo 2**32
+
+
+PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+
+
+def queue_table(text: str) -> dict[int, KernelQueue]:
+    """The kernel's queues by number, from the text of ``PROC_QUEUES``."""
+    table: dict[int, KernelQueue] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            values = [int(f) for f in fields[:8]]
+        except ValueError:
+            continue
+        table[values[0]] = KernelQueue(*values)
+    return table
+
+
+def read_queue_table(path: str = PROC_QUEUES) -> dict[int, KernelQueue]:
+    """``queue_table`` of this network namespace's file (empty if it cannot be read)."""
+    try:
+        with open(path) as f:
+            return queue_table(f.read())
+    except OSError:
+        return {}

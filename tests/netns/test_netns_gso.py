@@ -85,3 +85,7 @@ def test_20mb_nat_download_with_gso_arrives_intact_in_few_verdicts(
     assert gso > 0
     assert verdicts * 4 < packets_on_the_wire, (verdicts, gso, packets_on_the_wire)
     assert m["director_nfqueue_packets_total"][REPLY_QUEUE] == verdicts  # one each
+    # Nothing was lost in the kernel's queues on the way.
+    for family in ("director_nfqueue_kernel_dropped_total",
+                   "director_nfqueue_kernel_user_dropped_total"):  # fmt: skip
+        assert set(m[family].values()) == {0.0}, m[family]

@@ -117,12 +117,14 @@ def test_the_loops_caught_exceptions_are_counted_by_where() -> None:
 
 
 def test_queue_counters_per_queue() -> None:
-    """The worker's counters of each NFQUEUE, labelled by queue."""
+    """The worker's and the kernel's counters of each NFQUEUE, labelled by queue."""
     server = MetricsServer("127.0.0.1:9")
     queues = (
         (0, {"packets": 10, "verdicts": 10, "verdict_sends": 4}),
-        (1, {"packets": 5, "gso_packets": 3, "verdicts": 5, "verdict_sends": 5}),
-    )
+        (1, {"packets": 5, "gso_packets": 3, "verdicts": 5, "verdict_sends": 1,
+             "kernel_dropped": 2, "kernel_user_dropped": 6, "kernel_id_sequence": 99,
+             "waiting": 1}),
+    )  # fmt: skip
     server.publish(take_sample(Director(), {}, None, queues))
     got: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(generate_latest(server.registry).decode()):
@@ -130,4 +132,8 @@ def test_queue_counters_per_queue() -> None:
             got.setdefault(s.name, {})[s.labels.get("queue", "")] = s.value
     assert got["director_nfqueue_packets_total"] == {"0": 10, "1": 5}
     assert got["director_nfqueue_gso_packets_total"] == {"1": 3}
-    assert got["director_nfqueue_verdict_sends_total"] == {"0": 4, "1": 5}
+    assert got["director_nfqueue_verdict_sends_total"] == {"0": 4, "1": 1}
+    assert got["director_nfqueue_kernel_dropped_total"] == {"1": 2}
+    assert got["director_nfqueue_kernel_user_dropped_total"] == {"1": 6}
+    assert got["director_nfqueue_kernel_id_sequence_total"] == {"1": 99}
+    assert got["director_nfqueue_waiting"] == {"1": 1}

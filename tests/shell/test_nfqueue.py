@@ -9,7 +9,8 @@ nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; }),
 NFQA_VERDICT_HDR = 2 (struct nfqnl_msg_verdict_hdr { __be32 verdict; __be32 id; }),
 NFQA_MARK = 3, NFQA_IFINDEX_INDEV = 5, NFQA_PAYLOAD = 10, NFQA_CAP_LEN = 13,
 NFQA_SKB_INFO = 14 (NFQA_SKB_CSUMNOTREADY 1, NFQA_SKB_GSO 2), NFQA_CFG_MASK = 4,
-NFQA_CFG_FLAGS = 5, NFQA_CFG_F_GSO = 1 << 2.
+NFQA_CFG_FLAGS = 5, NFQA_CFG_F_GSO = 1 << 2.  The /proc line is seq_show's format in
+net/netfilter/nfnetlink_queue.c.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from director.shell.nfqueue import (
     error_code,
     pad,
     parse_packet,
+    queue_table,
 )
 
 
@@ -121,3 +123,18 @@ def test_error_code_of_a_verdict_error() -> None:
     nack = struct.pack("=IHHII", 36, 2, 0, 0, 0) + struct.pack("=i", -2) + request
     assert error_code(nack) == 2  # ENOENT: no such packet id
     assert error_code(packet_message(b"")) is None
+
+
+def test_proc_queue_table() -> None:
+    # "%5u %6u %5u %1u %5u %5u %5u %8u %2d\n": queue_num, peer_portid, queue_total,
+    # copy_mode, copy_range, queue_dropped, queue_user_dropped, id_sequence, 1
+    text = (
+        "    0  51234     0 2 65531     0     0    10071  1\n"
+        "    1  51235     3 2 65531     7    12   991234  1\n"
+    )
+    table = queue_table(text)
+    assert sorted(table) == [0, 1]
+    reply = table[1]
+    assert (reply.portid, reply.waiting, reply.copy_range) == (51235, 3, 65531)
+    assert (reply.dropped, reply.user_dropped, reply.id_sequence) == (7, 12, 991234)
+    assert queue_table("") == {}
