@@ -1,12 +1,12 @@
 """The connection table (net/netfilter/ipvs/ip_vs_conn.c).
 
-A connection is keyed by its client tuple.  Two dictionaries give the kernel's two
-lookups: ``in_get`` by (protocol, client, VIP) for packets from clients, and
-``out_get`` by (protocol, real server, client) for replies that come back through the
-director (NAT).  Each connection keeps its forwarding method, bound once when it is
-created (``ip_vs_bind_xmit``).
+A connection is hashed by its client side (protocol, client address and port) in one
+table that gives the kernel's two lookups: ``in_get`` by (protocol, client, VIP) for
+packets from clients, and ``out_get`` by (protocol, real server, client) for replies
+that come back through the director (NAT).  Each connection keeps its forwarding
+method, bound once when it is created (``ip_vs_bind_xmit``).
 
-Persistence templates (IP_VS_CONN_F_TEMPLATE) live in a third dictionary keyed by
+Persistence templates (IP_VS_CONN_F_TEMPLATE) live in a dictionary keyed by
 (protocol, masked client address, VIP or fwmark, virtual port or 0); a connection made
 through a template is "controlled" by it, and a template is not let go while it still
 controls connections: at its timeout it is put off for another period, as
@@ -16,6 +16,10 @@ Binding a connection to its real server also applies the thresholds, as
 ip_vs_bind_dest/ip_vs_unbind_dest do: reaching the upper threshold marks the server
 overloaded; it is cleared below the lower threshold, or below 3/4 of the upper one
 when no lower one is set.
+
+The table is a hash table of chained buckets that grows by linear hashing (see
+ConnTable), and an entry is kept lean (see Conn): about 240 bytes each, all told, from
+100,000 to a million entries, where two dictionaries keyed by tuples cost some 620.
 
 Expiry is a timer wheel of one-second slots.  A packet only moves ``expires`` forward;
 the collector visits a connection when its slot comes due and re-files it if it was
@@ -47,11 +51,14 @@ class ConnProtocol(Protocol):
     def transition(self, conn: Conn, direction: int, flags: int) -> None: ...
 
 
-# What one entry costs in memory, all told (the object, its keys, the dictionary slots,
-# its place in the wheel): about 610 bytes measured with tracemalloc over 50,000
-# entries (tests/core/test_defense.py measures it again).  The memory cap on the table
-# is a number of entries derived from it.
-CONN_BYTES = 640
+# What one entry costs in memory, all told (the object, its key integer, its timer's
+# float, its bucket and its place in the wheel): about 240 bytes measured with
+# tracemalloc over 100,000 entries (tests/core/test_conn.py measures it again and holds
+# it to 256; the kernel's struct ip_vs_conn is some 128).  The memory cap on the table
+# is a number of entries derived from it.  A template costs more (it sits in a
+# dictionary by its tuple key), but there is one per client network, not per
+# connection.
+CONN_BYTES = 256
 PAGE = 4096
 
 # Entries the collector visits per slice (``ConnTable.expire``'s budget in the daemon):
@@ -70,33 +77,43 @@ InKey = tuple[int, bytes, int, bytes, int]  # protocol, caddr, cport, vaddr, vpo
 OutKey = tuple[int, bytes, int, bytes, int]  # protocol, daddr, dport, caddr, cport
 
 
+def _addr(key: int) -> bytes:
+    return (key >> 16 & 0xFFFFFFFF).to_bytes(4, "big")
+
+
 class Conn:
-    """One connection entry (``struct ip_vs_conn``)."""
+    """One connection entry (``struct ip_vs_conn``).
+
+    Lean, because a table may hold millions: the client side is one integer (``ckey``:
+    protocol, address, port), the virtual and real server sides one each (``vkey``,
+    ``dkey``: address, port), shared with the service and the real server whenever
+    they are theirs; protocol, addresses and ports are read out of them.  ``next``
+    links the entries of one hash bucket (the kernel's c_list), ``older`` and
+    ``newer`` all entries in the order they were hashed.  IPv4 only, as the packet
+    path is."""
 
     __slots__ = (
-        "caddr",
+        "ckey",
         "control",
-        "cport",
-        "daddr",
         "dest",
-        "dport",
+        "dkey",
         "expires",
-        "in_key",
         "in_pkts",
         "inactive",
-        "n_control",
+        "newer",
+        "next",
         "nooutput",
-        "out_key",
+        "older",
         "proto",
-        "protocol",
         "state",
         "svc",
-        "template",
         "timeout",
-        "vaddr",
-        "vport",
+        "vkey",
         "xmit",
     )
+
+    template = False  # IP_VS_CONN_F_TEMPLATE: a Template
+    n_control = 0  # connections a template controls: none for a connection
 
     def __init__(
         self,
@@ -110,17 +127,16 @@ class Conn:
         dest: Dest,
         xmit: Xmit,
         dport: int | None = None,
-        template: bool = False,
     ) -> None:
         self.proto = proto
-        self.protocol = protocol
-        self.caddr = caddr
-        self.cport = cport
-        self.vaddr = vaddr
-        self.vport = vport
-        self.daddr = dest.addr
+        self.ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        vkey = svc.vkey
+        if vaddr != svc.key[1] or vport != vkey & 0xFFFF:
+            vkey = int.from_bytes(vaddr, "big") << 16 | vport  # fwmark, port-zero
+        self.vkey = vkey
         # Port-zero (persistent all-ports) services keep the client's destination port.
-        self.dport = (dest.port or vport) if dport is None else dport
+        dport = (dest.port or vport) if dport is None else dport
+        self.dkey = dest.dkey if dport == dest.port else dest.dkey >> 16 << 16 | dport
         self.svc = svc
         self.dest = dest
         self.xmit = xmit
@@ -131,12 +147,48 @@ class Conn:
         # IP_VS_CONN_F_INACTIVE); replies never cross the director for DR and TUN.
         self.inactive = True
         self.nooutput = xmit.nooutput
-        self.template = template
-        self.control: Conn | None = None  # the template this connection was made through
-        self.n_control = 0  # connections a template controls
+        self.control: Template | None = None  # the template it was made through
         self.in_pkts = 0  # packets from the client (todrop_entry looks at it)
-        self.in_key: InKey = (protocol, caddr, cport, vaddr, vport)
-        self.out_key: OutKey = (protocol, self.daddr, self.dport, caddr, cport)
+        self.next: Conn | None = None  # the next entry in its hash bucket
+        # The entries hashed before and after it: the table lists them in that order.
+        self.older: Conn | None = None
+        self.newer: Conn | None = None
+
+    @property
+    def protocol(self) -> int:
+        return self.ckey >> 48
+
+    @property
+    def caddr(self) -> bytes:
+        return _addr(self.ckey)
+
+    @property
+    def cport(self) -> int:
+        return self.ckey & 0xFFFF
+
+    @property
+    def vaddr(self) -> bytes:
+        return _addr(self.vkey)
+
+    @property
+    def vport(self) -> int:
+        return self.vkey & 0xFFFF
+
+    @property
+    def daddr(self) -> bytes:
+        return self.dest.addr  # dkey's address is the real server's
+
+    @property
+    def dport(self) -> int:
+        return self.dkey & 0xFFFF
+
+    @property
+    def in_key(self) -> InKey:
+        return (self.protocol, self.caddr, self.cport, self.vaddr, self.vport)
+
+    @property
+    def out_key(self) -> OutKey:
+        return (self.protocol, self.daddr, self.dport, self.caddr, self.cport)
 
     @property
     def state_name(self) -> str:
@@ -152,34 +204,167 @@ class Conn:
             self.control.state |= CTPL_ASSURED
 
 
+class Template(Conn):
+    """A persistence template (IP_VS_CONN_F_TEMPLATE): an entry without client port
+    that the connections made through it are controlled by."""
+
+    __slots__ = ("n_control",)
+
+    template = True
+
+    def __init__(
+        self,
+        proto: ConnProtocol,
+        protocol: int,
+        caddr: bytes,
+        cport: int,
+        vaddr: bytes,
+        vport: int,
+        svc: Service,
+        dest: Dest,
+        xmit: Xmit,
+        dport: int | None = None,
+    ) -> None:
+        super().__init__(proto, protocol, caddr, cport, vaddr, vport, svc, dest, xmit, dport)
+        self.n_control = 0
+
+
+# A bucket is picked by the low bits of the hash of the client key as a 1-tuple:
+# Python's tuple hash (an xxHash round) mixes every bit of the key into the low ones,
+# as the kernel's jhash does, where the key itself (addresses and ports in a row, as
+# clients come) or a multiplication by an odd constant left most buckets empty.
+_MIN_BITS = 3
+
+
 class ConnTable:
-    """Connections by their in and out keys, with the expiry wheel."""
+    """Connections in a hash table, templates by their keys, and the expiry wheel.
+
+    The connections are hashed once, by their client side (protocol, client address
+    and port), and found both ways from there, as ip_vs_conn_in_get and
+    ip_vs_conn_out_get find them in the kernel's one ip_vs_conn_tab: a packet from a
+    client by its VIP and port, a reply by its real server and port.  Each bucket is
+    a chain through the entries (``Conn.next``), newest first (hlist_add_head).  The
+    table grows by linear hashing: one more bucket, split from an old one, each time
+    the entries outnumber the buckets, so that a lookup walks about one entry
+    however large the table, and no insertion ever rehashes the whole of it.  It
+    never shrinks, as the kernel's fixed-size table does not.
+
+    ``in_tab`` and ``out_tab`` are views of the table by the (protocol, address,
+    port, address, port) tuples the kernel's lookups take."""
 
     def __init__(self) -> None:
-        self.in_tab: dict[InKey, Conn] = {}
-        self.out_tab: dict[OutKey, Conn] = {}
-        self.templates: dict[InKey, Conn] = {}
+        self._buckets: list[Conn | None] = [None] * (1 << _MIN_BITS)
+        self._low = (1 << _MIN_BITS) - 1  # the mask of the buckets not split yet
+        self._split = 0  # buckets below it are split: picked by the next mask up
+        self._count = 0
+        self._oldest: Conn | None = None
+        self._newest: Conn | None = None
+        self.templates: dict[InKey, Template] = {}
+        self.in_tab = InView(self)
+        self.out_tab = OutView(self)
         self._wheel: dict[int, list[Conn]] = {}
         self._clock: int | None = None  # next slot the collector looks at
         self._due: list[Conn] = []  # what is left of the slot being collected
 
     def __len__(self) -> int:
-        return len(self.in_tab)
+        return self._count
 
     def __iter__(self) -> Iterator[Conn]:
-        return iter(list(self.in_tab.values()))
+        return iter(self.conns())
 
-    def add(self, conn: Conn, control: Conn | None = None) -> None:
+    def conns(self) -> list[Conn]:
+        """Every connection, oldest first."""
+        out: list[Conn] = []
+        conn = self._oldest
+        while conn is not None:
+            out.append(conn)
+            conn = conn.newer
+        return out
+
+    def bucket(self, ckey: int) -> int:
+        """The bucket of a client key."""
+        h = hash((ckey,))
+        i = h & self._low
+        return h & (self._low << 1 | 1) if i < self._split else i
+
+    def in_get(self, ckey: int, vkey: int) -> Conn | None:
+        """ip_vs_conn_in_get: the entry of a client's packet to a virtual service."""
+        h = hash((ckey,))
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn = self._buckets[i]
+        while conn is not None and (conn.ckey != ckey or conn.vkey != vkey):
+            conn = conn.next
+        return conn
+
+    def out_get(self, ckey: int, dkey: int) -> Conn | None:
+        """ip_vs_conn_out_get: the entry of a real server's reply to a client."""
+        h = hash((ckey,))
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn = self._buckets[i]
+        while conn is not None and (conn.ckey != ckey or conn.dkey != dkey):
+            conn = conn.next
+        return conn
+
+    def find_in(
+        self, protocol: int, caddr: bytes, cport: int, vaddr: bytes, vport: int
+    ) -> Conn | None:
+        """in_get by the fields of a packet as ``parse`` reads them."""
+        ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        vkey = int.from_bytes(vaddr, "big") << 16 | vport
+        h = hash((ckey,))
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn = self._buckets[i]
+        while conn is not None and (conn.ckey != ckey or conn.vkey != vkey):
+            conn = conn.next
+        return conn
+
+    def find_out(
+        self, protocol: int, daddr: bytes, dport: int, caddr: bytes, cport: int
+    ) -> Conn | None:
+        """out_get by the fields of a reply as ``parse`` reads them."""
+        ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        dkey = int.from_bytes(daddr, "big") << 16 | dport
+        h = hash((ckey,))
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn = self._buckets[i]
+        while conn is not None and (conn.ckey != ckey or conn.dkey != dkey):
+            conn = conn.next
+        return conn
+
+    def add(self, conn: Conn, control: Template | None = None) -> None:
         """Hash a new connection (ip_vs_conn_hash), bind it to its real server
         (ip_vs_bind_dest) and, if it was made through a template, put it under that
         template's control (ip_vs_control_add)."""
         dest = conn.dest
-        if conn.template:
+        if isinstance(conn, Template):
             self.templates[conn.in_key] = conn
             dest.persistconns += 1
         else:
-            self.in_tab[conn.in_key] = conn
-            self.out_tab[conn.out_key] = conn
+            buckets = self._buckets
+            h = hash((conn.ckey,))
+            i = h & self._low
+            if i < self._split:
+                i = h & (self._low << 1 | 1)
+            conn.next = buckets[i]
+            buckets[i] = conn
+            newest = self._newest
+            conn.older = newest
+            if newest is None:
+                self._oldest = conn
+            else:
+                newest.newer = conn
+            self._newest = conn
+            self._count += 1
+            if self._count > len(buckets):
+                self._grow()
             dest.inactconns += 1
             if control is not None:
                 conn.control = control
@@ -188,19 +373,78 @@ class ConnTable:
             dest.overloaded = True
         self._file(conn, int(conn.expires))
 
+    def _grow(self) -> None:
+        """Linear hashing's split: the next bucket not yet split shares its entries,
+        in their order, with one new bucket at the end, by one more bit of the hash."""
+        buckets = self._buckets
+        old = self._split
+        high = self._low << 1 | 1
+        new = len(buckets)
+        buckets.append(None)
+        conn = buckets[old]
+        keep: Conn | None = None
+        move: Conn | None = None
+        buckets[old] = None
+        while conn is not None:
+            following = conn.next
+            conn.next = None
+            if hash((conn.ckey,)) & high == old:
+                if keep is None:
+                    buckets[old] = conn
+                else:
+                    keep.next = conn
+                keep = conn
+            else:
+                if move is None:
+                    buckets[new] = conn
+                else:
+                    move.next = conn
+                move = conn
+            conn = following
+        self._split += 1
+        if self._split > self._low:
+            self._low = high
+            self._split = 0
+
+    def _unhash(self, conn: Conn) -> bool:
+        """Take a connection out of its bucket; False if it was not there."""
+        buckets = self._buckets
+        i = self.bucket(conn.ckey)
+        prev = None
+        cur = buckets[i]
+        while cur is not None and cur is not conn:
+            prev, cur = cur, cur.next
+        if cur is None:
+            return False
+        if prev is None:
+            buckets[i] = conn.next
+        else:
+            prev.next = conn.next
+        older, newer = conn.older, conn.newer
+        if older is None:
+            self._oldest = newer
+        else:
+            older.newer = newer
+        if newer is None:
+            self._newest = older
+        else:
+            newer.older = older
+        conn.next = conn.older = conn.newer = None
+        self._count -= 1
+        return True
+
     def remove(self, conn: Conn) -> None:
         """Unhash and unbind (ip_vs_conn_expire's work), keeping the counters right."""
         dest = conn.dest
         if conn.template:
-            if self.templates.get(conn.in_key) is not conn:
+            key = conn.in_key
+            if self.templates.get(key) is not conn:
                 return
-            del self.templates[conn.in_key]
+            del self.templates[key]
             dest.persistconns -= 1
         else:
-            if self.in_tab.get(conn.in_key) is not conn:
+            if not self._unhash(conn):
                 return
-            del self.in_tab[conn.in_key]
-            self.out_tab.pop(conn.out_key, None)
             if conn.inactive:
                 dest.inactconns -= 1
             else:
@@ -212,15 +456,19 @@ class ConnTable:
 
     def memory(self) -> int:
         """Bytes the table holds, by CONN_BYTES per entry."""
-        return (len(self.in_tab) + len(self.templates)) * CONN_BYTES
+        return (self._count + len(self.templates)) * CONN_BYTES
 
     def is_hashed(self, conn: Conn) -> bool:
-        table = self.templates if conn.template else self.in_tab
-        return table.get(conn.in_key) is conn
+        if conn.template:
+            return self.templates.get(conn.in_key) is conn
+        cur = self._buckets[self.bucket(conn.ckey)]
+        while cur is not None and cur is not conn:
+            cur = cur.next
+        return cur is not None
 
     def all(self) -> list[Conn]:
         """Connections and templates, as ``ipvsadm -Lc`` lists them."""
-        return [*self.in_tab.values(), *self.templates.values()]
+        return [*self.conns(), *self.templates.values()]
 
     def expire(self, now: float, budget: int | None = None) -> list[Conn]:
         """Visit the connections due by ``now``, at most ``budget`` of them (None: all);
@@ -297,3 +545,41 @@ def _unbind_thresholds(dest: Dest) -> None:
             dest.overloaded = False
     else:
         dest.overloaded = False
+
+
+class InView:
+    """The connections by in key, (protocol, caddr, cport, vaddr, vport), read-only."""
+
+    def __init__(self, table: ConnTable) -> None:
+        self._table = table
+
+    def get(self, key: InKey) -> Conn | None:
+        return self._table.find_in(*key)
+
+    def __getitem__(self, key: InKey) -> Conn:
+        conn = self.get(key)
+        if conn is None:
+            raise KeyError(key)
+        return conn
+
+    def __contains__(self, key: InKey) -> bool:
+        return self.get(key) is not None
+
+    def __iter__(self) -> Iterator[InKey]:
+        return iter([conn.in_key for conn in self._table.conns()])
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def values(self) -> list[Conn]:
+        return self._table.conns()
+
+
+class OutView(InView):
+    """The connections by out key, (protocol, daddr, dport, caddr, cport)."""
+
+    def get(self, key: OutKey) -> Conn | None:
+        return self._table.find_out(*key)
+
+    def __iter__(self) -> Iterator[OutKey]:
+        return iter([conn.out_key for conn in self._table.conns()])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from director.core.conn import Conn
+from director.core.conn import Conn, Template
 from director.core.engine import Director
 from director.core.persist import new_template
 from director.core.proto_tcp import STATE_ACTIVE
@@ -63,7 +63,7 @@ def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int
     if data.get("format") != FORMAT:
         raise ValueError(f"unknown connection dump format {data.get('format')!r}")
     restored = skipped = 0
-    templates: dict[tuple[Any, ...], Conn] = {}
+    templates: dict[tuple[Any, ...], Template] = {}
     for entry in data["conns"]:
         found = _find(director, entry)
         if found is None:
@@ -77,7 +77,7 @@ def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int
             dest.inactconns -= 1  # add() counts a new connection inactive
             dest.activeconns += 1
             conn.inactive = False
-        if conn.template:
+        if isinstance(conn, Template):
             templates[tuple(_key(conn))] = conn
         restored += 1
     return restored, skipped
@@ -99,6 +99,7 @@ def _rebuild(
     protocol = entry["protocol"]
     caddr = pack_addr(entry["caddr"])
     vaddr = bytes.fromhex(entry["vaddr"])
+    conn: Conn
     if entry["template"]:
         key = (protocol, caddr, 0, vaddr, entry["vport"])
         conn = new_template(director.protocols.get(protocol, director.tcp), key, svc, dest,

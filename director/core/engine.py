@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import struct
 from collections import Counter
+from enum import Enum
 
 from director.core import persist
-from director.core.conn import Conn, ConnProtocol, ConnTable
+from director.core.conn import Conn, ConnProtocol, ConnTable, Template
 from director.core.defense import Defense
 from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, unreachable
 from director.core.packet import (
@@ -54,9 +55,18 @@ from director.model.config import Config, ConfigError
 # Packets the director has no business with go on as the kernel would send them.
 _PASS: Verdict = (ACCEPT, None)
 
+
+class _Unseen(Enum):
+    """The general path is to look the connection up itself (the fused path did not)."""
+
+    LOOKUP = 0
+
+
+_LOOKUP = _Unseen.LOOKUP
+
 # The fused path's view of a packet: a 20-byte IPv4 header (no options), then the two
 # ports: version/ihl, total length, fragment field, protocol, source, destination.
-_FUSED = struct.Struct("!BxHxxHxBxx4s4sHH")
+_FUSED = struct.Struct("!BxHxxHxBxxIIHH")
 _FRAG = 0x3FFF  # MF and the fragment offset
 _TH_DOFF5 = 0x50  # a TCP data offset of 5 words, in the high nibble of byte 12
 _TH_NOT_ACK_ROW = 0x07  # FIN, SYN or RST: a row other than ACK's (tcp_state_idx)
@@ -121,7 +131,7 @@ class Director:
         """ip_vs_expire_nodest_conn_flush, queued by __ip_vs_del_dest when
         expire_nodest_conn is set: every entry of a removed real server that controls
         nothing goes at once, and so does its template once that controls nothing."""
-        for conn in [*self.conns.in_tab.values(), *self.conns.templates.values()]:
+        for conn in self.conns.all():
             if conn.dest.available or conn.n_control or not self.conns.is_hashed(conn):
                 continue
             control = conn.control
@@ -170,7 +180,7 @@ class Director:
         """The real server a packet with this tuple would go to now, changing nothing:
         its connection's, else its persistence template's, else the scheduler's choice
         made on a copy of the scheduler (schedulers keep state between picks)."""
-        conn = self.conns.in_tab.get((protocol, caddr, cport, vaddr, vport))
+        conn = self.conns.find_in(protocol, caddr, cport, vaddr, vport)
         if conn is not None and conn.dest.available:
             return conn.dest
         svc = self.services.lookup(protocol, vaddr, vport, mark)
@@ -204,7 +214,7 @@ class Director:
         if self.fused and len(buf) >= 28:
             vihl, length, frag, protocol, saddr, daddr, sport, dport = _FUSED.unpack_from(buf)
             if vihl == 0x45 and length == len(buf) and not frag & _FRAG:
-                conn = self.conns.in_tab.get((protocol, saddr, sport, daddr, dport))
+                conn = self.conns.in_get(protocol << 48 | saddr << 16 | sport, daddr << 16 | dport)
                 if conn is not None and conn.dest.available:
                     proto = conn.proto
                     if proto is self.tcp:
@@ -217,12 +227,12 @@ class Director:
                             or buf[32] < _TH_DOFF5
                             or table[state] != state
                         ):
-                            return self.hook_in_general(buf, now, mark)
+                            return self._in_general(buf, now, mark, conn)
                         timeout = proto.timeouts[state]
                     elif proto is self.udp:
                         timeout = proto.timeouts[0]
                     else:
-                        return self.hook_in_general(buf, now, mark)
+                        return self._in_general(buf, now, mark, conn)
                     verdict = conn.xmit.fused_in(conn, buf, length)
                     if verdict is not None:
                         stats = conn.dest.stats  # ip_vs_in_stats, unrolled
@@ -239,10 +249,18 @@ class Director:
                         conn.expires = now + timeout
                         self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
                         return verdict
-        return self.hook_in_general(buf, now, mark)
+                return self._in_general(buf, now, mark, conn)
+        return self._in_general(buf, now, mark, _LOOKUP)
 
     def hook_in_general(self, buf: bytearray, now: float, mark: int = 0) -> Verdict:
         """hook_in, every step of ip_vs_in in turn."""
+        return self._in_general(buf, now, mark, _LOOKUP)
+
+    def _in_general(
+        self, buf: bytearray, now: float, mark: int, found: Conn | _Unseen | None
+    ) -> Verdict:
+        """The general path, given the connection the fused path found for the same
+        packet (or None), or ``_LOOKUP`` to look it up."""
         try:
             pkt = parse(buf, mark)
         except PacketError as err:
@@ -250,7 +268,10 @@ class Director:
                 return self._icmp_in(buf, mark, now)
             return self._refuse(err.reason)
         created = False
-        conn = self.conns.in_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+        if found is _LOOKUP:
+            conn = self.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+        else:
+            conn = found
         if conn is not None and self._is_new_conn(pkt) and self._resched(conn):
             self.conns.remove(conn)  # a template is never here: it holds no such entry
             conn = None
@@ -299,7 +320,7 @@ class Director:
         if self.fused and len(buf) >= 28:
             vihl, length, frag, protocol, saddr, daddr, sport, dport = _FUSED.unpack_from(buf)
             if vihl == 0x45 and length == len(buf) and not frag & _FRAG:
-                conn = self.conns.out_tab.get((protocol, saddr, sport, daddr, dport))
+                conn = self.conns.out_get(protocol << 48 | daddr << 16 | dport, saddr << 16 | sport)
                 if conn is not None and not conn.nooutput:
                     proto = conn.proto
                     if proto is self.tcp:
@@ -311,12 +332,12 @@ class Director:
                             or buf[32] < _TH_DOFF5
                             or proto.table[OUTPUT][ACK_ROW][state] != state
                         ):
-                            return self.hook_out_general(buf, now, skb_info)
+                            return self._out_general(buf, now, conn, skb_info)
                         timeout = proto.timeouts[state]
                     elif proto is self.udp:
                         timeout = proto.timeouts[0]
                     else:
-                        return self.hook_out_general(buf, now, skb_info)
+                        return self._out_general(buf, now, conn, skb_info)
                     verdict = (
                         conn.xmit.fused_out_partial(conn, buf, skb_info)
                         if skb_info & SKB_CSUMNOTREADY
@@ -338,17 +359,27 @@ class Director:
                         conn.expires = now + timeout
                         self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
                         return verdict
-        return self.hook_out_general(buf, now, skb_info)
+                return self._out_general(buf, now, conn, skb_info)
+        return self._out_general(buf, now, _LOOKUP, skb_info)
 
     def hook_out_general(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
         """hook_out, every step of ip_vs_out in turn."""
+        return self._out_general(buf, now, _LOOKUP, skb_info)
+
+    def _out_general(
+        self, buf: bytearray, now: float, found: Conn | _Unseen | None, skb_info: int = 0
+    ) -> Verdict:
+        """As _in_general."""
         try:
             pkt = parse(buf, 0, skb_info)
         except PacketError as err:
             if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
                 return self._icmp_out(buf)
             return self._refuse(err.reason)
-        conn = self.conns.out_tab.get((pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport))
+        if found is _LOOKUP:
+            conn = self.conns.find_out(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+        else:
+            conn = found
         if conn is None:
             return self._pass("no_conn")
         self._count_out(conn, pkt.length)
@@ -367,9 +398,9 @@ class Director:
             return self._pass("icmp_other")
         if err.tunnel_dst is not None:
             return self._icmp_ipip(err, now)
-        conn = self.conns.in_tab.get(
-            (err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
-             err.inner_sport)
+        conn = self.conns.find_in(
+            err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
+            err.inner_sport,
         )  # fmt: skip
         if conn is None:
             return self._pass("icmp_no_conn")
@@ -384,9 +415,9 @@ class Director:
         the route so a route lookup does not forget it); a client not doing path MTU
         discovery (no DF) hears nothing; one that does is told the resulting path MTU
         less the 20-byte tunnel header, so discovery works past the director's links."""
-        conn = self.conns.in_tab.get(
-            (err.inner_protocol, err.inner_saddr, err.inner_sport, err.inner_daddr,
-             err.inner_dport)
+        conn = self.conns.find_in(
+            err.inner_protocol, err.inner_saddr, err.inner_sport, err.inner_daddr,
+            err.inner_dport,
         )  # fmt: skip
         if conn is None or conn.dest.addr != err.tunnel_dst or conn.xmit.name != "tunnel":
             return self._pass("icmp_no_conn")
@@ -415,9 +446,9 @@ class Director:
             return self._refuse(exc.reason)
         if err is None:
             return self._pass("icmp_other")
-        conn = self.conns.out_tab.get(
-            (err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
-             err.inner_sport)
+        conn = self.conns.find_out(
+            err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
+            err.inner_sport,
         )  # fmt: skip
         if conn is None:
             return self._pass("icmp_no_conn")
@@ -486,7 +517,7 @@ class Director:
         self.totals.conns += 1
         return conn
 
-    def _template(self, svc: Service, pkt: Packet, now: float) -> Conn | None:
+    def _template(self, svc: Service, pkt: Packet, now: float) -> Template | None:
         """ip_vs_sched_persist: the client's template, made if it has none (or none
         still valid), and restarted for another persistence period."""
         key = persist.template_key(svc, pkt)

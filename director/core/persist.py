@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from director.core.conn import Conn, ConnProtocol, InKey
+from director.core.conn import Conn, ConnProtocol, InKey, Template
 
 if TYPE_CHECKING:
     from director.core.packet import Packet
@@ -67,10 +67,10 @@ def usable(template: Conn, sysctls: Sysctls) -> bool:
 
 def new_template(
     proto: ConnProtocol, key: InKey, svc: Service, dest: Dest, xmit: Xmit, now: float
-) -> Conn:
+) -> Template:
     """ip_vs_conn_new(..., IP_VS_CONN_F_TEMPLATE): ports only for the service's own port."""
     protocol, snet, _, vaddr, vport = key
-    template = Conn(
+    template = Template(
         proto if protocol else IP_TEMPLATE,
         protocol,
         snet,
@@ -81,7 +81,6 @@ def new_template(
         dest,
         xmit,
         dport=dest.port if vport else 0,
-        template=True,
     )
     template.timeout = svc.conf.persistent or 0
     template.expires = now + template.timeout

@@ -77,6 +77,12 @@ class Dest:
     # The service it was added to (dest->protocol, vaddr, vport, vfwmark): the trash
     # gives a removed server back to that service only (ip_vs_trash_get_dest).
     service: ServiceKey | None = None
+    # Address and port as one integer, which the connection entries to this port share
+    # (Conn.dkey) rather than each holding its own.
+    dkey: int = field(init=False, default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        self.dkey = int.from_bytes(self.addr, "big") << 16 | self.port
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -130,6 +136,14 @@ class Service:
     dests: list[Dest] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     netmask: bytes = b"\xff\xff\xff\xff"  # persistence granularity (-M), packed
+    # VIP and port as one integer, which its connection entries share (Conn.vkey); none
+    # for a firewall-mark service.
+    vkey: int = field(init=False, default=-1, repr=False)
+
+    def __post_init__(self) -> None:
+        proto, addr, port = self.key
+        if proto:
+            self.vkey = int.from_bytes(addr, "big") << 16 | port
 
     @property
     def protocol(self) -> int:

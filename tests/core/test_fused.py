@@ -275,13 +275,13 @@ class Spy(Director):
         super().__init__()
         self.general = 0
 
-    def hook_in_general(self, buf: bytearray, now: float, mark: int = 0) -> Verdict:
+    def _in_general(self, buf: bytearray, now: float, mark: int, found: Any) -> Verdict:
         self.general += 1
-        return super().hook_in_general(buf, now, mark)
+        return super()._in_general(buf, now, mark, found)
 
-    def hook_out_general(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
+    def _out_general(self, buf: bytearray, now: float, found: Any, skb_info: int = 0) -> Verdict:
         self.general += 1
-        return super().hook_out_general(buf, now, skb_info)
+        return super()._out_general(buf, now, found, skb_info)
 
 
 def test_the_common_case_takes_the_fused_path():
@@ -338,8 +338,11 @@ def test_the_fused_rewrite_is_rewrite(protocol, new_addr, new_port, ip_csum, l4_
     struct.pack_into("!H", raw, 36 if protocol == 6 else 26, l4_csum)
     a, b = bytearray(raw), bytearray(raw)
     addr_at, port_at = (16, 2) if inward else (12, 0)
+    old = int.from_bytes(raw[addr_at : addr_at + 4], "big") << 16 | (sport, dport)[port_at // 2]
     rewrite(parse(a), addr_at, port_at, new_addr, new_port)
-    rewrite_fused(b, protocol, addr_at, 20 + port_at, new_addr, new_port)
+    rewrite_fused(
+        b, protocol, addr_at, 20 + port_at, old, int.from_bytes(new_addr, "big") << 16 | new_port
+    )
     assert a == b
 
 
@@ -350,7 +353,10 @@ def test_the_fused_rewrite_equals_a_full_recompute(protocol, new_addr, new_port,
     """Where the checksums were complete, the result is what dpkt computes afresh."""
     raw = (tcp if protocol == 6 else udp)("203.0.113.10", VIP, 40000, 80, data=data)
     addr_at, port_at = (16, 22) if inward else (12, 20)
-    rewrite_fused(raw, protocol, addr_at, port_at, new_addr, new_port)
+    old = int.from_bytes(raw[addr_at : addr_at + 4], "big") << 16 | (40000, 80)[port_at - 20 >> 1]
+    rewrite_fused(
+        raw, protocol, addr_at, port_at, old, int.from_bytes(new_addr, "big") << 16 | new_port
+    )
     ip = dpkt.ip.IP(bytes(raw))
     ip.sum = 0
     ip.data.sum = 0

@@ -35,7 +35,7 @@ class DirectRoute(Xmit):
         route = dest.route
         if route is None or (length > dest.path_mtu(route) and buf[6] & IP_DF):
             return None
-        return (DIRECT, Frame(buf, conn.daddr, route.ifindex))
+        return (DIRECT, Frame(buf, dest.addr, route.ifindex))  # conn.daddr
 
     def unreachable(self, route: Route | None) -> str | None:
         """No route at all, or one through a gateway: DR hands the frame to the real

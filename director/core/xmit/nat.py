@@ -97,28 +97,30 @@ def rewrite_partial(
 
 
 def rewrite_fused(
-    buf: bytearray, protocol: int, addr_at: int, port_at: int, new_addr: bytes, new_port: int
+    buf: bytearray, protocol: int, addr_at: int, port_at: int, old: int, new: int
 ) -> None:
-    """``rewrite`` for a packet with a 20-byte IP header (``port_at`` counted from the
-    start of the packet), with one RFC 1624 sum per checksum over every word that
-    changes: one's complement addition is associative, and folding the carries of the
-    whole sum gives the same 16 bits as folding after each word, including the same
-    choice between the two zeros (tests/core/test_fused.py checks it against
-    ``rewrite`` and against a full recompute)."""
-    old = _U32.unpack_from(buf, addr_at)[0]
-    new = _U32.unpack(new_addr)[0]
-    words = (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
+    """``rewrite`` for a packet with a 20-byte IP header whose address at ``addr_at``
+    and port at ``port_at`` (counted from the start of the packet) are ``old``
+    (address << 16 | port, as Conn keeps them), made ``new``, with one RFC 1624 sum
+    per checksum over every word that changes: one's complement addition is
+    associative, and folding the carries of the whole sum gives the same 16 bits as
+    folding after each word, including the same choice between the two zeros
+    (tests/core/test_fused.py checks it against ``rewrite`` and a full recompute)."""
+    old_addr = old >> 16
+    new_addr = new >> 16
+    words = (
+        (~old_addr >> 16 & 0xFFFF) + (~old_addr & 0xFFFF) + (new_addr >> 16) + (new_addr & 0xFFFF)
+    )
     s = (~_U16.unpack_from(buf, _IP_CSUM)[0] & 0xFFFF) + words
     s = (s & 0xFFFF) + (s >> 16)
     _U16.pack_into(buf, _IP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF)
-    buf[addr_at : addr_at + 4] = new_addr
-    words += ~_U16.unpack_from(buf, port_at)[0] & 0xFFFF
-    _U16.pack_into(buf, port_at, new_port)
+    _U32.pack_into(buf, addr_at, new_addr)
+    _U16.pack_into(buf, port_at, new & 0xFFFF)
     csum_at = 20 + (_UDP_CSUM if protocol == IPPROTO_UDP else _TCP_CSUM)
     csum = _U16.unpack_from(buf, csum_at)[0]
     if protocol == IPPROTO_UDP and not csum:
         return  # RFC 768: no checksum was sent, none to keep
-    s = (~csum & 0xFFFF) + words + new_port
+    s = (~csum & 0xFFFF) + words + (~old & 0xFFFF) + (new & 0xFFFF)
     s = (s & 0xFFFF) + (s >> 16)
     csum = ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF
     _U16.pack_into(buf, csum_at, csum if csum or protocol != IPPROTO_UDP else 0xFFFF)
@@ -163,11 +165,11 @@ class Masquerade(Xmit):
         route = dest.route
         if route is not None and length > dest.path_mtu(route) and buf[6] & IP_DF:
             return None
-        rewrite_fused(buf, conn.protocol, 16, 22, conn.daddr, conn.dport)
+        rewrite_fused(buf, buf[9], 16, 22, conn.vkey, conn.dkey)
         return (SEND, buf)
 
     def fused_out(self, conn: Conn, buf: bytearray) -> Verdict | None:
-        rewrite_fused(buf, conn.protocol, 12, 20, conn.vaddr, conn.vport)
+        rewrite_fused(buf, buf[9], 12, 20, conn.dkey, conn.vkey)
         return (ACCEPT, buf)
 
     def fused_out_partial(self, conn: Conn, buf: bytearray, skb_info: int) -> Verdict | None:

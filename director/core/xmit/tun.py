@@ -68,7 +68,7 @@ class Tunnel(Xmit):
             or length + TUNNEL_HLEN > MAX_IP_LEN
         ):
             return None
-        return (SEND, encapsulate(buf, route.source, conn.daddr))
+        return (SEND, encapsulate(buf, route.source, dest.addr))  # conn.daddr
 
     def unreachable(self, route: Route | None) -> str | None:
         """Without a route there is no outer source address and no way out."""
