@@ -17,14 +17,13 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import SEED_RULES_FILE, curl, ipset_names, iptables_save, save
+from labtools import SEED_RULES_FILE, children, curl, ipset_names, iptables_save, save
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -36,9 +35,8 @@ VIP = topology.VIP
 def _worker_pid(d: Daemon) -> int:
     """The supervised daemon: the supervisor's (d.proc's) one child."""
     assert d.pid is not None
-    found = subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True, text=True)
-    pids = [int(p) for p in found.stdout.split()]
-    assert len(pids) == 1, (found.stdout, d.log())
+    pids = children(d.pid)
+    assert len(pids) == 1, (pids, d.log())
     return pids[0]
 
 
