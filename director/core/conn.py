@@ -229,10 +229,19 @@ class Template(Conn):
         self.n_control = 0
 
 
-# A bucket is picked by the low bits of the hash of the client key as a 1-tuple:
-# Python's tuple hash (an xxHash round) mixes every bit of the key into the low ones,
-# as the kernel's jhash does, where the key itself (addresses and ports in a row, as
-# clients come) or a multiplication by an odd constant left most buckets empty.
+# A bucket is picked by the low bits of the hash of the client key's bytes: Python
+# hashes bytes with SipHash keyed by a secret drawn at each start (PYTHONHASHSEED,
+# random unless set), which plays the part of the kernel's ip_vs_conn_rnd in jhash
+# (ip_vs_conn_init): nobody outside can compute which spoofed clients share a bucket
+# and flood one chain.  An int's own hash, and a tuple's of ints, are the same in
+# every process, and an additive salt keeps their collisions; a multiplication by an
+# odd constant, or the key itself, left most buckets empty as clients come in a row.
+
+
+def _hash(ckey: int) -> int:
+    return hash(ckey.to_bytes(16, "little"))
+
+
 _MIN_BITS = 3
 
 
@@ -283,13 +292,13 @@ class ConnTable:
 
     def bucket(self, ckey: int) -> int:
         """The bucket of a client key."""
-        h = hash((ckey,))
+        h = _hash(ckey)
         i = h & self._low
         return h & (self._low << 1 | 1) if i < self._split else i
 
     def in_get(self, ckey: int, vkey: int) -> Conn | None:
         """ip_vs_conn_in_get: the entry of a client's packet to a virtual service."""
-        h = hash((ckey,))
+        h = _hash(ckey)
         i = h & self._low
         if i < self._split:
             i = h & (self._low << 1 | 1)
@@ -300,7 +309,7 @@ class ConnTable:
 
     def out_get(self, ckey: int, dkey: int) -> Conn | None:
         """ip_vs_conn_out_get: the entry of a real server's reply to a client."""
-        h = hash((ckey,))
+        h = _hash(ckey)
         i = h & self._low
         if i < self._split:
             i = h & (self._low << 1 | 1)
@@ -315,7 +324,7 @@ class ConnTable:
         """in_get by the fields of a packet as ``parse`` reads them."""
         ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
         vkey = int.from_bytes(vaddr, "big") << 16 | vport
-        h = hash((ckey,))
+        h = _hash(ckey)
         i = h & self._low
         if i < self._split:
             i = h & (self._low << 1 | 1)
@@ -330,7 +339,7 @@ class ConnTable:
         """out_get by the fields of a reply as ``parse`` reads them."""
         ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
         dkey = int.from_bytes(daddr, "big") << 16 | dport
-        h = hash((ckey,))
+        h = _hash(ckey)
         i = h & self._low
         if i < self._split:
             i = h & (self._low << 1 | 1)
@@ -349,7 +358,7 @@ class ConnTable:
             dest.persistconns += 1
         else:
             buckets = self._buckets
-            h = hash((conn.ckey,))
+            h = _hash(conn.ckey)
             i = h & self._low
             if i < self._split:
                 i = h & (self._low << 1 | 1)
@@ -388,7 +397,7 @@ class ConnTable:
         while conn is not None:
             following = conn.next
             conn.next = None
-            if hash((conn.ckey,)) & high == old:
+            if _hash(conn.ckey) & high == old:
                 if keep is None:
                     buckets[old] = conn
                 else:

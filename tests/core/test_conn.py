@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import tracemalloc
 
 from director.core.engine import Director
@@ -85,3 +88,30 @@ def test_an_entry_costs_at_most_256_bytes_at_100000_entries():
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     per_entry = grown / len(d.conns)
     assert per_entry <= 256, f"{per_entry:.1f} bytes per entry at 100,000 entries"
+
+
+_BUCKETS_OF = """
+import sys
+from director.core.conn import ConnTable
+table = ConnTable()
+print(*(table.bucket(int(c)) for c in sys.argv[1:]))
+"""
+
+
+def _buckets(seed: str, clients: list[int]) -> list[int]:
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    argv = [sys.executable, "-c", _BUCKETS_OF, *map(str, clients)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    return [int(b) for b in done.stdout.split()]
+
+
+def test_the_bucket_hash_is_keyed_so_colliding_clients_cannot_be_computed() -> None:
+    """ip_vs_conn_hashkey (net/netfilter/ipvs/ip_vs_conn.c) mixes ip_vs_conn_rnd, a
+    random value drawn at start, into jhash, so that nobody can compute which clients
+    share a bucket.  Here the key is the interpreter's hash secret, drawn at each start:
+    clients that share a bucket in one process must spread in another."""
+    clients = [6 << 48 | (0xCB007100 + n // 1024) << 16 | n % 1024 for n in range(512)]
+    first = _buckets("1", clients)
+    colliding = [c for c, b in zip(clients, first, strict=True) if b == first[0]][:40]
+    assert len(colliding) == 40
+    assert len(set(_buckets("2", colliding))) >= 4
