@@ -298,22 +298,14 @@ class ConnTable:
 
     def in_get(self, ckey: int, vkey: int) -> Conn | None:
         """ip_vs_conn_in_get: the entry of a client's packet to a virtual service."""
-        h = _hash(ckey)
-        i = h & self._low
-        if i < self._split:
-            i = h & (self._low << 1 | 1)
-        conn = self._buckets[i]
+        conn = self._buckets[self.bucket(ckey)]
         while conn is not None and (conn.ckey != ckey or conn.vkey != vkey):
             conn = conn.next
         return conn
 
     def out_get(self, ckey: int, dkey: int) -> Conn | None:
         """ip_vs_conn_out_get: the entry of a real server's reply to a client."""
-        h = _hash(ckey)
-        i = h & self._low
-        if i < self._split:
-            i = h & (self._low << 1 | 1)
-        conn = self._buckets[i]
+        conn = self._buckets[self.bucket(ckey)]
         while conn is not None and (conn.ckey != ckey or conn.dkey != dkey):
             conn = conn.next
         return conn
@@ -323,30 +315,14 @@ class ConnTable:
     ) -> Conn | None:
         """in_get by the fields of a packet as ``parse`` reads them."""
         ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
-        vkey = int.from_bytes(vaddr, "big") << 16 | vport
-        h = _hash(ckey)
-        i = h & self._low
-        if i < self._split:
-            i = h & (self._low << 1 | 1)
-        conn = self._buckets[i]
-        while conn is not None and (conn.ckey != ckey or conn.vkey != vkey):
-            conn = conn.next
-        return conn
+        return self.in_get(ckey, int.from_bytes(vaddr, "big") << 16 | vport)
 
     def find_out(
         self, protocol: int, daddr: bytes, dport: int, caddr: bytes, cport: int
     ) -> Conn | None:
         """out_get by the fields of a reply as ``parse`` reads them."""
         ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
-        dkey = int.from_bytes(daddr, "big") << 16 | dport
-        h = _hash(ckey)
-        i = h & self._low
-        if i < self._split:
-            i = h & (self._low << 1 | 1)
-        conn = self._buckets[i]
-        while conn is not None and (conn.ckey != ckey or conn.dkey != dkey):
-            conn = conn.next
-        return conn
+        return self.out_get(ckey, int.from_bytes(daddr, "big") << 16 | dport)
 
     def add(self, conn: Conn, control: Template | None = None) -> None:
         """Hash a new connection (ip_vs_conn_hash), bind it to its real server
