@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import SEED_RULES_FILE
+from labtools import METRICS, SEED_RULES_FILE, running
 
 from director.lab import topology
 from director.lab.daemon import Daemon, venv_program
@@ -84,15 +84,15 @@ def lab() -> Iterator[topology.Lab]:
 @pytest.fixture
 def daemon(lab: topology.Lab, tmp_path: Path) -> Iterator[Daemon]:
     """A running directord in the lab's director namespace, stopped after the test."""
-    d = Daemon(lab, tmp_path / "director")
-    d.start()
-    try:
+    with running(Daemon(lab, tmp_path / "director")) as d:
         yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            code = d.stop()
-            assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
-        d.kill()
+
+
+@pytest.fixture
+def metrics_daemon(lab: topology.Lab, tmp_path: Path) -> Iterator[Daemon]:
+    """The same, serving its metrics at ``METRICS`` in the director's namespace."""
+    with running(Daemon(lab, tmp_path / "director", ["--metrics-listen", METRICS])) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

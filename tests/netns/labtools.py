@@ -59,6 +59,25 @@ print(got, digest.hexdigest(), flush=True)
 """
 
 
+# Where a test's daemon serves its metrics, inside the lab's director namespace (each
+# module has a lab of its own, so one port does for all).
+METRICS = "127.0.0.1:9108"
+
+
+@contextmanager
+def running(d: Daemon) -> Iterator[Daemon]:
+    """``d`` started, and at the end stopped by SIGTERM (which must exit 0, if it is
+    still running) and killed whatever happened."""
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            code = d.stop()
+            assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
+        d.kill()
+
+
 @contextmanager
 def transfer(
     lab: Lab, rs: RealServerHost, blob: Path, port: int

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from labtools import scrape
+from labtools import METRICS, scrape
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -25,7 +22,6 @@ from director.lab.daemon import Daemon
 VIP = topology.VIP
 PORT = 5399
 BURST = 3000
-METRICS = "127.0.0.1:9112"
 REQUESTS = 'queue="0"'
 
 SENDER = f"""
@@ -34,18 +30,6 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range({BURST}):
     s.sendto(b"x" * 32, ("{VIP}", {PORT}))
 """
-
-
-@pytest.fixture
-def metrics_daemon(lab: topology.Lab, tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(lab, tmp_path / "director", ["--metrics-listen", METRICS])
-    d.start()
-    try:
-        yield d
-    finally:
-        code = d.stop()
-        d.kill()
-        assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
 
 
 def test_a_burst_gets_its_verdicts_in_few_sends(metrics_daemon: Daemon) -> None:

@@ -14,11 +14,9 @@ verdict (NetfilterQueue set no GSO flag, so the kernel segmented before queueing
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from labtools import FileServer, random_file, scrape, sha256_file
+from labtools import METRICS, FileServer, random_file, scrape, sha256_file
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -27,20 +25,7 @@ VIP = topology.VIP
 PORT = 8090
 SIZE = 20 << 20
 MTU = 1500  # the lab's links
-METRICS = "127.0.0.1:9111"
 REPLY_QUEUE = 'queue="1"'  # the default queue 0 carries requests, the next replies
-
-
-@pytest.fixture
-def metrics_daemon(lab: topology.Lab, tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(lab, tmp_path / "director", ["--metrics-listen", METRICS])
-    d.start()
-    try:
-        yield d
-    finally:
-        code = d.stop()
-        d.kill()
-        assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
 
 
 def settled(lab: topology.Lab, family: str) -> dict[str, dict[str, float]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from labtools import (
+    METRICS,
     FileServer,
     by_reason,
     helper_argv,
@@ -41,7 +42,6 @@ from director.lab.daemon import Daemon
 VIP = topology.VIP
 JUNK_SRC = "203.0.113.20"
 PORT = 8088
-METRICS = "127.0.0.1:9108"
 FILE_SIZE = 6 << 20
 RATE = "1M"  # bytes per second: the download lasts about as long as the flood
 JUNK_COUNT = 30_000
@@ -51,19 +51,6 @@ SEED = 20240606
 # What the junk must have been counted as, at the least (see rawpkt.RAW_KINDS).
 EXPECTED_DROPS = {"truncated", "bad_header_length", "zero_port", "icmp_truncated"}
 EXPECTED_PASSES = {"unhandled_protocol", "no_service", "icmp_other", "icmp_no_conn"}
-
-
-@pytest.fixture
-def metrics_daemon(lab: topology.Lab, tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(lab, tmp_path / "director", ["--metrics-listen", METRICS])
-    d.start()
-    try:
-        yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            code = d.stop()
-            assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
-        d.kill()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import SEED_RULES_FILE, children, curl, ipset_names, iptables_save, save
+from labtools import SEED_RULES_FILE, children, curl, ipset_names, iptables_save, running, save
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -50,18 +50,6 @@ def _raw_request(d: Daemon, payload: bytes, timeout: float = 15.0) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
-
-
-@contextlib.contextmanager
-def running(d: Daemon) -> Iterator[Daemon]:
-    d.start()
-    try:
-        yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            code = d.stop()
-            assert code == 0, f"directord exited {code} on SIGTERM:\n{d.log()}"
-        d.kill()
 
 
 def test_a_deeply_nested_request_gets_one_line_and_the_worker_lives(

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labtools import SEED_RULES_FILE, curl
+from labtools import METRICS, SEED_RULES_FILE, curl
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
 from tests.skips import unavailable
 
-METRICS = "127.0.0.1:9108"  # the director namespace's own loopback
 PROMETHEUS = "127.0.0.1:9090"
 N = 100
 IN_RULE = ["OUTPUT", "-d", "203.0.113.5/32", "-p", "tcp", "--dport", "80"]
