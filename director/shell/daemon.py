@@ -41,22 +41,34 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from director.core import conn_dump, estimator, proto_tcp
-from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE
-from director.core.engine import Director
+from director.core.conn import COLLECT_SLICE
 from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
+from director.core.shard import MAX_WORKERS, Shards, dotted
 from director.core.sysctl import Sysctls
 from director.core.xmit import unreachable
 from director.ctl.ipvsadm import format_save, load_rules
-from director.ctl.report import CONN_PAGE, dest_dict, snapshot
+from director.ctl.report import CONN_PAGE, conn_page, dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
+from director.shell import board
+from director.shell.board import Board, SlotKey, Slots
 from director.shell.control import ControlServer
-from director.shell.metrics import MetricsServer, take_sample
+from director.shell.metrics import MetricsServer, add_reports, take_sample
 from director.shell.netfilter import Hooks, reply_queue
 from director.shell.netlink import Neighbours, Routes
 from director.shell.nfqueue import read_queue_table
 from director.shell.notify import Notifier
+from director.shell.peer import (
+    COUNT_SYNC,
+    Peer,
+    PeerError,
+    available_pages,
+    build_director,
+    fan_out,
+    settle_garbage,
+    table_share,
+)
 from director.shell.persist import atomic_write
 from director.shell.supervise import EXIT_CRASH, supervise
 from director.shell.worker import Worker, queue_sample
@@ -103,14 +115,22 @@ class Settings:
     # are dropped, and the automatic DoS defences count what is left of it as the
     # memory available (with the host's own MemAvailable, whichever is less).
     conn_table_memory: int = 256
+    # Worker processes, each serving the packets of a shard of clients on its own pair
+    # of queues (queue_num + 2 i and the next): one per CPU uses every core.
+    workers: int = 1
 
     def check(self) -> None:
         try:
             Sysctls().updated(self.sysctl)
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
-        if not 0 <= self.queue_num < 65535:
-            raise ConfigError("queue_num must be 0 to 65534 (replies use the next queue)")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be 1 to {MAX_WORKERS}")
+        if not 0 <= self.queue_num <= 65536 - 2 * self.workers:
+            raise ConfigError(
+                f"queue_num must be 0 to {65536 - 2 * self.workers} (each worker takes two "
+                "queues from it on: requests, replies)"
+            )
         if self.conn_table_memory < 1:
             raise ConfigError("conn_table_memory must be at least 1 MiB")
         for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
@@ -151,6 +171,8 @@ SETTING_HELP: dict[str, tuple[str, str]] = {  # field: (metavar, help)
     "supervise": ("", "run under the supervisor process, which starts a daemon that "
                   "died again (--no-supervise: not)"),
     "conn_table_memory": ("MIB", "the most memory the connection table may take"),
+    "workers": ("N", f"worker processes, each serving a shard of clients on two queues "
+                f"(at most {MAX_WORKERS}; one per CPU uses every core: {os.cpu_count()} here)"),
 }  # fmt: skip
 
 
@@ -229,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     option("on_stop", choices=STOP_POLICIES)
     option("control_group")
     option("conn_table_memory", type=int)
+    option("workers", type=int)
     parser.add_argument(
         "--no-supervise",
         dest="supervise",
@@ -358,14 +381,21 @@ class Daemon:
         """``hooks`` and ``routes`` are the daemon's netfilter and netlink sides; by
         default the real ones (tests give in-memory ones: tests/target.py)."""
         self.settings = settings
-        self.director = Director()
-        self.director.conn_limit = (settings.conn_table_memory << 20) // CONN_BYTES
-        for state, seconds in settings.tcp_timeouts.items():
-            self.director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
         try:
-            self.director.sysctls = self.director.sysctls.updated(settings.sysctl)
+            sysctls = Sysctls().updated(settings.sysctl)
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
+        limit = table_share(settings.conn_table_memory, settings.workers)
+        self.director = build_director(settings.tcp_timeouts, sysctls, limit)
+        # The other workers (--workers N: worker 0 is this process), the shards of
+        # clients between them, the board their counters meet on and its slots.
+        self.shards = Shards()
+        self.peers: list[Peer] = []
+        self.board: Board | None = None
+        self.slots = Slots()
+        self._slots: dict[SlotKey, int] = {}
+        self._peer_dumps: list[dict[str, Any]] = []
+        self._selector: selectors.BaseSelector | None = None  # the loop's, while it runs
         self._runtime_sysctls = self._load_sysctls()
         self._config = Config()
         self._unreachable: dict[tuple[bytes, str], str] = {}  # (addr, method) -> reason
@@ -405,7 +435,15 @@ class Daemon:
         # A real server with no route is no reason to refuse (IPVS takes it): it is
         # shown unreachable until netlink announces a way to it.
         self.director.check(self.health.worst(config))
+        if not self.shards.covers(config):
+            raise ConfigError(
+                f"a persistence netmask leaves out client address bits the {self.shards.workers}"
+                f" workers are sharded by ({dotted(self.shards.mask)}, chosen at start from "
+                "the rules file's netmasks): restart directord with the change in the rules "
+                "file, or run one worker"
+            )
         effective = self.health.effective(config)
+        slots = self.slots.assign(effective)
         try:
             self.hooks.sync(effective)
             if persist:
@@ -418,7 +456,7 @@ class Daemon:
                 log.exception("netfilter hooks not put back after a failed change")
             raise
         self._hooks_stale = False
-        self.director.configure(effective)
+        self._apply(effective, slots)
         self._config = config
         self.health.reconfigure(config)
         # The change is made: a route lookup that fails now must not report it
@@ -429,9 +467,34 @@ class Daemon:
         """Check results came in: run the table health makes of the intent."""
         if self.health.on_readable():
             self._hooks_stale = True  # until synced, here or by a later tick
-            self.director.configure(self.health.effective(self._config))
+            effective = self.health.effective(self._config)
+            self._apply(effective, self.slots.assign(effective))
             self._step("routes", self._annotate_routes)
             self._sync_hooks()
+
+    def _apply(self, effective: Config, slots: dict[SlotKey, int]) -> None:
+        """Every worker's tables follow ``effective`` (the table health makes)."""
+        self.director.configure(effective)
+        self._slots = slots
+        if self.board is not None:
+            self.board.bind(self.director, slots)
+        self._each_peer("configure", effective, slots)
+
+    def _each_peer(self, op: str, *args: Any) -> list[Any]:
+        """One request to every other worker; a worker that fails it is started
+        again (with the tables of now, and an empty connection table)."""
+        try:
+            return fan_out(self.peers, op, *args)
+        except PeerError as err:
+            log.error("%s; starting the workers that failed again", err)
+        answers = []
+        for peer in self.peers:
+            try:
+                answers.append(peer.call(op, *args))
+            except PeerError:
+                self._restart_peer(peer)
+                answers.append(peer.call(op, *args))
+        return answers
 
     def _sync_hooks(self) -> None:
         """Bring the hooks to what the core runs, if a hand-off left them behind."""
@@ -469,21 +532,69 @@ class Daemon:
             self._annotate_routes()
 
     def snapshot(self, *, conns: bool, offset: int = 0, limit: int = CONN_PAGE) -> Snapshot:
+        """The tables of the whole director: with several workers, their counters
+        published to the board first, and the connection entries of all of them, worker
+        by worker."""
+        entries = self._publish()
         t = self._config.timeouts
         snap = snapshot(
             self.director,
             (t.tcp, t.tcpfin, t.udp),
             time.monotonic(),
-            conns=conns,
+            conns=conns and not self.peers,
             offset=offset,
             limit=limit,
         )
+        if self.peers:
+            snap["conn_entries"] += sum(entries)
+            if conns:
+                snap["conns"], snap["conns_next"] = self._conn_page(offset, limit)
         self.health.annotate(snap)
         return snap
+
+    def _publish(self) -> list[int]:
+        """The other workers' counters on the board, and ours taken in; their
+        connection entries, by worker."""
+        if not self.peers:
+            return []
+        entries: list[int] = self._each_peer("publish")
+        assert self.board is not None
+        self.board.sync()
+        return entries
+
+    def _conn_page(self, offset: int, limit: int) -> tuple[list[Any], int | None]:
+        """Entries ``offset`` to ``offset + limit`` of all workers' tables, worker 0's
+        first (positions, as one table's pages are), and where the next page starts."""
+        page: list[Any] = []
+        skip = offset
+        total = 0
+        table = self.director.conns
+        own = len(table.in_tab) + len(table.templates)
+        if skip < own:
+            page = conn_page(self.director, time.monotonic(), skip, limit)
+        skip = max(skip - own, 0)
+        total += own
+        for peer in self.peers:
+            part, held = peer.call("conns", skip, limit - len(page))
+            page += part
+            skip = max(skip - held, 0)
+            total += held
+        more = offset + len(page) < total and len(page) == limit
+        return page, offset + len(page) if more else None
 
     def which(
         self, protocol: str, client: tuple[str, int], virtual: tuple[str, int], mark: int
     ) -> dict[str, Any] | None:
+        owner = self.shards.owner(pack_addr(client[0]))
+        if owner:
+            key = self.peers[owner - 1].call("which", protocol, client, virtual, mark)
+            if key is None:
+                return None
+            svc = self.director.services.lookup(
+                PROTO_NUMBERS[protocol], pack_addr(virtual[0]), virtual[1], mark
+            )
+            found = None if svc is None else svc.find_dest(*key)
+            return None if found is None else dict(dest_dict(found))
         dest = self.director.which(
             PROTO_NUMBERS[protocol],
             pack_addr(client[0]),
@@ -507,6 +618,7 @@ class Daemon:
             atomic_write(self.settings.state_dir / SYSCTL_FILE, json.dumps(kept, indent=1))
             self._runtime_sysctls = kept
         self.director.sysctls = updated
+        self._each_peer("sysctls", updated)
         return updated.as_dict()
 
     def _load_sysctls(self) -> dict[str, str]:
@@ -537,6 +649,9 @@ class Daemon:
     def run(self) -> int:
         config = read_rules(self.settings.rules)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        # The shards are cut inside the persistence netmasks the rules file has now.
+        self.shards = Shards.for_config(self.settings.workers, config)
+        self.hooks.shards = self.shards
         self.hooks.install()
         neighbours = Neighbours()
         queue, mark = self.settings.queue_num, self.settings.send_mark
@@ -545,11 +660,13 @@ class Daemon:
             Worker(self.director, reply_queue(queue), mark, neighbours, gso=True),
         ]
         try:
+            self._start_peers()
             self.health.start()
             self.commit(config, persist=False)
             self._load_conns()
             for worker in workers:
                 worker.bind()
+            self._each_peer("bind")
             if self.metrics is not None:
                 self.metrics.publish(self._sample(workers))
                 self.metrics.start()
@@ -558,6 +675,7 @@ class Daemon:
                 self.settings.control_socket, self, grp.getgrnam(group).gr_gid if group else None
             )
         except Exception:
+            self._stop_peers()
             self.health.stop()
             if self.metrics is not None:
                 self.metrics.close()
@@ -569,6 +687,64 @@ class Daemon:
             saved = self._shut_down(workers, control)
         return EXIT_OK if saved else EXIT_STOP_FAILED
 
+    def _start_peers(self) -> None:
+        """Workers 1 to N-1, each in its own process, and the board they share."""
+        count = self.settings.workers
+        if count == 1:
+            return
+        fd = board.create(count)
+        self.board = Board(fd, count, 0)
+        settings = self.settings
+        init = {
+            "workers": count,
+            "queue_num": settings.queue_num,
+            "send_mark": settings.send_mark,
+            "tcp_timeouts": settings.tcp_timeouts,
+            "sysctls": self.director.sysctls,
+            "conn_table_memory": settings.conn_table_memory,
+        }
+        self.peers = [Peer(index, fd, init) for index in range(1, count)]
+        log.info("%d workers, clients sharded by the address bits %s", count,
+                 dotted(self.shards.mask))  # fmt: skip
+
+    def _restart_peer(self, peer: Peer) -> None:
+        """A worker died or stopped answering: a new process in its place, with the
+        tables of now (the connections it held are lost, as a crash loses them)."""
+        log.error("worker %d failed; starting it again", peer.index)
+        self.loop_errors["worker_restart"] += 1
+        if self._selector is not None:
+            self._selector.unregister(peer)
+        peer.process.kill()
+        peer.close()
+        peer.init["sysctls"] = self.director.sysctls
+        peer.start()
+        if self._selector is not None:
+            self._watch(self._selector, peer)
+        peer.call("configure", self.health.effective(self._config), self._slots)
+        peer.call("bind")
+
+    def _watch(self, selector: selectors.BaseSelector, peer: Peer) -> None:
+        selector.register(peer, selectors.EVENT_READ, ("peer", partial(self._on_peer, peer)))
+
+    def _on_peer(self, peer: Peer) -> None:
+        """A worker's socket is readable outside a request: it is gone (or a late
+        answer to a request that timed out came)."""
+        try:
+            while peer.conn.poll(0):
+                peer.conn.recv()
+        except (EOFError, OSError):
+            self._restart_peer(peer)
+
+    def _stop_peers(self) -> None:
+        """Stop the other workers, keeping their connection tables for the dump."""
+        for peer in self.peers:
+            try:
+                self._peer_dumps.append(peer.call("stop"))
+            except PeerError as err:
+                log.error("%s: its connections are not saved", err)
+            peer.close()
+        self.peers = []
+
     def _shut_down(self, workers: list[Worker], control: ControlServer) -> bool:
         """Stop serving, save the connection table and, on SIGTERM, take the hooks out
         (or leave them for the next start with on_stop = keep).  Each step runs
@@ -579,6 +755,7 @@ class Daemon:
             self._step("stop", self.notifier.stopping)
         for worker in workers:  # no verdicts from here on: the queues hold or bypass
             self._step("stop", worker.close)
+        self._step("stop", self._stop_peers)
         self._step("stop", self.health.stop)
         saved = self._step("save", self._save_conns)
         # After a crash the hooks stay, holding traffic for the supervisor's restart.
@@ -614,7 +791,11 @@ class Daemon:
     def _sample(self, workers: list[Worker]) -> Any:
         kernel = read_queue_table()
         queues = tuple((w.queue, queue_sample(w, kernel)) for w in workers)
-        return take_sample(self.director, workers[0].errors, self.loop_errors, queues)
+        reports = self._each_peer("report")
+        if self.board is not None:
+            self.board.sync()
+        sample = take_sample(self.director, workers[0].errors, self.loop_errors, queues)
+        return add_reports(sample, reports)
 
     def _loop(self, workers: list[Worker], control: ControlServer) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -623,12 +804,14 @@ class Daemon:
         signal.set_wakeup_fd(wake_w.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        selector = selectors.DefaultSelector()
+        selector = self._selector = selectors.DefaultSelector()
         neighbours = workers[0].neighbours
         # Every callback is (where, action): `where` names it in the error count.
         for worker in workers:
             selector.register(worker, selectors.EVENT_READ, ("packets", worker.run_once))
         control.register(selector)
+        for peer in self.peers:
+            self._watch(selector, peer)
         selector.register(
             neighbours, selectors.EVENT_READ, ("netlink", lambda: self._on_netlink(neighbours))
         )
@@ -637,13 +820,15 @@ class Daemon:
 
         self.notifier.ready(f"{len(self.director.services)} virtual services")
         log.info(
-            "ready: %d virtual services, NFQUEUE %d (replies %d), control socket %s",
+            "ready: %d virtual services, NFQUEUE %d (replies %d), %d worker%s, control socket %s",
             len(self.director.services),
             workers[0].queue,
             workers[1].queue,
+            self.settings.workers,
+            "" if self.settings.workers == 1 else "s",
             self.settings.control_socket,
         )
-        next_tick = time.monotonic()
+        next_tick = next_sync = time.monotonic()
         while not self.stop_requested:
             now = time.monotonic()
             # While the collector has entries due, one slice per turn and no waiting:
@@ -653,12 +838,16 @@ class Daemon:
                 where, action = key.data
                 self._step(where, action)
             now = time.monotonic()
+            if self.board is not None and now >= next_sync:
+                self._step("board", self.board.sync_counts)
+                next_sync = now + COUNT_SYNC
             if now >= next_tick or self.director.conns.behind(now):
                 self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
             if now >= next_tick:
                 self._tick(workers, control, now)
                 next_tick = now + TICK
         signal.set_wakeup_fd(-1)
+        self._selector = None
         selector.close()
         wake_r.close()
         wake_w.close()
@@ -675,6 +864,7 @@ class Daemon:
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("defend", lambda: self.director.defend(self._available_pages(), now)),
             ("neighbours", forget_unresolved),
+            ("board", self._sync_stats),
             ("estimate", lambda: estimator.estimate(self.director, self.rate_timer, now)),
             ("control", control.expire),
             ("hooks", self._sync_hooks),
@@ -687,23 +877,22 @@ class Daemon:
             self._step("metrics", lambda: metrics.publish(self._sample(workers)))
         self._step("watchdog", self.notifier.watchdog)
 
+    def _sync_stats(self) -> None:
+        """The whole director's stats in ours (the board), for the estimator."""
+        if self.board is not None:
+            self.board.sync_stats()
+
     def _available_pages(self) -> int:
-        """4 KiB pages left: the host's MemAvailable or the table's own cap, the lesser."""
-        cap = self.settings.conn_table_memory << 20
-        left = max(cap - self.director.conns.memory(), 0) // PAGE
-        try:
-            with open("/proc/meminfo") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return min(left, int(line.split()[1]) * 1024 // PAGE)
-        except OSError:
-            pass
-        return left
+        """4 KiB pages left for this worker's table (its share of the cap)."""
+        cap = (self.settings.conn_table_memory << 20) // self.settings.workers
+        return available_pages(cap, self.director.conns.memory())
 
     def _save_conns(self) -> None:
         """Write the connection table for the next start (atomically)."""
         path = self.settings.state_dir / CONNS_FILE
         data = conn_dump.dump(self.director, time.monotonic())
+        for part in self._peer_dumps:  # the other workers', taken as they stopped
+            data["conns"] += part["conns"]
         atomic_write(path, json.dumps(data, separators=(",", ":")))
         log.info("saved %d connection entries to %s", len(data["conns"]), path)
 
@@ -714,9 +903,12 @@ class Daemon:
             return
         gc.disable()  # no full collections while a million entries are made
         try:
-            restored, skipped = conn_dump.load(
-                self.director, json.loads(path.read_text()), time.monotonic()
-            )
+            data = json.loads(path.read_text())
+            parts = self._by_owner(data)
+            restored, skipped = conn_dump.load(self.director, parts[0], time.monotonic())
+            for peer in self.peers:
+                more, less = peer.call("load", parts[peer.index])
+                restored, skipped = restored + more, skipped + less
             log.info("restored %d connection entries (%d for services gone)", restored, skipped)
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.error("connection table %s not restored: %s", path, err)
@@ -725,26 +917,21 @@ class Daemon:
             settle_garbage()
             path.unlink(missing_ok=True)
 
+    def _by_owner(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """A dump split by the worker that owns each entry's client (in order, so each
+        part has its templates before the connections they control)."""
+        if not isinstance(data, dict) or not isinstance(data.get("conns"), list):
+            raise ValueError("not a connection dump")
+        parts: list[dict[str, Any]] = [
+            {"format": data.get("format"), "conns": []} for _ in range(self.settings.workers)
+        ]
+        for entry in data["conns"]:
+            owner = self.shards.owner(pack_addr(entry["caddr"]))
+            parts[owner]["conns"].append(entry)
+        return parts
+
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requested = True
-
-
-def settle_garbage() -> None:
-    """Keep the cyclic garbage collector's full passes small however large the table.
-
-    A full collection walks every tracked object; with a million connection entries
-    that is half a second without packets, every time a quarter more objects have
-    survived into the oldest generation (CPython's rule), so about once per 250,000
-    new connections.  The entries need no cyclic collection (the table unlinks an
-    entry wholly when it removes it, and reference counting frees it), so once a
-    second the young generations are collected and everything that has survived so
-    far is frozen (gc.freeze: moved out of the collector's sight, in constant time;
-    frozen objects are still freed by reference counting when they die).  Full
-    passes then walk only what the last second left.  The price: a reference cycle
-    that outlived its first two generations before becoming garbage is never
-    reclaimed; the packet path makes none."""
-    gc.collect(1)
-    gc.freeze()
 
 
 def _drain(sock: socket.socket) -> None:

@@ -25,7 +25,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -159,6 +159,44 @@ def take_sample(
         worker_errors=tuple(sorted(worker_errors.items())),
         loop_errors=tuple(sorted((loop_errors or {}).items())),
         queues=tuple((queue, dict(counts)) for queue, counts in queues),
+    )
+
+
+def add_reports(sample: Sample, reports: Iterable[Mapping[str, Any]]) -> Sample:
+    """The sample of worker 0 with the other workers' figures added (their ``report``,
+    director.shell.peer): the counts of entries, verdicts, drops and passes, the table
+    caps, their errors and their queues; a defence is on while it is on in any.  The
+    services' and real servers' figures are already the whole director's (the board)."""
+    reports = list(reports)
+    if not reports:
+        return sample
+
+    def summed(own: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
+        total: dict[str, int] = dict(own)
+        for report in reports:
+            for name, count in report[key].items():
+                total[name] = total.get(name, 0) + count
+        return tuple(sorted(total.items()))
+
+    defenses = tuple(
+        (name, max([on, *(r["defenses"].get(name, 0) for r in reports)]))
+        for name, on in sample.defenses
+    )
+    queues = sample.queues + tuple(
+        (queue, dict(counts)) for r in reports for queue, counts in r["queues"]
+    )
+    return replace(
+        sample,
+        conn_entries=sample.conn_entries + sum(r["conn_entries"] for r in reports),
+        verdicts=summed(sample.verdicts, "verdicts"),
+        drops=summed(sample.drops, "drops"),
+        passes=summed(sample.passes, "passes"),
+        defenses=defenses,
+        drop_rate=max([sample.drop_rate, *(r["drop_rate"] for r in reports)]),
+        conn_limit=sample.conn_limit + sum(r["conn_limit"] for r in reports),
+        worker_errors=summed(sample.worker_errors, "worker_errors"),
+        loop_errors=summed(sample.loop_errors, "loop_errors"),
+        queues=queues,
     )
 
 

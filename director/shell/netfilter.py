@@ -23,6 +23,7 @@ from pathlib import Path
 from pyroute2.ipset import IPSet, PortEntry
 
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, PROTO_NUMBERS
+from director.core.shard import Shards, dotted
 from director.model.config import Config
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,61 @@ def reply_queue(queue: int) -> int:
     return queue + 1
 
 
-def render(text: str, queue: int, mark: int, bypass: bool = False) -> str:
-    return (
-        text.replace("@QUEUE@", str(queue))
-        .replace("@REPLY_QUEUE@", str(reply_queue(queue)))
-        .replace("@BYPASS@", " --queue-bypass" if bypass else "")
-        .replace("@MARK@", hex(mark))
-    )
+def worker_queue(queue: int, worker: int) -> int:
+    """The request queue of worker ``worker`` (its replies: the next one)."""
+    return queue + 2 * worker
+
+
+SHARD_IN = "DIRECTOR_SHARD_IN"
+SHARD_FWD = "DIRECTOR_SHARD_FWD"
+SHARD_ICMP = "DIRECTOR_SHARD_ICMP"
+SHARD_CHAINS = (SHARD_IN, SHARD_FWD, SHARD_ICMP)
+
+# u32 tests on an ICMP error's quoted packet ("0>>22&0x3C@" steps over the outer IP
+# header to the ICMP header, whose quoted IP header starts 8 bytes in): the quoted
+# protocol (byte 9 of it), its destination (bytes 16-19: the client of a reply the
+# director sent from a VIP) and, when it is IPIP (a TUN request), the source of the
+# packet inside (the client; the director's outer header has no options: 20 bytes).
+_QUOTED_IPIP = "0>>22&0x3C@16>>16&0xFF=4"
+_QUOTED_DST = "0>>22&0x3C@24"
+_QUOTED_INNER_SRC = "0>>22&0x3C@40"
+
+
+def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
+    """The shard chains' rules: each shard's requests (by source), NAT replies (by
+    destination) and ICMP errors (by the quoted client) to its worker's queues."""
+    tail = " --queue-bypass" if bypass else ""
+
+    def to(worker: int, reply: bool = False) -> str:
+        number = worker_queue(queue, worker) + (1 if reply else 0)
+        return f"-j NFQUEUE --queue-num {number}{tail}"
+
+    rules: list[str] = []
+    for addr, mask, worker in shards.patterns():
+        if not mask:
+            break  # one shard: everything goes to worker 0 (below)
+        where = f"{dotted(addr)}/{dotted(mask)}"
+        rules.append(f"-A {SHARD_IN} -s {where} {to(worker)}")
+        rules.append(f"-A {SHARD_FWD} -d {where} {to(worker, reply=True)}")
+        rules.append(
+            f"-A {SHARD_ICMP} -m u32 --u32 {_QUOTED_IPIP}&&{_QUOTED_INNER_SRC}"
+            f"&{mask:#x}={addr:#x} {to(worker)}"
+        )
+        rules.append(
+            f"-A {SHARD_ICMP} -m u32 ! --u32 {_QUOTED_IPIP} "
+            f"-m u32 --u32 {_QUOTED_DST}&{mask:#x}={addr:#x} {to(worker)}"
+        )
+    # What no pattern took (one worker; an ICMP error quoting too little to tell):
+    # worker 0, which passes on what it does not know.
+    rules += [f"-A {SHARD_IN} {to(0)}", f"-A {SHARD_FWD} {to(0, reply=True)}",
+              f"-A {SHARD_ICMP} {to(0)}"]  # fmt: skip
+    return rules
+
+
+def render(text: str, queue: int, mark: int, bypass: bool = False,
+           shards: Shards | None = None) -> str:  # fmt: skip
+    rules = shard_rules(shards or Shards(), queue, bypass)
+    return text.replace("@SHARD_RULES@", "\n".join(rules)).replace("@MARK@", hex(mark))
 
 
 _TABLE = re.compile(r"^\*(\w+)")
@@ -124,6 +173,7 @@ class Hooks:
     queue: int
     mark: int
     bypass: bool = False
+    shards: Shards = field(default_factory=Shards)
     text: str = field(default_factory=rules_text)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
@@ -139,13 +189,22 @@ class Hooks:
         self._entries = {}  # contents unknown: the first sync replaces them whole
         self._marks = None
         _, jumps = declared(self.text)
-        text = render(self.text, self.queue, self.mark, self.bypass)
+        text = render(self.text, self.queue, self.mark, self.bypass, self.shards)
         _restore("\n".join(line for line in text.splitlines() if not _JUMP.match(line)) + "\n")
         for table, chain, rule in jumps:
             if not _iptables("-t", table, "-C", chain, *rule.split()):
                 _iptables("-t", table, "-I", chain, "1", *rule.split())
-        log.info("netfilter hooks installed (NFQUEUE %d, replies %d)", self.queue,
-                 reply_queue(self.queue))  # fmt: skip
+        log.info("netfilter hooks installed (NFQUEUE %d, replies %d; %d worker%s)",
+                 self.queue, reply_queue(self.queue), self.shards.workers,
+                 "" if self.shards.workers == 1 else "s")  # fmt: skip
+
+    def reshard(self, shards: Shards) -> None:
+        """Send the clients to their workers by ``shards`` from now on: the shard
+        chains rewritten in one iptables-restore transaction."""
+        rules = shard_rules(shards, self.queue, self.bypass)
+        declared_chains = [f":{chain} - [0:0]" for chain in SHARD_CHAINS]
+        _restore("\n".join(["*filter", *declared_chains, *rules, "COMMIT", ""]))
+        self.shards = shards
 
     def remove(self) -> None:
         chains, jumps = declared(self.text)
@@ -185,7 +244,7 @@ class Hooks:
                 self._entries[name] = entries
         if marks != self._marks:
             self._marks = None
-            _restore(_fwmark_chain(marks, self.queue))
+            _restore(_fwmark_chain(marks))
             self._marks = marks
 
 
@@ -234,12 +293,10 @@ def _ipset_entry(entry: Entry) -> tuple[object, str]:
     return addr, "ip"
 
 
-def _fwmark_chain(marks: set[int], queue: int) -> str:
-    """DIRECTOR_FWM, rewritten whole: one NFQUEUE rule per firewall-mark service."""
-    rules = [
-        f"-A {FWM_CHAIN} -m mark --mark {mark:#x} -j NFQUEUE --queue-num {queue}"
-        for mark in sorted(marks)
-    ]
+def _fwmark_chain(marks: set[int]) -> str:
+    """DIRECTOR_FWM, rewritten whole: one rule per firewall-mark service, to the shard
+    chain of requests."""
+    rules = [f"-A {FWM_CHAIN} -m mark --mark {mark:#x} -j {SHARD_IN}" for mark in sorted(marks)]
     return "\n".join(["*filter", f":{FWM_CHAIN} - [0:0]", *rules, "COMMIT", ""])
 
 

@@ -1,0 +1,145 @@
+"""The counters all workers share: what makes N worker processes one director.
+
+IPVS's workers are CPUs over one table: a real server's ``activeconns`` is one atomic
+counter every CPU's scheduler reads, and its stats are per-CPU counters summed when
+read (``ip_vs_stats``'s cpustats).  director's workers are processes with a table each,
+so they share a board: a memory region (a memfd every worker maps) with one column per
+worker, where each worker writes its own figures of every real server (active,
+inactive, persistent connections, the five stats counters), every service and the
+totals, and reads the others'.
+
+``sync`` does both: for each counter it takes the worker's own part (what it holds less
+what it added from the others last time), writes it to its column, and makes the
+counter hold own + others.  So every core reader (lc, wlc, sed, nq, ovf and the
+thresholds in the schedulers; the listings, the rates and the metrics in the daemon)
+sees the whole director's figures without knowing there are workers, and the packet
+path still increments plain integers.  The connection counts are synced every few
+milliseconds (the schedulers of a worker see the others' new connections a batch
+late), the stats on every tick and before a listing.
+
+Slots: each service and real server has a slot number, given by the daemon
+(``Slots``) from its key, the same in every worker; slot 0 holds the totals.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from director.core.engine import Director
+from director.core.service import ServiceKey
+from director.core.stats import Stats
+from director.model.config import Config, ConfigError
+
+SLOTS = 1 << 16  # services and real servers one daemon can count (slot 0: totals)
+FIELDS = 8  # activeconns, inactconns, persistconns, then the five Stats counters
+COUNT_FIELDS = ("activeconns", "inactconns", "persistconns")
+STAT_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+CELL = 8  # bytes: a signed 64-bit integer
+SlotKey = tuple[ServiceKey, bytes, int]  # (service, real server address, port); b"", 0: the service
+
+
+class Slots:
+    """Slot numbers by key, kept for the daemon's life: a real server removed and added
+    again (the trash gives it back with its counters) counts in the same slot, and no
+    slot changes hands while a worker may still hold figures for its old key."""
+
+    def __init__(self) -> None:
+        self.slots: dict[SlotKey, int] = {}
+
+    def assign(self, config: Config) -> dict[SlotKey, int]:
+        """The slots of ``config``'s services and real servers; ConfigError when the
+        board is full (a restart starts a fresh one)."""
+        from director.core.service import pack_addr, service_key
+
+        wanted: list[SlotKey] = []
+        for conf in config.services:
+            svc = service_key(conf)
+            wanted.append((svc, b"", 0))
+            wanted += [(svc, pack_addr(d.addr), d.port) for d in conf.dests]
+        new = [key for key in dict.fromkeys(wanted) if key not in self.slots]
+        if len(self.slots) + len(new) >= SLOTS:
+            raise ConfigError(
+                f"the workers' shared counters are full ({SLOTS - 1} services and real "
+                "servers since start): restart directord"
+            )
+        for key in new:
+            self.slots[key] = len(self.slots) + 1
+        return {key: self.slots[key] for key in wanted}
+
+
+def create(workers: int) -> int:
+    """A board's memory for ``workers`` workers: a memfd (zeroed, its pages taken only
+    as slots are used), to pass to each."""
+    fd = os.memfd_create("director-board", os.MFD_CLOEXEC)
+    os.ftruncate(fd, workers * SLOTS * FIELDS * CELL)
+    return fd
+
+
+class Board:
+    """One worker's view of the board: ``me`` of ``workers`` columns."""
+
+    def __init__(self, fd: int, workers: int, me: int) -> None:
+        self.workers = workers
+        self.me = me
+        self._map = mmap.mmap(fd, workers * SLOTS * FIELDS * CELL)
+        self.cells = memoryview(self._map).cast("q")
+        self._column = SLOTS * FIELDS
+        # Per slot: the objects counted there (a Dest for the counts, a Stats), and what
+        # this worker last added to them from the other columns.
+        self._dests: list[tuple[int, Any]] = []
+        self._stats: list[tuple[int, Stats]] = []
+        self._seen: dict[int, list[int]] = {}
+
+    def bind(self, director: Director, slots: dict[SlotKey, int]) -> None:
+        """Count the director's services and real servers in their slots (after each
+        configuration change)."""
+        dests: list[tuple[int, Any]] = []
+        stats: list[tuple[int, Stats]] = [(0, director.totals)]
+        for svc in director.services:
+            slot = slots.get((svc.key, b"", 0))
+            if slot is not None:
+                stats.append((slot, svc.stats))
+            for dest in svc.dests:
+                slot = slots.get((svc.key, dest.addr, dest.port))
+                if slot is not None:
+                    dests.append((slot, dest))
+                    stats.append((slot, dest.stats))
+        self._dests, self._stats = dests, stats
+
+    def sync_counts(self) -> None:
+        """Publish this worker's connection counts and take in the others'."""
+        self._sync(((slot, dest) for slot, dest in self._dests), COUNT_FIELDS, 0)
+
+    def sync_stats(self) -> None:
+        """Publish this worker's stats counters and take in the others'."""
+        self._sync(iter(self._stats), STAT_FIELDS, len(COUNT_FIELDS))
+
+    def sync(self) -> None:
+        self.sync_counts()
+        self.sync_stats()
+
+    def _sync(self, items: Iterable[tuple[int, Any]], names: tuple[str, ...], first: int) -> None:
+        cells, column, me, workers = self.cells, self._column, self.me, self.workers
+        for slot, obj in items:
+            seen = self._seen.setdefault(slot, [0] * FIELDS)
+            base = slot * FIELDS
+            for offset, name in enumerate(names, first):
+                own = getattr(obj, name) - seen[offset]
+                cells[me * column + base + offset] = own
+                others = 0
+                for worker in range(workers):
+                    if worker != me:
+                        others += cells[worker * column + base + offset]
+                seen[offset] = others
+                setattr(obj, name, own + others)
+
+    def own(self, slot: int, field: int) -> int:
+        """This worker's own figure in a slot (as last published)."""
+        return self.cells[self.me * self._column + slot * FIELDS + field]
+
+    def close(self) -> None:
+        self.cells.release()
+        self._map.close()

@@ -1,0 +1,398 @@
+"""The other workers of ``directord --workers N``: one process per shard of clients.
+
+The daemon's own process is worker 0: it serves shard 0's packets and everything else
+(the control socket, the hooks, health checks, metrics, the rules file).  Workers 1 to
+N-1 are processes of their own (``python -m director.shell.peer``), each with its own
+connection table and its own pair of NFQUEUEs (director.core.shard says whose clients);
+the board (director.shell.board) makes their counters one director's.
+
+The daemon drives each worker through a socket pair with one request at a time
+(``Peer.call``), answered between two batches of packets:
+
+    configure  the services and real servers (the effective table health makes), with
+               their board slots; the real servers' routes are looked up again
+    sysctls    IPVS's sysctls
+    bind       take the queues (after the first configure and load)
+    publish    write the worker's counters to the board now (answer: its entries)
+    report     the figures the metrics add up (drops, passes, queues, errors...)
+    conns      one page of its connection entries, and how many it holds
+    which      the real server a tuple would go to now
+    load       take these dumped connection entries (a restart, director.core.conn_dump)
+    stop       give the queues back and answer with the table's dump
+
+A worker ignores SIGTERM and SIGINT (the daemon stops it, after taking its table) and
+dies with the daemon (PR_SET_PDEATHSIG), or when the socket pair closes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Any
+
+from director.core import conn_dump, proto_tcp
+from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE
+from director.core.engine import Director
+from director.core.service import PROTO_NUMBERS, pack_addr
+from director.core.sysctl import Sysctls
+from director.ctl.report import conn_page
+from director.model.config import Config
+from director.shell.board import Board, SlotKey
+from director.shell.netfilter import worker_queue
+from director.shell.netlink import Neighbours, Routes
+from director.shell.nfqueue import read_queue_table
+from director.shell.worker import Worker, queue_sample
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 10.0  # seconds a worker may take to answer (a load of many entries)
+COUNT_SYNC = 0.002  # seconds between two syncs of the connection counts
+TICK = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+def build_director(tcp_timeouts: dict[str, int], sysctls: Sysctls, conn_limit: int) -> Director:
+    """A Director with the daemon's settings: TCP timeouts, sysctls, table cap."""
+    director = Director()
+    director.conn_limit = conn_limit
+    for state, seconds in tcp_timeouts.items():
+        director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
+    director.sysctls = sysctls
+    return director
+
+
+def table_share(conn_table_memory: int, workers: int) -> int:
+    """The entries one worker's table may hold: its share of the memory cap (MiB)."""
+    return (conn_table_memory << 20) // CONN_BYTES // workers
+
+
+def available_pages(cap_bytes: int, used: int) -> int:
+    """4 KiB pages left: the host's MemAvailable or the cap's, the lesser (the DoS
+    defences' ``availmem``)."""
+    left = max(cap_bytes - used, 0) // PAGE
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return min(left, int(line.split()[1]) * 1024 // PAGE)
+    except OSError:
+        pass
+    return left
+
+
+def settle_garbage() -> None:
+    """Keep the cyclic garbage collector's full passes small however large the table.
+
+    A full collection walks every tracked object; with a million connection entries
+    that is half a second without packets, every time a quarter more objects have
+    survived into the oldest generation (CPython's rule), so about once per 250,000
+    new connections.  The entries need no cyclic collection (the table unlinks an
+    entry wholly when it removes it, and reference counting frees it), so once a
+    second the young generations are collected and everything that has survived so
+    far is frozen (gc.freeze: moved out of the collector's sight, in constant time;
+    frozen objects are still freed by reference counting when they die).  Full
+    passes then walk only what the last second left.  The price: a reference cycle
+    that outlived its first two generations before becoming garbage is never
+    reclaimed; the packet path makes none."""
+    gc.collect(1)
+    gc.freeze()
+
+
+class PeerWorker:
+    """Worker ``index`` (1 to N-1) in its own process."""
+
+    def __init__(self, conn: Connection, board: Board, init: dict[str, Any]) -> None:
+        self.conn = conn
+        self.board = board
+        self.index: int = init["index"]
+        workers: int = init["workers"]
+        self.director = build_director(
+            init["tcp_timeouts"], init["sysctls"], table_share(init["conn_table_memory"], workers)
+        )
+        self.memory_cap = (init["conn_table_memory"] << 20) // workers
+        self.neighbours = Neighbours()
+        self.routes = Routes()
+        queue, mark = worker_queue(init["queue_num"], self.index), init["send_mark"]
+        self.workers = [
+            Worker(self.director, queue, mark, self.neighbours),
+            Worker(self.director, queue + 1, mark, self.neighbours, gso=True),
+        ]
+        self.loop_errors: Counter[str] = Counter()
+        self.stopping = False
+        self.ops: dict[str, Callable[..., Any]] = {
+            "configure": self.configure,
+            "sysctls": self.set_sysctls,
+            "bind": self.bind,
+            "publish": self.publish,
+            "report": self.report,
+            "conns": self.conns,
+            "which": self.which,
+            "load": self.load,
+            "stop": self.stop,
+        }
+
+    # -- requests ------------------------------------------------------------------
+
+    def configure(self, config: Config, slots: dict[SlotKey, int]) -> None:
+        self.director.configure(config)
+        self.board.bind(self.director, slots)
+        self.routes.annotate(d for svc in self.director.services for d in svc.dests)
+
+    def set_sysctls(self, sysctls: Sysctls) -> None:
+        self.director.sysctls = sysctls
+
+    def bind(self) -> None:
+        for worker in self.workers:
+            worker.bind()
+
+    def publish(self) -> int:
+        """Counters to the board now; the entries the table holds."""
+        self.board.sync()
+        return len(self.director.conns)
+
+    def report(self) -> dict[str, Any]:
+        director = self.director
+        self.board.sync()
+        kernel = read_queue_table()
+        defense = director.defense
+        return {
+            "conn_entries": len(director.conns),
+            "verdicts": dict(director.verdicts),
+            "drops": dict(director.drops),
+            "passes": dict(director.passes),
+            "defenses": {
+                "drop_entry": int(defense.drop_entry),
+                "drop_packet": int(bool(defense.drop_rate)),
+                "secure_tcp": int(defense.secure),
+            },
+            "drop_rate": defense.drop_rate,
+            "conn_limit": director.conn_limit,
+            "worker_errors": dict(self.workers[0].errors),
+            "loop_errors": dict(self.loop_errors),
+            "queues": [(w.queue, queue_sample(w, kernel)) for w in self.workers],
+        }
+
+    def conns(self, offset: int, limit: int) -> tuple[list[Any], int]:
+        table = self.director.conns
+        total = len(table.in_tab) + len(table.templates)
+        return conn_page(self.director, time.monotonic(), offset, limit), total
+
+    def which(
+        self, protocol: str, client: tuple[str, int], virtual: tuple[str, int], mark: int
+    ) -> tuple[bytes, int] | None:
+        dest = self.director.which(PROTO_NUMBERS[protocol], pack_addr(client[0]), client[1],
+                                   pack_addr(virtual[0]), virtual[1], time.monotonic(),
+                                   mark)  # fmt: skip
+        return None if dest is None else dest.key
+
+    def load(self, data: dict[str, Any]) -> tuple[int, int]:
+        gc.disable()
+        try:
+            return conn_dump.load(self.director, data, time.monotonic())
+        finally:
+            gc.enable()
+
+    def stop(self) -> dict[str, Any]:
+        for worker in self.workers:
+            worker.close()
+        self.stopping = True
+        return conn_dump.dump(self.director, time.monotonic())
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _request(self) -> None:
+        try:
+            seq, op, args = self.conn.recv()
+        except (EOFError, OSError):
+            self.stopping = True  # the daemon is gone
+            return
+        try:
+            answer: tuple[int, bool, Any] = (seq, True, self.ops[op](*args))
+        except Exception as err:
+            log.exception("worker %d: %s failed", self.index, op)
+            answer = (seq, False, f"{type(err).__name__}: {err}")
+        self.conn.send(answer)
+
+    def _step(self, where: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception:
+            self.loop_errors[where] += 1
+            count = self.loop_errors[where]
+            if count == 10 ** (len(str(count)) - 1):
+                log.exception("worker %d: %s failed (%d times so far)", self.index, where, count)
+
+    def _on_netlink(self) -> None:
+        self.neighbours.on_readable()
+        if self.neighbours.routes_changed:
+            self.neighbours.routes_changed = False
+            self.routes.annotate(d for svc in self.director.services for d in svc.dests)
+
+    def _tick(self, now: float) -> None:
+        director = self.director
+
+        def forget_unresolved() -> None:
+            for nexthop in self.neighbours.expire(now):
+                director.forget(nexthop)
+
+        pages = available_pages(self.memory_cap, director.conns.memory())
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("defend", lambda: director.defend(pages, now)),
+            ("neighbours", forget_unresolved),
+            ("board", self.board.sync),
+            ("garbage", settle_garbage),
+        )
+        for where, action in steps:
+            self._step(where, action)
+
+    def serve(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.conn.fileno(), selectors.EVENT_READ, ("control", self._request))
+        selector.register(self.neighbours, selectors.EVENT_READ, ("netlink", self._on_netlink))
+        registered = False
+        next_tick = next_sync = time.monotonic()
+        while not self.stopping:
+            if not registered and self.workers[0].sock is not None:
+                for worker in self.workers:
+                    selector.register(worker, selectors.EVENT_READ, ("packets", worker.run_once))
+                registered = True
+            now = time.monotonic()
+            behind = self.director.conns.behind(now)
+            timeout = 0.0 if behind else max(0.0, min(next_tick, next_sync + TICK) - now)
+            for key, _ in selector.select(timeout):
+                where, action = key.data
+                if where == "packets" and self.stopping:
+                    continue
+                self._step(where, action)
+            now = time.monotonic()
+            if now >= next_sync:
+                self._step("board", self.board.sync_counts)
+                next_sync = now + COUNT_SYNC
+            if now >= next_tick or self.director.conns.behind(now):
+                self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + TICK
+        selector.close()
+        self.neighbours.close()
+        self.routes.close()
+
+
+class PeerError(RuntimeError):
+    """A worker did not answer, or answered with an error."""
+
+
+class Peer:
+    """The daemon's handle on worker ``index``: the process and its socket pair."""
+
+    def __init__(self, index: int, board_fd: int, init: dict[str, Any]) -> None:
+        self.index = index
+        self.board_fd = board_fd
+        self.init = dict(init, index=index)
+        self._seq = 0
+        self.conn: Connection
+        self.process: subprocess.Popen[bytes]
+        self.start()
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "director.shell.peer", str(theirs.fileno()),
+             str(self.board_fd)],
+            pass_fds=(theirs.fileno(), self.board_fd),
+        )  # fmt: skip
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.call("init", self.init)
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def send(self, op: str, *args: Any) -> int:
+        self._seq += 1
+        self.conn.send((self._seq, op, args))
+        return self._seq
+
+    def answer(self, seq: int, timeout: float = CALL_TIMEOUT) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.conn.poll(left):
+                raise PeerError(f"worker {self.index} did not answer in {timeout:.0f} s")
+            try:
+                got, ok, value = self.conn.recv()
+            except (EOFError, OSError) as err:
+                raise PeerError(f"worker {self.index} is gone: {err}") from None
+            if got != seq:
+                continue  # the answer to a request that timed out
+            if not ok:
+                raise PeerError(f"worker {self.index}: {value}")
+            return value
+
+    def call(self, op: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        return self.answer(self.send(op, *args), timeout)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.conn.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def fan_out(peers: Iterable[Peer], op: str, *args: Any) -> list[Any]:
+    """The same request to every worker at once; their answers in order."""
+    asked = [(peer, peer.send(op, *args)) for peer in peers]
+    return [peer.answer(seq) for peer, seq in asked]
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """A worker process: ``python -m director.shell.peer CONN_FD BOARD_FD``."""
+    logging.basicConfig(
+        level=os.environ.get("DIRECTOR_LOG_LEVEL", "INFO"),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _die_with_parent()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    conn = Connection(int(argv[0]))
+    if os.getppid() == 1:
+        return 1  # the daemon died before the prctl
+    seq, op, (init,) = conn.recv()
+    assert op == "init"
+    board = Board(int(argv[1]), init["workers"], init["index"])
+    os.close(int(argv[1]))
+    worker = PeerWorker(conn, board, init)
+    conn.send((seq, True, None))
+    worker.serve()
+    board.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
