@@ -13,9 +13,9 @@ what it added from the others last time), writes it to its column, and makes the
 counter hold own + others.  So every core reader (lc, wlc, sed, nq, ovf and the
 thresholds in the schedulers; the listings, the rates and the metrics in the daemon)
 sees the whole director's figures without knowing there are workers, and the packet
-path still increments plain integers.  The connection counts are synced every few
-milliseconds (the schedulers of a worker see the others' new connections a batch
-late), the stats on every tick and before a listing.
+path still increments plain integers.  The connection counts are synced around each
+turn of a worker's loop (``CountPacer``: before it schedules, after it changed them; at
+most every COUNT_SYNC), the stats on every tick and before a listing.
 
 Slots: each service and real server has a slot number, given by the daemon
 (``Slots``) from its key, the same in every worker; slot 0 holds the totals.
@@ -38,6 +38,7 @@ FIELDS = 8  # activeconns, inactconns, persistconns, then the five Stats counter
 COUNT_FIELDS = ("activeconns", "inactconns", "persistconns")
 STAT_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 CELL = 8  # bytes: a signed 64-bit integer
+COUNT_SYNC = 0.002  # seconds: the connection counts are at most this late between workers
 SlotKey = tuple[ServiceKey, bytes, int]  # (service, real server address, port); b"", 0: the service
 
 
@@ -143,3 +144,35 @@ class Board:
     def close(self) -> None:
         self.cells.release()
         self._map.close()
+
+
+class CountPacer:
+    """When a worker syncs the connection counts: before it handles packets, if its
+    view is older than COUNT_SYNC (a SYN is scheduled with the others' figures of
+    now), and within COUNT_SYNC after packets changed its own (``timeout`` shortens the
+    loop's wait until then)."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.last = float("-inf")
+        self.dirty = False
+
+    def before(self, now: float) -> None:
+        if now - self.last >= COUNT_SYNC:
+            self._sync(now)
+
+    def after(self, now: float, changed: bool) -> None:
+        """A turn of the loop ended (``changed``: it handled something)."""
+        self.dirty = self.dirty or changed
+        if self.dirty and now - self.last >= COUNT_SYNC:
+            self._sync(now)
+
+    def timeout(self, now: float, timeout: float) -> float:
+        if not self.dirty:
+            return timeout
+        return min(timeout, max(0.0, self.last + COUNT_SYNC - now))
+
+    def _sync(self, now: float) -> None:
+        self.board.sync_counts()
+        self.last = now
+        self.dirty = False

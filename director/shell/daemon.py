@@ -52,7 +52,7 @@ from director.ctl.snapshot import Snapshot
 from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
 from director.shell import board
-from director.shell.board import Board, SlotKey, Slots
+from director.shell.board import Board, CountPacer, SlotKey, Slots
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, add_reports, take_sample
 from director.shell.netfilter import Hooks, reply_queue
@@ -60,7 +60,6 @@ from director.shell.netlink import Neighbours, Routes
 from director.shell.nfqueue import read_queue_table
 from director.shell.notify import Notifier
 from director.shell.peer import (
-    COUNT_SYNC,
     Peer,
     PeerError,
     available_pages,
@@ -828,19 +827,24 @@ class Daemon:
             "" if self.settings.workers == 1 else "s",
             self.settings.control_socket,
         )
-        next_tick = next_sync = time.monotonic()
+        pacer = None if self.board is None else CountPacer(self.board)
+        next_tick = time.monotonic()
         while not self.stop_requested:
             now = time.monotonic()
             # While the collector has entries due, one slice per turn and no waiting:
             # the packets that came meanwhile are served between two slices.
             timeout = 0.0 if self.director.conns.behind(now) else max(0.0, next_tick - now)
-            for key, _ in selector.select(timeout):
+            if pacer is not None:
+                timeout = pacer.timeout(now, timeout)
+            events = selector.select(timeout)
+            if pacer is not None and events:  # the other workers' counts, for scheduling
+                self._step("board", partial(pacer.before, time.monotonic()))
+            for key, _ in events:
                 where, action = key.data
                 self._step(where, action)
             now = time.monotonic()
-            if self.board is not None and now >= next_sync:
-                self._step("board", self.board.sync_counts)
-                next_sync = now + COUNT_SYNC
+            if pacer is not None:  # ours, soon, for theirs
+                self._step("board", partial(pacer.after, now, bool(events)))
             if now >= next_tick or self.director.conns.behind(now):
                 self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
             if now >= next_tick:

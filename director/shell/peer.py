@@ -49,7 +49,7 @@ from director.core.service import PROTO_NUMBERS, pack_addr
 from director.core.sysctl import Sysctls
 from director.ctl.report import conn_page
 from director.model.config import Config
-from director.shell.board import Board, SlotKey
+from director.shell.board import Board, CountPacer, SlotKey
 from director.shell.netfilter import worker_queue
 from director.shell.netlink import Neighbours, Routes
 from director.shell.nfqueue import read_queue_table
@@ -58,7 +58,6 @@ from director.shell.worker import Worker, queue_sample
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 10.0  # seconds a worker may take to answer (a load of many entries)
-COUNT_SYNC = 0.002  # seconds between two syncs of the connection counts
 TICK = 1.0
 PR_SET_PDEATHSIG = 1
 
@@ -262,7 +261,8 @@ class PeerWorker:
         selector.register(self.conn.fileno(), selectors.EVENT_READ, ("control", self._request))
         selector.register(self.neighbours, selectors.EVENT_READ, ("netlink", self._on_netlink))
         registered = False
-        next_tick = next_sync = time.monotonic()
+        pacer = CountPacer(self.board)
+        next_tick = time.monotonic()
         while not self.stopping:
             if not registered and self.workers[0].sock is not None:
                 for worker in self.workers:
@@ -270,16 +270,17 @@ class PeerWorker:
                 registered = True
             now = time.monotonic()
             behind = self.director.conns.behind(now)
-            timeout = 0.0 if behind else max(0.0, min(next_tick, next_sync + TICK) - now)
-            for key, _ in selector.select(timeout):
+            timeout = 0.0 if behind else pacer.timeout(now, max(0.0, next_tick - now))
+            events = selector.select(timeout)
+            if events:
+                self._step("board", partial(pacer.before, time.monotonic()))
+            for key, _ in events:
                 where, action = key.data
                 if where == "packets" and self.stopping:
                     continue
                 self._step(where, action)
             now = time.monotonic()
-            if now >= next_sync:
-                self._step("board", self.board.sync_counts)
-                next_sync = now + COUNT_SYNC
+            self._step("board", partial(pacer.after, now, bool(events)))
             if now >= next_tick or self.director.conns.behind(now):
                 self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
             if now >= next_tick:

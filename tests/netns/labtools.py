@@ -25,7 +25,8 @@ CURL_TIMEOUT = 28
 # A transfer that outlasts a restart (python3 -c): the server sends one file once, as
 # fast as TCP lets it go (argv: file, port); the client reads it at about 4 MB/s, so
 # 20 MB last some 5 s, says "started" after the first 2 MiB and prints the byte count
-# and SHA-256 at the end (argv: address, port).  ``transfer()`` runs the pair.
+# and SHA-256 at the end (argv: address, port, and the source address, "" for any).
+# ``transfer()`` runs the pair.
 TRANSFER_SERVER = """
 import socket, sys
 data = open(sys.argv[1], "rb").read()
@@ -42,7 +43,8 @@ conn.close()
 # Reads at about 4 MB/s, so the transfer lasts some 5 s, and prints the SHA-256.
 TRANSFER_CLIENT = """
 import hashlib, socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30,
+                             source_address=(sys.argv[3], 0) if sys.argv[3] else None)
 digest, got, start = hashlib.sha256(), 0, time.monotonic()
 while True:
     chunk = s.recv(65536)
@@ -80,10 +82,11 @@ def running(d: Daemon) -> Iterator[Daemon]:
 
 @contextmanager
 def transfer(
-    lab: Lab, rs: RealServerHost, blob: Path, port: int
+    lab: Lab, rs: RealServerHost, blob: Path, port: int, source: str = ""
 ) -> Iterator[subprocess.Popen[str]]:
-    """``blob`` served by ``rs`` on ``port`` and read by the client from the VIP: the
-    client's process, under way (its first 2 MiB in); both are gone at the end."""
+    """``blob`` served by ``rs`` on ``port`` and read by the client from the VIP (from
+    the address ``source``, if given): the client's process, under way (its first 2 MiB
+    in); both are gone at the end."""
     procs: list[subprocess.Popen[str]] = []
     try:
         server = subprocess.Popen(
@@ -93,7 +96,8 @@ def transfer(
         procs.append(server)
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
         client = subprocess.Popen(
-            lab.exec_argv(lab.client, [sys.executable, "-c", TRANSFER_CLIENT, lab.vip, str(port)]),
+            lab.exec_argv(lab.client, [sys.executable, "-c", TRANSFER_CLIENT, lab.vip, str(port),
+                                       source]),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(client)
