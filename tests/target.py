@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from director.core.route import Route
+from director.core.shard import Shards
 from director.ctl.ipvsadm import load_rules
 from director.model.config import Config
 from director.shell.daemon import Daemon, Settings
@@ -49,6 +50,9 @@ class MemoryHooks(Hooks):
     def sync(self, config: Config) -> None:
         self.selected = selection(config)
 
+    def reshard(self, shards: Shards) -> None:
+        self.shards = shards
+
 
 class StaticRoutes(Routes):
     """Route lookups from a table: ``routes[addr]`` (None: no route), else ``default``."""
@@ -73,6 +77,7 @@ def settings_in(base: Path) -> Settings:
         rules=base / "rules",
         state_dir=base / "state",
         supervise=False,
+        workers=1,
     )
 
 

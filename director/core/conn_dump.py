@@ -4,11 +4,14 @@ connection: the daemon dumps it at stop and loads it at start.
 Each entry names its service and real server by their keys, not by object, and its
 time to live rather than a clock reading, so a dump stays good across processes.
 Templates come first, so the connections they control can be tied to them again.
-Entries whose service or real server is gone are left out (and counted).
+Entries whose service or real server is gone are left out (and counted).  The same
+dumps carry entries from one worker to another when the shards change
+(director.shell.daemon).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from director.core.conn import Conn, Template
@@ -51,11 +54,26 @@ def _key(conn: Conn) -> list[Any]:
     return [protocol, caddr.hex(), cport, vaddr.hex(), vport]
 
 
-def dump(director: Director, now: float) -> dict[str, Any]:
+def dump(
+    director: Director, now: float, only: Callable[[Conn], bool] | None = None
+) -> dict[str, Any]:
+    """The table (with ``only``, the entries it accepts), templates first."""
     conns = director.conns
-    entries = [_entry(t, now) for t in conns.templates.values()]
-    entries += [_entry(c, now) for c in conns.in_tab.values()]
+    templates = [t for t in conns.templates.values() if only is None or only(t)]
+    entries = [_entry(t, now) for t in templates]
+    entries += [_entry(c, now) for c in conns.in_tab.values() if only is None or only(c)]
     return {"format": FORMAT, "conns": entries}
+
+
+def drop(director: Director, which: Callable[[Conn], bool]) -> int:
+    """Remove the entries ``which`` accepts (handed to another worker): connections
+    first, then the templates, which then control none of them.  Returns how many."""
+    conns = director.conns
+    leaving = [c for c in conns.in_tab.values() if which(c)]
+    leaving += [t for t in conns.templates.values() if which(t)]
+    for conn in leaving:
+        conns.remove(conn)
+    return len(leaving)
 
 
 def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int]:

@@ -65,6 +65,7 @@ from director.shell.peer import (
     available_pages,
     build_director,
     fan_out,
+    leaving,
     settle_garbage,
     table_share,
 )
@@ -434,13 +435,6 @@ class Daemon:
         # A real server with no route is no reason to refuse (IPVS takes it): it is
         # shown unreachable until netlink announces a way to it.
         self.director.check(self.health.worst(config))
-        if not self.shards.covers(config):
-            raise ConfigError(
-                f"a persistence netmask leaves out client address bits the {self.shards.workers}"
-                f" workers are sharded by ({dotted(self.shards.mask)}, chosen at start from "
-                "the rules file's netmasks): restart directord with the change in the rules "
-                "file, or run one worker"
-            )
         effective = self.health.effective(config)
         slots = self.slots.assign(effective)
         try:
@@ -457,6 +451,9 @@ class Daemon:
         self._hooks_stale = False
         self._apply(effective, slots)
         self._config = config
+        shards = Shards.for_config(self.settings.workers, config)
+        if self.peers and shards != self.shards:
+            self._step("reshard", partial(self._reshard, shards))
         self.health.reconfigure(config)
         # The change is made: a route lookup that fails now must not report it
         # failed (netlink's next change annotates again).
@@ -478,6 +475,27 @@ class Daemon:
         if self.board is not None:
             self.board.bind(self.director, slots)
         self._each_peer("configure", effective, slots)
+
+    def _reshard(self, shards: Shards) -> None:
+        """Cut the shards anew (a persistence netmask came or went): every worker's
+        entries whose clients change hands are copied to their new workers, the shard
+        chains switch in one transaction, and the old copies go.  Packets meet a worker
+        that knows their connection throughout (a state change in the few milliseconds
+        between the copy and the switch is the one thing lost)."""
+        now = time.monotonic()
+        moving = [conn_dump.dump(self.director, now, leaving(shards, 0))]
+        moving += self._each_peer("emigrants", shards)
+        entries = [entry for part in moving for entry in part["conns"]]
+        parts = self._by_owner({"format": conn_dump.FORMAT, "conns": entries}, shards)
+        conn_dump.load(self.director, parts[0], now)
+        for peer in self.peers:
+            peer.call("load", parts[peer.index])
+        self.hooks.reshard(shards)
+        conn_dump.drop(self.director, leaving(shards, 0))
+        self._each_peer("prune", shards)
+        self.shards = shards
+        log.info("clients sharded by the address bits %s now (persistence netmasks "
+                 "changed): %d entries moved", dotted(shards.mask), len(entries))  # fmt: skip
 
     def _each_peer(self, op: str, *args: Any) -> list[Any]:
         """One request to every other worker; a worker that fails it is started
@@ -908,7 +926,7 @@ class Daemon:
         gc.disable()  # no full collections while a million entries are made
         try:
             data = json.loads(path.read_text())
-            parts = self._by_owner(data)
+            parts = self._by_owner(data, self.shards)
             restored, skipped = conn_dump.load(self.director, parts[0], time.monotonic())
             for peer in self.peers:
                 more, less = peer.call("load", parts[peer.index])
@@ -921,7 +939,7 @@ class Daemon:
             settle_garbage()
             path.unlink(missing_ok=True)
 
-    def _by_owner(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _by_owner(self, data: dict[str, Any], shards: Shards) -> list[dict[str, Any]]:
         """A dump split by the worker that owns each entry's client (in order, so each
         part has its templates before the connections they control)."""
         if not isinstance(data, dict) or not isinstance(data.get("conns"), list):
@@ -930,7 +948,7 @@ class Daemon:
             {"format": data.get("format"), "conns": []} for _ in range(self.settings.workers)
         ]
         for entry in data["conns"]:
-            owner = self.shards.owner(pack_addr(entry["caddr"]))
+            owner = shards.owner(pack_addr(entry["caddr"]))
             parts[owner]["conns"].append(entry)
         return parts
 

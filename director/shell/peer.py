@@ -18,6 +18,8 @@ The daemon drives each worker through a socket pair with one request at a time
     conns      one page of its connection entries, and how many it holds
     which      the real server a tuple would go to now
     load       take these dumped connection entries (a restart, director.core.conn_dump)
+    emigrants  the entries new shards give to other workers (a dump)
+    prune      drop those entries (the others have taken them)
     stop       give the queues back and answer with the table's dump
 
 A worker ignores SIGTERM and SIGINT (the daemon stops it, after taking its table) and
@@ -43,9 +45,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from director.core import conn_dump, proto_tcp
-from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE
+from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE, Conn
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
+from director.core.shard import Shards
 from director.core.sysctl import Sysctls
 from director.ctl.report import conn_page
 from director.model.config import Config
@@ -109,6 +112,12 @@ def settle_garbage() -> None:
     gc.freeze()
 
 
+def leaving(shards: Shards, index: int) -> Callable[[Conn], bool]:
+    """Whether an entry of worker ``index`` belongs to another worker under ``shards``
+    (a template's client address is its network's, inside the shard bits)."""
+    return lambda conn: shards.owner(conn.caddr) != index
+
+
 class PeerWorker:
     """Worker ``index`` (1 to N-1) in its own process."""
 
@@ -139,6 +148,8 @@ class PeerWorker:
             "conns": self.conns,
             "which": self.which,
             "load": self.load,
+            "emigrants": self.emigrants,
+            "prune": self.prune,
             "stop": self.stop,
         }
 
@@ -202,6 +213,15 @@ class PeerWorker:
             return conn_dump.load(self.director, data, time.monotonic())
         finally:
             gc.enable()
+
+    def emigrants(self, shards: Shards) -> dict[str, Any]:
+        """A dump of the entries whose clients ``shards`` give to other workers (they
+        stay here until ``prune``)."""
+        return conn_dump.dump(self.director, time.monotonic(), leaving(shards, self.index))
+
+    def prune(self, shards: Shards) -> int:
+        """Drop the entries whose clients ``shards`` give to other workers."""
+        return conn_dump.drop(self.director, leaving(shards, self.index))
 
     def stop(self) -> dict[str, Any]:
         for worker in self.workers:

@@ -28,13 +28,40 @@ CLIENTS = [f"203.0.113.{i}" for i in range(10, 18)]  # .10 is the lab's own addr
 RS = ("198.18.0.2", "198.18.0.3")
 TWO = ["--workers", "2"]
 
-# A TCP connection to the VIP, opened from one address and held (idle) until stdin ends.
+# A TCP connection to the VIP, opened from one address and held (idle): on each line
+# read from stdin it asks for the page over it and prints the status line; it ends with
+# stdin.
 HOLD = """
 import socket, sys
 s = socket.create_connection((sys.argv[1], 80), timeout=10, source_address=(sys.argv[2], 0))
 print("up", flush=True)
-sys.stdin.read()
+for line in sys.stdin:
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: vip\\r\\n\\r\\n")
+    got = b""
+    while b"\\r\\n\\r\\n" not in got:
+        got += s.recv(65536)
+    print(got.split(b"\\r\\n")[0].decode(), flush=True)
 """
+
+
+def hold(lab: Lab, source: str, stack: ExitStack) -> subprocess.Popen[str]:
+    """A connection from ``source`` held open until ``stack`` closes."""
+    proc = subprocess.Popen(
+        lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, source]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.stdin.close)  # type: ignore[union-attr]
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    return proc
+
+
+def ask(proc: subprocess.Popen[str]) -> str:
+    """The status line of one more request over a held connection."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +144,9 @@ def test_lc_sees_the_connections_of_both_workers(
     one (ip_vs_lc.c: the first of equal overheads from the head of the list)."""
     with running(Daemon(lab, tmp_path / "d", TWO)) as d, ExitStack() as held:
         restore(d, nat_service(lab, "lc"))
-        for source in (clients[0], clients[1], clients[2], clients[3]):
-            proc = subprocess.Popen(
-                lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, source]),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            held.callback(proc.wait, 10)
-            held.callback(proc.stdin.close)  # type: ignore[union-attr]
-            assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-            time.sleep(0.2)  # longer than the workers' count sync (2 ms)
+        for source in clients[:4]:
+            hold(lab, source, held)
+            time.sleep(0.2)  # a pause between two connections, nothing more
         dests = {client: dest for state, client, dest in listed_conns(d)}
         assert len(dests) == 4, dests
         # 0 and 1 alternate, as 2 and 3 do: each new one goes to the server with fewer.
@@ -141,8 +162,7 @@ def test_persistence_keeps_a_client_network_on_one_worker_and_one_server(
 ) -> None:
     """With -M 255.255.255.0 in the rules file at start, the shards are cut inside the
     /24: the whole client network is one worker's, which holds its template, so every
-    client of it reaches the same real server.  A netmask that would split a shard's
-    network later is refused, one line, nothing changed."""
+    client of it reaches the same real server."""
     d = Daemon(lab, tmp_path / "d", TWO)
     d.workdir.mkdir(parents=True)
     d.rules_path.write_text(nat_service(lab, "rr", "-p 60 -M 255.255.255.0"))
@@ -150,11 +170,35 @@ def test_persistence_keeps_a_client_network_on_one_worker_and_one_server(
         assert re.search(r"sharded by the address bits 0\.0\.1\.0", d.log()), d.log()
         chosen = {fetch(lab, source) for source in clients for _ in range(2)}
         assert len(chosen) == 1, chosen  # rr alone would alternate
-        before = d.dirctl("save", "-n").stdout
-        done = d.dirctl("add-service", "-t", f"{lab.vip}:81", "-p", "60", "-M", "255.255.0.0")
-        assert done.returncode == 2
-        assert len(done.stderr.strip().splitlines()) == 1 and "netmask" in done.stderr
-        assert d.dirctl("save", "-n").stdout == before
+
+
+def test_a_persistent_service_added_later_moves_connections_to_their_new_workers(
+    lab: Lab, clients: list[str], tmp_path: Path
+) -> None:
+    """Started without persistence, the shards are cut by the last bit; a service with
+    -M 255.255.255.0 added at run time needs them inside the /24.  The entries whose
+    clients change hands are moved: connections held open from both old shards carry
+    on, each is listed once, and the new service's persistence holds for the network."""
+    with running(Daemon(lab, tmp_path / "d", TWO)) as d, ExitStack() as held:
+        restore(d, nat_service(lab, "rr"))
+        open_ones = {source: hold(lab, source, held) for source in clients[:2]}
+        assert [ask(p) for p in open_ones.values()] == ["HTTP/1.1 200 OK"] * 2
+        restore(d, f"""\
+            -A -t {lab.vip}:81 -s rr -p 60 -M 255.255.255.0
+            -a -t {lab.vip}:81 -r 198.18.0.2:80 -m
+            -a -t {lab.vip}:81 -r 198.18.0.3:80 -m
+            """)  # fmt: skip
+        assert re.search(r"address bits 0\.0\.1\.0 now .*: \d+ entries moved", d.log()), d.log()
+        # 203.0.113.x: bit 8 is the third octet's last, 1 (113): worker 1 has them all.
+        assert [ask(p) for p in open_ones.values()] == ["HTTP/1.1 200 OK"] * 2
+        listed = [client for _, client, _ in listed_conns(d)]
+        assert sorted(listed) == sorted(clients[:2]), listed  # once each: the copies went
+        chosen = set()
+        for source in clients:
+            done = lab.run(lab.client, ["curl", "-sS", "--max-time", "5", "--interface", source,
+                                        f"http://{lab.vip}:81/"])  # fmt: skip
+            chosen.add(re.findall(r"198\.18\.0\.\d+", done.stdout)[0])
+        assert len(chosen) == 1, chosen
 
 
 def test_sh_chooses_as_with_one_worker(lab: Lab, clients: list[str], tmp_path: Path) -> None:
