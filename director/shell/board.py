@@ -93,6 +93,12 @@ class Board:
         self._dests: list[tuple[int, Any]] = []
         self._stats: list[tuple[int, Stats]] = []
         self._seen: dict[int, list[int]] = {}
+        # Per (slot, first field): the object those fields were last taken from.  A
+        # service or real server removed and made afresh (ip_vs_add_service,
+        # ip_vs_new_dest: zeroed counters) holds none of what was added to the old one,
+        # so its part starts from its own figures; one given back by the trash is the
+        # same object and keeps what it was given.  At most one object per slot is held.
+        self._held: dict[tuple[int, int], object] = {}
 
     def bind(self, director: Director, slots: dict[SlotKey, int]) -> None:
         """Count the director's services and real servers in their slots (after each
@@ -109,6 +115,18 @@ class Board:
                     dests.append((slot, dest))
                     stats.append((slot, dest.stats))
         self._dests, self._stats = dests, stats
+        for slot, dest in dests:
+            self._hold(slot, dest, 0, len(COUNT_FIELDS))
+        for slot, counters in stats:
+            self._hold(slot, counters, len(COUNT_FIELDS), FIELDS)
+
+    def _hold(self, slot: int, obj: object, first: int, end: int) -> None:
+        if self._held.get((slot, first)) is obj:
+            return
+        self._held[(slot, first)] = obj
+        seen = self._seen.get(slot)
+        if seen is not None:
+            seen[first:end] = [0] * (end - first)
 
     def sync_counts(self) -> None:
         """Publish this worker's connection counts and take in the others'."""

@@ -184,3 +184,102 @@ def test_a_full_board_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None
         slots.assign(load_rules(RULES + "-a -t 203.0.113.5:80 -r 198.18.0.4:80 -m\n"))
     assert len(slots.slots) == 5
     assert slots.assign(load_rules(RULES)) == dict(slots.slots)
+
+
+WITHOUT_RS3 = RULES.replace("-a -t 203.0.113.5:80 -r 198.18.0.3:80 -m\n", "")
+WITHOUT_WEB = "\n".join(line for line in RULES.splitlines() if ":80" not in line) + "\n"
+
+
+def test_a_service_removed_and_added_again_starts_from_zero(workers: list[Worker]) -> None:
+    """ip_vs_add_service (net/netfilter/ipvs/ip_vs_ctl.c) makes a new service with zeroed
+    stats: once every worker has made it afresh, the board shows it from zero, not the
+    old service's figures taken away (before: -7 conns on one worker)."""
+    a, b = workers
+    a.service().stats.conns, b.service().stats.conns = 2, 5
+    a.director.totals.conns, b.director.totals.conns = 2, 5
+    sync_all(workers)
+    sync_all(workers)
+    for worker in workers:
+        worker.configure(load_rules(WITHOUT_WEB))
+    for worker in workers:
+        worker.configure(load_rules(RULES))
+    sync_all(workers)  # every worker publishes its new part (a read b's old one)
+    for _ in range(3):
+        sync_all(workers)
+        for worker in workers:
+            assert worker.service().stats.conns == 0
+            assert worker.director.totals.conns == 7  # the totals live on
+    a.service().stats.conns += 1
+    sync_all(workers)
+    sync_all(workers)
+    assert [w.service().stats.conns for w in workers] == [1, 1]
+
+
+def test_a_server_readded_afresh_starts_from_zero(workers: list[Worker]) -> None:
+    """A removed real server no connection uses is made afresh when added again
+    (ip_vs_new_dest: zeroed stats), in every worker: the board shows it from zero."""
+    a, b = workers
+    a.dest("198.18.0.3").stats.inpkts = 11
+    b.dest("198.18.0.3").stats.inpkts = 22
+    sync_all(workers)
+    sync_all(workers)
+    for worker in workers:
+        worker.configure(load_rules(WITHOUT_RS3))
+        worker.configure(load_rules(RULES))
+    sync_all(workers)  # every worker publishes its new part (a read b's old one)
+    for _ in range(3):
+        sync_all(workers)
+        for worker in workers:
+            assert worker.dest("198.18.0.3").stats.counts() == (0, 0, 0, 0, 0)
+
+
+def test_a_server_back_from_one_workers_trash_and_afresh_in_the_other(
+    workers: list[Worker],
+) -> None:
+    """Worker a opened a connection to the server after the last sync, so when the
+    server is removed a keeps it in its trash and gives it back with its counters
+    (ip_vs_trash_get_dest) while b, which saw no connection, makes it afresh: the board
+    shows a's figures, not b's old part taken away."""
+    a, b = workers
+    a.dest("198.18.0.3").stats.inpkts = 11
+    b.dest("198.18.0.3").stats.inpkts = 22
+    sync_all(workers)
+    sync_all(workers)
+    a.dest("198.18.0.3").activeconns = 1
+    a.dest("198.18.0.3").stats.inpkts += 1
+    revived = a.dest("198.18.0.3")
+    for worker in workers:
+        worker.configure(load_rules(WITHOUT_RS3))
+    assert [len(w.director.services.trash) for w in workers] == [1, 0]
+    for worker in workers:
+        worker.configure(load_rules(RULES))
+    assert a.dest("198.18.0.3") is revived
+    sync_all(workers)  # every worker publishes its new part (a read b's old one)
+    for _ in range(3):
+        sync_all(workers)
+        for worker in workers:
+            dest = worker.dest("198.18.0.3")
+            assert counts(dest) == (1, 0, 0)
+            assert dest.stats.inpkts == 12  # a's own 12 (revived), b's fresh 0
+
+
+def test_a_server_in_both_trashes_comes_back_with_its_counters(workers: list[Worker]) -> None:
+    """With the connection synced, b counts it too and keeps the server in its trash:
+    both give back the same objects, and nothing changes on the board."""
+    a, b = workers
+    a.dest("198.18.0.3").activeconns = 1
+    a.dest("198.18.0.3").stats.inpkts = 11
+    b.dest("198.18.0.3").stats.inpkts = 22
+    sync_all(workers)
+    sync_all(workers)
+    for worker in workers:
+        worker.configure(load_rules(WITHOUT_RS3))
+    assert [len(w.director.services.trash) for w in workers] == [1, 1]
+    for worker in workers:
+        worker.configure(load_rules(RULES))
+    sync_all(workers)  # every worker publishes its new part (a read b's old one)
+    for _ in range(3):
+        sync_all(workers)
+        for worker in workers:
+            assert counts(worker.dest("198.18.0.3")) == (1, 0, 0)
+            assert worker.dest("198.18.0.3").stats.inpkts == 33
