@@ -211,6 +211,22 @@ def test_requests_go_to_the_worker_of_their_source(director: Netns) -> None:
 @pytest.mark.parametrize(
     ("router", "client"), [(EVEN_ROUTER, ODD_CLIENT), (ODD_ROUTER, EVEN_CLIENT)]
 )
+def test_an_icmp_error_about_a_reply_goes_to_the_worker_of_the_quoted_client(
+    director: Netns, router: str, client: str
+) -> None:
+    """A router on the way to the client says a NAT reply (VIP -> client) was too big
+    (ip_vs_in_icmp, net/netfilter/ipvs/ip_vs_core.c, looks the quoted connection up in
+    the table of the worker that has it).  The error is addressed to the VIP from
+    the router: it must be sharded by the quoted destination, not by its source."""
+    before = counters(director)
+    send(director, kind="icmp", src=router, dst=VIP, qsrc=VIP, qdst=client)
+    worker = int(client.rsplit(".", 1)[1]) & 1
+    assert queue_of(before, counters(director)) == ("DIRECTOR_SHARD_ICMP", QUEUE + 2 * worker)
+
+
+@pytest.mark.parametrize(
+    ("router", "client"), [(EVEN_ROUTER, ODD_CLIENT), (ODD_ROUTER, EVEN_CLIENT)]
+)
 def test_an_icmp_error_about_a_tunnelled_request_goes_to_the_worker_of_the_inner_client(
     director: Netns, router: str, client: str
 ) -> None:
