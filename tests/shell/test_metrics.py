@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from director.core.engine import Director
 from director.ctl.ipvsadm import load_rules
 from director.model.config import ConfigError
-from director.shell.metrics import MetricsServer, parse_listen, take_sample
+from director.shell.metrics import MetricsServer, Sample, add_reports, parse_listen, take_sample
 
 RULES = """\
 -A -t 203.0.113.5:80 -s rr
@@ -137,3 +139,106 @@ def test_queue_counters_per_queue() -> None:
     assert got["director_nfqueue_kernel_user_dropped_total"] == {"1": 6}
     assert got["director_nfqueue_kernel_id_sequence_total"] == {"1": 99}
     assert got["director_nfqueue_waiting"] == {"1": 1}
+
+
+def _report(**changes: Any) -> dict[str, Any]:
+    """Another worker's report (director.shell.peer's ``report``), all zero but
+    ``changes``."""
+    report: dict[str, Any] = {
+        "conn_entries": 0,
+        "verdicts": {},
+        "drops": {},
+        "passes": {},
+        "defenses": {"drop_entry": 0, "drop_packet": 0, "secure_tcp": 0},
+        "drop_rate": 0,
+        "conn_limit": 0,
+        "worker_errors": {},
+        "loop_errors": {},
+        "queues": [],
+    }
+    report.update(changes)
+    return report
+
+
+def _worker0() -> Sample:
+    director = Director()
+    director.configure(load_rules(RULES))
+    director.verdicts["accept"] += 5
+    director.drops["no_dest"] += 2
+    director.passes["not_service"] += 1
+    director.conn_limit = 1000
+    queues = ((0, {"packets": 10}), (1, {"packets": 4, "gso_packets": 1}))
+    return take_sample(director, {"send_101": 3}, {"control": 1}, queues)
+
+
+def test_add_reports_sums_the_other_workers_figures() -> None:
+    """The whole director's figures: entries, verdicts, drops and passes by reason,
+    table caps and errors summed; every worker's queues listed; a defence on while on
+    in any worker (IPVS has one defence state for all CPUs: ip_vs_ctl.c
+    update_defense_level)."""
+    own = _worker0()
+    merged = add_reports(
+        own,
+        [
+            _report(
+                conn_entries=7,
+                verdicts={"accept": 2, "drop": 1},
+                drops={"no_dest": 3, "truncated": 4},
+                passes={"not_service": 2},
+                defenses={"drop_entry": 1, "drop_packet": 0, "secure_tcp": 0},
+                drop_rate=10,
+                conn_limit=1000,
+                worker_errors={"send_101": 1, "recv": 2},
+                loop_errors={"expire": 5},
+                queues=[(2, {"packets": 6}), (3, {"packets": 2})],
+            ),
+            _report(
+                conn_entries=1,
+                verdicts={"accept": 1},
+                defenses={"drop_entry": 0, "drop_packet": 0, "secure_tcp": 1},
+                conn_limit=500,
+                queues=[(4, {"packets": 1}), (5, {})],
+            ),
+        ],
+    )
+    assert merged.conn_entries == own.conn_entries + 8
+    assert merged.verdicts == (("accept", 8), ("drop", 1))
+    assert merged.drops == (("no_dest", 5), ("truncated", 4))
+    assert merged.passes == (("not_service", 3),)
+    assert dict(merged.defenses) == {"drop_entry": 1, "drop_packet": 0, "secure_tcp": 1}
+    assert merged.drop_rate == 10
+    assert merged.conn_limit == 2500
+    assert merged.worker_errors == (("recv", 2), ("send_101", 4))
+    assert merged.loop_errors == (("control", 1), ("expire", 5))
+    assert [queue for queue, _ in merged.queues] == [0, 1, 2, 3, 4, 5]
+    assert dict(merged.queues)[2] == {"packets": 6}
+    assert dict(merged.queues)[1] == {"packets": 4, "gso_packets": 1}
+    # What the board already made whole is left as it is.
+    assert (merged.services, merged.totals, merged.restarts) == (
+        own.services,
+        own.totals,
+        own.restarts,
+    )
+
+
+def test_add_reports_reaches_the_scrape() -> None:
+    """The merged sample is what Prometheus sees, queue labels of every worker included."""
+    server = MetricsServer("127.0.0.1:9")  # never started: only its registry is used
+    merged = add_reports(_worker0(), [_report(drops={"no_dest": 3}, queues=[(2, {"packets": 6})])])
+    server.publish(merged)
+    got: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(server.registry).decode()):
+        for s in family.samples:
+            got.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    assert got["director_scheduling_failures_total"] == {(): 5.0}
+    assert got["director_nfqueue_packets_total"] == {
+        (("queue", "0"),): 10.0,
+        (("queue", "1"),): 4.0,
+        (("queue", "2"),): 6.0,
+    }
+
+
+def test_add_reports_of_no_other_worker_is_the_sample_itself() -> None:
+    own = _worker0()
+    assert add_reports(own, []) is own
+    assert add_reports(own, iter(())) == own
