@@ -139,3 +139,46 @@ def test_toml_booleans_and_numbers_make_sysctl_text(tmp_path: Path) -> None:
         "am_droprate": "20",
         "secure_tcp": "1",
     }
+
+
+@pytest.mark.parametrize("workers", ["0", "17", "-1"])
+def test_workers_out_of_range_are_refused(tmp_path: Path, workers: str) -> None:
+    """1 to 16 (MAX_WORKERS: the shards are cut by at most 4 address bits)."""
+    with pytest.raises(ConfigError, match="workers must be 1 to 16"):
+        parse_settings(["--config", str(write(tmp_path, "")), "--workers", workers])
+
+
+@pytest.mark.parametrize(("workers", "highest"), [(1, 65534), (2, 65532), (4, 65528), (16, 65504)])
+def test_every_workers_queues_must_exist(tmp_path: Path, workers: int, highest: int) -> None:
+    """Worker i takes queues queue_num + 2i and the next; the last must be 65535 at most
+    (NFQUEUE numbers are 16 bits: --queue-num takes 0 to 65535)."""
+    config = str(write(tmp_path, ""))
+    base = ["--config", config, "--workers", str(workers)]
+    assert parse_settings([*base, "--queue-num", str(highest)]).queue_num == highest
+    with pytest.raises(ConfigError, match=f"queue_num must be 0 to {highest} "):
+        parse_settings([*base, "--queue-num", str(highest + 1)])
+
+
+def test_workers_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:
+    config = str(write(tmp_path, "workers = 4\nqueue_num = 65528\n"))
+    settings = parse_settings(["--config", config])
+    assert (settings.workers, settings.queue_num) == (4, 65528)
+    assert parse_settings(["--config", config, "--workers", "2"]).workers == 2
+    with pytest.raises(ConfigError, match="queue_num"):
+        parse_settings(["--config", str(write(tmp_path, "workers = 5\nqueue_num = 65528\n"))])
+    with pytest.raises(ConfigError, match="workers must be an integer"):
+        parse_settings(["--config", str(write(tmp_path, 'workers = "4"\n'))])
+    assert parse_settings(["--config", str(write(tmp_path, ""))]).workers == 1
+
+
+def test_directord_exits_2_on_too_many_workers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "directord"), "--config", str(write(tmp_path, "")),
+         "--workers", "17"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "workers must be 1 to 16" in lines[0], done.stderr
