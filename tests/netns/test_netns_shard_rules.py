@@ -273,3 +273,56 @@ s.sendto(b"reply", (sys.argv[2], 40000))
             if counters(director) != before:
                 break
         assert queue_of(before, counters(director)) == ("DIRECTOR_SHARD_FWD", queue)
+
+
+# Run inside a namespace: the daemon's own Hooks, installed for one worker, resharded
+# for two, saved, removed (argv: queue).
+HOOKS = r"""
+import subprocess, sys
+from director.core.shard import Shards
+from director.shell.netfilter import Hooks
+hooks = Hooks(queue=int(sys.argv[1]), mark=0x1D1, bypass=False)
+hooks.install()
+print(subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True).stdout)
+print("----")
+hooks.reshard(Shards(2, (0,)))
+print(subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True).stdout)
+print("----")
+hooks.remove()
+print(subprocess.run(["iptables-save"], capture_output=True, text=True).stdout)
+print(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout)
+"""
+
+
+def test_hooks_reshard_rewrites_only_the_shard_chains(namespaces: list[Netns]) -> None:
+    """Hooks.install (pyroute2's ipsets, the jumps) for one worker, then reshard: the
+    shard chains hold two workers' rules in place of one's, the rest is untouched, and
+    remove leaves nothing of director's."""
+    ns = new(namespaces)
+    one, two, gone = ns.exec(sys.executable, "-c", HOOKS, str(QUEUE)).stdout.split("----\n")
+
+    shard = tuple(f"-A {chain} " for chain in SHARD_CHAINS)
+
+    def shard_lines(save: str) -> list[str]:
+        return [line for line in save.splitlines() if line.startswith(shard)]
+
+    def other_lines(save: str) -> list[str]:
+        return [
+            line for line in save.splitlines() if line[:1] == "-" and not line.startswith(shard)
+        ]
+
+    assert sorted(shard_lines(one)) == [
+        f"-A DIRECTOR_SHARD_FWD -j NFQUEUE --queue-num {QUEUE + 1}",
+        f"-A DIRECTOR_SHARD_ICMP -j NFQUEUE --queue-num {QUEUE}",
+        f"-A DIRECTOR_SHARD_IN -j NFQUEUE --queue-num {QUEUE}",
+    ]
+    resharded = shard_lines(two)
+    assert f"-A DIRECTOR_SHARD_IN -s 0.0.0.1/0.0.0.1 -j NFQUEUE --queue-num {QUEUE + 2}" in (
+        resharded
+    )
+    assert f"-A DIRECTOR_SHARD_FWD -d 0.0.0.1/0.0.0.1 -j NFQUEUE --queue-num {QUEUE + 3}" in (
+        resharded
+    )
+    assert len(resharded) == len(shard_rules(Shards(2, (0,)), QUEUE))
+    assert other_lines(two) == other_lines(one)
+    assert "-j DIRECTOR_IN" in one and "DIRECTOR" not in gone
