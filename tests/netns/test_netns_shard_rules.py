@@ -284,6 +284,7 @@ from director.shell.netfilter import Hooks
 hooks = Hooks(queue=int(sys.argv[1]), mark=0x1D1, bypass=False)
 hooks.install()
 print(subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True).stdout)
+print(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout)
 print("----")
 hooks.reshard(Shards(2, (0,)))
 print(subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True).stdout)
@@ -325,4 +326,5 @@ def test_hooks_reshard_rewrites_only_the_shard_chains(namespaces: list[Netns]) -
     )
     assert len(resharded) == len(shard_rules(Shards(2, (0,)), QUEUE))
     assert other_lines(two) == other_lines(one)
-    assert "-j DIRECTOR_IN" in one and "DIRECTOR" not in gone
+    assert "-j DIRECTOR_IN" in one and set(SETS) <= set(one.split())
+    assert "DIRECTOR" not in gone and "director-" not in gone
