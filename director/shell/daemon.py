@@ -116,8 +116,8 @@ class Settings:
     # memory available (with the host's own MemAvailable, whichever is less).
     conn_table_memory: int = 256
     # Worker processes, each serving the packets of a shard of clients on its own pair
-    # of queues (queue_num + 2 i and the next): one per CPU uses every core.
-    workers: int = 1
+    # of queues (queue_num + 2 i and the next): by default one per CPU.
+    workers: int = field(default_factory=lambda: default_workers())
 
     def check(self) -> None:
         try:
@@ -141,6 +141,11 @@ class Settings:
                 grp.getgrnam(self.control_group)
             except KeyError:
                 raise ConfigError(f"control_group: no group {self.control_group!r}") from None
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on, at most MAX_WORKERS."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
 QUEUE_POLICIES = ("hold", "bypass")
@@ -172,7 +177,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {  # field: (metavar, help)
                   "died again (--no-supervise: not)"),
     "conn_table_memory": ("MIB", "the most memory the connection table may take"),
     "workers": ("N", f"worker processes, each serving a shard of clients on two queues "
-                f"(at most {MAX_WORKERS}; one per CPU uses every core: {os.cpu_count()} here)"),
+                f"(at most {MAX_WORKERS}; the default is one per CPU)"),
 }  # fmt: skip
 
 

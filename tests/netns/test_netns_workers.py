@@ -9,7 +9,9 @@ or 2, replies queue 1 or 3.  Every test drives real curl, real TCP, the real dae
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -268,7 +270,7 @@ def test_a_worker_that_dies_is_started_again(
     assert pid is not None
     peers = [p for p in _children(pid) if "director.shell.peer" in _cmdline(p)]
     assert len(peers) == 1, peers
-    subprocess.run(["kill", "-9", str(peers[0])], check=True)
+    os.kill(peers[0], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         again = [p for p in _children(pid) if "director.shell.peer" in _cmdline(p)]

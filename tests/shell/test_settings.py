@@ -3,6 +3,7 @@ wrong is a ConfigError (exit 2) before the daemon touches the host."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -168,7 +169,13 @@ def test_workers_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:
         parse_settings(["--config", str(write(tmp_path, "workers = 5\nqueue_num = 65528\n"))])
     with pytest.raises(ConfigError, match="workers must be an integer"):
         parse_settings(["--config", str(write(tmp_path, 'workers = "4"\n'))])
-    assert parse_settings(["--config", str(write(tmp_path, ""))]).workers == 1
+
+
+def test_the_default_is_one_worker_per_cpu(tmp_path: Path) -> None:
+    """SPEC §2: ``--workers N`` (verdict worker processes; default one per CPU), at most
+    the 16 the shards have queues for."""
+    cpus = len(os.sched_getaffinity(0))
+    assert parse_settings(["--config", str(write(tmp_path, ""))]).workers == min(cpus, 16)
 
 
 def test_directord_exits_2_on_too_many_workers(tmp_path: Path) -> None:
