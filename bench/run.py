@@ -31,8 +31,15 @@ process (directord with its supervisor and workers, HAProxy, the accept-only wor
 the table also gives its CPU time per request: utime + stime from /proc/PID/stat of the
 process and its descendants, read before and after each kind of run.
 
-``--workers N`` runs directord with N workers where ``directord --help`` offers
-``--workers``, and HAProxy with ``nbthread N``; until directord has the option, N is 1.
+``--workers N`` runs directord with ``--workers N`` (always said, 1 included:
+directord's own default is not one worker), HAProxy with ``nbthread N`` and N
+accept-only workers.  directord's workers own shards of client addresses (by their
+lowest bits: director/core/shard.py), so with N > 1 the client's connections leave
+from 2N or more consecutive addresses from 203.0.113.10 in turn, one each (the
+addresses on its eth0 and an nftables ``snat ... numgen inc`` table in its namespace,
+both removed after the lab's cases), for every case alike; a director case whose
+shard chain (DIRECTOR_SHARD_IN) queued nothing to one of its workers is an error.
+With one worker the client keeps its one address and nothing is added.
 
 It prints a table per answer size and director's ratio to each case; it is a program
 that prints figures, never a test, and it does not fail because something is slow.
@@ -45,6 +52,7 @@ in-process by ``bench/table.py``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import select
@@ -59,9 +67,11 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from director.core.shard import MAX_WORKERS, shard_bits_needed
 from director.lab import topology
-from director.lab.daemon import Daemon, venv_program
+from director.lab.daemon import Daemon
 from director.lab.topology import Lab
+from director.shell.netfilter import SHARD_IN
 
 TARGETS = (("198.18.0.2", 80), ("198.18.0.3", 8000))  # as in the seed's port 80 service
 SEED_80 = "".join(
@@ -104,8 +114,26 @@ class Target:
 @dataclass(frozen=True)
 class Settings:
     workers: int = 1  # directord's workers, HAProxy's threads, accept-only workers
-    workers_flag: bool = False  # directord takes --workers
-    daemon_args: tuple[str, ...] = ()
+    clients: tuple[str, ...] = (topology.CLIENT_ADDR,)  # the client's source addresses
+
+    @property
+    def daemon_args(self) -> tuple[str, ...]:
+        # Always said: directord's own default is not one worker.
+        return ("--workers", str(self.workers))
+
+
+def client_addresses(workers: int, first: str = topology.CLIENT_ADDR) -> tuple[str, ...]:
+    """The client's source addresses for ``workers`` directord workers: ``first`` alone
+    for one; otherwise consecutive addresses from ``first``, a whole number of rounds
+    of the shard values (director/core/shard.py: a client address's lowest bits when
+    no service is persistent, as here) and at least two per worker, so every worker
+    owns the same number of them where ``workers`` is a power of two."""
+    if workers == 1:
+        return (first,)
+    values = 1 << shard_bits_needed(workers)
+    count = values * -(-2 * workers // values)
+    start = ipaddress.IPv4Address(first)
+    return tuple(str(start + i) for i in range(count))
 
 
 # -- CPU time of a process tree, from /proc -----------------------------------------------
@@ -368,21 +396,73 @@ table ip {table} {{
 
 
 @contextmanager
-def _nft_table(lab: Lab, work: Path, table: str) -> Iterator[None]:
+def _nft_table(
+    lab: Lab, work: Path, table: str, ruleset: str | None = None, ns: str | None = None
+) -> Iterator[None]:
+    """The nftables table ``table`` (by default the DNAT of ``_dnat_ruleset``) in
+    namespace ``ns`` (by default the director's) while the block runs."""
+    ns = ns or lab.director
     path = work / f"{table}.nft"
-    path.write_text(_dnat_ruleset(lab, table))
-    _run(lab, ["nft", "-f", str(path)])
+    path.write_text(_dnat_ruleset(lab, table) if ruleset is None else ruleset)
+    _run(lab, ["nft", "-f", str(path)], ns)
     try:
         yield
     finally:
-        lab.run(lab.director, ["nft", "delete", "table", "ip", table], check=False)
+        lab.run(ns, ["nft", "delete", "table", "ip", table], check=False)
 
 
-def _run(lab: Lab, argv: list[str]) -> None:
-    """Run ``argv`` in the director namespace; its stderr is the error if it fails."""
-    done = lab.run(lab.director, argv, check=False)
+def _run(lab: Lab, argv: list[str], ns: str | None = None) -> None:
+    """Run ``argv`` in namespace ``ns`` (by default the director's); its stderr is the
+    error if it fails."""
+    done = lab.run(ns or lab.director, argv, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()[-300:]}")
+
+
+# -- the client's source addresses ----------------------------------------------------------
+
+CLIENT_TABLE = "director_bench_clients"
+CLIENT_IF = "eth0"
+
+
+def _snat_ruleset(table: str, first: str, clients: tuple[str, ...]) -> str:
+    """nftables SNAT of the client's new connections from ``first`` over ``clients``,
+    ``numgen inc``: one address after the other, a connection each (the nat chain
+    sees only a connection's first packet)."""
+    elements = ", ".join(f"{i} : {addr}" for i, addr in enumerate(clients))
+    return f"""
+table ip {table} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{CLIENT_IF}" ip saddr {first} \\
+            snat ip to numgen inc mod {len(clients)} map {{ {elements} }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def client_spread(lab: Lab, work: Path, settings: Settings) -> Iterator[None]:
+    """With several workers, each owning a shard of client addresses, a benchmark from
+    one address would load one worker only: while the block runs, the client's
+    connections leave from ``settings.clients`` in turn (the extra addresses on its
+    eth0, so it answers ARP for them, and an SNAT table in its namespace), for every
+    case alike.  One address: nothing is changed."""
+    extra = [addr for addr in settings.clients if addr != lab.client_addr]
+    if not extra:
+        yield
+        return
+    added: list[str] = []
+    try:
+        for addr in extra:
+            _run(lab, ["ip", "addr", "add", f"{addr}/32", "dev", CLIENT_IF], lab.client)
+            added.append(addr)
+        ruleset = _snat_ruleset(CLIENT_TABLE, lab.client_addr, settings.clients)
+        with _nft_table(lab, work, CLIENT_TABLE, ruleset, lab.client):
+            yield
+    finally:
+        for addr in added:
+            lab.run(lab.client, ["ip", "addr", "del", f"{addr}/32", "dev", CLIENT_IF], check=False)
 
 
 @contextmanager
@@ -552,6 +632,27 @@ def _director(
         assert daemon.pid is not None
         # The supervisor, its daemon child and whatever workers that one starts.
         yield Target(f"http://{lab.vip}/", (daemon.pid,))
+        # Figures of N workers where one did all the work would be no such figures.
+        queued = _shard_queued(lab)
+        idle = sorted(queue for queue, packets in queued.items() if not packets)
+        if len(queued) != settings.workers or idle:
+            raise RuntimeError(
+                f"{settings.workers} worker(s) but packets per request queue {queued}"
+                f" (from {SHARD_IN}): queue(s) {idle} got none"
+            )
+
+
+def _shard_queued(lab: Lab) -> dict[int, int]:
+    """Requests the shard chain has sent to each worker's queue so far (its NFQUEUE
+    rules' packet counters, by queue number: one queue per worker)."""
+    out = lab.run(lab.director, ["iptables", "-w", "-nvxL", SHARD_IN], check=False).stdout
+    queued: dict[int, int] = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) > 2 and words[2] == "NFQUEUE" and "num" in words:
+            queue = int(words[words.index("num") + 1])
+            queued[queue] = queued.get(queue, 0) + int(words[0])
+    return queued
 
 
 CASES: dict[str, tuple[str, Setup]] = {
@@ -583,7 +684,7 @@ def title_of(key: str, settings: Settings) -> str:
         return f"{title}, nbthread {settings.workers}"
     if key == "ceiling" and settings.workers > 1:
         return f"{title}, {settings.workers} workers"
-    if key.startswith("director") and settings.workers_flag:
+    if key.startswith("director"):
         return f"{title}, {settings.workers} worker{'s' if settings.workers > 1 else ''}"
     return title
 
@@ -609,6 +710,12 @@ def _size(body: int) -> str:
     return f"answers of {body:,} bytes" + (f" ({body // 1024} KiB)" if body % 1024 == 0 else "")
 
 
+def _from(clients: tuple[str, ...]) -> str:
+    if len(clients) == 1:
+        return ""
+    return f" ({len(clients)} addresses, {clients[0]} to {clients[-1]}, in turn)"
+
+
 def report(figures: list[Figure], args: argparse.Namespace, settings: Settings) -> None:
     sys.stderr.flush()
     nat_title = title_of("director", settings)
@@ -616,9 +723,9 @@ def report(figures: list[Figure], args: argparse.Namespace, settings: Settings) 
         rows = [f for f in figures if f.body == body]
         print()
         print(
-            f"requests/s from the client, {_size(body)}: median of {args.repeat} runs of "
-            f"ab -n {args.requests} -c {args.concurrency} (new connections) and with -k; "
-            f"real servers: {args.backend}"
+            f"requests/s from the client{_from(settings.clients)}, {_size(body)}: median "
+            f"of {args.repeat} runs of ab -n {args.requests} -c {args.concurrency} (new "
+            f"connections) and with -k; real servers: {args.backend}"
         )
         print("CPU: the balancer's processes (utime + stime), µs per request, all runs")
         print(
@@ -696,36 +803,44 @@ def run_cases(
     errors = 0
     lab = topology.build(kind=kind)
     try:
-        for body in args.body_sizes:
-            # Each size has its files apart: directord's rules and state start afresh.
-            size_work = work / f"{kind}-{body}"
-            size_work.mkdir(mode=0o711)
-            start_backends(lab, size_work, args.backend, body)
-            try:
-                for key in keys:
-                    setup = CASES[key][1]
-                    figure = Figure(title_of(key, settings), body)
-                    figures.append(figure)
-                    print(f"measuring: {figure.case}, {_size(body)}", file=sys.stderr, flush=True)
-                    try:
-                        with setup(lab, size_work, settings) as target:
-                            measure(lab, figure, target, args)
-                    except Exception as err:  # one broken case must not hide the others
-                        errors += 1
-                        figure.note = f"error: {err}".splitlines()[0][:200]
-            finally:
-                stop_backends(lab)
+        with client_spread(lab, work, settings):
+            for body in args.body_sizes:
+                errors += _run_size(lab, body, keys, figures, work, args, settings)
     finally:
         topology.teardown(lab)
     return errors
 
 
-def directord_takes_workers() -> bool:
-    """Does this tree's directord offer ``--workers`` (issue 11)?"""
-    done = subprocess.run(
-        [venv_program("directord"), "--help"], capture_output=True, text=True, timeout=60
-    )
-    return "--workers" in done.stdout
+def _run_size(
+    lab: Lab,
+    body: int,
+    keys: list[str],
+    figures: list[Figure],
+    work: Path,
+    args: argparse.Namespace,
+    settings: Settings,
+) -> int:
+    """Measure ``keys`` with answers of ``body`` bytes; the number of errors."""
+    errors = 0
+    # Each size has its files apart: directord's rules and state start afresh.
+    size_work = work / f"{lab.kind}-{body}"
+    size_work.mkdir(mode=0o711)
+    start_backends(lab, size_work, args.backend, body)
+    try:
+        for key in keys:
+            setup = CASES[key][1]
+            figure = Figure(title_of(key, settings), body)
+            figures.append(figure)
+            print(f"measuring: {figure.case}, {_size(body)}", file=sys.stderr, flush=True)
+            try:
+                with setup(lab, size_work, settings) as target:
+                    measure(lab, figure, target, args)
+            except Exception as err:  # one broken case must not hide the others
+                errors += 1
+                figure.note = f"error: {err}".splitlines()[0][:200]
+    finally:
+        stop_backends(lab)
+    return errors
 
 
 def _sizes(text: str) -> list[int]:
@@ -765,8 +880,10 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="directord's workers (where it takes --workers), HAProxy's nbthread and the "
-        "accept-only workers (default 1)",
+        help="directord's workers, HAProxy's nbthread and the accept-only workers "
+        "(default 1); with more than one, the client's connections leave from several "
+        "addresses of 203.0.113.0/24 in turn, for every case, so every worker's shard "
+        "of clients is loaded",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -784,16 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     args.concurrency = max(1, min(args.concurrency, 200))
     args.repeat = max(1, min(args.repeat, 10))
     args.body_sizes = list(dict.fromkeys(max(0, min(b, 1 << 20)) for b in args.body_sizes))
-    workers_flag = directord_takes_workers()
-    if not 1 <= args.workers <= 64:
-        parser.error("--workers: 1 to 64")
-    if args.workers > 1 and not workers_flag:
-        parser.error("this directord has no --workers yet: it runs one worker (--workers 1)")
-    settings = Settings(
-        workers=args.workers,
-        workers_flag=workers_flag,
-        daemon_args=("--workers", str(args.workers)) if workers_flag else (),
-    )
+    if not 1 <= args.workers <= MAX_WORKERS:
+        parser.error(f"--workers: 1 to {MAX_WORKERS} (directord's limit)")
+    settings = Settings(workers=args.workers, clients=client_addresses(args.workers))
 
     figures: list[Figure] = []
     errors = 0
