@@ -6,6 +6,7 @@ linux/netfilter/nfnetlink_queue.h) and net/netfilter/nfnetlink_queue.c reads the
   flags (NFQA_CFG_MASK / NFQA_CFG_FLAGS, e.g. NFQA_CFG_F_GSO), read by nfqnl_recv_config;
 - ``parse_packet``: the NFQNL_MSG_PACKET nfqnl_build_packet_message sends: packet id
   and hook (NFQA_PACKET_HDR), mark (NFQA_MARK), NFQA_SKB_INFO, the packet (NFQA_PAYLOAD);
+  ``PacketParser`` reads the same, fast for messages laid out as earlier ones;
 - ``verdict_head``: the head of an NFQNL_MSG_VERDICT (NFQA_VERDICT_HDR, then the header
   of an NFQA_PAYLOAD when the packet was rewritten), read by nfqnl_recv_verdict.  The
   kernel takes several such messages in one send (netlink_rcv_skb walks them all);
@@ -57,6 +58,7 @@ NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
 _NLA = struct.Struct("=HH")  # nla_len, nla_type
 _PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook
 _BE32 = struct.Struct("!I")
+_U32 = struct.Struct("=I")
 _VERDICT_HDR = struct.Struct("!II")  # verdict, id
 _HEAD = NLMSGHDR.size + 4  # nlmsghdr + nfgenmsg
 CONFIG_SEQ = 0x6A756D62  # ours, to tell the kernel's answer from packets
@@ -114,6 +116,12 @@ Queued = tuple[int, int, int, int, int, int, int]
 
 def parse_packet(message: bytes | bytearray | memoryview, size: int) -> Queued:
     """Read an NFQNL_MSG_PACKET of ``size`` bytes; ValueError if it is malformed."""
+    return _walk(message, size)[0]
+
+
+def _walk(message: bytes | bytearray | memoryview, size: int) -> tuple[Queued, _Layout | None]:
+    """Walk the attributes; also the message's layout, when it can be learned (the
+    payload is the last attribute, as nfqnl_build_packet_message puts it)."""
     if size < _HEAD:
         raise ValueError("short NFQUEUE message")
     length = NLMSGHDR.unpack_from(message)[0]
@@ -121,52 +129,133 @@ def parse_packet(message: bytes | bytearray | memoryview, size: int) -> Queued:
     at = _HEAD
     packet_id = hook = payload_at = -1
     payload_len = mark = skb_info = cap_len = 0
+    heads: list[tuple[int, int]] = []  # (offset, header word) of each attribute
+    values = {NFQA_MARK: -1, NFQA_SKB_INFO: -1, NFQA_CAP_LEN: -1}  # where each is read
     while at + 4 <= end:
         nla_len, kind = _NLA.unpack_from(message, at)
         if nla_len < 4 or at + nla_len > end:
             raise ValueError("bad NFQUEUE attribute")
+        heads.append((at, _U32.unpack_from(message, at)[0]))
         kind &= NLA_TYPE_MASK
         if kind == NFQA_PAYLOAD:
             payload_at, payload_len = at + 4, nla_len - 4
-        elif kind == NFQA_PACKET_HDR:
+        elif kind == NFQA_PACKET_HDR and nla_len >= 4 + _PACKET_HDR.size:
             packet_id, _, hook = _PACKET_HDR.unpack_from(message, at + 4)
-        elif kind == NFQA_MARK:
-            mark = _BE32.unpack_from(message, at + 4)[0]
-        elif kind == NFQA_SKB_INFO:
-            skb_info = _BE32.unpack_from(message, at + 4)[0]
-        elif kind == NFQA_CAP_LEN:
-            cap_len = _BE32.unpack_from(message, at + 4)[0]
+        elif kind in values and nla_len >= 8:
+            values[kind] = at + 4
+            value = _BE32.unpack_from(message, at + 4)[0]
+            if kind == NFQA_MARK:
+                mark = value
+            elif kind == NFQA_SKB_INFO:
+                skb_info = value
+            else:
+                cap_len = value
         at += (nla_len + 3) & ~3
     if packet_id < 0:
         raise ValueError("NFQUEUE message without a packet header")
+    layout = None
+    first = _NLA.unpack_from(message, _HEAD)[1] & NLA_TYPE_MASK
+    if payload_at >= 0 and heads[-1][0] == payload_at - 4 and first == NFQA_PACKET_HDR:
+        layout = _Layout.learn(heads[:-1], payload_at - 4, values)
     if payload_at < 0:
         payload_at, payload_len = end, 0
-    return (packet_id, hook, mark, skb_info, payload_at, payload_len, cap_len or payload_len)
+    queued = (packet_id, hook, mark, skb_info, payload_at, payload_len, cap_len or payload_len)
+    return queued, layout
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where the attributes of one kind of message are: the header word (nla_len and
+    nla_type as one host-order u32) at each offset before the payload, read by one
+    Struct; where the payload's header, the packet header and the values are."""
+
+    heads: struct.Struct
+    words: tuple[int, ...]
+    payload_head: int
+    mark_at: int
+    skb_info_at: int
+    cap_len_at: int
+
+    @classmethod
+    def learn(cls, heads: list[tuple[int, int]], payload_head: int,
+              values: dict[int, int]) -> _Layout:  # fmt: skip
+        fmt, last = ["="], 0
+        for offset, _ in heads:
+            fmt.append(f"{offset - last}xI")
+            last = offset + 4
+        return cls(struct.Struct("".join(fmt)), tuple(w for _, w in heads), payload_head,
+                   values[NFQA_MARK], values[NFQA_SKB_INFO], values[NFQA_CAP_LEN])  # fmt: skip
+
+
+class PacketParser:
+    """``parse_packet``, fast for the messages the kernel keeps sending alike.
+
+    nfqnl_build_packet_message puts the same attributes, of the same lengths, in the
+    same order into every message of one kind (a queue's packets from one device pair:
+    packet header, devices, mark, hardware address, timestamp, ..., the payload last);
+    only their values differ.  The parser keeps the last few layouts it met: when every
+    attribute header of a message is the one a layout has at that offset, the walk
+    would find exactly those attributes, so the values are read where they are in a
+    few struct calls instead of one Python turn per attribute.  Any other message is
+    walked, and its layout learned.
+    """
+
+    KEEP = 4  # layouts remembered, the last used first
+
+    def __init__(self) -> None:
+        self._layouts: list[_Layout] = []
+
+    def parse(self, message: bytes | bytearray | memoryview, size: int) -> Queued:
+        if size >= _HEAD:
+            end = min(_U32.unpack_from(message)[0], size)
+            for layout in self._layouts:
+                payload_head = layout.payload_head
+                if end < payload_head + 4 or layout.heads.unpack_from(message) != layout.words:
+                    continue
+                nla_len, kind = _NLA.unpack_from(message, payload_head)
+                if (kind & NLA_TYPE_MASK != NFQA_PAYLOAD or nla_len < 4
+                        or payload_head + ((nla_len + 3) & ~3) < end
+                        or payload_head + nla_len > end):  # fmt: skip
+                    continue
+                packet_id, _, hook = _PACKET_HDR.unpack_from(message, _HEAD + 4)
+                mark = _BE32.unpack_from(message, layout.mark_at)[0] if layout.mark_at >= 0 else 0
+                skb_info = (_BE32.unpack_from(message, layout.skb_info_at)[0]
+                            if layout.skb_info_at >= 0 else 0)  # fmt: skip
+                payload_len = nla_len - 4
+                cap_len = (_BE32.unpack_from(message, layout.cap_len_at)[0]
+                           if layout.cap_len_at >= 0 else 0)  # fmt: skip
+                return (packet_id, hook, mark, skb_info, payload_head + 4, payload_len,
+                        cap_len or payload_len)  # fmt: skip
+        queued, learned = _walk(message, size)
+        if learned is not None:
+            others = [k for k in self._layouts if k.words != learned.words]
+            self._layouts = [learned, *others][: self.KEEP]
+        return queued
 
 
 class VerdictHeads:
     """The heads of one queue's verdict messages: nlmsghdr, nfgenmsg, NFQA_VERDICT_HDR
     and, for a rewritten packet, the header of its NFQA_PAYLOAD; the packet and its
-    padding to 4 bytes follow the head in the same send."""
+    padding to 4 bytes follow the head in the same send.  Each head is one struct call
+    (the verdict header's network-order fields swapped beforehand)."""
+
+    _PLAIN = struct.Struct("=IHHII4sHHII")  # nlmsghdr, nfgenmsg, nla, verdict, id
+    _REWRITTEN = struct.Struct("=IHHII4sHHIIHH")  # the same, then the payload's nla
 
     def __init__(self, queue: int) -> None:
-        self._fixed = _nfgen(queue) + _NLA.pack(4 + _VERDICT_HDR.size, NFQA_VERDICT_HDR)
+        self._nfgen = _nfgen(queue)
+        self._size = _HEAD + 4 + _VERDICT_HDR.size
 
     def head(self, packet_id: int, verdict: int, payload_len: int = 0) -> bytes:
-        size = _HEAD + 4 + _VERDICT_HDR.size
         if not payload_len:
-            return (
-                NLMSGHDR.pack(size, VERDICT_TYPE, NLM_F_REQUEST, 0, 0)
-                + self._fixed
-                + _VERDICT_HDR.pack(verdict, packet_id)
-            )
-        size += 4 + payload_len + (-payload_len % 4)
-        return (
-            NLMSGHDR.pack(size, VERDICT_TYPE, NLM_F_REQUEST, 0, 0)
-            + self._fixed
-            + _VERDICT_HDR.pack(verdict, packet_id)
-            + _NLA.pack(4 + payload_len, NFQA_PAYLOAD)
-        )
+            return self._PLAIN.pack(self._size, VERDICT_TYPE, NLM_F_REQUEST, 0, 0, self._nfgen,
+                                    4 + _VERDICT_HDR.size, NFQA_VERDICT_HDR,
+                                    socket.htonl(verdict), socket.htonl(packet_id))  # fmt: skip
+        size = self._size + 4 + payload_len + (-payload_len % 4)
+        return self._REWRITTEN.pack(size, VERDICT_TYPE, NLM_F_REQUEST, 0, 0, self._nfgen,
+                                    4 + _VERDICT_HDR.size, NFQA_VERDICT_HDR,
+                                    socket.htonl(verdict), socket.htonl(packet_id),
+                                    4 + payload_len, NFQA_PAYLOAD)  # fmt: skip
 
 
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")

@@ -53,13 +53,13 @@ from director.shell.nfqueue import (
     NLMSG_ERROR,
     PACKET_TYPE,
     KernelQueue,
+    PacketParser,
     VerdictHeads,
     config_answer,
     config_message,
     error_code,
     message_type,
     pad,
-    parse_packet,
 )
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class Worker:
         self.verdicts = self.verdict_sends = 0
         self.sock: socket.socket | None = None
         self._heads = VerdictHeads(queue)
+        self._parse = PacketParser().parse
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._out: list[bytes | bytearray] = []  # the pending verdicts, piece by piece
@@ -248,7 +249,7 @@ class Worker:
                     self.errors[f"verdict_{errno.errorcode.get(code, code)}"] += 1
             return
         try:
-            packet_id, hook, mark, skb_info, at, length, _ = parse_packet(view, got)
+            packet_id, hook, mark, skb_info, at, length, _ = self._parse(view, got)
         except ValueError:
             self.errors["nfqueue_bad_message"] += 1
             return
