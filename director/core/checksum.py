@@ -15,8 +15,6 @@ leaves it alone.
 
 from __future__ import annotations
 
-import struct
-
 
 def adjust32(csum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a 32-bit field (two 16-bit words)."""
@@ -46,10 +44,16 @@ def replace32_partial(seed: int, old: int, new: int) -> int:
 
 
 def internet_checksum(data: bytes | bytearray | memoryview) -> int:
-    """RFC 1071 one's complement sum of ``data``, complemented."""
+    """RFC 1071 one's complement sum of ``data``, complemented.
+
+    Computed as one integer: with 2 ** 16 = 1 (mod 0xFFFF), the data read as a
+    big-endian number is congruent to the sum of its 16-bit words, and end-around-carry
+    addition is addition mod 0xFFFF, save that a non-zero sum is 0xFFFF where the
+    remainder is 0 (RFC 1071 section 2, "modulo 2^16 - 1")."""
+    value = int.from_bytes(data, "big")
     if len(data) % 2:
-        data = bytes(data) + b"\x00"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
+        value <<= 8  # the odd last byte is the high half of a word padded with zero
+    s = value % 0xFFFF
+    if s == 0 and value:
+        s = 0xFFFF
     return ~s & 0xFFFF

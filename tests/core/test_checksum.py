@@ -75,3 +75,10 @@ def test_adjust16_matches_recompute(data, index, word, _):
 @given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF))
 def test_adjust32_identity(csum, value):
     assert adjust32(csum, value, value) % 0xFFFF == csum % 0xFFFF
+
+
+@given(st.one_of(st.binary(max_size=3000), st.integers(0, 40).map(lambda n: b"\xff" * n)))
+def test_internet_checksum_is_dpkts(data: bytes) -> None:
+    """RFC 1071's checksum of any data, odd lengths and all-ones words included, as the
+    test oracle dpkt computes it (dpkt.in_cksum: word by word, end-around carry)."""
+    assert internet_checksum(data) == dpkt.in_cksum(data)
