@@ -59,6 +59,7 @@ _NLA = struct.Struct("=HH")  # nla_len, nla_type
 _PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook
 _BE32 = struct.Struct("!I")
 _U32 = struct.Struct("=I")
+_LEN_TYPE = struct.Struct("=IH")  # nlmsg_len, nlmsg_type
 _VERDICT_HDR = struct.Struct("!II")  # verdict, id
 _HEAD = NLMSGHDR.size + 4  # nlmsghdr + nfgenmsg
 CONFIG_SEQ = 0x6A756D62  # ours, to tell the kernel's answer from packets
@@ -124,7 +125,9 @@ def _walk(message: bytes | bytearray | memoryview, size: int) -> tuple[Queued, _
     payload is the last attribute, as nfqnl_build_packet_message puts it)."""
     if size < _HEAD:
         raise ValueError("short NFQUEUE message")
-    length = NLMSGHDR.unpack_from(message)[0]
+    length, kind, _, _, _ = NLMSGHDR.unpack_from(message)
+    if kind != PACKET_TYPE:
+        raise ValueError("not an NFQNL_MSG_PACKET")
     end = min(length, size)
     at = _HEAD
     packet_id = hook = payload_at = -1
@@ -207,8 +210,9 @@ class PacketParser:
 
     def parse(self, message: bytes | bytearray | memoryview, size: int) -> Queued:
         if size >= _HEAD:
-            end = min(_U32.unpack_from(message)[0], size)
-            for layout in self._layouts:
+            length, kind = _LEN_TYPE.unpack_from(message)
+            end = min(length, size)
+            for layout in self._layouts if kind == PACKET_TYPE else ():
                 payload_head = layout.payload_head
                 if end < payload_head + 4 or layout.heads.unpack_from(message) != layout.words:
                     continue

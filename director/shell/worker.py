@@ -190,7 +190,7 @@ class Worker:
             if answer is not None:
                 self._flush()
                 return answer
-            self._message(got)
+            self._message(got, self.clock())
 
     def fileno(self) -> int:
         fd: int = self.nfq.get_fd()
@@ -199,10 +199,15 @@ class Worker:
     def run_once(self) -> None:
         """Give verdicts on the packets waiting in the queue, at most BATCH of them, then
         return: under a flood the daemon's loop still serves the control socket, the
-        connection collector and the watchdog between batches."""
+        connection collector and the watchdog between batches.  The batch is one
+        instant (the clock is read once, as the kernel's jiffies stand still for a
+        burst), and its loop keeps what it uses at hand."""
         assert self.sock is not None, "bind() first"
         recv_into = self.sock.recv_into
-        buffer = self._buffer
+        buffer, view, parse, handle = self._buffer, self._view, self._parse, self.handle
+        head = self._heads.head
+        out, starts = self._out, self._starts
+        now = self.clock()
         try:
             for _ in range(BATCH):
                 try:
@@ -216,7 +221,27 @@ class Worker:
                     # (queue_user_dropped); the queue goes on.
                     self.errors["nfqueue_enobufs"] += 1
                     continue
-                self._message(got)
+                try:
+                    packet_id, hook, mark, skb_info, at, length, _ = parse(view, got)
+                except ValueError:
+                    self._other_message(got)
+                    continue
+                self.packets += 1
+                if skb_info:
+                    self._count_skb_info(skb_info)
+                verdict, payload = handle(hook, mark, skb_info, buffer[at : at + length],
+                                          now)  # fmt: skip
+                starts.append(len(out))
+                if payload is None:
+                    out.append(head(packet_id, verdict))
+                    self._out_bytes += 32
+                else:
+                    size = len(payload)
+                    out += (head(packet_id, verdict, size), payload, pad(size))
+                    self._out_bytes += size + 40
+                self.verdicts += 1
+                if self._out_bytes >= self._send_limit:
+                    self._flush()
         finally:
             self._flush()
 
@@ -238,46 +263,55 @@ class Worker:
             "verdict_sends": self.verdict_sends,
         }
 
-    def _message(self, got: int) -> None:
-        """One message from the kernel: a packet, or the error a verdict met."""
-        view = self._view
-        kind = message_type(view)
-        if kind != PACKET_TYPE:
-            if kind == NLMSG_ERROR:
-                code = error_code(view[:got])
-                if code:
-                    self.errors[f"verdict_{errno.errorcode.get(code, code)}"] += 1
-            return
+    def _message(self, got: int, now: float) -> None:
+        """One message read outside run_once (while a configuration is answered)."""
         try:
-            packet_id, hook, mark, skb_info, at, length, _ = self._parse(view, got)
+            packet_id, hook, mark, skb_info, at, length, _ = self._parse(self._view, got)
         except ValueError:
-            self.errors["nfqueue_bad_message"] += 1
+            self._other_message(got)
             return
         self.packets += 1
-        if skb_info & SKB_GSO:
-            self.gso_packets += 1
-        if skb_info & SKB_CSUMNOTREADY:
-            self.partial_packets += 1
-        verdict, payload = self.handle(hook, mark, skb_info, bytearray(view[at : at + length]))
-        heads = self._heads
+        if skb_info:
+            self._count_skb_info(skb_info)
+        buf = self._buffer[at : at + length]
+        self._queue_verdict(packet_id, *self.handle(hook, mark, skb_info, buf, now))
+
+    def _queue_verdict(self, packet_id: int, verdict: int, payload: bytearray | None) -> None:
         self._starts.append(len(self._out))
         if payload is None:
-            self._out.append(heads.head(packet_id, verdict))
+            self._out.append(self._heads.head(packet_id, verdict))
             self._out_bytes += 32
         else:
             size = len(payload)
-            self._out += (heads.head(packet_id, verdict, size), payload, pad(size))
+            self._out += (self._heads.head(packet_id, verdict, size), payload, pad(size))
             self._out_bytes += size + 40
         self.verdicts += 1
         if self._out_bytes >= self._send_limit:
             self._flush()
 
+    def _other_message(self, got: int) -> None:
+        """A message that is no packet the parser could read: the error a verdict met
+        (NLMSG_ERROR), or one that is malformed."""
+        view = self._view
+        kind = message_type(view) if got >= 16 else PACKET_TYPE  # 16: struct nlmsghdr
+        if kind == PACKET_TYPE:
+            self.errors["nfqueue_bad_message"] += 1
+        elif kind == NLMSG_ERROR:
+            code = error_code(view[:got])
+            if code:
+                self.errors[f"verdict_{errno.errorcode.get(code, code)}"] += 1
+
+    def _count_skb_info(self, skb_info: int) -> None:
+        if skb_info & SKB_GSO:
+            self.gso_packets += 1
+        if skb_info & SKB_CSUMNOTREADY:
+            self.partial_packets += 1
+
     def handle(
-        self, hook: int, mark: int, skb_info: int, buf: bytearray
+        self, hook: int, mark: int, skb_info: int, buf: bytearray, now: float
     ) -> tuple[int, bytearray | None]:
         """The verdict on one packet (NF_ACCEPT or NF_DROP) and its new bytes, if any."""
         try:
-            now = self.clock()
             if hook == NF_INET_LOCAL_IN:
                 action, data = self.director.hook_in(buf, now, mark)
             else:
@@ -300,11 +334,12 @@ class Worker:
         out, starts = self._out, self._starts
         if not out or self.sock is None:
             return
-        self._out, self._starts, self._out_bytes = [], [], 0
-        if self._sendmsg(out):
-            return
-        for begin, end in zip(starts, [*starts[1:], len(out)], strict=True):
-            self._sendmsg(out[begin:end])
+        self._out_bytes = 0
+        if not self._sendmsg(out):
+            for begin, end in zip(starts, [*starts[1:], len(out)], strict=True):
+                self._sendmsg(out[begin:end])
+        out.clear()  # in place: run_once holds these lists
+        starts.clear()
 
     def _sendmsg(self, pieces: list[bytes | bytearray]) -> bool:
         assert self.sock is not None
