@@ -17,7 +17,7 @@ import struct
 from collections import Counter
 from enum import Enum
 
-from director.core import persist
+from director.core import persist, proto_tcp
 from director.core.conn import Conn, ConnProtocol, ConnTable, Template
 from director.core.defense import Defense
 from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, unreachable
@@ -166,6 +166,55 @@ class Director:
         for conn in doomed:
             self.conns.remove(conn)
         return len(doomed)
+
+    # -- the kernel fast path: conntrack carries the connections -------------------
+
+    def ct_seen(
+        self,
+        protocol: int,
+        caddr: bytes,
+        cport: int,
+        vaddr: bytes,
+        vport: int,
+        state: str | None,
+        ttl: float,
+        now: float,
+    ) -> bool:
+        """Conntrack reports a fast-path connection alive (an event, a dump): its entry
+        follows conntrack's TCP state (and the real server's counts with it) and lives
+        as long as conntrack keeps it (``ttl``: conntrack's timeout left).  Whether the
+        connection has an entry here."""
+        conn = self.conns.find_in(protocol, caddr, cport, vaddr, vport)
+        if conn is None:
+            return False
+        if protocol == IPPROTO_TCP and state is not None:
+            new = proto_tcp.CONNTRACK_STATES.get(state)
+            if new is not None and new != conn.state:
+                proto_tcp.move(conn, new)
+        conn.timeout = max(int(ttl), 1)
+        conn.expires = now + conn.timeout
+        return True
+
+    def ct_gone(self, protocol: int, caddr: bytes, cport: int, vaddr: bytes, vport: int) -> bool:
+        """Conntrack destroyed a fast-path connection: its entry goes (its template
+        stays, as it outlives an expired connection)."""
+        conn = self.conns.find_in(protocol, caddr, cport, vaddr, vport)
+        if conn is None:
+            return False
+        self.conns.remove(conn)
+        return True
+
+    def ct_account(
+        self, conn: Conn, inpkts: int, inbytes: int, outpkts: int, outbytes: int
+    ) -> None:
+        """Packets and bytes conntrack counted for a fast-path connection since last
+        time (its accounting: nf_conntrack_acct), into the same stats as the
+        every-packet path's, per real server, service and in total."""
+        for stats in (conn.dest.stats, conn.svc.stats, self.totals):
+            stats.inpkts += inpkts
+            stats.inbytes += inbytes
+            stats.outpkts += outpkts
+            stats.outbytes += outbytes
 
     def which(
         self,

@@ -167,17 +167,42 @@ class TcpProtocol:
                 direction = INPUT_ONLY
         new = next_state(direction, flags, conn.state, self.table)
         if new != conn.state:
-            dest = conn.dest
-            active = STATE_ACTIVE[new]
-            if not conn.inactive and not active:
-                dest.activeconns -= 1
-                dest.inactconns += 1
-                conn.inactive = True
-            elif conn.inactive and active:
-                dest.activeconns += 1
-                dest.inactconns -= 1
-                conn.inactive = False
-            conn.state = new
-            if new == ESTABLISHED:
-                conn.assure_control()
+            move(conn, new)
         conn.timeout = self.timeouts[new]
+
+
+def move(conn: Conn, new: int) -> None:
+    """A connection enters state ``new``: between active and inactive states it moves
+    between its real server's counters (set_tcp_state's ip_vs_conn_active dance), and
+    reaching ESTABLISHED assures its template."""
+    dest = conn.dest
+    active = STATE_ACTIVE[new]
+    if not conn.inactive and not active:
+        dest.activeconns -= 1
+        dest.inactconns += 1
+        conn.inactive = True
+    elif conn.inactive and active:
+        dest.activeconns += 1
+        dest.inactconns -= 1
+        conn.inactive = False
+    conn.state = new
+    if new == ESTABLISHED:
+        conn.assure_control()
+
+
+# Conntrack's TCP states (tcp_conntrack_names, net/netfilter/nf_conntrack_proto_tcp.c)
+# as the IPVS state a NAT connection is in at that point: conntrack's SYN_SENT is the
+# client's SYN seen (IPVS: SYN_RECV after it), its SYN_RECV and SYN_SENT2 the handshake
+# under way; the rest have the same names.
+CONNTRACK_STATES: dict[str, int] = {
+    "NONE": NONE,
+    "SYN_SENT": SYN_RECV,
+    "SYN_RECV": SYN_RECV,
+    "SYN_SENT2": SYN_RECV,
+    "ESTABLISHED": ESTABLISHED,
+    "FIN_WAIT": FIN_WAIT,
+    "CLOSE_WAIT": CLOSE_WAIT,
+    "LAST_ACK": LAST_ACK,
+    "TIME_WAIT": TIME_WAIT,
+    "CLOSE": CLOSE,
+}

@@ -77,6 +77,9 @@ class Dest:
     # The service it was added to (dest->protocol, vaddr, vport, vfwmark): the trash
     # gives a removed server back to that service only (ip_vs_trash_get_dest).
     service: ServiceKey | None = None
+    # Its firewall mark on the kernel fast path (director.core.xmit.kernel), set by the
+    # shell; 0: its packets pass the worker (every-packet path).
+    fast_mark: int = 0
     # Address and port as one integer, which the connection entries to this port share
     # (Conn.dkey) rather than each holding its own.
     dkey: int = field(init=False, default=0, repr=False)

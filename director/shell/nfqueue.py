@@ -245,12 +245,20 @@ class VerdictHeads:
 
     _PLAIN = struct.Struct("=IHHII4sHHII")  # nlmsghdr, nfgenmsg, nla, verdict, id
     _REWRITTEN = struct.Struct("=IHHII4sHHIIHH")  # the same, then the payload's nla
+    _MARKED = struct.Struct("=IHHII4sHHIIHHI")  # the same as plain, then NFQA_MARK
 
     def __init__(self, queue: int) -> None:
         self._nfgen = _nfgen(queue)
         self._size = _HEAD + 4 + _VERDICT_HDR.size
 
-    def head(self, packet_id: int, verdict: int, payload_len: int = 0) -> bytes:
+    def head(self, packet_id: int, verdict: int, payload_len: int = 0, mark: int = 0) -> bytes:
+        """The head of a verdict; with ``mark``, the packet goes on with that firewall
+        mark (NFQA_MARK, which nfqnl_recv_verdict sets as skb->mark), unchanged."""
+        if mark:
+            return self._MARKED.pack(self._size + 8, VERDICT_TYPE, NLM_F_REQUEST, 0, 0,
+                                     self._nfgen, 4 + _VERDICT_HDR.size, NFQA_VERDICT_HDR,
+                                     socket.htonl(verdict), socket.htonl(packet_id), 8,
+                                     NFQA_MARK, socket.htonl(mark))  # fmt: skip
         if not payload_len:
             return self._PLAIN.pack(self._size, VERDICT_TYPE, NLM_F_REQUEST, 0, 0, self._nfgen,
                                     4 + _VERDICT_HDR.size, NFQA_VERDICT_HDR,

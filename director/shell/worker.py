@@ -44,7 +44,7 @@ from director.core.engine import Director
 from director.core.fragment import fragment
 from director.core.packet import SKB_CSUMNOTREADY, SKB_GSO
 from director.core.route import Frame
-from director.core.xmit import ACCEPT, DIRECT, SEND
+from director.core.xmit import ACCEPT, DIRECT, MARK, SEND
 from director.shell.netlink import Neighbours
 from director.shell.nfqueue import (
     NF_ACCEPT,
@@ -229,12 +229,12 @@ class Worker:
                 self.packets += 1
                 if skb_info:
                     self._count_skb_info(skb_info)
-                verdict, payload = handle(hook, mark, skb_info, buffer[at : at + length],
-                                          now)  # fmt: skip
+                verdict, payload, mark = handle(hook, mark, skb_info, buffer[at : at + length],
+                                                now)  # fmt: skip
                 starts.append(len(out))
                 if payload is None:
-                    out.append(head(packet_id, verdict))
-                    self._out_bytes += 32
+                    out.append(head(packet_id, verdict, 0, mark))
+                    self._out_bytes += 40
                 else:
                     size = len(payload)
                     out += (head(packet_id, verdict, size), payload, pad(size))
@@ -276,11 +276,13 @@ class Worker:
         buf = self._buffer[at : at + length]
         self._queue_verdict(packet_id, *self.handle(hook, mark, skb_info, buf, now))
 
-    def _queue_verdict(self, packet_id: int, verdict: int, payload: bytearray | None) -> None:
+    def _queue_verdict(
+        self, packet_id: int, verdict: int, payload: bytearray | None, mark: int
+    ) -> None:
         self._starts.append(len(self._out))
         if payload is None:
-            self._out.append(self._heads.head(packet_id, verdict))
-            self._out_bytes += 32
+            self._out.append(self._heads.head(packet_id, verdict, 0, mark))
+            self._out_bytes += 40
         else:
             size = len(payload)
             self._out += (self._heads.head(packet_id, verdict, size), payload, pad(size))
@@ -309,15 +311,20 @@ class Worker:
 
     def handle(
         self, hook: int, mark: int, skb_info: int, buf: bytearray, now: float
-    ) -> tuple[int, bytearray | None]:
-        """The verdict on one packet (NF_ACCEPT or NF_DROP) and its new bytes, if any."""
+    ) -> tuple[int, bytearray | None, int]:
+        """The verdict on one packet (NF_ACCEPT or NF_DROP), its new bytes if any, and
+        the firewall mark it goes on with (0: its own).  A request comes at LOCAL_IN,
+        or at PRE_ROUTING as a new flow of the kernel fast path; a reply at FORWARD."""
         try:
-            if hook == NF_INET_LOCAL_IN:
-                action, data = self.director.hook_in(buf, now, mark)
-            else:
+            if hook == NF_INET_FORWARD:
                 action, data = self.director.hook_out(buf, now, skb_info)
+            else:
+                action, data = self.director.hook_in(buf, now, mark)
             if action == ACCEPT:
-                return NF_ACCEPT, data if isinstance(data, bytearray) else None
+                return NF_ACCEPT, data if isinstance(data, bytearray) else None, 0
+            if action == MARK:
+                assert isinstance(data, int)
+                return NF_ACCEPT, None, data
             if action == SEND:
                 assert isinstance(data, bytearray)
                 self._send(data)
@@ -327,7 +334,7 @@ class Worker:
         except Exception:
             self.errors["worker_exception"] += 1
             log.exception("packet handling failed; packet dropped")
-        return NF_DROP, None
+        return NF_DROP, None, 0
 
     def _flush(self) -> None:
         """Send the pending verdicts, all in one sendmsg (one by one if that fails)."""

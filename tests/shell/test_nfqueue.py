@@ -198,3 +198,15 @@ def test_a_remembered_layout_reads_the_new_values() -> None:
                              + nla(10, bytes(packet_id)))  # fmt: skip
         assert parser.parse(msg, len(msg)) == parse_packet(msg, len(msg))
         assert parser.parse(msg, len(msg))[:3] == (packet_id, 2, mark)
+
+
+def test_verdict_with_a_mark() -> None:
+    """nfqnl_recv_verdict sets skb->mark from an NFQA_MARK (be32) beside the verdict."""
+    head = VerdictHeads(3).head(0x11223344, 1, 0, mark=0x4C000007)
+    length, kind, flags, _, _ = struct.unpack_from("=IHHII", head)
+    assert (length, len(head), kind, flags) == (40, 40, 0x0301, 1)  # NLM_F_REQUEST
+    assert head[16:20] == bytes([0, 0, 0, 3])
+    assert struct.unpack_from("=HH", head, 20) == (12, 2)  # NFQA_VERDICT_HDR
+    assert struct.unpack_from("!II", head, 24) == (1, 0x11223344)  # NF_ACCEPT, id
+    assert struct.unpack_from("=HH", head, 32) == (8, 3)  # NFQA_MARK
+    assert struct.unpack_from("!I", head, 36) == (0x4C000007,)

@@ -13,7 +13,10 @@ A verdict is a pair ``(action, data)``:
   director must send the rewritten packet on itself);
 - ``(DIRECT, Frame)``: drop the original and hand the packet, unchanged, to the real
   server at layer 2 (VS/DR: only the Ethernet destination changes);
-- ``(DROP, reason)``: drop it, counted under ``reason``.
+- ``(DROP, reason)``: drop it, counted under ``reason``;
+- ``(MARK, mark)``: let it go on unchanged with this firewall mark: the kernel fast path
+  (``directord --fast-path kernel``), where a rule of the hooks turns the mark into a
+  DNAT to the real server that conntrack then applies to the rest of the connection.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ if TYPE_CHECKING:
     from director.core.packet import IcmpError, Packet
     from director.core.service import Dest
 
-ACCEPT, SEND, DROP, DIRECT = 0, 1, 2, 3
-VERDICT_NAMES: tuple[str, ...] = ("accept", "send", "drop", "direct")
+ACCEPT, SEND, DROP, DIRECT, MARK = 0, 1, 2, 3, 4
+VERDICT_NAMES: tuple[str, ...] = ("accept", "send", "drop", "direct", "mark")
 
-Verdict = tuple[int, "bytearray | Frame | str | None"]
+Verdict = tuple[int, "bytearray | Frame | str | int | None"]
 
 
 class Xmit:
@@ -99,7 +102,12 @@ def bind_xmit(dest: Dest) -> Xmit:
         _load_all()
     if dest.route is not None and dest.route.local:
         return XMITS["local"]
+    if dest.fast_mark and dest.method == "masq":
+        return XMITS[KERNEL_NAT]
     return XMITS[dest.method]
+
+
+KERNEL_NAT = "kernel-nat"  # not a method one configures: masq on the kernel fast path
 
 
 def unreachable(dest: Dest) -> str | None:
