@@ -1,0 +1,491 @@
+"""The kernel's connection tracking seen from userspace, over ctnetlink: what the fast
+path (``--fast-path kernel``) needs to keep IPVS's counts and statistics for the
+connections conntrack carries after the worker scheduled their first packet.
+
+- ``CtEvents``: a subscription to the conntrack event groups NFNLGRP_CONNTRACK_NEW (1),
+  NFNLGRP_CONNTRACK_UPDATE (2) and NFNLGRP_CONNTRACK_DESTROY (3)
+  (linux/netfilter/nfnetlink.h), read without blocking from a selectors loop.  The
+  kernel sends them from ctnetlink_conntrack_event (net/netfilter/nf_conntrack_netlink.c):
+  IPCTNL_MSG_CT_NEW with NLM_F_CREATE|NLM_F_EXCL for a new connection (sent when it is
+  confirmed, after the first packet's POSTROUTING), IPCTNL_MSG_CT_NEW without them for
+  an update (a TCP state change, a mark change, ...), IPCTNL_MSG_CT_DELETE when it is
+  destroyed.  Only a destroy event carries the counters; an update carries
+  CTA_PROTOINFO only when the TCP state changed.  The kernel adds the event extension
+  only to connections made while someone listens (nf_conntrack_events = 2, the
+  default), so subscribe before the connections come.
+- ``CtTable``: a dump of the table filtered by connmark (IPCTNL_MSG_CT_GET with
+  NLM_F_DUMP, CTA_MARK and CTA_MARK_MASK: the kernel filters, ctnetlink_alloc_filter),
+  the deletion of one entry by its original tuple (IPCTNL_MSG_CT_DELETE with
+  CTA_TUPLE_ORIG, and CTA_ID so that a newer connection on the same tuple stays), and
+  of every entry under a mark (IPCTNL_MSG_CT_DELETE with CTA_MARK and CTA_MARK_MASK
+  and no tuple: ctnetlink_flush_conntrack).
+- ``enable_accounting``: nf_conntrack_acct = 1 in the current network namespace, so
+  that connections made afterwards carry packet and byte counters.
+
+Of each message the parser reads (linux/netfilter/nfnetlink_conntrack.h):
+CTA_TUPLE_ORIG and CTA_TUPLE_REPLY (CTA_TUPLE_IP: CTA_IP_V4_SRC/DST or
+CTA_IP_V6_SRC/DST; CTA_TUPLE_PROTO: CTA_PROTO_NUM, CTA_PROTO_SRC_PORT,
+CTA_PROTO_DST_PORT), CTA_PROTOINFO / CTA_PROTOINFO_TCP / CTA_PROTOINFO_TCP_STATE,
+CTA_MARK, CTA_TIMEOUT (seconds), CTA_COUNTERS_ORIG and CTA_COUNTERS_REPLY
+(CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES, be64), CTA_ID; the rest is skipped.
+
+The messages are read by hand, as nfqueue.py reads NFQUEUE's, not by pyroute2's
+nfct_msg: its decoder takes about 100 us a message on the lab machine, this one a
+small fraction of it, and the events come several per connection.  Netlink headers
+are in host order, the ctnetlink attributes in network order.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+# linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_GET = 1
+IPCTNL_MSG_CT_DELETE = 2
+CT_NEW_TYPE = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW
+CT_GET_TYPE = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
+CT_DELETE_TYPE = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
+NFNLGRP_CONNTRACK_NEW = 1
+NFNLGRP_CONNTRACK_UPDATE = 2
+NFNLGRP_CONNTRACK_DESTROY = 3
+EVENT_GROUPS = sum(
+    1 << (group - 1)
+    for group in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY)
+)
+
+# enum ctattr_type and its nested enums
+CTA_TUPLE_ORIG = 1
+CTA_TUPLE_REPLY = 2
+CTA_PROTOINFO = 4
+CTA_TIMEOUT = 7
+CTA_MARK = 8
+CTA_COUNTERS_ORIG = 9
+CTA_COUNTERS_REPLY = 10
+CTA_ID = 12
+CTA_MARK_MASK = 21
+CTA_TUPLE_IP = 1
+CTA_TUPLE_PROTO = 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+CTA_PROTOINFO_TCP = 1
+CTA_PROTOINFO_TCP_STATE = 1
+CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
+
+# net/netfilter/nf_conntrack_proto_tcp.c tcp_conntrack_names[], by enum tcp_conntrack
+TCP_CONNTRACK_NAMES = (
+    "NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK",
+    "TIME_WAIT", "CLOSE", "SYN_SENT2",
+)  # fmt: skip
+
+# linux/netlink.h
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+NFNETLINK_V0 = 0
+NETLINK_NETFILTER = 12  # linux/netlink.h (not in Python's socket module)
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h
+
+EVENTS_RCVBUF = 1 << 24  # bytes asked for (SO_RCVBUFFORCE; the kernel doubles it)
+READ_BUDGET = 4096  # datagrams per read(): the loop gets its turn back under a flood
+RECV_SIZE = 1 << 16  # one event is one datagram of a few hundred bytes
+DUMP_RECV_SIZE = 1 << 18  # a dump's datagrams hold many entries
+REQUEST_TIMEOUT = 10.0
+ACCT_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
+_NLA = struct.Struct("=HH")  # nla_len, nla_type
+_HEAD = _NLMSGHDR.size + 4  # nlmsghdr + struct nfgenmsg
+_U8 = struct.Struct("!B")
+_BE16 = struct.Struct("!H")
+_BE32 = struct.Struct("!I")
+_BE64 = struct.Struct("!Q")
+
+Buffer = bytes | bytearray | memoryview
+
+
+class CtTuple(NamedTuple):
+    """One direction of a connection as conntrack keys it (struct nf_conntrack_tuple):
+    addresses packed (4 or 16 bytes), ports (0 for a protocol without them)."""
+
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+
+
+class CtCounters(NamedTuple):
+    """struct nf_conn_counter of each direction (zeros when accounting is off)."""
+
+    orig_packets: int = 0
+    orig_bytes: int = 0
+    reply_packets: int = 0
+    reply_bytes: int = 0
+
+
+NO_COUNTERS = CtCounters()
+
+
+@dataclass(frozen=True, slots=True)
+class CtEvent:
+    """One conntrack entry as a ctnetlink message gave it.
+
+    ``kind``: "new", "update", "destroy" (events) or "dump".  ``state``: the TCP state
+    by conntrack's name (tcp_conntrack_names: "ESTABLISHED", "TIME_WAIT", "SYN_SENT2",
+    ...), None for other protocols and for an update that did not change it.  ``mark``:
+    the connmark (0 when the message has none).  ``timeout``: seconds left, when the
+    message says (not in a destroy event).  ``ct_id``: the entry's CTA_ID."""
+
+    kind: str
+    protocol: int
+    orig: CtTuple
+    reply: CtTuple
+    state: str | None
+    mark: int
+    timeout: int | None
+    counters: CtCounters
+    ct_id: int | None
+
+
+def _attrs(buf: Buffer, at: int, end: int) -> dict[int, tuple[int, int]]:
+    """The attributes between ``at`` and ``end``: type -> (start, end) of the payload;
+    ValueError if one runs past the end."""
+    found: dict[int, tuple[int, int]] = {}
+    while at + 4 <= end:
+        nla_len, kind = _NLA.unpack_from(buf, at)
+        if nla_len < 4 or at + nla_len > end:
+            raise ValueError("bad ctnetlink attribute")
+        found[kind & NLA_TYPE_MASK] = (at + 4, at + nla_len)
+        at += (nla_len + 3) & ~3
+    return found
+
+
+def _value(buf: Buffer, span: tuple[int, int] | None, form: struct.Struct) -> int | None:
+    if span is None:
+        return None
+    if span[1] - span[0] < form.size:
+        raise ValueError("short ctnetlink attribute")
+    value: int = form.unpack_from(buf, span[0])[0]
+    return value
+
+
+def _tuple(buf: Buffer, span: tuple[int, int] | None) -> tuple[int, CtTuple]:
+    """CTA_TUPLE_ORIG or CTA_TUPLE_REPLY: the protocol number and the tuple."""
+    if span is None:
+        raise ValueError("ctnetlink message without a tuple")
+    parts = _attrs(buf, *span)
+    ip, proto = parts.get(CTA_TUPLE_IP), parts.get(CTA_TUPLE_PROTO)
+    if ip is None or proto is None:
+        raise ValueError("ctnetlink tuple without addresses or protocol")
+    addrs = _attrs(buf, *ip)
+    size = 4 if CTA_IP_V4_SRC in addrs else 16
+    src = addrs.get(CTA_IP_V4_SRC if size == 4 else CTA_IP_V6_SRC)
+    dst = addrs.get(CTA_IP_V4_DST if size == 4 else CTA_IP_V6_DST)
+    if src is None or dst is None or src[1] - src[0] != size or dst[1] - dst[0] != size:
+        raise ValueError("ctnetlink tuple with bad addresses")
+    fields = _attrs(buf, *proto)
+    number = _value(buf, fields.get(CTA_PROTO_NUM), _U8)
+    if number is None:
+        raise ValueError("ctnetlink tuple without a protocol number")
+    sport = _value(buf, fields.get(CTA_PROTO_SRC_PORT), _BE16) or 0
+    dport = _value(buf, fields.get(CTA_PROTO_DST_PORT), _BE16) or 0
+    return number, CtTuple(bytes(buf[src[0] : src[1]]), sport, bytes(buf[dst[0] : dst[1]]), dport)
+
+
+def _counter(buf: Buffer, span: tuple[int, int] | None) -> tuple[int, int]:
+    if span is None:
+        return 0, 0
+    fields = _attrs(buf, *span)
+    packets = _value(buf, fields.get(CTA_COUNTERS_PACKETS), _BE64) or 0
+    octets = _value(buf, fields.get(CTA_COUNTERS_BYTES), _BE64) or 0
+    return packets, octets
+
+
+def _state(buf: Buffer, span: tuple[int, int] | None) -> str | None:
+    if span is None:
+        return None
+    tcp = _attrs(buf, *span).get(CTA_PROTOINFO_TCP)
+    if tcp is None:
+        return None
+    number = _value(buf, _attrs(buf, *tcp).get(CTA_PROTOINFO_TCP_STATE), _U8)
+    if number is None:
+        return None
+    return TCP_CONNTRACK_NAMES[number] if number < len(TCP_CONNTRACK_NAMES) else str(number)
+
+
+def event_kind(msg_type: int, flags: int) -> str | None:
+    """What ctnetlink_conntrack_event meant by a message: "destroy" for
+    IPCTNL_MSG_CT_DELETE, "new" for IPCTNL_MSG_CT_NEW with NLM_F_CREATE, "update" for
+    IPCTNL_MSG_CT_NEW without; None for any other message."""
+    if msg_type == CT_DELETE_TYPE:
+        return "destroy"
+    if msg_type == CT_NEW_TYPE:
+        return "new" if flags & NLM_F_CREATE else "update"
+    return None
+
+
+def parse_entry(buf: Buffer, at: int, end: int, kind: str) -> CtEvent:
+    """The ctnetlink conntrack message between ``at`` (its nlmsghdr) and ``end``, as a
+    CtEvent of ``kind``; ValueError if it is malformed."""
+    if end - at < _HEAD:
+        raise ValueError("short ctnetlink message")
+    top = _attrs(buf, at + _HEAD, end)
+    protocol, orig = _tuple(buf, top.get(CTA_TUPLE_ORIG))
+    _, reply = _tuple(buf, top.get(CTA_TUPLE_REPLY))
+    orig_packets, orig_bytes = _counter(buf, top.get(CTA_COUNTERS_ORIG))
+    reply_packets, reply_bytes = _counter(buf, top.get(CTA_COUNTERS_REPLY))
+    counters = (
+        CtCounters(orig_packets, orig_bytes, reply_packets, reply_bytes)
+        if orig_packets or orig_bytes or reply_packets or reply_bytes
+        else NO_COUNTERS
+    )
+    return CtEvent(
+        kind=kind,
+        protocol=protocol,
+        orig=orig,
+        reply=reply,
+        state=_state(buf, top.get(CTA_PROTOINFO)) if protocol == socket.IPPROTO_TCP else None,
+        mark=_value(buf, top.get(CTA_MARK), _BE32) or 0,
+        timeout=_value(buf, top.get(CTA_TIMEOUT), _BE32),
+        counters=counters,
+        ct_id=_value(buf, top.get(CTA_ID), _BE32),
+    )
+
+
+def messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """The netlink messages in the first ``size`` bytes of a datagram: (type, flags,
+    seq, start, end); ValueError at one whose length is impossible."""
+    at = 0
+    while at + _NLMSGHDR.size <= size:
+        length, kind, flags, seq, _ = _NLMSGHDR.unpack_from(buf, at)
+        if length < _NLMSGHDR.size or at + length > size:
+            raise ValueError("bad netlink message length")
+        yield kind, flags, seq, at, at + length
+        at += (length + 3) & ~3
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    raw = _NLA.pack(4 + len(data), kind) + data
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _request(msg_type: int, flags: int, seq: int, family: int, attrs: bytes) -> bytes:
+    body = struct.pack("!BBH", family, NFNETLINK_V0, 0) + attrs
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def mark_attrs(value: int, mask: int) -> bytes:
+    """CTA_MARK and CTA_MARK_MASK: the entries whose connmark & mask == value."""
+    return _attr(CTA_MARK, _BE32.pack(value)) + _attr(CTA_MARK_MASK, _BE32.pack(mask))
+
+
+def tuple_attr(kind: int, protocol: int, tup: CtTuple) -> bytes:
+    """CTA_TUPLE_ORIG (or _REPLY) as ctnetlink_parse_tuple reads it."""
+    v4 = len(tup.src) == 4
+    ip = _attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, tup.src) + _attr(
+        CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, tup.dst
+    )
+    proto = (
+        _attr(CTA_PROTO_NUM, _U8.pack(protocol))
+        + _attr(CTA_PROTO_SRC_PORT, _BE16.pack(tup.sport))
+        + _attr(CTA_PROTO_DST_PORT, _BE16.pack(tup.dport))
+    )
+    inner = _attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) + _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
+    return _attr(kind | NLA_F_NESTED, inner)
+
+
+def _socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_NETFILTER)  # fmt: skip
+
+
+class CtEvents:
+    """Conntrack's events for the entries whose connmark & ``mask`` == ``tag``, in the
+    network namespace of the thread that makes it.
+
+    ``read()`` drains what is waiting (up to READ_BUDGET datagrams).  When the kernel
+    could not deliver some (ENOBUFS: the receive buffer was full), ``lost`` is set and
+    ``enobufs`` counted: the owner reads the table again (``CtTable.dump``) and clears
+    ``lost``.  A message that cannot be read is counted in ``malformed`` and skipped;
+    one with another mark in ``ignored``.  Nothing here raises on what the kernel sends.
+    """
+
+    def __init__(self, tag: int, mask: int, rcvbuf: int = EVENTS_RCVBUF) -> None:
+        self.tag, self.mask = tag & mask, mask
+        self.lost = False
+        self.enobufs = self.malformed = self.ignored = 0
+        self.sock = _socket()
+        try:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:  # without CAP_NET_ADMIN: up to rmem_max
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.bind((0, EVENT_GROUPS))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self._buf = bytearray(RECV_SIZE)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> list[CtEvent]:
+        got: list[CtEvent] = []
+        buf, view = self._buf, memoryview(self._buf)
+        for _ in range(READ_BUDGET):
+            try:
+                size = self.sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+                self.lost = True
+                self.enobufs += 1
+                continue
+            malformed, ignored = take_events(view, size, self.tag, self.mask, got)
+            self.malformed += malformed
+            self.ignored += ignored
+        return got
+
+
+def take_events(view: Buffer, size: int, tag: int, mask: int,
+                got: list[CtEvent]) -> tuple[int, int]:  # fmt: skip
+    """The conntrack events of one datagram whose connmark & ``mask`` == ``tag``,
+    appended to ``got``; how many messages were malformed and how many had another
+    mark.  Never raises: a datagram whose framing breaks counts once as malformed
+    (after the events before the break)."""
+    malformed = ignored = 0
+    try:
+        for msg_type, flags, _, start, end in messages(view, size):
+            kind = event_kind(msg_type, flags)
+            if kind is None:
+                continue
+            try:
+                event = parse_entry(view, start, end, kind)
+            except (ValueError, struct.error):
+                malformed += 1
+                continue
+            if event.mark & mask == tag:
+                got.append(event)
+            else:
+                ignored += 1
+    except (ValueError, struct.error):
+        malformed += 1
+    return malformed, ignored
+
+
+class CtTable:
+    """Requests to the conntrack table of the network namespace of the thread that
+    makes it, answered in turn (a blocking socket with a timeout)."""
+
+    def __init__(self, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.sock = _socket()
+        self.sock.settimeout(timeout)
+        self.sock.bind((0, 0))
+        self.seq = 0
+        self.malformed = 0
+        self._buf = bytearray(DUMP_RECV_SIZE)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def dump(self, tag: int, mask: int) -> list[CtEvent]:
+        """The entries whose connmark & ``mask`` == ``tag`` (kind "dump"), of both
+        families (AF_UNSPEC).  The kernel filters by CTA_MARK/CTA_MARK_MASK; the
+        answer is checked here again.  A message that cannot be read is counted in
+        ``malformed`` and skipped."""
+        tag &= mask
+        seq = self._send(CT_GET_TYPE, NLM_F_REQUEST | NLM_F_DUMP, socket.AF_UNSPEC,
+                         mark_attrs(tag, mask))  # fmt: skip
+        got: list[CtEvent] = []
+        view = memoryview(self._buf)
+        while True:
+            size = self.sock.recv_into(self._buf)
+            for msg_type, _, msg_seq, start, end in messages(view, size):
+                if msg_seq != seq:
+                    continue
+                if msg_type == NLMSG_DONE:
+                    return got
+                if msg_type == NLMSG_ERROR:
+                    _raise(view, start, end, "dump")
+                    continue
+                if msg_type != CT_NEW_TYPE:
+                    continue
+                try:
+                    event = parse_entry(view, start, end, "dump")
+                except (ValueError, struct.error):
+                    self.malformed += 1
+                    continue
+                if event.mark & mask == tag:
+                    got.append(event)
+
+    def delete(self, event: CtEvent) -> bool:
+        """Delete the entry of ``event`` by its original tuple (and its CTA_ID when
+        known, so a newer entry on the same tuple stays); False if it was gone (ENOENT).
+        For protocols with ports (TCP, UDP, SCTP): an ICMP entry's tuple has no ports."""
+        family = socket.AF_INET if len(event.orig.src) == 4 else socket.AF_INET6
+        attrs = tuple_attr(CTA_TUPLE_ORIG, event.protocol, event.orig)
+        if event.ct_id is not None:
+            attrs += _attr(CTA_ID, _BE32.pack(event.ct_id))
+        try:
+            self._ack(CT_DELETE_TYPE, family, attrs)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_marked(self, value: int, mask: int) -> None:
+        """Delete every entry whose connmark & ``mask`` == ``value``, of both families
+        (IPCTNL_MSG_CT_DELETE with CTA_MARK/CTA_MARK_MASK and no tuple)."""
+        self._ack(CT_DELETE_TYPE, socket.AF_UNSPEC, mark_attrs(value & mask, mask))
+
+    def _send(self, msg_type: int, flags: int, family: int, attrs: bytes) -> int:
+        self.seq = self.seq % 0xFFFFFFFF + 1
+        self.sock.send(_request(msg_type, flags, self.seq, family, attrs))
+        return self.seq
+
+    def _ack(self, msg_type: int, family: int, attrs: bytes) -> None:
+        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_ACK, family, attrs)
+        view = memoryview(self._buf)
+        while True:
+            size = self.sock.recv_into(self._buf)
+            for kind, _, msg_seq, start, end in messages(view, size):
+                if kind == NLMSG_ERROR and msg_seq == seq:
+                    _raise(view, start, end, "delete")
+                    return
+
+
+def _raise(view: memoryview, start: int, end: int, what: str) -> None:
+    """An NLMSG_ERROR's errno as OSError (nothing for an acknowledgement)."""
+    if end - start < _NLMSGHDR.size + 4:
+        raise OSError(errno.EPROTO, f"conntrack {what}: short netlink error")
+    code = -struct.unpack_from("=i", view, start + _NLMSGHDR.size)[0]
+    if code:
+        raise OSError(code, f"conntrack {what}: {errno.errorcode.get(code, code)}")
+
+
+def enable_accounting(sysctl: Path = ACCT_SYSCTL) -> bool:
+    """net.netfilter.nf_conntrack_acct = 1 in the network namespace of the calling
+    thread (/proc/sys/net is its own); whether it was on already.  Connections made
+    before keep no counters (the acct extension is added at their creation)."""
+    if sysctl.read_text().strip() == "1":
+        return True
+    sysctl.write_text("1\n")
+    return False
