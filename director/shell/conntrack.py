@@ -147,7 +147,8 @@ class CtEvent:
     by conntrack's name (tcp_conntrack_names: "ESTABLISHED", "TIME_WAIT", "SYN_SENT2",
     ...), None for other protocols and for an update that did not change it.  ``mark``:
     the connmark (0 when the message has none).  ``timeout``: seconds left, when the
-    message says (not in a destroy event).  ``ct_id``: the entry's CTA_ID."""
+    message says (a destroy event says it only when some was left: an entry deleted
+    before it expired; ctnetlink_dump_timeout with skip_zero).  ``ct_id``: the entry's CTA_ID."""
 
     kind: str
     protocol: int
@@ -347,6 +348,8 @@ class CtEvents:
         self.sock.close()
 
     def read(self) -> list[CtEvent]:
+        """The events waiting, in the kernel's order; an empty list when none is.  An
+        error of the socket other than ENOBUFS (it was closed, ...) raises OSError."""
         got: list[CtEvent] = []
         buf, view = self._buf, memoryview(self._buf)
         for _ in range(READ_BUDGET):
@@ -398,8 +401,12 @@ class CtTable:
 
     def __init__(self, timeout: float = REQUEST_TIMEOUT) -> None:
         self.sock = _socket()
-        self.sock.settimeout(timeout)
-        self.sock.bind((0, 0))
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.bind((0, 0))
+        except BaseException:
+            self.sock.close()
+            raise
         self.seq = 0
         self.malformed = 0
         self._buf = bytearray(DUMP_RECV_SIZE)
@@ -411,7 +418,8 @@ class CtTable:
         """The entries whose connmark & ``mask`` == ``tag`` (kind "dump"), of both
         families (AF_UNSPEC).  The kernel filters by CTA_MARK/CTA_MARK_MASK; the
         answer is checked here again.  A message that cannot be read is counted in
-        ``malformed`` and skipped."""
+        ``malformed`` and skipped; the kernel's refusal or no answer within the
+        timeout raises OSError."""
         tag &= mask
         seq = self._send(CT_GET_TYPE, NLM_F_REQUEST | NLM_F_DUMP, socket.AF_UNSPEC,
                          mark_attrs(tag, mask))  # fmt: skip
@@ -422,7 +430,9 @@ class CtTable:
             for msg_type, _, msg_seq, start, end in messages(view, size):
                 if msg_seq != seq:
                     continue
-                if msg_type == NLMSG_DONE:
+                if msg_type == NLMSG_DONE:  # its payload: the dump's error, if any
+                    if end - start >= _NLMSGHDR.size + 4:
+                        _raise(view, start, end, "dump")
                     return got
                 if msg_type == NLMSG_ERROR:
                     _raise(view, start, end, "dump")
