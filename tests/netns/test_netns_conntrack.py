@@ -43,6 +43,7 @@ VIP = topology.VIP
 CLIENT = socket.inet_aton(topology.CLIENT_ADDR)
 RS_ADDR, RS_PORT = "198.18.0.2", 8080
 RS = socket.inet_aton(RS_ADDR)
+CLIENT6, VIP6, RS6 = "2001:db8:1::10", "2001:db8:1::100", "2001:db8:2::2"
 REQUEST, ANSWER = 5000, 3000  # bytes each way
 WAIT = 10.0  # seconds for what the kernel sends at once
 T = TypeVar("T")
@@ -68,19 +69,45 @@ def lab() -> Iterator[topology.Lab]:
         ]  # fmt: skip
         for rule in rules:
             built.run(built.director, ["iptables", "-w", *rule])
+        ipv6(built)
         yield built
     finally:
         topology.teardown(built)
+
+
+def ipv6(lab: topology.Lab) -> None:
+    """The lab's IPv6 (SPEC §3: 2001:db8:1::/64 outside, 2001:db8:2::/64 inside), a
+    DNAT of [VIP6]:80 to [RS6]:8080 and the connmark FAST_TAG|7 on its NEW packets."""
+    rs = lab.real_servers[0].netns
+    for ns, argv in [
+        (lab.client, ["addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad"]),
+        (lab.client, ["-6", "route", "add", "default", "via", "2001:db8:1::1"]),
+        (lab.director, ["addr", "add", "2001:db8:1::1/64", "dev", "ext0", "nodad"]),
+        (lab.director, ["addr", "add", f"{VIP6}/128", "dev", "ext0", "nodad"]),
+        (lab.director, ["addr", "add", "2001:db8:2::1/64", "dev", "br0", "nodad"]),
+        (rs, ["addr", "add", f"{RS6}/64", "dev", "eth0", "nodad"]),
+        (rs, ["-6", "route", "add", "default", "via", "2001:db8:2::1"]),
+    ]:
+        lab.run(ns, ["ip", *argv])
+    topology.set_sysctl(lab.director, "net.ipv6.conf.all.forwarding", "1")
+    for rule in (
+        ["-t", "nat", "-A", "PREROUTING", "-d", VIP6, "-p", "tcp", "--dport", "80",
+         "-j", "DNAT", "--to-destination", f"[{RS6}]:{RS_PORT}"],
+        ["-t", "mangle", "-A", "PREROUTING", "-d", VIP6, "-p", "tcp", "--dport", "80",
+         "-m", "conntrack", "--ctstate", "NEW", "-j", "CONNMARK", "--set-mark", hex(TAG | 7)],
+    ):  # fmt: skip
+        lab.run(lab.director, ["ip6tables", "-w", *rule])
 
 
 class Server:
     """Answers ANSWER bytes to each request read to its end, a thread a connection."""
 
     def __init__(self, lab: topology.Lab) -> None:
-        def listen() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        def listen() -> socket.socket:  # both families
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((RS_ADDR, RS_PORT))
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", RS_PORT))
             s.listen(64)
             return s
 
@@ -143,10 +170,11 @@ def table(lab: topology.Lab) -> Iterator[CtTable]:
     t.close()
 
 
-def connect(lab: topology.Lab, port: int) -> socket.socket:
-    s = topology.in_netns(lab.client, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+def connect(lab: topology.Lab, port: int, vip: str = VIP) -> socket.socket:
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+    s = topology.in_netns(lab.client, lambda: socket.socket(family, socket.SOCK_STREAM))
     s.settimeout(WAIT)
-    s.connect((VIP, port))
+    s.connect((vip, port))
     return s
 
 
@@ -308,3 +336,24 @@ def test_a_full_buffer_says_events_were_lost(lab: topology.Lab, server: Server) 
     finally:
         ev.close()
         table.close()
+
+
+def test_ipv6_events_dump_and_delete(
+    lab: topology.Lab, server: Server, events: CtEvents, table: CtTable
+) -> None:
+    """The same for IPv6: 16-byte addresses both ways, the dump (AF_UNSPEC) lists the
+    entry, delete() names it in AF_INET6 (ctnetlink_parse_tuple reads the family from
+    nfgenmsg) and its destroy event follows."""
+    s = connect(lab, 80, VIP6)
+    packed = {a: socket.inet_pton(socket.AF_INET6, a) for a in (CLIENT6, VIP6, RS6)}
+    orig = CtTuple(packed[CLIENT6], s.getsockname()[1], packed[VIP6], 80)
+    assert exchange(s) == ANSWER
+    seen: list[CtEvent] = []
+    wait_for(events, seen, lambda seen: any(e.state == "TIME_WAIT" for e in of(seen, orig)))
+    reply = CtTuple(packed[RS6], RS_PORT, packed[CLIENT6], orig.sport)
+    assert {(e.reply, e.mark) for e in of(seen, orig)} == {(reply, TAG | 7)}
+    (entry,) = of(table.dump(TAG, MASK), orig)
+    assert (entry.state, entry.reply) == ("TIME_WAIT", reply)
+    assert table.delete(entry) is True
+    wait_for(events, seen, lambda seen: any(e.kind == "destroy" for e in of(seen, orig)))
+    assert of(table.dump(TAG, MASK), orig) == []
