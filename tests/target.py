@@ -24,8 +24,9 @@ from director.core.route import Route
 from director.core.shard import Shards
 from director.ctl.ipvsadm import load_rules
 from director.model.config import Config
+from director.shell.board import SlotKey
 from director.shell.daemon import Daemon, Settings
-from director.shell.netfilter import Entry, Hooks, selection
+from director.shell.netfilter import Entry, Hooks, fast_dnat_rules, selection
 from director.shell.netlink import Routes
 
 # A real server on a directly connected network of the director (eth1, 198.18.0.1).
@@ -35,10 +36,11 @@ CONNECTED = Route(ifindex=2, source=socket.inet_aton("198.18.0.1"), mtu=1500)
 @dataclass
 class MemoryHooks(Hooks):
     """The hooks, kept in memory: ``selected`` is what the ipsets and the fwmark chain
-    would hold after the last sync."""
+    would hold after the last sync, ``dnat`` the fast path's DNAT chain."""
 
     installed: bool = False
     selected: tuple[dict[str, set[Entry]], set[int]] = field(default_factory=lambda: ({}, set()))
+    dnat: list[str] = field(default_factory=list)
 
     def install(self) -> None:
         self.installed = True
@@ -46,9 +48,11 @@ class MemoryHooks(Hooks):
     def remove(self) -> None:
         self.installed = False
         self.selected = ({}, set())
+        self.dnat = []
 
-    def sync(self, config: Config) -> None:
-        self.selected = selection(config)
+    def sync(self, config: Config, slots: dict[SlotKey, int] | None = None) -> None:
+        self.selected = selection(config, self.fast)
+        self.dnat = fast_dnat_rules(config, slots or {}) if self.fast else []
 
     def reshard(self, shards: Shards) -> None:
         self.shards = shards

@@ -5,6 +5,12 @@ remove-then-load, removing deletes only the jumps that file inserts and the chai
 declares, so both are idempotent and touch nothing else of the host's firewall.  The
 ipsets that select virtual-service traffic are kept over netlink with pyroute2.
 
+``--fast-path kernel`` (``Hooks(fast=True)``) adds ``iptables/director-fast.rules``: the
+first packet of a fast service's flow is queued from mangle PREROUTING, the worker answers
+with the mark ``fast_mark(slot)``, and a DNAT rule per NAT real server binds the flow,
+which conntrack carries from then on (the file's comments say how).  Off, the default,
+loads exactly the every-packet hooks; removing removes both in every mode.
+
 Every iptables program run has a time limit: ``-w`` waits at most IPTABLES_WAIT for
 the xtables lock, and the run itself at most IPTABLES_TIMEOUT, so a wedged lock or
 program fails a change (which ``sync``'s caller undoes) instead of hanging the daemon.
@@ -19,12 +25,16 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyroute2.ipset import IPSet, PortEntry
 
-from director.core.service import IPPROTO_TCP, IPPROTO_UDP, PROTO_NUMBERS
+from director.core.service import IPPROTO_TCP, IPPROTO_UDP, PROTO_NUMBERS, pack_addr, service_key
 from director.core.shard import Shards, dotted
-from director.model.config import Config
+from director.model.config import Config, ServiceConf
+
+if TYPE_CHECKING:
+    from director.shell.board import SlotKey
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +49,70 @@ SETS: dict[str, str] = {
     RS_ANY_SET: "hash:ip",
     RS_ADDR_SET: "hash:ip",
 }
+FAST_SET = "director-fast"
+FAST_RS_SET = "director-fast-rs"
+# The ipsets of --fast-path kernel (iptables/director-fast.rules), by name: their type.
+FAST_SETS: dict[str, str] = {
+    FAST_SET: "hash:ip,port",  # VIP,proto:port of every fast service
+    FAST_RS_SET: "hash:ip,port",  # RIP,proto:port of their NAT real servers
+}
 FWM_CHAIN = "DIRECTOR_FWM"
+FAST_DNAT_CHAIN = "DIRECTOR_FAST_DNAT"
+SHARD_NEW = "DIRECTOR_SHARD_NEW"  # mangle: the fast services' opening packets, by shard
 Entry = tuple[str, int, int]  # address, protocol number, port
+
+# The packet mark a worker answers a fast flow's opening packet with: FAST_TAG | slot,
+# the slot (director/shell/board.py Slots) of the real server it chose in the low 16
+# bits.  The tag is the top byte; bits 16-23 are not director's (neither matched nor
+# saved).  No fast mark equals the worker's send mark (--send-mark, matched whole on
+# OUTPUT), whose top byte is 0.
+FAST_TAG = 0x4C << 24
+FAST_MASK = 0xFF000000  # the tag's bits
+FAST_SLOT_MASK = 0xFFFF
+FAST_BITS = FAST_MASK | FAST_SLOT_MASK  # director's bits of the mark and the connmark
+
+
+def fast_mark(slot: int) -> int:
+    """The mark that binds a fast flow to the real server of board slot ``slot``."""
+    if not 0 < slot <= FAST_SLOT_MASK:
+        raise ValueError(f"board slot {slot} does not fit a fast-path mark")
+    return FAST_TAG | slot
+
+
+def fast_slot(mark: int) -> int | None:
+    """The board slot a fast flow's (conn)mark names, or None for a mark not director's."""
+    if mark & FAST_MASK != FAST_TAG:
+        return None
+    return (mark & FAST_SLOT_MASK) or None
+
+
+def fast_service(svc: ServiceConf) -> bool:
+    """Whether ``svc``'s flows take the fast path in --fast-path kernel: a TCP or UDP
+    service of an IPv4 VIP with a port (the hooks are iptables', IPv4; a port-zero
+    service's flows have no one port to match).  It stays fast with no NAT real server
+    left, so the flows conntrack already carries for it go on (IPVS keeps serving the
+    connections of a removed real server)."""
+    return svc.protocol in PROTO_NUMBERS and bool(svc.port) and ":" not in svc.addr
 
 
 RULES_FILE = "director.rules"
+FAST_RULES_FILE = "director-fast.rules"
 
 
-def rules_text() -> str:
+def rules_text(name: str = RULES_FILE) -> str:
     """The hook rules: from the source tree (a checkout, an editable install), else
     where an install puts them (``<prefix>/share/director/iptables``)."""
     for folder in (
         Path(__file__).resolve().parents[2] / "iptables",
         Path(sys.prefix) / "share" / "director" / "iptables",
     ):
-        if (folder / RULES_FILE).is_file():
-            return (folder / RULES_FILE).read_text()
-    raise FileNotFoundError(f"{RULES_FILE} is neither in the source tree nor installed")
+        if (folder / name).is_file():
+            return (folder / name).read_text()
+    raise FileNotFoundError(f"{name} is neither in the source tree nor installed")
+
+
+def fast_rules_text() -> str:
+    return rules_text(FAST_RULES_FILE)
 
 
 def reply_queue(queue: int) -> int:
@@ -114,10 +171,66 @@ def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
     return rules
 
 
+def fast_shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
+    """DIRECTOR_SHARD_NEW (mangle): DIRECTOR_SHARD_IN's rules, the same queues."""
+    head = f"-A {SHARD_IN} "
+    return [
+        f"-A {SHARD_NEW} {rule[len(head) :]}"
+        for rule in shard_rules(shards, queue, bypass)
+        if rule.startswith(head)
+    ]
+
+
+# Where director.rules takes the fast rules of its own chains: placeholder -> chain.
+FAST_SPLICES = {"@FAST_PRE@": "DIRECTOR_PRE", "@FAST_IN@": "DIRECTOR_IN",
+                "@FAST_FWD@": "DIRECTOR_FWD"}  # fmt: skip
+
+
+def _fast_values(text: str) -> str:
+    for name, value in (("FAST_TAG", FAST_TAG), ("FAST_MASK", FAST_MASK), ("FAST_BITS", FAST_BITS)):
+        text = text.replace(f"@{name}@", hex(value))
+    return text
+
+
+def render_fast(fast_text: str, queue: int, bypass: bool = False,
+                shards: Shards | None = None) -> tuple[dict[str, list[str]], str]:  # fmt: skip
+    """director-fast.rules, filled in: the rules it adds to director.rules's chains (by
+    placeholder, in order) and its own tables (mangle, nat) for iptables-restore."""
+    text = _fast_values(fast_text).replace(
+        "@FAST_SHARD_RULES@", "\n".join(fast_shard_rules(shards or Shards(), queue, bypass))
+    )
+    spliced: dict[str, list[str]] = {place: [] for place in FAST_SPLICES}
+    by_chain = {chain: place for place, chain in FAST_SPLICES.items()}
+    own: list[str] = []
+    table: list[str] = []
+    for line in text.splitlines():
+        if _TABLE.match(line):
+            table = [line]
+            continue
+        if not table:
+            continue  # the head comments
+        table.append(line)
+        words = line.split()
+        if words[:1] == ["-A"] and words[1] in by_chain:
+            spliced[by_chain[words[1]]].append(line)
+        elif line == "COMMIT":
+            if any(_CHAIN.match(kept) for kept in table):
+                own += table
+            table = []
+    return spliced, "\n".join(own) + "\n"
+
+
 def render(text: str, queue: int, mark: int, bypass: bool = False,
-           shards: Shards | None = None) -> str:  # fmt: skip
+           shards: Shards | None = None, fast: str | None = None) -> str:  # fmt: skip
+    """director.rules filled in; with ``fast`` (director-fast.rules' text) the fast
+    rules in its chains, followed by the fast file's own tables."""
     rules = shard_rules(shards or Shards(), queue, bypass)
-    return text.replace("@SHARD_RULES@", "\n".join(rules)).replace("@MARK@", hex(mark))
+    text = text.replace("@SHARD_RULES@", "\n".join(rules)).replace("@MARK@", hex(mark))
+    spliced, own = render_fast(fast, queue, bypass, shards) if fast is not None else ({}, "")
+    for place in FAST_SPLICES:
+        lines = spliced.get(place, [])
+        text = text.replace(f"{place}\n", "".join(f"{line}\n" for line in lines))
+    return text + own
 
 
 _TABLE = re.compile(r"^\*(\w+)")
@@ -168,67 +281,82 @@ def _iptables(*args: str) -> bool:
 
 @dataclass
 class Hooks:
-    """The hooks of one running daemon."""
+    """The hooks of one running daemon (``fast``: --fast-path kernel's as well)."""
 
     queue: int
     mark: int
     bypass: bool = False
     shards: Shards = field(default_factory=Shards)
+    fast: bool = False
     text: str = field(default_factory=rules_text)
+    fast_text: str = field(default_factory=fast_rules_text)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
+    _dnat: list[str] | None = None  # DIRECTOR_FAST_DNAT's rules; None: not known
+
+    @property
+    def sets(self) -> dict[str, str]:
+        """The ipsets of this mode, by name: their type."""
+        return SETS | FAST_SETS if self.fast else dict(SETS)
 
     def install(self) -> None:
         """Load the hooks.  Hooks a previous run left in place (on_stop = keep) are
         taken over without a gap: the sets keep their contents until the first sync
         swaps new ones in, the chains are reloaded in one iptables-restore
-        transaction, and a jump is added only where it is missing."""
+        transaction, and a jump is added only where it is missing.  A previous run's
+        fast-path hooks go when this one has none."""
         with IPSet() as ipset:
-            for name, stype in SETS.items():
+            for name, stype in self.sets.items():
                 ipset.create(name, stype=stype, exclusive=False)
         self._entries = {}  # contents unknown: the first sync replaces them whole
         self._marks = None
-        _, jumps = declared(self.text)
-        text = render(self.text, self.queue, self.mark, self.bypass, self.shards)
+        self._dnat = None
+        fast = self.fast_text if self.fast else None
+        text = render(self.text, self.queue, self.mark, self.bypass, self.shards, fast)
+        _, jumps = declared(text)
         _restore("\n".join(line for line in text.splitlines() if not _JUMP.match(line)) + "\n")
         for table, chain, rule in jumps:
             if not _iptables("-t", table, "-C", chain, *rule.split()):
                 _iptables("-t", table, "-I", chain, "1", *rule.split())
-        log.info("netfilter hooks installed (NFQUEUE %d, replies %d; %d worker%s)",
+        if not self.fast:
+            _, own = render_fast(self.fast_text, self.queue)
+            _remove_declared(own)
+            _destroy_sets(FAST_SETS)
+        log.info("netfilter hooks installed (NFQUEUE %d, replies %d; %d worker%s%s)",
                  self.queue, reply_queue(self.queue), self.shards.workers,
-                 "" if self.shards.workers == 1 else "s")  # fmt: skip
+                 "" if self.shards.workers == 1 else "s",
+                 "; fast path: kernel" if self.fast else "")  # fmt: skip
 
     def reshard(self, shards: Shards) -> None:
         """Send the clients to their workers by ``shards`` from now on: the shard
-        chains rewritten in one iptables-restore transaction."""
+        chains rewritten in one iptables-restore transaction (and, on the fast path,
+        the mangle table's in one more)."""
         rules = shard_rules(shards, self.queue, self.bypass)
         declared_chains = [f":{chain} - [0:0]" for chain in SHARD_CHAINS]
-        _restore("\n".join(["*filter", *declared_chains, *rules, "COMMIT", ""]))
+        text = ["*filter", *declared_chains, *rules, "COMMIT"]
+        if self.fast:
+            new = fast_shard_rules(shards, self.queue, self.bypass)
+            text += ["*mangle", f":{SHARD_NEW} - [0:0]", *new, "COMMIT"]
+        _restore("\n".join([*text, ""]))
         self.shards = shards
 
     def remove(self) -> None:
-        chains, jumps = declared(self.text)
-        for table, chain, rule in jumps:
-            while _iptables("-t", table, "-D", chain, *rule.split()):
-                pass
-        for table, chain in chains:  # flush all before deleting: they jump to each other
-            _iptables("-t", table, "-F", chain)
-        for table, chain in chains:
-            _iptables("-t", table, "-X", chain)
-        with IPSet() as ipset:
-            for name in SETS:
-                for spare in (name, f"{name}-new"):
-                    with contextlib.suppress(Exception):
-                        ipset.destroy(spare)
+        """Take out every hook of director's, the fast path's in every mode."""
+        _, own = render_fast(self.fast_text, self.queue)
+        _remove_declared(own)  # first: its rules name sets and chains of both files
+        _remove_declared(self.text)
+        _destroy_sets(SETS | FAST_SETS)
         self._entries.clear()
 
-    def sync(self, config: Config) -> None:
+    def sync(self, config: Config, slots: dict[SlotKey, int] | None = None) -> None:
         """Make the ipsets and the fwmark chain select exactly the services of
-        ``config`` and the NAT real servers whose replies must be rewritten.
+        ``config`` and the NAT real servers whose replies must be rewritten; on the
+        fast path, the DNAT chain hold a rule per NAT real server of a fast service
+        that has a slot in ``slots`` (board.Slots.assign's; None: no rule).
 
         A failure raises and leaves what it could not finish marked unknown, so the
         next sync (the caller's undo, or a retry) replaces it whole."""
-        wanted, marks = selection(config)
+        wanted, marks = selection(config, self.fast)
         with IPSet() as ipset:
             for name, entries in wanted.items():
                 have = self._entries.pop(name, None)
@@ -246,31 +374,120 @@ class Hooks:
             self._marks = None
             _restore(_fwmark_chain(marks))
             self._marks = marks
+        if self.fast:
+            dnat = fast_dnat_rules(config, slots or {})
+            if dnat != self._dnat:
+                self._dnat = None
+                _restore(_fast_dnat_chain(dnat))
+                self._dnat = dnat
 
 
-def selection(config: Config) -> tuple[dict[str, set[Entry]], set[int]]:
+def _remove_declared(text: str) -> None:
+    """Delete the jumps ``text`` inserts and the chains it declares, where they are.
+    A table the host does not have is not named to iptables at all (iptables-nft would
+    make it: an empty nat table alone hooks NAT into every tracked flow)."""
+    chains, jumps = declared(text)
+    present = _tables()
+    if present is not None:
+        chains = [(table, chain) for table, chain in chains if chain in present.get(table, ())]
+        jumps = [jump for jump in jumps if jump[0] in present]
+    for table, chain, rule in jumps:
+        while _iptables("-t", table, "-D", chain, *rule.split()):
+            pass
+    for table, chain in chains:  # flush all before deleting: they jump to each other
+        _iptables("-t", table, "-F", chain)
+    for table, chain in chains:
+        _iptables("-t", table, "-X", chain)
+
+
+def _tables() -> dict[str, set[str]] | None:
+    """The host's tables and their chains (iptables-save), None when it cannot say."""
+    try:
+        done = _run(["iptables-save"])
+    except HookError:
+        return None
+    if done.returncode:
+        return None
+    tables: dict[str, set[str]] = {}
+    table = ""
+    for line in done.stdout.decode(errors="replace").splitlines():
+        if m := _TABLE.match(line):
+            table = m.group(1)
+            tables[table] = set()
+        elif (m := _CHAIN.match(line)) and table:
+            tables[table].add(m.group(1))
+    return tables
+
+
+def _destroy_sets(names: dict[str, str]) -> None:
+    with IPSet() as ipset:
+        for name in names:
+            for spare in (name, f"{name}-new"):
+                with contextlib.suppress(Exception):
+                    ipset.destroy(spare)
+
+
+def selection(config: Config, fast: bool = False) -> tuple[dict[str, set[Entry]], set[int]]:
     """What the hooks must select for ``config`` (the table the core runs): each
     ipset's entries (the VIPs, the NAT real servers whose replies come back through
-    FORWARD) and the firewall marks of the fwmark services."""
-    wanted: dict[str, set[Entry]] = {name: set() for name in SETS}
+    FORWARD) and the firewall marks of the fwmark services.
+
+    ``fast`` (--fast-path kernel): the fast services (``fast_service``) in director-fast,
+    their NAT real servers in director-fast-rs and not in director-rs or
+    director-rs-any (their replies are conntrack's, not the worker's)."""
+    wanted: dict[str, set[Entry]] = {name: set() for name in (SETS | FAST_SETS if fast else SETS)}
     marks: set[int] = set()
     for svc in config.services:
         proto = PROTO_NUMBERS.get(svc.protocol, 0)
+        on_fast_path = fast and fast_service(svc)
         if proto:
             wanted[VIP_SET].add((svc.addr, 0, 0))
         else:
             marks.add(svc.fwmark)
+        if on_fast_path:
+            wanted[FAST_SET].add((svc.addr, proto, svc.port))
         for dest in svc.dests:
             if dest.method != "masq":
                 continue
             wanted[RS_ADDR_SET].add((dest.addr, 0, 0))
             port = (dest.port or svc.port) if proto else dest.port
+            if on_fast_path:
+                wanted[FAST_RS_SET].add((dest.addr, proto, port))
+                continue
             if not port:
                 wanted[RS_ANY_SET].add((dest.addr, 0, 0))
             for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
                 if port:
                     wanted[RS_SET].add((dest.addr, protocol, port))
     return wanted, marks
+
+
+def fast_dnat_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
+    """DIRECTOR_FAST_DNAT's rules: per NAT real server of a fast service, the flows
+    whose opening packet the worker marked with its slot are DNATed to it (to its port,
+    or the service's when it has none: IPVS's port translation), in slot order."""
+    rules: dict[int, str] = {}
+    for svc in config.services:
+        if not fast_service(svc):
+            continue
+        key = service_key(svc)
+        for dest in svc.dests:
+            if dest.method != "masq" or ":" in dest.addr:
+                continue
+            slot = slots.get((key, pack_addr(dest.addr), dest.port))
+            if slot is None:
+                continue
+            rules[slot] = (
+                f"-A {FAST_DNAT_CHAIN} -p {svc.protocol} -m mark --mark "
+                f"{fast_mark(slot):#x}/{FAST_BITS:#x} -j DNAT --to-destination "
+                f"{dest.addr}:{dest.port or svc.port}"
+            )
+    return [rules[slot] for slot in sorted(rules)]
+
+
+def _fast_dnat_chain(rules: list[str]) -> str:
+    """DIRECTOR_FAST_DNAT, rewritten whole in one transaction."""
+    return "\n".join(["*nat", f":{FAST_DNAT_CHAIN} - [0:0]", *rules, "COMMIT", ""])
 
 
 def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:
