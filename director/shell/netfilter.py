@@ -493,7 +493,7 @@ def _fast_dnat_chain(rules: list[str]) -> str:
 def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:
     """Fill a new set and swap it in: the old contents go in one step."""
     spare = f"{name}-new"
-    ipset.create(spare, stype=SETS[name], exclusive=False)
+    ipset.create(spare, stype=(SETS | FAST_SETS)[name], exclusive=False)
     ipset.flush(spare)
     for entry in entries:
         value, etype = _ipset_entry(entry)

@@ -15,6 +15,7 @@ import pytest
 
 from director.ctl.ipvsadm import format_save, load_rules
 from director.model.config import Config
+from director.shell.board import SlotKey
 from director.shell.daemon import SYSCTL_FILE, Daemon, Settings
 from director.shell.netfilter import HookError, selection
 from tests.target import MemoryHooks, StaticRoutes, close, settings_in
@@ -31,11 +32,11 @@ class FailingHooks(MemoryHooks):
     fail: int = 0
     removed: int = 0
 
-    def sync(self, config: Config) -> None:
+    def sync(self, config: Config, slots: dict[SlotKey, int] | None = None) -> None:
         if self.fail:
             self.fail -= 1
             raise HookError("iptables-restore failed: injected")
-        super().sync(config)
+        super().sync(config, slots)
 
     def remove(self) -> None:
         self.removed += 1
