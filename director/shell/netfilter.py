@@ -384,8 +384,9 @@ class Hooks:
 
 def _remove_declared(text: str) -> None:
     """Delete the jumps ``text`` inserts and the chains it declares, where they are.
-    A table the host does not have is not named to iptables at all (iptables-nft would
-    make it: an empty nat table alone hooks NAT into every tracked flow)."""
+    A table the host does not have is not named to iptables at all: iptables-legacy
+    instantiates a table on first use, and an empty nat table alone hooks NAT into
+    every tracked flow (iptables-nft makes none for -D, -F or -X)."""
     chains, jumps = declared(text)
     present = _tables()
     if present is not None:
