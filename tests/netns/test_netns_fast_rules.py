@@ -345,3 +345,58 @@ def test_a_fast_flow_is_dnated_by_its_mark_and_carried_by_conntrack(
         director.exec("iptables", "-t", "filter", "-Z")
         director.exec("iptables", "-t", "mangle", "-Z")
         director.exec("iptables", "-t", "nat", "-Z")
+
+
+# Run inside a namespace: one TCP connection attempt to VIP:80 (argv: VIP), what became
+# of it: "connected", "refused" or "timeout".
+ATTEMPT = r"""
+import socket, sys
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect((sys.argv[1], 80))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+"""
+
+
+@pytest.mark.parametrize(
+    ("verdict", "outcome", "rule"),
+    [
+        # The worker marked a slot no DNAT rule binds (its server just went): dropped in
+        # DIRECTOR_IN, not answered by the local stack; the client's next SYN is new.
+        (
+            ["-j", "MARK", "--set-xmark", f"{fast_mark(0xFFFF):#x}/0xffffffff"],
+            "timeout",
+            "-A DIRECTOR_IN -m connmark --mark 0x4c000000/0xff000000 -j DROP",
+        ),
+        # The worker passed the opening packet on unmarked (as IPVS passes on what it does
+        # not schedule): the local stack has it, without a second trip to the worker.
+        (
+            [],
+            "refused",
+            "-A DIRECTOR_IN -m conntrack --ctstate NEW -m set --match-set director-fast "
+            "dst,dst -j RETURN",
+        ),
+    ],
+)
+def test_an_opening_packet_no_dnat_rule_bound(
+    lab: tuple[Netns, Netns, Netns], verdict: list[str], outcome: str, rule: str
+) -> None:
+    client, director, _ = lab
+    if verdict:
+        director.exec("iptables", "-t", "mangle", "-I", SHARD_NEW, "1", "-p", "tcp", *verdict)
+    director.exec("iptables", "-t", "mangle", "-I", SHARD_NEW, "2" if verdict else "1",
+                  "-p", "tcp", "-j", "ACCEPT")  # fmt: skip
+    assert client.exec(sys.executable, "-c", ATTEMPT, VIP).stdout.strip() == outcome
+    filt = counts(director, "filter")
+    assert filt[rule] >= 1
+    for chain_rule, packets in filt.items():
+        if chain_rule.split()[1] in SHARD_CHAINS:
+            assert packets == 0, chain_rule
+    if verdict:  # never confirmed: conntrack holds nothing of it
+        entries = director.exec("conntrack", "-L", "-p", "tcp", "--orig-dst", VIP).stdout
+        assert "dport=80" not in entries
