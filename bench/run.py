@@ -88,6 +88,9 @@ DR_GOAL = 1.5
 # Issue 11's goals on the 2-core lab with one worker, director NAT against HAProxy:
 # (answer size, "new" or "keepalive", lowest ratio).
 HAPROXY_GOALS = ((0, "keepalive", 0.6), (0, "new", 0.5), (16384, "keepalive", 0.5))
+# Issue 12's: the kernel fast path at least as fast as HAProxy (1 thread), both kinds,
+# both answer sizes.
+FAST_GOAL = 1.0
 
 
 @dataclass
@@ -593,8 +596,10 @@ def _wait_listening(lab: Lab, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 @contextmanager
-def _daemon(lab: Lab, workdir: Path, settings: Settings) -> Iterator[Daemon]:
-    daemon = Daemon(lab, workdir, settings.daemon_args)
+def _daemon(
+    lab: Lab, workdir: Path, settings: Settings, extra: tuple[str, ...] = ()
+) -> Iterator[Daemon]:
+    daemon = Daemon(lab, workdir, (*settings.daemon_args, *extra))
     daemon.start()
     try:
         yield daemon
@@ -617,11 +622,23 @@ def director_lab_rules(lab: Lab, work: Path, settings: Settings) -> AbstractCont
     return _director(lab, work / f"director-{lab.kind}", settings, rules)
 
 
+def director_fast(lab: Lab, work: Path, settings: Settings) -> AbstractContextManager[Target]:
+    """director NAT on the kernel fast path: the worker schedules each flow's first
+    packet, conntrack's NAT carries the rest."""
+    return _director(lab, work / "director-fast", settings, SEED_80, fast=True)
+
+
 @contextmanager
 def _director(
-    lab: Lab, workdir: Path, settings: Settings, rules: str, sysctls: tuple[str, ...] = ()
+    lab: Lab,
+    workdir: Path,
+    settings: Settings,
+    rules: str,
+    sysctls: tuple[str, ...] = (),
+    fast: bool = False,
 ) -> Iterator[Target]:
-    with _daemon(lab, workdir, settings) as daemon:
+    extra = ("--fast-path", "kernel") if fast else ()
+    with _daemon(lab, workdir, settings, extra) as daemon:
         done = daemon.dirctl("restore", input=rules)
         if done.returncode:
             raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
@@ -632,6 +649,8 @@ def _director(
         assert daemon.pid is not None
         # The supervisor, its daemon child and whatever workers that one starts.
         yield Target(f"http://{lab.vip}/", (daemon.pid,))
+        if fast:
+            return  # its new flows are queued from mangle PREROUTING, not DIRECTOR_SHARD_IN
         # Figures of N workers where one did all the work would be no such figures.
         queued = _shard_queued(lab)
         idle = sorted(queue for queue, packets in queued.items() if not packets)
@@ -671,6 +690,7 @@ CASES: dict[str, tuple[str, Setup]] = {
             lab, work, settings, ("secure_tcp=3", "drop_entry=1", "drop_packet=1")
         ),
     ),
+    "director-fast": ("director NAT, kernel fast path", director_fast),
     "director-dr": ("director DR", director_lab_rules),
     "director-tun": ("director TUN (user decap)", director_lab_rules),
 }
@@ -767,6 +787,15 @@ def _goals(rows: list[Figure], mine: Figure, body: int, settings: Settings) -> N
                 f"director NAT {what} vs {proxy.case}: {a / b:.2f}x "
                 f"({verdict} issue 11's {goal}x goal, set for one worker)"
             )
+    fast = next((f for f in rows if f.case == title_of("director-fast", settings)), None)
+    for kind in ("new", "keepalive"):
+        a = getattr(fast, f"{kind}_rps", None)
+        b = getattr(proxy, f"{kind}_rps", None)
+        if a and b:
+            verdict = "meets" if a / b >= FAST_GOAL else "misses"
+            what = "keep-alive" if kind == "keepalive" else "new connections"
+            lines.append(f"director fast path {what} vs {proxy.case if proxy else ''}: "
+                         f"{a / b:.2f}x ({verdict} issue 12's {FAST_GOAL}x goal)")  # fmt: skip
     ceiling = next((f for f in rows if f.case == title_of("ceiling", settings)), None)
     if ceiling is not None and mine.keepalive_rps and ceiling.keepalive_rps:
         lines.append(

@@ -261,11 +261,13 @@ def _expire(seconds: float) -> str:
 
 
 def _conn_row(conn: ConnDict) -> str:
+    # Carried by conntrack on the kernel fast path: not a column of ipvsadm's.
+    kernel = " [kernel]" if conn.get("fast") else ""
     return (
         f"{conn['protocol']:<3} {_expire(conn['expires']):<6} {conn['state']:<11} "
         f"{addr_port(conn['caddr'], conn['cport']):<18} "
         f"{addr_port(conn['vaddr'], conn['vport']):<18} "
-        f"{addr_port(conn['daddr'], conn['dport'])}"
+        f"{addr_port(conn['daddr'], conn['dport'])}{kernel}"
     )
 
 

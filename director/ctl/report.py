@@ -11,7 +11,7 @@ from director.core.conn import Conn
 from director.core.engine import Director
 from director.core.service import PROTO_NAMES, Dest, Service, unpack_addr
 from director.core.stats import Stats
-from director.core.xmit import unreachable
+from director.core.xmit import KERNEL_NAT, unreachable
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
 
 # Connection entries in one answer to `list -c`: a page costs the loop a few
@@ -80,6 +80,13 @@ def service_dict(svc: Service) -> ServiceDict:
 
 
 def conn_dict(conn: Conn, now: float) -> ConnDict:
+    row = _conn_row(conn, now)
+    if conn.xmit.name == KERNEL_NAT:
+        row["fast"] = True
+    return row
+
+
+def _conn_row(conn: Conn, now: float) -> ConnDict:
     return ConnDict(
         protocol=conn.proto.name,
         state=conn.state_name,

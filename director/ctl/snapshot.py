@@ -67,6 +67,8 @@ class ConnDict(TypedDict):
     vport: int
     daddr: str
     dport: int
+    # On the kernel fast path (conntrack carries its packets); absent when not.
+    fast: NotRequired[bool]
 
 
 class TimeoutsDict(TypedDict):

@@ -51,7 +51,7 @@ from director.ctl.report import CONN_PAGE, conn_page, dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
-from director.shell import board
+from director.shell import board, fastpath
 from director.shell.board import Board, CountPacer, SlotKey, Slots
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, add_reports, take_sample
@@ -118,6 +118,9 @@ class Settings:
     # Worker processes, each serving the packets of a shard of clients on its own pair
     # of queues (queue_num + 2 i and the next): by default one per CPU.
     workers: int = field(default_factory=lambda: default_workers())
+    # "kernel": the first packet of a NAT flow is scheduled here, conntrack carries the
+    # rest (director.shell.fastpath); "off": every packet passes a worker, as in IPVS.
+    fast_path: str = "off"
 
     def check(self) -> None:
         try:
@@ -133,7 +136,8 @@ class Settings:
             )
         if self.conn_table_memory < 1:
             raise ConfigError("conn_table_memory must be at least 1 MiB")
-        for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES)):
+        for name, allowed in (("queue_policy", QUEUE_POLICIES), ("on_stop", STOP_POLICIES),
+                              ("fast_path", FAST_PATHS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
         if self.control_group:
@@ -150,6 +154,7 @@ def default_workers() -> int:
 
 QUEUE_POLICIES = ("hold", "bypass")
 STOP_POLICIES = ("remove", "keep")
+FAST_PATHS = ("off", "kernel")
 CONNS_FILE = "conns.json"
 DEFAULT_CONFIG = Path("/etc/director/director.toml")
 SYSCTL_FILE = "sysctl.json"  # the `dirctl sysctl` changes, kept across restarts
@@ -176,6 +181,9 @@ SETTING_HELP: dict[str, tuple[str, str]] = {  # field: (metavar, help)
     "supervise": ("", "run under the supervisor process, which starts a daemon that "
                   "died again (--no-supervise: not)"),
     "conn_table_memory": ("MIB", "the most memory the connection table may take"),
+    "fast_path": ("", "kernel: NAT flows are scheduled by their first packet and carried by "
+                  "conntrack from then on (README: the kernel fast path); off: every packet "
+                  "passes a worker"),
     "workers": ("N", f"worker processes, each serving a shard of clients on two queues "
                 f"(at most {MAX_WORKERS}; the default is one per CPU)"),
 }  # fmt: skip
@@ -257,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     option("control_group")
     option("conn_table_memory", type=int)
     option("workers", type=int)
+    option("fast_path", choices=FAST_PATHS)
     parser.add_argument(
         "--no-supervise",
         dest="supervise",
@@ -401,6 +410,7 @@ class Daemon:
         self._slots: dict[SlotKey, int] = {}
         self._peer_dumps: list[dict[str, Any]] = []
         self._selector: selectors.BaseSelector | None = None  # the loop's, while it runs
+        self.follower: fastpath.Follower | None = None  # conntrack's side (fast path)
         self._runtime_sysctls = self._load_sysctls()
         self._config = Config()
         self._unreachable: dict[tuple[bytes, str], str] = {}  # (addr, method) -> reason
@@ -411,6 +421,7 @@ class Daemon:
                 queue=settings.queue_num,
                 mark=settings.send_mark,
                 bypass=settings.queue_policy == "bypass",
+                fast=settings.fast_path == "kernel",
             )
         )
         self.routes = routes if routes is not None else Routes()
@@ -443,12 +454,13 @@ class Daemon:
         effective = self.health.effective(config)
         slots = self.slots.assign(effective)
         try:
-            self.hooks.sync(effective)
+            self.hooks.sync(effective, slots)
             if persist:
                 atomic_write(self.settings.rules, format_save(config))
         except Exception:
             try:
-                self.hooks.sync(self.health.effective(self._config))
+                before = self.health.effective(self._config)
+                self.hooks.sync(before, self.slots.assign(before))
             except Exception:
                 self._hooks_stale = True  # the tick tries again
                 log.exception("netfilter hooks not put back after a failed change")
@@ -476,6 +488,7 @@ class Daemon:
     def _apply(self, effective: Config, slots: dict[SlotKey, int]) -> None:
         """Every worker's tables follow ``effective`` (the table health makes)."""
         self.director.configure(effective)
+        fastpath.annotate(self.director, slots, self.settings.fast_path == "kernel")
         self._slots = slots
         if self.board is not None:
             self.board.bind(self.director, slots)
@@ -521,7 +534,8 @@ class Daemon:
     def _sync_hooks(self) -> None:
         """Bring the hooks to what the core runs, if a hand-off left them behind."""
         if self._hooks_stale:
-            self.hooks.sync(self.health.effective(self._config))
+            effective = self.health.effective(self._config)
+            self.hooks.sync(effective, self.slots.assign(effective))
             self._hooks_stale = False
 
     def checks(self) -> list[dict[str, Any]]:
@@ -683,6 +697,8 @@ class Daemon:
         ]
         try:
             self._start_peers()
+            if self.settings.fast_path == "kernel":
+                self.follower = fastpath.follow(self.director)
             self.health.start()
             self.commit(config, persist=False)
             self._load_conns()
@@ -724,6 +740,7 @@ class Daemon:
             "tcp_timeouts": settings.tcp_timeouts,
             "sysctls": self.director.sysctls,
             "conn_table_memory": settings.conn_table_memory,
+            "fast": settings.fast_path == "kernel",
         }
         self.peers = [Peer(index, fd, init) for index in range(1, count)]
         log.info("%d workers, clients sharded by the address bits %s", count,
@@ -792,6 +809,8 @@ class Daemon:
         for neighbours in {id(w.neighbours): w.neighbours for w in workers}.values():
             self._step("stop", neighbours.close)
         self._step("stop", self.routes.close)
+        if self.follower is not None:
+            self._step("stop", self.follower.close)
         log.info("stopped")
         return saved
 
@@ -832,6 +851,9 @@ class Daemon:
         for worker in workers:
             selector.register(worker, selectors.EVENT_READ, ("packets", worker.run_once))
         control.register(selector)
+        if self.follower is not None:
+            follower = self.follower
+            selector.register(follower, selectors.EVENT_READ, ("conntrack", follower.on_readable))
         for peer in self.peers:
             self._watch(selector, peer)
         selector.register(
@@ -896,6 +918,7 @@ class Daemon:
             ("control", control.expire),
             ("hooks", self._sync_hooks),
             ("garbage", settle_garbage),
+            ("conntrack", partial(self._follow, now)),
         )
         for where, action in steps:
             self._step(where, action)
@@ -908,6 +931,10 @@ class Daemon:
         """The whole director's stats in ours (the board), for the estimator."""
         if self.board is not None:
             self.board.sync_stats()
+
+    def _follow(self, now: float) -> None:
+        if self.follower is not None:
+            self.follower.tick(now)
 
     def _available_pages(self) -> int:
         """4 KiB pages left for this worker's table (its share of the cap)."""

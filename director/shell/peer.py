@@ -52,6 +52,7 @@ from director.core.shard import Shards
 from director.core.sysctl import Sysctls
 from director.ctl.report import conn_page
 from director.model.config import Config
+from director.shell import fastpath
 from director.shell.board import Board, CountPacer, SlotKey
 from director.shell.netfilter import worker_queue
 from director.shell.netlink import Neighbours, Routes
@@ -139,6 +140,7 @@ class PeerWorker:
         ]
         self.loop_errors: Counter[str] = Counter()
         self.stopping = False
+        self.fast: bool = init.get("fast", False)
         self.ops: dict[str, Callable[..., Any]] = {
             "configure": self.configure,
             "sysctls": self.set_sysctls,
@@ -157,6 +159,7 @@ class PeerWorker:
 
     def configure(self, config: Config, slots: dict[SlotKey, int]) -> None:
         self.director.configure(config)
+        fastpath.annotate(self.director, slots, self.fast)
         self.board.bind(self.director, slots)
         self.routes.annotate(d for svc in self.director.services for d in svc.dests)
 
@@ -280,6 +283,9 @@ class PeerWorker:
         selector = selectors.DefaultSelector()
         selector.register(self.conn.fileno(), selectors.EVENT_READ, ("control", self._request))
         selector.register(self.neighbours, selectors.EVENT_READ, ("netlink", self._on_netlink))
+        follower = fastpath.follow(self.director) if self.fast else None
+        if follower is not None:
+            selector.register(follower, selectors.EVENT_READ, ("conntrack", follower.on_readable))
         registered = False
         pacer = CountPacer(self.board)
         next_tick = time.monotonic()
@@ -305,8 +311,12 @@ class PeerWorker:
                 self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))
             if now >= next_tick:
                 self._tick(now)
+                if follower is not None:
+                    self._step("conntrack", partial(follower.tick, now))
                 next_tick = now + TICK
         selector.close()
+        if follower is not None:
+            follower.close()
         self.neighbours.close()
         self.routes.close()
 

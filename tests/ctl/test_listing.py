@@ -6,7 +6,7 @@ import time
 
 from dpkt.tcp import TH_ACK, TH_SYN
 
-from director.core.xmit import SEND
+from director.core.xmit import MARK, SEND
 from director.ctl.listing import (
     ListFormat,
     find_service,
@@ -150,6 +150,23 @@ def test_connections(make_target: MakeTarget) -> None:
         "TCP 14:59  ESTABLISHED 203.0.113.10:40000 203.0.113.5:80     198.18.0.2:80",
         "UDP 04:59  UDP         203.0.113.11:5353  203.0.113.5:53     198.18.0.3:53",
     ]
+
+
+def test_a_fast_path_connection_is_marked_kernel(make_target: MakeTarget) -> None:
+    """On the kernel fast path the entry is the director's, its packets conntrack's:
+    `list -c` says so after the destination (ipvsadm has no such column), --json too."""
+    target = make_target("-A -t 203.0.113.5:80 -s rr\n-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n")
+    for svc in target.director.services:
+        for dest in svc.dests:
+            dest.fast_mark = 0x4C000001
+    assert (
+        target.director.hook_in(tcp(CLIENT, VIP, 40000, 80, flags=TH_SYN), time.monotonic())[0]
+        == MARK
+    )
+    snap = target.snapshot(conns=True)
+    assert [c.get("fast") for c in snap["conns"]] == [True]
+    row = format_conns(snap).splitlines()[2]
+    assert row.endswith("198.18.0.2:80 [kernel]"), row
 
 
 def test_timeout(make_target: MakeTarget) -> None:
