@@ -324,7 +324,10 @@ class CtEvents:
     one with another mark in ``ignored``.  Nothing here raises on what the kernel sends.
     """
 
-    def __init__(self, tag: int, mask: int, rcvbuf: int = EVENTS_RCVBUF) -> None:
+    def __init__(
+        self, tag: int, mask: int, rcvbuf: int = EVENTS_RCVBUF, groups: int = EVENT_GROUPS
+    ) -> None:
+        """``groups``: the event groups as a bit mask (1 << (group - 1) each)."""
         self.tag, self.mask = tag & mask, mask
         self.lost = False
         self.enobufs = self.malformed = self.ignored = 0
@@ -334,7 +337,7 @@ class CtEvents:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:  # without CAP_NET_ADMIN: up to rmem_max
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, EVENT_GROUPS))
+            self.sock.bind((0, groups))
             self.sock.setblocking(False)
         except BaseException:
             self.sock.close()

@@ -487,8 +487,12 @@ class Daemon:
 
     def _apply(self, effective: Config, slots: dict[SlotKey, int]) -> None:
         """Every worker's tables follow ``effective`` (the table health makes)."""
+        before = fastpath.marks(self.director)
         self.director.configure(effective)
         fastpath.annotate(self.director, slots, self.settings.fast_path == "kernel")
+        if self.follower is not None:  # one process does it for the namespace
+            self._step("conntrack", partial(self.follower.forget,
+                                            before - fastpath.marks(self.director)))  # fmt: skip
         self._slots = slots
         if self.board is not None:
             self.board.bind(self.director, slots)

@@ -24,11 +24,14 @@ from director.core.conn import Conn
 from director.core.engine import Director
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP
 from director.shell.board import SlotKey
-from director.shell.netfilter import FAST_MASK, FAST_TAG, fast_mark
+from director.shell.netfilter import FAST_BITS, FAST_MASK, FAST_TAG, fast_mark
 
 log = logging.getLogger(__name__)
 
 RESYNC = 2.0  # seconds between two dumps: the estimator's interval (ip_vs_est.c: 2 s)
+# A dump walks every fast-path connection: with many, they come less often, so that
+# dumping takes at most 1/DUMP_SHARE of the worker's time.
+DUMP_SHARE = 20
 FAST_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
 Tuple4 = tuple[bytes, int, bytes, int]  # source address, port, destination address, port
 
@@ -40,6 +43,11 @@ def annotate(director: Director, slots: Mapping[SlotKey, int], on: bool) -> None
         for dest in svc.dests:
             slot = slots.get((svc.key, dest.addr, dest.port)) if fast else None
             dest.fast_mark = fast_mark(slot) if slot is not None and dest.method == "masq" else 0
+
+
+def marks(director: Director) -> set[int]:
+    """The fast marks of the real servers in service now."""
+    return {d.fast_mark for svc in director.services for d in svc.dests if d.fast_mark}
 
 
 class Entry(Protocol):
@@ -69,6 +77,7 @@ class Source(Protocol):
     def dump(self) -> list[Entry]: ...
     def forgive(self) -> None: ...
     def close(self) -> None: ...
+    def forget(self, mark: int) -> None: ...
 
 
 class Conntrack:
@@ -76,9 +85,16 @@ class Conntrack:
     dumps of the entries with director's connmark."""
 
     def __init__(self) -> None:
-        from director.shell.conntrack import CtEvents, CtTable
+        from director.shell.conntrack import (
+            NFNLGRP_CONNTRACK_DESTROY,
+            NFNLGRP_CONNTRACK_UPDATE,
+            CtEvents,
+            CtTable,
+        )
 
-        self.events = CtEvents(FAST_TAG, FAST_MASK)
+        # Not NEW: the worker made the entry itself.  Each update is a state change.
+        groups = sum(1 << (g - 1) for g in (NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY))
+        self.events = CtEvents(FAST_TAG, FAST_MASK, groups=groups)
         self.table = CtTable()
 
     @property
@@ -96,6 +112,10 @@ class Conntrack:
 
     def dump(self) -> list[Entry]:
         return list(self.table.dump(FAST_TAG, FAST_MASK))
+
+    def forget(self, mark: int) -> None:
+        """Remove conntrack's connections to the real server of ``mark``."""
+        self.table.delete_marked(mark, FAST_BITS)
 
     def close(self) -> None:
         self.events.close()
@@ -128,6 +148,14 @@ class Follower:
     def close(self) -> None:
         self.source.close()
 
+    def forget(self, gone: Iterable[int]) -> None:
+        """Real servers left the service (deleted, or taken out by a health check):
+        conntrack stops carrying their connections, whose packets then meet the
+        director's own verdict on a real server that is gone (dropped, as IPVS drops
+        them, or rescheduled by expire_nodest_conn)."""
+        for mark in gone:
+            self.source.forget(mark)
+
     def on_readable(self) -> None:
         self.apply(self.source.read(), time.monotonic())
         if self.source.lost:
@@ -136,8 +164,10 @@ class Follower:
 
     def tick(self, now: float) -> None:
         if now >= self._next_dump:
+            started = time.monotonic()
             self.resync(now)
-            self._next_dump = now + RESYNC
+            took = time.monotonic() - started
+            self._next_dump = now + max(RESYNC, took * DUMP_SHARE)
 
     def resync(self, now: float) -> None:
         """Refresh every fast-path entry from a dump: time left, state, counters."""

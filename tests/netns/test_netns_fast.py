@@ -171,3 +171,54 @@ def test_a_restart_keeps_a_transfer_going(lab: Lab, tmp_path: Path) -> None:
         cleanup = Daemon(lab, tmp_path / "cleanup")
         cleanup.start()
         cleanup.stop()
+
+
+# Counts the director namespace's ESTABLISHED conntrack entries with director's mark,
+# by real server (run with the venv's python inside the namespace; the earlier tests'
+# connections linger there in TIME_WAIT).
+COUNT_MARKED = """
+from collections import Counter
+from director.shell.conntrack import CtTable
+from director.shell.netfilter import FAST_MASK, FAST_TAG
+table = CtTable()
+entries = table.dump(FAST_TAG, FAST_MASK)
+print(dict(Counter(e.reply.src.hex() for e in entries if e.state == "ESTABLISHED")))
+"""
+
+
+def marked(lab: Lab) -> dict[str, int]:
+    """conntrack's fast-path entries in the director namespace, by real server address."""
+    import ast
+    import socket
+
+    out = lab.run(lab.director, [sys.executable, "-c", COUNT_MARKED]).stdout
+    return {socket.inet_ntoa(bytes.fromhex(k)): v for k, v in ast.literal_eval(out).items()}
+
+
+def test_deleting_a_server_takes_its_connections_out_of_conntrack(lab: Lab, tmp_path: Path) -> None:
+    """A deleted real server's connections are dropped, as IPVS drops the packets of
+    connections to a removed server: conntrack stops carrying them; the other server's
+    stay; quiescing (weight 0) leaves them all and sends new ones elsewhere."""
+    with running(Daemon(lab, tmp_path / "d", FAST)) as d, ExitStack() as held:
+        rules = f"-A -t {lab.vip}:80 -s rr\n" + "".join(
+            f"-a -t {lab.vip}:80 -r {rs}:80 -m\n" for rs in RS
+        )
+        assert d.dirctl("restore", input=rules).returncode == 0
+        for _ in range(4):
+            proc = subprocess.Popen(
+                lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, "80"]),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            held.callback(proc.wait, 10)
+            held.callback(proc.stdin.close)  # type: ignore[union-attr]
+            assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        assert marked(lab) == {RS[0]: 2, RS[1]: 2}
+        assert d.dirctl("edit-server", "-t", f"{lab.vip}:80", "-r", f"{RS[0]}:80", "-m",
+                        "-w", "0").returncode == 0  # fmt: skip
+        assert marked(lab) == {RS[0]: 2, RS[1]: 2}  # quiesced: its connections go on
+        assert {curl(lab, f"http://{lab.vip}/").body.split()[1] for _ in range(3)} == {
+            f"{RS[1]}:80"}  # fmt: skip
+        assert d.dirctl("delete-server", "-t", f"{lab.vip}:80", "-r", f"{RS[0]}:80"
+                        ).returncode == 0  # fmt: skip
+        left = marked(lab)
+        assert RS[0] not in left and left.get(RS[1], 0) >= 2, left
