@@ -222,3 +222,42 @@ def test_deleting_a_server_takes_its_connections_out_of_conntrack(lab: Lab, tmp_
                         ).returncode == 0  # fmt: skip
         left = marked(lab)
         assert RS[0] not in left and left.get(RS[1], 0) >= 2, left
+
+
+def test_two_workers_share_the_new_flows_of_the_fast_path(lab: Lab, tmp_path: Path) -> None:
+    """With --workers 2 each worker schedules the new flows of its shard of clients
+    (the mangle shard chain) and follows conntrack for its own entries."""
+    clients = [f"203.0.113.{i}" for i in range(30, 38)]
+    for addr in clients:
+        lab.run(lab.client, ["ip", "addr", "add", f"{addr}/24", "dev", "eth0"])
+    try:
+        with running(Daemon(lab, tmp_path / "d", [*FAST, "--workers", "2"])) as d:
+            rules = f"-A -t {lab.vip}:80 -s rr\n" + "".join(
+                f"-a -t {lab.vip}:80 -r {rs}:80 -m\n" for rs in RS
+            )
+            assert d.dirctl("restore", input=rules).returncode == 0
+            for source in clients:
+                done = lab.run(lab.client, ["curl", "-sS", "--max-time", "5", "--interface",
+                                            source, f"http://{lab.vip}/"])  # fmt: skip
+                assert re.search(r"198\.18\.0\.\d", done.stdout), done.stdout
+            entries = [line for line in listed(d) if line.endswith("[kernel]")]
+            assert sorted(line.split()[3].rsplit(":", 1)[0] for line in entries) == clients
+            chain = lab.run(lab.director, ["iptables", "-w", "-t", "mangle", "-nvxL",
+                                           "DIRECTOR_SHARD_NEW"]).stdout  # fmt: skip
+            queued: dict[int, int] = {}
+            for words in (line.split() for line in chain.splitlines()):
+                if "num" in words:
+                    queue = int(words[words.index("num") + 1])
+                    queued[queue] = queued.get(queue, 0) + int(words[0])
+            assert queued.get(0, 0) > 0 and queued.get(2, 0) > 0, chain
+            # Both workers' entries follow conntrack: all of them end up inactive.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if all(r[2] == "0" for r in rows(d).values()):
+                    break
+                time.sleep(0.3)
+            assert all(r[2] == "0" for r in rows(d).values()), d.dirctl("list", "-n").stdout
+            assert sum(int(r[3]) for r in rows(d).values()) == len(clients)
+    finally:
+        for addr in clients:
+            lab.run(lab.client, ["ip", "addr", "del", f"{addr}/24", "dev", "eth0"], check=False)
