@@ -324,7 +324,12 @@ class Worker:
                 return NF_ACCEPT, data if isinstance(data, bytearray) else None, 0
             if action == MARK:
                 assert isinstance(data, int)
-                return NF_ACCEPT, None, data
+                if hook != NF_INET_LOCAL_IN:
+                    return NF_ACCEPT, None, data
+                # A packet of a fast-path connection that conntrack did not take (it
+                # found it INVALID: out of window, ...) reached the host: dropped, as a
+                # firewall drops INVALID, not answered with a reset by the host's stack.
+                self.errors["fast_invalid"] += 1
             if action == SEND:
                 assert isinstance(data, bytearray)
                 self._send(data)

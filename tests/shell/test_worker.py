@@ -98,3 +98,27 @@ def test_configure_refused_or_unanswered_is_an_error(monkeypatch: pytest.MonkeyP
         with pytest.raises(OSError, match="no answer") as silent:
             _worker(ours)._configure(REQUEST)
         assert silent.value.errno == errno.ETIMEDOUT
+
+
+def test_a_fast_path_packet_at_local_in_is_dropped_not_delivered() -> None:
+    """On the kernel fast path a connection's packets are conntrack's; one that reaches
+    LOCAL_IN was not taken by it (INVALID) and would be answered with a reset by the
+    host's stack: it is dropped.  Its first packet, at PRE_ROUTING, goes on marked."""
+    from director.ctl.ipvsadm import load_rules
+    from director.shell.nfqueue import NF_ACCEPT, NF_DROP
+    from director.shell.worker import NF_INET_LOCAL_IN
+    from tests.core.packets import CLIENT, VIP
+
+    worker = Worker.__new__(Worker)
+    worker._setup(Director(), 0, Counter(), time.monotonic, gso=False)
+    worker.director.configure(
+        load_rules(f"-A -t {VIP}:80 -s rr\n-a -t {VIP}:80 -r 198.18.0.2:80 -m\n")
+    )
+    for svc in worker.director.services:
+        for dest in svc.dests:
+            dest.fast_mark = 0x4C000001
+    syn = tcp(CLIENT, VIP, 40000, 80, flags=0x02)
+    assert worker.handle(0, 0, 0, syn, 1.0) == (NF_ACCEPT, None, 0x4C000001)  # PRE_ROUTING
+    late = tcp(CLIENT, VIP, 40000, 80, flags=0x10)
+    assert worker.handle(NF_INET_LOCAL_IN, 0, 0, late, 2.0) == (NF_DROP, None, 0)
+    assert worker.errors["fast_invalid"] == 1
