@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCPS = ("free", "kill", "pgrep", "pidof", "pidwait", "pkill", "pmap", "ps", "pwdx",
           "skill", "slabtop", "snice", "sysctl", "tload", "top", "uptime", "vmstat", "w",
           "watch")  # fmt: skip
-_RUN = re.compile(r'\[\s*"(?:/usr/s?bin/)?(' + "|".join(PROCPS) + r')"\s*,')
+_NAMES = "|".join(PROCPS)
+# An argv list, or a namespace helper's exec("...", ...): its first word.
+_RUN = re.compile(r'(?:\[|\.exec\()\s*"(?:/usr/s?bin/)?(' + _NAMES + r')"\s*,')
 
 
 def test_no_procps_program_is_started() -> None:
@@ -31,3 +33,4 @@ def test_no_procps_program_is_started() -> None:
 def test_the_check_sees_an_argv() -> None:
     assert _RUN.search('subprocess.run(["pgrep", "-P", "1"])')
     assert not _RUN.search('d.dirctl("sysctl", "x=1")')
+    assert _RUN.search('director.exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")')

@@ -283,7 +283,7 @@ def lab(namespaces: list[Netns]) -> tuple[Netns, Netns, Netns]:
     director.ip("addr", "add", f"{VIP}/32", "dev", "lo")
     for link in ("to-c", "to-rs"):
         director.ip("link", "set", link, "up")
-    director.exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    director.exec("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")  # no procps
     director.exec(sys.executable, "-c", INSTALL, str(QUEUE), RULES)
     return client, director, rs
 
