@@ -107,11 +107,13 @@ def test_fast_adds_rules_and_two_tables_only() -> None:
 
 
 def test_raw_lets_conntrack_see_the_fast_flows() -> None:
-    """Before any NOTRACK: the fast services' flows, their NAT real servers' replies,
-    ICMP errors to a VIP."""
+    """Before any NOTRACK: the fast services' flows (with only the conntrack events the
+    workers read: state changes and ends), their NAT real servers' replies, ICMP
+    errors to a VIP."""
     pre = chain(fast_render(), "DIRECTOR_PRE")
     first_notrack = next(i for i, rule in enumerate(pre) if "--notrack" in rule)
     assert pre[:first_notrack] == [
+        f"-m set --match-set {FAST_SET} dst,dst -j CT --ctevents protoinfo,destroy",
         f"-m set --match-set {FAST_SET} dst,dst -j RETURN",
         f"-m set --match-set {FAST_RS_SET} src,src -j RETURN",
         f"-p icmp -m u32 --u32 0>>22&0x3C@0>>24=3,11 -m set --match-set {VIP_SET} dst -j RETURN",
@@ -154,7 +156,7 @@ def test_nat_saves_the_mark_then_dnats() -> None:
     ]
     spliced, own = render_fast(fast_rules_text(), QUEUE)
     assert tables(own) == ["mangle", "nat"]
-    assert sum(len(lines) for lines in spliced.values()) == 7
+    assert sum(len(lines) for lines in spliced.values()) == 8
 
 
 def test_connmark_save_touches_only_directors_bits() -> None:
