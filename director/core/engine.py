@@ -48,7 +48,7 @@ from director.core.proto_udp import UdpProtocol
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, ServiceTable
 from director.core.stats import Stats
 from director.core.sysctl import Sysctls
-from director.core.xmit import ACCEPT, DROP, MARK, SEND, VERDICT_NAMES, Verdict, bind_xmit
+from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
 from director.core.xmit.tun import TUNNEL_HLEN
 from director.model.config import Config, ConfigError
 
@@ -283,9 +283,6 @@ class Director:
                     else:
                         return self._in_general(buf, now, mark, conn)
                     verdict = conn.xmit.fused_in(conn, buf, length)
-                    if verdict is not None and verdict[0] == MARK:
-                        self.verdicts["mark"] += 1  # conntrack counts it (ct_account)
-                        return verdict
                     if verdict is not None:
                         stats = conn.dest.stats  # ip_vs_in_stats, unrolled
                         stats.inpkts += 1
@@ -348,15 +345,12 @@ class Director:
                 return self._count(scheduled)
             conn = scheduled
             created = True
-        self._count_in(conn, pkt.length)
+        if not conn.xmit.kernel_counts:
+            self._count_in(conn, pkt.length)
         conn.in_pkts += 1
         conn.proto.transition(conn, INPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
         verdict = conn.xmit.xmit_in(conn, pkt)
-        if verdict[0] == MARK:
-            # On the kernel fast path conntrack counts every packet of the connection,
-            # this one included (ct_account): not twice.
-            self._count_in(conn, -pkt.length, -1)
         if verdict[0] == DROP and created:
             # A failed send is not a dead connection: IPVS drops the packet and keeps
             # the entry (the next packet may find the route back).  Only an entry this
@@ -513,10 +507,10 @@ class Director:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _count_in(self, conn: Conn, length: int, packets: int = 1) -> None:
+    def _count_in(self, conn: Conn, length: int) -> None:
         """ip_vs_in_stats: whole IP packets, per real server, service and in total."""
         for stats in (conn.dest.stats, conn.svc.stats, self.totals):
-            stats.inpkts += packets
+            stats.inpkts += 1
             stats.inbytes += length
 
     def _count_out(self, conn: Conn, length: int) -> None:

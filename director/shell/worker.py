@@ -201,12 +201,9 @@ class Worker:
         return: under a flood the daemon's loop still serves the control socket, the
         connection collector and the watchdog between batches.  The batch is one
         instant (the clock is read once, as the kernel's jiffies stand still for a
-        burst), and its loop keeps what it uses at hand."""
+        burst)."""
         assert self.sock is not None, "bind() first"
-        recv_into = self.sock.recv_into
-        buffer, view, parse, handle = self._buffer, self._view, self._parse, self.handle
-        head = self._heads.head
-        out, starts = self._out, self._starts
+        recv_into, buffer, message = self.sock.recv_into, self._buffer, self._message
         now = self.clock()
         try:
             for _ in range(BATCH):
@@ -221,27 +218,7 @@ class Worker:
                     # (queue_user_dropped); the queue goes on.
                     self.errors["nfqueue_enobufs"] += 1
                     continue
-                try:
-                    packet_id, hook, mark, skb_info, at, length, _ = parse(view, got)
-                except ValueError:
-                    self._other_message(got)
-                    continue
-                self.packets += 1
-                if skb_info:
-                    self._count_skb_info(skb_info)
-                verdict, payload, mark = handle(hook, mark, skb_info, buffer[at : at + length],
-                                                now)  # fmt: skip
-                starts.append(len(out))
-                if payload is None:
-                    out.append(head(packet_id, verdict, 0, mark))
-                    self._out_bytes += 40
-                else:
-                    size = len(payload)
-                    out += (head(packet_id, verdict, size), payload, pad(size))
-                    self._out_bytes += size + 40
-                self.verdicts += 1
-                if self._out_bytes >= self._send_limit:
-                    self._flush()
+                message(got, now)
         finally:
             self._flush()
 
@@ -264,7 +241,7 @@ class Worker:
         }
 
     def _message(self, got: int, now: float) -> None:
-        """One message read outside run_once (while a configuration is answered)."""
+        """One message from the kernel: a packet gets its verdict queued."""
         try:
             packet_id, hook, mark, skb_info, at, length, _ = self._parse(self._view, got)
         except ValueError:
@@ -273,12 +250,8 @@ class Worker:
         self.packets += 1
         if skb_info:
             self._count_skb_info(skb_info)
-        buf = self._buffer[at : at + length]
-        self._queue_verdict(packet_id, *self.handle(hook, mark, skb_info, buf, now))
-
-    def _queue_verdict(
-        self, packet_id: int, verdict: int, payload: bytearray | None, mark: int
-    ) -> None:
+        verdict, payload, mark = self.handle(hook, mark, skb_info, self._buffer[at : at + length],
+                                             now)  # fmt: skip
         self._starts.append(len(self._out))
         if payload is None:
             self._out.append(self._heads.head(packet_id, verdict, 0, mark))

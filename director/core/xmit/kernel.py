@@ -26,13 +26,12 @@ class KernelNat(Xmit):
     # Replies are conntrack's: none reaches the worker.  The state comes from
     # conntrack's events, not from the INPUT-ONLY table.
     nooutput = False
+    kernel_counts = True
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         """The first packet, or one sent again before the real server answered
-        (conntrack's NEW covers both): the real server's mark."""
-        return (MARK, conn.dest.fast_mark)
-
-    def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        (conntrack's NEW covers both): the real server's mark.  Such packets are rare,
+        so the fused path leaves them to this one (``fused_in`` gives None)."""
         return (MARK, conn.dest.fast_mark)
 
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
