@@ -65,6 +65,7 @@ from director.shell.peer import (
     available_pages,
     build_director,
     fan_out,
+    guarded,
     leaving,
     settle_garbage,
     table_share,
@@ -821,17 +822,7 @@ class Daemon:
     def _step(self, where: str, action: Callable[[], object]) -> bool:
         """Run one piece of the loop's (or the stop's) work; an exception in it is
         logged and counted, and the caller goes on.  Returns whether it succeeded."""
-        try:
-            action()
-        except Exception:
-            self.loop_errors[where] += 1
-            count = self.loop_errors[where]
-            # The 1st, 10th, 100th... with its traceback: a fault that repeats on
-            # every turn must not flood the journal.
-            if count == 10 ** (len(str(count)) - 1):
-                log.exception("%s failed (%d times so far); going on", where, count)
-            return False
-        return True
+        return guarded(self.loop_errors, where, action)
 
     def _sample(self, workers: list[Worker]) -> Any:
         kernel = read_queue_table()

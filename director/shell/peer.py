@@ -119,6 +119,25 @@ def leaving(shards: Shards, index: int) -> Callable[[Conn], bool]:
     return lambda conn: shards.owner(conn.caddr) != index
 
 
+def guarded(
+    errors: Counter[str], what: str, action: Callable[[], object], where: str | None = None
+) -> bool:
+    """Run one piece of a loop's work; an exception in it is counted under ``where``
+    (``what`` by default) and logged, the 1st, 10th, 100th... time with its traceback
+    (a fault that repeats on every turn must not flood the journal), and the loop goes
+    on.  Whether it succeeded."""
+    try:
+        action()
+    except Exception:
+        key = what if where is None else where
+        errors[key] += 1
+        count = errors[key]
+        if count == 10 ** (len(str(count)) - 1):
+            log.exception("%s failed (%d times so far); going on", what, count)
+        return False
+    return True
+
+
 class PeerWorker:
     """Worker ``index`` (1 to N-1) in its own process."""
 
@@ -248,13 +267,7 @@ class PeerWorker:
         self.conn.send(answer)
 
     def _step(self, where: str, action: Callable[[], object]) -> None:
-        try:
-            action()
-        except Exception:
-            self.loop_errors[where] += 1
-            count = self.loop_errors[where]
-            if count == 10 ** (len(str(count)) - 1):
-                log.exception("worker %d: %s failed (%d times so far)", self.index, where, count)
+        guarded(self.loop_errors, f"worker {self.index}: {where}", action, where)
 
     def _on_netlink(self) -> None:
         self.neighbours.on_readable()

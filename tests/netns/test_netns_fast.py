@@ -33,6 +33,18 @@ sys.stdin.read()
 """
 
 
+def hold(lab: Lab, stack: ExitStack) -> subprocess.Popen[str]:
+    """A connection from the client to VIP:80, open until ``stack`` closes."""
+    proc = subprocess.Popen(
+        lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, "80"]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.stdin.close)  # type: ignore[union-attr]
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    return proc
+
+
 def listed(d: Daemon) -> list[str]:
     return [line for line in d.dirctl("list", "-n", "-c").stdout.splitlines()
             if line.startswith(("TCP", "UDP"))]  # fmt: skip
@@ -115,16 +127,7 @@ def test_lc_weighs_the_live_connections(lab: Lab, tmp_path: Path) -> None:
             f"-a -t {lab.vip}:80 -r {rs}:80 -m\n" for rs in RS
         )
         assert d.dirctl("restore", input=rules).returncode == 0
-        procs = []
-        for _ in range(4):
-            proc = subprocess.Popen(
-                lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, "80"]),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            held.callback(proc.wait, 10)
-            held.callback(proc.stdin.close)  # type: ignore[union-attr]
-            assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-            procs.append(proc)
+        procs = [hold(lab, held) for _ in range(4)]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             active = {rs: r[2] for rs, r in rows(d).items()}
@@ -205,13 +208,7 @@ def test_deleting_a_server_takes_its_connections_out_of_conntrack(lab: Lab, tmp_
         )
         assert d.dirctl("restore", input=rules).returncode == 0
         for _ in range(4):
-            proc = subprocess.Popen(
-                lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, "80"]),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            held.callback(proc.wait, 10)
-            held.callback(proc.stdin.close)  # type: ignore[union-attr]
-            assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+            hold(lab, held)
         assert marked(lab) == {RS[0]: 2, RS[1]: 2}
         assert d.dirctl("edit-server", "-t", f"{lab.vip}:80", "-r", f"{RS[0]}:80", "-m",
                         "-w", "0").returncode == 0  # fmt: skip
