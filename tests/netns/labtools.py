@@ -282,13 +282,33 @@ def by_reason(families: dict[str, dict[str, float]], family: str) -> dict[str, f
     return out
 
 
-def iptables_packets(lab: Lab, ns: str, table: str, chain: str, comment: str) -> int:
-    """The packet count of the rule carrying ``--comment COMMENT`` in ``table``/``chain``."""
+def iptables_counters(lab: Lab, ns: str, table: str, chain: str, comment: str) -> tuple[int, int]:
+    """The packets and bytes of the rule carrying ``--comment COMMENT`` in ``table``/``chain``."""
     out = lab.run(ns, ["iptables", "-w", "-t", table, "-L", chain, "-vnx"]).stdout
     for line in out.splitlines():
         if f"/* {comment} */" in line:
-            return int(line.split()[0])
+            packets, octets = line.split()[:2]
+            return int(packets), int(octets)
     raise AssertionError(f"no rule {comment!r} in {ns} {table}/{chain}:\n{out}")
+
+
+def iptables_packets(lab: Lab, ns: str, table: str, chain: str, comment: str) -> int:
+    """The packet count of the rule carrying ``--comment COMMENT`` in ``table``/``chain``."""
+    return iptables_counters(lab, ns, table, chain, comment)[0]
+
+
+@contextmanager
+def counting(lab: Lab, ns: str, table: str, chain: str, match: list[str],
+             comment: str) -> Iterator[None]:  # fmt: skip
+    """A counting rule (no target) for ``match`` first in ``table``/``chain`` in ``ns``
+    while the block runs (before any rule of the director's that ends the chain for a
+    packet): the kernel's own count to check the director's against."""
+    rule = [chain, *match, "-m", "comment", "--comment", comment]
+    lab.run(ns, ["iptables", "-w", "-t", table, "-I", *rule])
+    try:
+        yield
+    finally:
+        lab.run(ns, ["iptables", "-w", "-t", table, "-D", *rule], check=False)
 
 
 def link_mac(lab: Lab, ns: str, ifname: str) -> str:
