@@ -693,6 +693,7 @@ class Daemon:
         # The shards are cut inside the persistence netmasks the rules file has now.
         self.shards = Shards.for_config(self.settings.workers, config)
         self.hooks.shards = self.shards
+        self.hooks.timeouts = config.timeouts  # the fast path's from the start
         self.hooks.install()
         neighbours = Neighbours()
         queue, mark = self.settings.queue_num, self.settings.send_mark

@@ -8,8 +8,11 @@ ipsets that select virtual-service traffic are kept over netlink with pyroute2.
 ``--fast-path kernel`` (``Hooks(fast=True)``) adds ``iptables/director-fast.rules``: the
 first packet of a fast service's flow is queued from mangle PREROUTING, the worker answers
 with the mark ``fast_mark(slot)``, and a DNAT rule per NAT real server binds the flow,
-which conntrack carries from then on (the file's comments say how).  Off, the default,
-loads exactly the every-packet hooks; removing removes both in every mode.
+which conntrack carries from then on (the file's comments say how), with the timeouts of
+the conntrack timeout policies ipvsadm --set's figures make (director/shell/cttimeout.py:
+made before the rules that name them, updated in place by each sync, deleted after the
+rules).  Off, the default, loads exactly the every-packet hooks; removing removes both
+in every mode.
 
 Every iptables program run has a time limit: ``-w`` waits at most IPTABLES_WAIT for
 the xtables lock, and the run itself at most IPTABLES_TIMEOUT, so a wedged lock or
@@ -19,6 +22,7 @@ program fails a change (which ``sync``'s caller undoes) instead of hanging the d
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 import subprocess
@@ -31,7 +35,8 @@ from pyroute2.ipset import IPSet, PortEntry
 
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, PROTO_NUMBERS, pack_addr, service_key
 from director.core.shard import Shards, dotted
-from director.model.config import Config, ServiceConf
+from director.model.config import Config, ServiceConf, Timeouts
+from director.shell import cttimeout
 
 if TYPE_CHECKING:
     from director.shell.board import SlotKey
@@ -186,9 +191,16 @@ FAST_SPLICES = {"@FAST_PRE@": "DIRECTOR_PRE", "@FAST_IN@": "DIRECTOR_IN",
                 "@FAST_FWD@": "DIRECTOR_FWD"}  # fmt: skip
 
 
+# The timeout policies the fast flows' CT rules name (director/shell/cttimeout.py).
+FAST_POLICIES = {"TCP_TIMEOUT_POLICY": cttimeout.TCP_POLICY,
+                 "UDP_TIMEOUT_POLICY": cttimeout.UDP_POLICY}  # fmt: skip
+
+
 def _fast_values(text: str) -> str:
     for name, value in (("FAST_TAG", FAST_TAG), ("FAST_MASK", FAST_MASK), ("FAST_BITS", FAST_BITS)):
         text = text.replace(f"@{name}@", hex(value))
+    for name, policy in FAST_POLICIES.items():
+        text = text.replace(f"@{name}@", policy)
     return text
 
 
@@ -290,9 +302,13 @@ class Hooks:
     fast: bool = False
     text: str = field(default_factory=rules_text)
     fast_text: str = field(default_factory=fast_rules_text)
+    # ipvsadm --set's figures the fast path's timeout policies get at install (the
+    # daemon gives its rules file's); each sync gives its config's.
+    timeouts: Timeouts = field(default_factory=Timeouts)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
     _dnat: list[str] | None = None  # DIRECTOR_FAST_DNAT's rules; None: not known
+    _timeouts: Timeouts | None = None  # the policies' figures; None: not known
 
     @property
     def sets(self) -> dict[str, str]:
@@ -311,6 +327,10 @@ class Hooks:
         self._entries = {}  # contents unknown: the first sync replaces them whole
         self._marks = None
         self._dnat = None
+        self._timeouts = None
+        if self.fast:  # before the CT rules that name them
+            _set_policies(self.timeouts)
+            self._timeouts = self.timeouts
         fast = self.fast_text if self.fast else None
         text = render(self.text, self.queue, self.mark, self.bypass, self.shards, fast)
         _, jumps = declared(text)
@@ -322,6 +342,7 @@ class Hooks:
             _, own = render_fast(self.fast_text, self.queue)
             _remove_declared(own)
             _destroy_sets(FAST_SETS)
+            _delete_policies()  # after the CT rules (the restore above dropped them)
         log.info("netfilter hooks installed (NFQUEUE %d, replies %d; %d worker%s%s)",
                  self.queue, reply_queue(self.queue), self.shards.workers,
                  "" if self.shards.workers == 1 else "s",
@@ -346,7 +367,9 @@ class Hooks:
         _remove_declared(own)  # first: its rules name sets and chains of both files
         _remove_declared(self.text)
         _destroy_sets(SETS | FAST_SETS)
+        _delete_policies()  # last: the CT rules that held them are gone
         self._entries.clear()
+        self._timeouts = None
 
     def sync(self, config: Config, slots: dict[SlotKey, int] | None = None) -> None:
         """Make the ipsets and the fwmark chain select exactly the services of
@@ -354,8 +377,15 @@ class Hooks:
         fast path, the DNAT chain hold a rule per NAT real server of a fast service
         that has a slot in ``slots`` (board.Slots.assign's; None: no rule).
 
+        On the fast path, the conntrack timeout policies take ``config``'s ipvsadm
+        --set figures (``cttimeout.policies``); in every-packet mode there are none.
+
         A failure raises and leaves what it could not finish marked unknown, so the
         next sync (the caller's undo, or a retry) replaces it whole."""
+        if self.fast and config.timeouts != self._timeouts:
+            self._timeouts = None
+            _set_policies(config.timeouts)
+            self._timeouts = self.timeouts = config.timeouts
         wanted, marks = selection(config, self.fast)
         with IPSet() as ipset:
             for name, entries in wanted.items():
@@ -380,6 +410,34 @@ class Hooks:
                 self._dnat = None
                 _restore(_fast_dnat_chain(dnat))
                 self._dnat = dnat
+
+
+# What nfnetlink answers for a subsystem the kernel does not have (nfnetlink_rcv_msg).
+NO_CTTIMEOUT = (errno.EINVAL, errno.EOPNOTSUPP)
+
+
+def _set_policies(timeouts: Timeouts) -> None:
+    """The fast path's conntrack timeout policies, made or updated in place to
+    ``timeouts`` (in this network namespace); HookError if the kernel refuses."""
+    with cttimeout.CtTimeouts() as ct:
+        for policy in cttimeout.policies(timeouts):
+            try:
+                ct.set(policy)
+            except OSError as err:
+                raise HookError(f"conntrack timeout policy {policy.name}: {err}") from None
+
+
+def _delete_policies() -> None:
+    """The fast path's timeout policies deleted where they are (none: nothing to do);
+    a failure is logged, as a failed iptables removal is."""
+    try:
+        with cttimeout.CtTimeouts() as ct:
+            for name in FAST_POLICIES.values():
+                ct.delete(name)
+    except OSError as err:
+        if err.errno in NO_CTTIMEOUT:
+            return  # a kernel without nfnetlink_cttimeout has no policy to delete
+        log.error("conntrack timeout policies not deleted: %s", err)
 
 
 def _remove_declared(text: str) -> None:

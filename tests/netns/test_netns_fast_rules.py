@@ -71,14 +71,27 @@ def rule_lines(save: str) -> list[str]:
     return [line for line in save.splitlines() if line.startswith("-")]
 
 
+# Run inside a namespace: the fast path's timeout policies, as the hooks make them.
+MAKE_POLICIES = """
+from director.model.config import Timeouts
+from director.shell.cttimeout import CtTimeouts, policies
+with CtTimeouts() as ct:
+    for policy in policies(Timeouts()):
+        ct.set(policy)
+"""
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_iptables_restore_takes_the_fast_hooks(namespaces: list[Netns], workers: int) -> None:
-    """Every rule as rendered, the DNAT chain's too, in the four tables."""
+    """Every rule as rendered, the DNAT chain's too, in the four tables (the timeout
+    policies the CT rules name made first: nf_ct_set_timeout refuses a name it does
+    not find, ENOENT)."""
     config = load_rules(RULES)
     shards = Shards.for_config(workers, config)
     ns = new(namespaces)
     for name, stype in (SETS | FAST_SETS).items():
         ns.exec("ipset", "create", name, stype)
+    ns.exec(sys.executable, "-c", MAKE_POLICIES)
     text = render(rules_text(), QUEUE, MARK, True, shards, fast_rules_text())
     ns.exec("iptables-restore", "--noflush", stdin=text)
     dnat = fast_dnat_rules(config, Slots().assign(config))
@@ -107,11 +120,14 @@ import subprocess, sys
 from director.core.shard import Shards
 from director.ctl.ipvsadm import load_rules
 from director.shell.board import Slots
+from director.shell.cttimeout import CtTimeouts
 from director.shell.netfilter import Hooks
 
 def show():
     print(subprocess.run(["iptables-save"], capture_output=True, text=True).stdout)
     print(subprocess.run(["ipset", "save"], capture_output=True, text=True).stdout)
+    with CtTimeouts() as ct:
+        print("".join(f"policy {p.name} {p.use}\n" for p in ct.dump()))
     print("----")
 
 config = load_rules(sys.argv[2])
@@ -169,6 +185,12 @@ def test_hooks_install_sync_reshard_remove_in_fast_mode(namespaces: list[Netns])
     for word in ("DIRECTOR_FAST", SHARD_NEW, "director-fast", "connmark", "DNAT"):
         assert word not in off
     assert members(off, "director-rs") == {f"{RS},tcp:8080", f"{RS},udp:5353"}
+    # The timeout policies: each held by its CT rule while the fast hooks are in; none
+    # once they are out (every-packet hooks after the fast ones take them out too).
+    held = ["policy director-tcp 2", "policy director-udp 2"]
+    for save in (fast, again, resharded, no_udp):
+        assert [line for line in save.splitlines() if line.startswith("policy ")] == held
+    assert "policy " not in off
     # Removed (twice: nothing to do the second time), from either mode.
     for save in (gone, gone_again, off_only, fast_gone):
         assert "DIRECTOR" not in save and "director-" not in save

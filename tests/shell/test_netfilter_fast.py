@@ -108,12 +108,14 @@ def test_fast_adds_rules_and_two_tables_only() -> None:
 
 def test_raw_lets_conntrack_see_the_fast_flows() -> None:
     """Before any NOTRACK: the fast services' flows (with only the conntrack events the
-    workers read: state changes and ends), their NAT real servers' replies, ICMP
-    errors to a VIP."""
+    workers read: state changes and ends, and the timeout policy of their protocol),
+    their NAT real servers' replies, ICMP errors to a VIP."""
     pre = chain(fast_render(), "DIRECTOR_PRE")
     first_notrack = next(i for i, rule in enumerate(pre) if "--notrack" in rule)
+    events = "-j CT --ctevents protoinfo,destroy --timeout"
     assert pre[:first_notrack] == [
-        f"-m set --match-set {FAST_SET} dst,dst -j CT --ctevents protoinfo,destroy",
+        f"-p tcp -m set --match-set {FAST_SET} dst,dst {events} director-tcp",
+        f"-p udp -m set --match-set {FAST_SET} dst,dst {events} director-udp",
         f"-m set --match-set {FAST_SET} dst,dst -j RETURN",
         f"-m set --match-set {FAST_RS_SET} src,src -j RETURN",
         f"-p icmp -m u32 --u32 0>>22&0x3C@0>>24=3,11 -m set --match-set {VIP_SET} dst -j RETURN",
@@ -156,7 +158,7 @@ def test_nat_saves_the_mark_then_dnats() -> None:
     ]
     spliced, own = render_fast(fast_rules_text(), QUEUE)
     assert tables(own) == ["mangle", "nat"]
-    assert sum(len(lines) for lines in spliced.values()) == 8
+    assert sum(len(lines) for lines in spliced.values()) == 9  # one CT rule per protocol
 
 
 def test_connmark_save_touches_only_directors_bits() -> None:
