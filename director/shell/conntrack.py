@@ -40,10 +40,12 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
+
+from director.shell import bpf
 
 # linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
 NFNL_SUBSYS_CTNETLINK = 1
@@ -139,8 +141,7 @@ class CtCounters(NamedTuple):
 NO_COUNTERS = CtCounters()
 
 
-@dataclass(frozen=True, slots=True)
-class CtEvent:
+class CtEvent(NamedTuple):
     """One conntrack entry as a ctnetlink message gave it.
 
     ``kind``: "new", "update", "destroy" (events) or "dump".  ``state``: the TCP state
@@ -161,70 +162,143 @@ class CtEvent:
     ct_id: int | None
 
 
-def _attrs(buf: Buffer, at: int, end: int) -> dict[int, tuple[int, int]]:
-    """The attributes between ``at`` and ``end``: type -> (start, end) of the payload;
-    ValueError if one runs past the end."""
-    found: dict[int, tuple[int, int]] = {}
-    while at + 4 <= end:
-        nla_len, kind = _NLA.unpack_from(buf, at)
-        if nla_len < 4 or at + nla_len > end:
-            raise ValueError("bad ctnetlink attribute")
-        found[kind & NLA_TYPE_MASK] = (at + 4, at + nla_len)
-        at += (nla_len + 3) & ~3
-    return found
+class _Plan:
+    """What a walk of one message found: every attribute header it passed (offset from
+    the message's start, nla_len, nla_type) and where each value it reads lies
+    (name -> offset, struct code)."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[int, int, int]] = []
+        self.fields: dict[str, tuple[int, str]] = {}
+        self.protocol = 0
+
+    def attrs(self, buf: Buffer, base: int, at: int, end: int) -> dict[int, tuple[int, int]]:
+        """The attributes between ``at`` and ``end``: type -> (start, end) of the
+        payload (the last one of a type); ValueError if one runs past the end."""
+        found: dict[int, tuple[int, int]] = {}
+        while at + 4 <= end:
+            nla_len, kind = _NLA.unpack_from(buf, at)
+            if nla_len < 4 or at + nla_len > end:
+                raise ValueError("bad ctnetlink attribute")
+            self.headers.append((at - base, nla_len, kind))
+            found[kind & NLA_TYPE_MASK] = (at + 4, at + nla_len)
+            at += (nla_len + 3) & ~3
+        return found
+
+    def field(self, name: str, base: int, span: tuple[int, int] | None, code: str) -> None:
+        """The value ``name`` is the attribute at ``span`` (when there is one), read as
+        the struct ``code`` (network order); ValueError if the payload is shorter."""
+        if span is None:
+            return
+        if span[1] - span[0] < struct.calcsize("!" + code):
+            raise ValueError("short ctnetlink attribute")
+        self.fields[name] = (span[0] - base, code)
+
+    def ends(self, buf: Buffer, base: int, span: tuple[int, int] | None, prefix: str) -> int:
+        """CTA_TUPLE_ORIG or CTA_TUPLE_REPLY: its fields as ``prefix`` + src, sport,
+        dst, dport; the protocol number."""
+        if span is None:
+            raise ValueError("ctnetlink message without a tuple")
+        parts = self.attrs(buf, base, *span)
+        ip, proto = parts.get(CTA_TUPLE_IP), parts.get(CTA_TUPLE_PROTO)
+        if ip is None or proto is None:
+            raise ValueError("ctnetlink tuple without addresses or protocol")
+        addrs = self.attrs(buf, base, *ip)
+        size = 4 if CTA_IP_V4_SRC in addrs else 16
+        src = addrs.get(CTA_IP_V4_SRC if size == 4 else CTA_IP_V6_SRC)
+        dst = addrs.get(CTA_IP_V4_DST if size == 4 else CTA_IP_V6_DST)
+        if src is None or dst is None or src[1] - src[0] != size or dst[1] - dst[0] != size:
+            raise ValueError("ctnetlink tuple with bad addresses")
+        self.field(prefix + "src", base, src, f"{size}s")
+        self.field(prefix + "dst", base, dst, f"{size}s")
+        fields = self.attrs(buf, base, *proto)
+        number = fields.get(CTA_PROTO_NUM)
+        if number is None:
+            raise ValueError("ctnetlink tuple without a protocol number")
+        self.field(prefix + "proto", base, number, "B")
+        self.field(prefix + "sport", base, fields.get(CTA_PROTO_SRC_PORT), "H")
+        self.field(prefix + "dport", base, fields.get(CTA_PROTO_DST_PORT), "H")
+        value: int = _U8.unpack_from(buf, number[0])[0]
+        return value
+
+    def counter(self, buf: Buffer, base: int, span: tuple[int, int] | None, prefix: str) -> None:
+        if span is not None:
+            fields = self.attrs(buf, base, *span)
+            self.field(prefix + "packets", base, fields.get(CTA_COUNTERS_PACKETS), "Q")
+            self.field(prefix + "bytes", base, fields.get(CTA_COUNTERS_BYTES), "Q")
+
+    def state(self, buf: Buffer, base: int, span: tuple[int, int] | None) -> None:
+        if span is not None and (tcp := self.attrs(buf, base, *span).get(CTA_PROTOINFO_TCP)):
+            self.field("state", base, self.attrs(buf, base, *tcp).get(CTA_PROTOINFO_TCP_STATE),
+                       "B")  # fmt: skip
 
 
-def _value(buf: Buffer, span: tuple[int, int] | None, form: struct.Struct) -> int | None:
-    if span is None:
-        return None
-    if span[1] - span[0] < form.size:
-        raise ValueError("short ctnetlink attribute")
-    value: int = form.unpack_from(buf, span[0])[0]
-    return value
+class _Layout:
+    """How to read every message of one shape: the headers a walk passed, checked in
+    one unpack, and the values read in another.  A message whose headers are the same
+    is walked the same way, so reading it by the layout gives what the walk would."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.protocol = plan.protocol
+        headers = sorted(plan.headers)
+        self.headers = _packed("=", [(at, "HH") for at, _, _ in headers])
+        self.expected = tuple(n for _, nla_len, kind in headers for n in (nla_len, kind))
+        self.values = _packed("!", list(plan.fields.values()))
+        order = sorted(plan.fields, key=lambda name: plan.fields[name][0])
+        self.names = tuple(order)
+
+    def read(self, buf: Buffer, at: int, kind: str) -> CtEvent | None:
+        """The message at ``at`` as a CtEvent, or None when it has another shape."""
+        if self.headers.unpack_from(buf, at) != self.expected:
+            return None
+        v = dict(zip(self.names, self.values.unpack_from(buf, at), strict=True))
+        if v["proto"] != self.protocol:
+            return None
+        counters = CtCounters(v.get("opackets", 0), v.get("obytes", 0), v.get("rpackets", 0),
+                              v.get("rbytes", 0))  # fmt: skip
+        if not any(counters):
+            counters = NO_COUNTERS
+        state = v.get("state")
+        return CtEvent(
+            kind=kind,
+            protocol=self.protocol,
+            orig=CtTuple(v["src"], v.get("sport", 0), v["dst"], v.get("dport", 0)),
+            reply=CtTuple(v["rsrc"], v.get("rsport", 0), v["rdst"], v.get("rdport", 0)),
+            state=None if state is None else (
+                TCP_CONNTRACK_NAMES[state] if state < len(TCP_CONNTRACK_NAMES) else str(state)),
+            mark=v.get("mark", 0),
+            timeout=v.get("timeout"),
+            counters=counters,
+            ct_id=v.get("ct_id"),
+        )  # fmt: skip
 
 
-def _tuple(buf: Buffer, span: tuple[int, int] | None) -> tuple[int, CtTuple]:
-    """CTA_TUPLE_ORIG or CTA_TUPLE_REPLY: the protocol number and the tuple."""
-    if span is None:
-        raise ValueError("ctnetlink message without a tuple")
-    parts = _attrs(buf, *span)
-    ip, proto = parts.get(CTA_TUPLE_IP), parts.get(CTA_TUPLE_PROTO)
-    if ip is None or proto is None:
-        raise ValueError("ctnetlink tuple without addresses or protocol")
-    addrs = _attrs(buf, *ip)
-    size = 4 if CTA_IP_V4_SRC in addrs else 16
-    src = addrs.get(CTA_IP_V4_SRC if size == 4 else CTA_IP_V6_SRC)
-    dst = addrs.get(CTA_IP_V4_DST if size == 4 else CTA_IP_V6_DST)
-    if src is None or dst is None or src[1] - src[0] != size or dst[1] - dst[0] != size:
-        raise ValueError("ctnetlink tuple with bad addresses")
-    fields = _attrs(buf, *proto)
-    number = _value(buf, fields.get(CTA_PROTO_NUM), _U8)
-    if number is None:
-        raise ValueError("ctnetlink tuple without a protocol number")
-    sport = _value(buf, fields.get(CTA_PROTO_SRC_PORT), _BE16) or 0
-    dport = _value(buf, fields.get(CTA_PROTO_DST_PORT), _BE16) or 0
-    return number, CtTuple(bytes(buf[src[0] : src[1]]), sport, bytes(buf[dst[0] : dst[1]]), dport)
+def _packed(order: str, where: list[tuple[int, str]]) -> struct.Struct:
+    """A struct reading the codes at their offsets (in offset order), skipping the rest."""
+    fmt, at = order, 0
+    for offset, code in sorted(where):
+        fmt += "x" * (offset - at) + code
+        at = offset + struct.calcsize("!" + code)
+    return struct.Struct(fmt)
 
 
-def _counter(buf: Buffer, span: tuple[int, int] | None) -> tuple[int, int]:
-    if span is None:
-        return 0, 0
-    fields = _attrs(buf, *span)
-    packets = _value(buf, fields.get(CTA_COUNTERS_PACKETS), _BE64) or 0
-    octets = _value(buf, fields.get(CTA_COUNTERS_BYTES), _BE64) or 0
-    return packets, octets
-
-
-def _state(buf: Buffer, span: tuple[int, int] | None) -> str | None:
-    if span is None:
-        return None
-    tcp = _attrs(buf, *span).get(CTA_PROTOINFO_TCP)
-    if tcp is None:
-        return None
-    number = _value(buf, _attrs(buf, *tcp).get(CTA_PROTOINFO_TCP_STATE), _U8)
-    if number is None:
-        return None
-    return TCP_CONNTRACK_NAMES[number] if number < len(TCP_CONNTRACK_NAMES) else str(number)
+def _plan(buf: Buffer, at: int, end: int) -> _Plan:
+    """Walk the ctnetlink conntrack message between ``at`` and ``end``: ValueError if
+    it is malformed."""
+    if end - at < _HEAD:
+        raise ValueError("short ctnetlink message")
+    plan = _Plan()
+    top = plan.attrs(buf, at, at + _HEAD, end)
+    plan.protocol = plan.ends(buf, at, top.get(CTA_TUPLE_ORIG), "")
+    plan.ends(buf, at, top.get(CTA_TUPLE_REPLY), "r")
+    plan.counter(buf, at, top.get(CTA_COUNTERS_ORIG), "o")
+    plan.counter(buf, at, top.get(CTA_COUNTERS_REPLY), "r")
+    if plan.protocol == socket.IPPROTO_TCP:
+        plan.state(buf, at, top.get(CTA_PROTOINFO))
+    plan.field("mark", at, top.get(CTA_MARK), "I")
+    plan.field("timeout", at, top.get(CTA_TIMEOUT), "I")
+    plan.field("ct_id", at, top.get(CTA_ID), "I")
+    return plan
 
 
 def event_kind(msg_type: int, flags: int) -> str | None:
@@ -238,32 +312,29 @@ def event_kind(msg_type: int, flags: int) -> str | None:
     return None
 
 
+# The layouts of the message shapes seen, by message length (events of one kind of
+# connection all have one or two shapes): a message of a known shape is read in two
+# unpacks instead of a walk of its attributes.
+_LAYOUTS: dict[int, _Layout] = {}
+MAX_LAYOUTS = 64
+
+
 def parse_entry(buf: Buffer, at: int, end: int, kind: str) -> CtEvent:
     """The ctnetlink conntrack message between ``at`` (its nlmsghdr) and ``end``, as a
     CtEvent of ``kind``; ValueError if it is malformed."""
-    if end - at < _HEAD:
-        raise ValueError("short ctnetlink message")
-    top = _attrs(buf, at + _HEAD, end)
-    protocol, orig = _tuple(buf, top.get(CTA_TUPLE_ORIG))
-    _, reply = _tuple(buf, top.get(CTA_TUPLE_REPLY))
-    orig_packets, orig_bytes = _counter(buf, top.get(CTA_COUNTERS_ORIG))
-    reply_packets, reply_bytes = _counter(buf, top.get(CTA_COUNTERS_REPLY))
-    counters = (
-        CtCounters(orig_packets, orig_bytes, reply_packets, reply_bytes)
-        if orig_packets or orig_bytes or reply_packets or reply_bytes
-        else NO_COUNTERS
-    )
-    return CtEvent(
-        kind=kind,
-        protocol=protocol,
-        orig=orig,
-        reply=reply,
-        state=_state(buf, top.get(CTA_PROTOINFO)) if protocol == socket.IPPROTO_TCP else None,
-        mark=_value(buf, top.get(CTA_MARK), _BE32) or 0,
-        timeout=_value(buf, top.get(CTA_TIMEOUT), _BE32),
-        counters=counters,
-        ct_id=_value(buf, top.get(CTA_ID), _BE32),
-    )
+    layout = _LAYOUTS.get(end - at)
+    if layout is not None and end - at >= _HEAD:
+        event = layout.read(buf, at, kind)
+        if event is not None:
+            return event
+    layout = _Layout(_plan(buf, at, end))
+    if len(_LAYOUTS) >= MAX_LAYOUTS:
+        _LAYOUTS.clear()
+    _LAYOUTS[end - at] = layout
+    event = layout.read(buf, at, kind)
+    if event is None:  # the walk and its layout disagree: cannot be
+        raise ValueError("ctnetlink message read two ways")
+    return event
 
 
 def messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, int]]:
@@ -308,6 +379,39 @@ def tuple_attr(kind: int, protocol: int, tup: CtTuple) -> bytes:
     return _attr(kind | NLA_F_NESTED, inner)
 
 
+# The byte of nlmsg_type (host order) that holds the message (the other: the subsystem).
+_MSG_TYPE_BYTE = 4 if sys.byteorder == "little" else 5
+
+
+def event_filter(tag: int, mask: int, tcp_states: Iterable[str] | None = None) -> list[
+        bpf.Insn | bpf.Label]:  # fmt: skip
+    """The kernel-side filter of a CtEvents socket (classic BPF over the attributes):
+    only the messages whose CTA_MARK & ``mask`` == ``tag``; with ``tcp_states``, of
+    the updates that carry a TCP state (CTA_PROTOINFO / CTA_PROTOINFO_TCP /
+    CTA_PROTOINFO_TCP_STATE) only those in one of the states named.  Destroy messages
+    and updates without a TCP state pass.  A message without a mark does not."""
+    top = _HEAD  # the first attribute, after nlmsghdr and struct nfgenmsg
+    program: list[bpf.Insn | bpf.Label] = [
+        bpf.ld_imm(top), bpf.ldx_imm(CTA_MARK), bpf.nlattr(), bpf.jeq(0, "drop", 0),
+        bpf.tax(), bpf.ldw_ind(4), bpf.and_k(mask), bpf.jeq(tag & mask, 0, "drop"),
+    ]  # fmt: skip
+    if tcp_states is not None:
+        numbers = sorted({TCP_CONNTRACK_NAMES.index(name) for name in tcp_states})
+        program += [
+            bpf.ldb_abs(_MSG_TYPE_BYTE), bpf.jeq(IPCTNL_MSG_CT_DELETE, "accept", 0),
+            bpf.ld_imm(top), bpf.ldx_imm(CTA_PROTOINFO), bpf.nlattr(),
+            bpf.jeq(0, "accept", 0),
+            bpf.ldx_imm(CTA_PROTOINFO_TCP), bpf.nlattr_nest(), bpf.jeq(0, "accept", 0),
+            bpf.ldx_imm(CTA_PROTOINFO_TCP_STATE), bpf.nlattr_nest(), bpf.jeq(0, "accept", 0),
+            bpf.tax(), bpf.ldb_ind(4),
+            *(bpf.jeq(number, "accept", 0) for number in numbers),
+            bpf.ret(bpf.DROP),
+        ]  # fmt: skip
+    program += [bpf.Label("accept"), bpf.ret(bpf.ACCEPT_ALL), bpf.Label("drop"),
+                bpf.ret(bpf.DROP)]  # fmt: skip
+    return program
+
+
 def _socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                          NETLINK_NETFILTER)  # fmt: skip
@@ -325,9 +429,16 @@ class CtEvents:
     """
 
     def __init__(
-        self, tag: int, mask: int, rcvbuf: int = EVENTS_RCVBUF, groups: int = EVENT_GROUPS
+        self,
+        tag: int,
+        mask: int,
+        rcvbuf: int = EVENTS_RCVBUF,
+        groups: int = EVENT_GROUPS,
+        tcp_states: Iterable[str] | None = None,
     ) -> None:
-        """``groups``: the event groups as a bit mask (1 << (group - 1) each)."""
+        """``groups``: the event groups as a bit mask (1 << (group - 1) each).  The
+        kernel itself drops the messages of other marks and, with ``tcp_states``, the
+        TCP updates to other states (``event_filter``)."""
         self.tag, self.mask = tag & mask, mask
         self.lost = False
         self.enobufs = self.malformed = self.ignored = 0
@@ -337,6 +448,7 @@ class CtEvents:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:  # without CAP_NET_ADMIN: up to rmem_max
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            bpf.attach(self.sock, event_filter(tag, mask, tcp_states))
             self.sock.bind((0, groups))
             self.sock.setblocking(False)
         except BaseException:

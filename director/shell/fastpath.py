@@ -33,6 +33,12 @@ RESYNC = 2.0  # seconds between two dumps: the estimator's interval (ip_vs_est.c
 # dumping takes at most 1/DUMP_SHARE of the worker's time.
 DUMP_SHARE = 20
 FAST_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
+# The TCP states whose events change IPVS's books: a connection becomes active in
+# ESTABLISHED and inactive when it leaves it, for FIN_WAIT on a FIN or CLOSE on a reset
+# (tcp_conntracks[], nf_conntrack_proto_tcp.c).  The kernel drops the other updates
+# (SYN_RECV, CLOSE_WAIT, LAST_ACK, TIME_WAIT: four of a short connection's six) before
+# they reach the worker; the dumps bring the entries' later states and times.
+BOOKED_STATES = ("ESTABLISHED", "FIN_WAIT", "CLOSE")
 Tuple4 = tuple[bytes, int, bytes, int]  # source address, port, destination address, port
 
 
@@ -94,7 +100,7 @@ class Conntrack:
 
         # Not NEW: the worker made the entry itself.  Each update is a state change.
         groups = sum(1 << (g - 1) for g in (NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY))
-        self.events = CtEvents(FAST_TAG, FAST_MASK, groups=groups)
+        self.events = CtEvents(FAST_TAG, FAST_MASK, groups=groups, tcp_states=BOOKED_STATES)
         self.table = CtTable()
 
     @property

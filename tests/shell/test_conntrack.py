@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
 
+from director.shell import conntrack
 from director.shell.conntrack import (
     NO_COUNTERS,
     CtCounters,
@@ -259,3 +260,31 @@ def test_a_message_cut_short_is_malformed(size: int) -> None:
     """The nlmsghdr still says the whole length: the datagram's framing breaks."""
     got: list[CtEvent] = []
     assert take_events(DESTROY, size, TAG, MASK, got) == (1, 0) and got == []
+
+
+def test_messages_of_one_length_and_another_shape_are_read_as_they_are() -> None:
+    """The parser keeps a layout per message length: a message of the same length with
+    its attributes in another order, or other attributes in the same room, is read
+    from its own bytes (each checked against a parse with no layout kept)."""
+    body = [tup(1, CLIENT, 40000, VIP, 80), tup(2, RS, 8080, CLIENT, 40000),
+            be32(8, TAG | 5), be32(12, 7), tcp_state(3)]  # fmt: skip
+    shapes = [
+        body,
+        [body[1], body[0], *body[2:]],  # the tuples swapped: orig is still orig
+        [*body[:2], be32(12, 9), be32(8, TAG | 6), body[4]],  # id and mark swapped
+        [*body[:2], be32(3, 1), be32(12, 7), body[4]],  # a status instead of the mark
+        [*body[:4], nest(4, nest(1, nla(3, b"\3"), nla(2, b"\7")))],  # no TCP state there
+    ]
+    msgs = [message(0x100, 0, b"".join(parts)) for parts in shapes]
+    assert len({len(m) for m in msgs}) == 1
+    cold = []
+    for m in msgs:
+        conntrack._LAYOUTS.clear()
+        cold.append(parse_entry(m, 0, len(m), "update"))
+    assert len(set(cold)) == 4  # the swapped tuples say the same
+    assert cold[4].state is None
+    for first in msgs:
+        for m, expected in zip(msgs, cold, strict=True):
+            conntrack._LAYOUTS.clear()
+            parse_entry(first, 0, len(first), "update")
+            assert parse_entry(m, 0, len(m), "update") == expected
