@@ -162,6 +162,28 @@ class CtEvent(NamedTuple):
     ct_id: int | None
 
 
+def _attrs(
+    buf: Buffer,
+    at: int,
+    end: int,
+    headers: list[tuple[int, int, int]] | None = None,
+    base: int = 0,
+) -> dict[int, tuple[int, int]]:
+    """The attributes between ``at`` and ``end``: type -> (start, end) of the payload
+    (the last one of a type); ValueError if one runs past the end.  With ``headers``,
+    each header passed is appended to it as (offset from ``base``, nla_len, nla_type)."""
+    found: dict[int, tuple[int, int]] = {}
+    while at + 4 <= end:
+        nla_len, kind = _NLA.unpack_from(buf, at)
+        if nla_len < 4 or at + nla_len > end:
+            raise ValueError("bad ctnetlink attribute")
+        if headers is not None:
+            headers.append((at - base, nla_len, kind))
+        found[kind & NLA_TYPE_MASK] = (at + 4, at + nla_len)
+        at += (nla_len + 3) & ~3
+    return found
+
+
 class _Plan:
     """What a walk of one message found: every attribute header it passed (offset from
     the message's start, nla_len, nla_type) and where each value it reads lies
@@ -173,17 +195,7 @@ class _Plan:
         self.protocol = 0
 
     def attrs(self, buf: Buffer, base: int, at: int, end: int) -> dict[int, tuple[int, int]]:
-        """The attributes between ``at`` and ``end``: type -> (start, end) of the
-        payload (the last one of a type); ValueError if one runs past the end."""
-        found: dict[int, tuple[int, int]] = {}
-        while at + 4 <= end:
-            nla_len, kind = _NLA.unpack_from(buf, at)
-            if nla_len < 4 or at + nla_len > end:
-                raise ValueError("bad ctnetlink attribute")
-            self.headers.append((at - base, nla_len, kind))
-            found[kind & NLA_TYPE_MASK] = (at + 4, at + nla_len)
-            at += (nla_len + 3) & ~3
-        return found
+        return _attrs(buf, at, end, self.headers, base)
 
     def field(self, name: str, base: int, span: tuple[int, int] | None, code: str) -> None:
         """The value ``name`` is the attribute at ``span`` (when there is one), read as
