@@ -107,6 +107,7 @@ class Conn:
         "proto",
         "state",
         "svc",
+        "sync",
         "timeout",
         "vkey",
         "xmit",
@@ -149,6 +150,8 @@ class Conn:
         self.nooutput = xmit.nooutput
         self.control: Template | None = None  # the template it was made through
         self.in_pkts = 0  # packets from the client (todrop_entry looks at it)
+        # The sync daemon's: IP_VS_CONN_F_SYNC, old_state, sync_endtime (director.core.sync).
+        self.sync = 0
         self.next: Conn | None = None  # the next entry in its hash bucket
         # The entries hashed before and after it: the table lists them in that order.
         self.older: Conn | None = None

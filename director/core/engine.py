@@ -47,6 +47,7 @@ from director.core.proto_tcp import (
 from director.core.proto_udp import UdpProtocol
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, ServiceTable
 from director.core.stats import Stats
+from director.core.sync import IP_VS_STATE_BACKUP, Master
 from director.core.sysctl import Sysctls
 from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
 from director.core.xmit.tun import TUNNEL_HLEN
@@ -91,6 +92,12 @@ class Director:
         # The fused established-flow path of hook_in and hook_out; off, every packet
         # takes the general path (the tests compare the two).
         self.fused = True
+        # The sync daemon (director.core.sync): which of master and backup run
+        # (IP_VS_STATE_*), the master's buffers when it runs, and whether backup_only
+        # holds the director back from balancing now.
+        self.sync_state = 0
+        self.sync_master: Master | None = None
+        self.backup_only = False
 
     # -- control ---------------------------------------------------------------
 
@@ -103,6 +110,20 @@ class Director:
         """New settings (Sysctls.updated): the schedulers read theirs again."""
         self._sysctls = sysctls
         self._tune()
+        self._sync_changed()
+
+    def set_sync(self, state: int, master: Master | None) -> None:
+        """The sync daemons running now (IP_VS_STATE_MASTER | IP_VS_STATE_BACKUP), and
+        the master's side if one runs."""
+        self.sync_state = state
+        self.sync_master = master
+        self._sync_changed()
+
+    def _sync_changed(self) -> None:
+        """sysctl_backup_only: backup_only takes effect while the backup runs."""
+        self.backup_only = bool(self.sync_state & IP_VS_STATE_BACKUP) and self._sysctls.backup_only
+        if self.sync_master is not None:
+            self.sync_master.sysctls = self._sysctls
 
     def _tune(self) -> None:
         for svc in self.services:
@@ -260,6 +281,8 @@ class Director:
         sure of, takes the general path (``hook_in_general``), which does the same
         work step by step; the property tests prove the two give the same bytes,
         verdicts, connection state, counters and timers."""
+        if self.backup_only:
+            return self._pass("backup_only")
         if self.fused and len(buf) >= 28:
             vihl, length, frag, protocol, saddr, daddr, sport, dport = _FUSED.unpack_from(buf)
             if vihl == 0x45 and length == len(buf) and not frag & _FRAG:
@@ -297,12 +320,16 @@ class Director:
                         conn.timeout = timeout
                         conn.expires = now + timeout
                         self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
+                        if self.sync_master is not None:
+                            self.sync_master.sync_conn(conn, now)
                         return verdict
                 return self._in_general(buf, now, mark, conn)
         return self._in_general(buf, now, mark, _LOOKUP)
 
     def hook_in_general(self, buf: bytearray, now: float, mark: int = 0) -> Verdict:
         """hook_in, every step of ip_vs_in in turn."""
+        if self.backup_only:
+            return self._pass("backup_only")
         return self._in_general(buf, now, mark, _LOOKUP)
 
     def _in_general(
@@ -356,6 +383,8 @@ class Director:
             # the entry (the next packet may find the route back).  Only an entry this
             # very packet made goes, so the client's retry is scheduled afresh.
             self.conns.remove(conn)
+        elif self.sync_master is not None:
+            self.sync_master.sync_conn(conn, now)  # ip_vs_in_hook, after the send
         return self._count(verdict)
 
     def hook_out(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
@@ -367,6 +396,8 @@ class Director:
         its transmitter rewrites without a question (``Xmit.fused_out``, or
         ``Xmit.fused_out_partial`` for a packet whose checksum is the kernel's partial
         seed)."""
+        if self.backup_only:
+            return self._pass("backup_only")
         if self.fused and len(buf) >= 28:
             vihl, length, frag, protocol, saddr, daddr, sport, dport = _FUSED.unpack_from(buf)
             if vihl == 0x45 and length == len(buf) and not frag & _FRAG:
@@ -414,6 +445,8 @@ class Director:
 
     def hook_out_general(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
         """hook_out, every step of ip_vs_out in turn."""
+        if self.backup_only:
+            return self._pass("backup_only")
         return self._out_general(buf, now, _LOOKUP, skb_info)
 
     def _out_general(
@@ -560,8 +593,11 @@ class Director:
         elif template is not None:
             # One-packet scheduling (-o): the entry serves this datagram only and is
             # never hashed (IP_VS_CONN_F_ONE_PACKET); its template counts the packet
-            # (ip_vs_in_hook), which drop_entry's todrop_entry looks at.
-            template.in_pkts += 1
+            # (ip_vs_in_hook, or the master's sync up the chain of control), which
+            # drop_entry's todrop_entry looks at.
+            conn.control = template  # not counted in n_control: it is never hashed
+            if self.sync_master is None:
+                template.in_pkts += 1
         dest.stats.conns += 1
         svc.stats.conns += 1
         self.totals.conns += 1

@@ -36,6 +36,28 @@ class Sysctls:
     # without a change.
     lblc_expiration: int = 24 * 60 * 60
     lblcr_expiration: int = 24 * 60 * 60
+    # The connection sync daemon (director.core.sync).  sync_threshold and sync_period
+    # are the two numbers of the kernel's net.ipv4.vs.sync_threshold ("3 50"): a
+    # connection is synced at its 3rd packet, then every 50th (0: only at state
+    # changes, or once at the threshold without sync_refresh_period).
+    sync_threshold: int = 3
+    sync_period: int = 50
+    # Seconds: with it set, a connection is synced again only when its timeout moved by
+    # this much (or half of it), with sync_retries retries at 1/8 of it.
+    sync_refresh_period: int = 0
+    sync_retries: int = 0
+    # Connections under persistence are not synced, only their templates.
+    sync_persist_mode: bool = False
+    # 1: the version 1 protocol; 0: version 0 (IPv4 only, no timeouts) for old backups.
+    sync_version: int = 1
+    # Messages the master's queue holds at most (the kernel's default is
+    # nr_free_buffer_pages() / 32, about 32768 on 4 GiB).
+    sync_qlen_max: int = 32768
+    # SO_SNDBUF / SO_RCVBUF of the sync sockets in bytes (0: the system's default).
+    sync_sock_size: int = 0
+    # While the backup daemon runs, the director does not balance (its packets go on to
+    # the local stack): a backup that only keeps the master's connections.
+    backup_only: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -60,6 +82,12 @@ class Sysctls:
         trial = replace(self)
         for name, value in changes.items():
             trial.set(name, value)
+        if trial.sync_period and trial.sync_threshold >= trial.sync_period:
+            # proc_do_sync_threshold: the threshold must be below the period (or 0).
+            raise ValueError(
+                f"sync_threshold ({trial.sync_threshold}) must be below sync_period "
+                f"({trial.sync_period}) unless sync_period is 0"
+            )
         return trial
 
 
@@ -74,4 +102,11 @@ RANGES: dict[str, tuple[int, int]] = {
     # proc_dointvec_jiffies refuses more than INT_MAX / HZ seconds (HZ 250 on Debian).
     "lblc_expiration": (0, INT_MAX // 250),
     "lblcr_expiration": (0, INT_MAX // 250),
+    "sync_threshold": (0, INT_MAX),
+    "sync_period": (0, INT_MAX),
+    "sync_refresh_period": (0, INT_MAX // 250),
+    "sync_retries": (0, 3),  # proc_dointvec_minmax, 0..3
+    "sync_version": (0, 1),
+    "sync_qlen_max": (1, INT_MAX),
+    "sync_sock_size": (0, INT_MAX),
 }
