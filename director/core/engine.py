@@ -225,13 +225,12 @@ class Director:
         self.conns.remove(conn)
         return True
 
-    def ct_account(
-        self, conn: Conn, inpkts: int, inbytes: int, outpkts: int, outbytes: int
-    ) -> None:
-        """Packets and bytes conntrack counted for a fast-path connection since last
-        time (its accounting: nf_conntrack_acct), into the same stats as the
-        every-packet path's, per real server, service and in total."""
-        for stats in (conn.dest.stats, conn.svc.stats, self.totals):
+    def ct_account(self, svc: Service, dest: Dest, inpkts: int, inbytes: int, outpkts: int,
+                   outbytes: int) -> None:  # fmt: skip
+        """Packets and bytes the kernel counted for a real server's fast-path
+        connections since last time (the packets the worker never saw), into the same
+        stats as the every-packet path's, per real server, service and in total."""
+        for stats in (dest.stats, svc.stats, self.totals):
             stats.inpkts += inpkts
             stats.inbytes += inbytes
             stats.outpkts += outpkts
@@ -372,8 +371,7 @@ class Director:
                 return self._count(scheduled)
             conn = scheduled
             created = True
-        if not conn.xmit.kernel_counts:
-            self._count_in(conn, pkt.length)
+        self._count_in(conn, pkt.length)
         conn.in_pkts += 1
         conn.proto.transition(conn, INPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout

@@ -19,8 +19,6 @@ connections conntrack carries after the worker scheduled their first packet.
   CTA_TUPLE_ORIG, and CTA_ID so that a newer connection on the same tuple stays), and
   of every entry under a mark (IPCTNL_MSG_CT_DELETE with CTA_MARK and CTA_MARK_MASK
   and no tuple: ctnetlink_flush_conntrack).
-- ``enable_accounting``: nf_conntrack_acct = 1 in the current network namespace, so
-  that connections made afterwards carry packet and byte counters.
 
 Of each message the parser reads (linux/netfilter/nfnetlink_conntrack.h):
 CTA_TUPLE_ORIG and CTA_TUPLE_REPLY (CTA_TUPLE_IP: CTA_IP_V4_SRC/DST or
@@ -42,7 +40,6 @@ import socket
 import struct
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 from director.shell import bpf
@@ -106,7 +103,6 @@ READ_BUDGET = 4096  # datagrams per read(): the loop gets its turn back under a 
 RECV_SIZE = 1 << 16  # one event is one datagram of a few hundred bytes
 DUMP_RECV_SIZE = 1 << 18  # a dump's datagrams hold many entries
 REQUEST_TIMEOUT = 10.0
-ACCT_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
 _NLA = struct.Struct("=HH")  # nla_len, nla_type
@@ -616,13 +612,3 @@ def _raise(view: memoryview, start: int, end: int, what: str) -> None:
     code = -struct.unpack_from("=i", view, start + _NLMSGHDR.size)[0]
     if code:
         raise OSError(code, f"conntrack {what}: {errno.errorcode.get(code, code)}")
-
-
-def enable_accounting(sysctl: Path = ACCT_SYSCTL) -> bool:
-    """net.netfilter.nf_conntrack_acct = 1 in the network namespace of the calling
-    thread (/proc/sys/net is its own); whether it was on already.  Connections made
-    before keep no counters (the acct extension is added at their creation)."""
-    if sysctl.read_text().strip() == "1":
-        return True
-    sysctl.write_text("1\n")
-    return False

@@ -412,6 +412,7 @@ class Daemon:
         self._peer_dumps: list[dict[str, Any]] = []
         self._selector: selectors.BaseSelector | None = None  # the loop's, while it runs
         self.follower: fastpath.Follower | None = None  # conntrack's side (fast path)
+        self.accounting: fastpath.Accounting | None = None  # its stats, for every worker
         self._runtime_sysctls = self._load_sysctls()
         self._config = Config()
         self._unreachable: dict[tuple[bytes, str], str] = {}  # (addr, method) -> reason
@@ -705,6 +706,7 @@ class Daemon:
             self._start_peers()
             if self.settings.fast_path == "kernel":
                 self.follower = fastpath.follow(self.director)
+                self.accounting = fastpath.Accounting(self.director)
             self.health.start()
             self.commit(config, persist=False)
             self._load_conns()
@@ -931,6 +933,8 @@ class Daemon:
     def _follow(self, now: float) -> None:
         if self.follower is not None:
             self.follower.tick(now)
+        if self.accounting is not None:
+            self.accounting.tick(now)
 
     def _available_pages(self) -> int:
         """4 KiB pages left for this worker's table (its share of the cap)."""

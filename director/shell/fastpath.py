@@ -6,10 +6,13 @@ the NAT connections, the worker keeps IPVS's books on them.
   (director.core.xmit.kernel) and the hooks' DNAT rule matches.
 - ``Follower``: conntrack's events and, every ``RESYNC`` seconds (or after events were
   lost), a dump of the connections with director's mark, applied to the worker's table:
-  states (so lc, wlc, sed, nq, ovf and the thresholds weigh live connections), ends,
-  time left, and conntrack's packet and byte counters (nf_conntrack_acct) into the
-  stats, the estimator and the metrics.  A connection that is not this worker's (its
-  client is another shard's) is not in its table and is passed over.
+  states (so lc, wlc, sed, nq, ovf and the thresholds weigh live connections), ends and
+  time left.  A connection that is not this worker's (its client is another shard's)
+  is not in its table and is passed over.
+- ``Accounting``: the packets and bytes of the fast flows, which the hooks count per
+  real server and direction (DIRECTOR_FAST_ACCT), into the stats, the estimator and the
+  metrics every ``RESYNC`` seconds: reading them costs the same whatever the number of
+  connections.  The packets that reach the worker (a flow's first) it counts itself.
 """
 
 from __future__ import annotations
@@ -17,18 +20,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from director.core.conn import Conn
 from director.core.engine import Director
-from director.core.service import IPPROTO_TCP, IPPROTO_UDP
+from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest
 from director.shell.board import SlotKey
-from director.shell.netfilter import FAST_BITS, FAST_MASK, FAST_TAG, fast_mark
+from director.shell.netfilter import FAST_BITS, FAST_MASK, FAST_TAG, fast_counters, fast_mark
 
 log = logging.getLogger(__name__)
 
-RESYNC = 2.0  # seconds between two dumps: the estimator's interval (ip_vs_est.c: 2 s)
+RESYNC = 2.0  # seconds between two dumps or readings: the estimator's interval (ip_vs_est.c)
 # A dump walks every fast-path connection: with many, they come less often, so that
 # dumping takes at most 1/DUMP_SHARE of the worker's time.
 DUMP_SHARE = 20
@@ -69,8 +71,6 @@ class Entry(Protocol):
     def state(self) -> str | None: ...
     @property
     def timeout(self) -> int | None: ...
-    @property
-    def counters(self) -> tuple[int, int, int, int]: ...
 
 
 class Source(Protocol):
@@ -129,11 +129,7 @@ class Conntrack:
 
 
 def follow(director: Director) -> Follower:
-    """A follower of ctnetlink for ``director``, with conntrack's accounting on in this
-    network namespace (nf_conntrack_acct: the fast path's packet and byte counts)."""
-    from director.shell.conntrack import enable_accounting
-
-    enable_accounting()
+    """A follower of ctnetlink for ``director``."""
     return Follower(director, Conntrack())
 
 
@@ -143,8 +139,6 @@ class Follower:
     def __init__(self, director: Director, source: Source) -> None:
         self.director = director
         self.source = source
-        # Per connection (protocol, original tuple): the counters last added to the stats.
-        self._counted: dict[tuple[int, Tuple4], tuple[int, int, int, int]] = {}
         self.counts: Counter[str] = Counter()  # events and dumps applied, for the logs
         self._next_dump = 0.0
 
@@ -176,43 +170,73 @@ class Follower:
             self._next_dump = now + max(RESYNC, took * DUMP_SHARE)
 
     def resync(self, now: float) -> None:
-        """Refresh every fast-path entry from a dump: time left, state, counters."""
-        entries = self.source.dump()
-        self.apply(entries, now)
-        alive = {(e.protocol, e.orig) for e in entries}
-        for key in [k for k in self._counted if k not in alive]:
-            del self._counted[key]  # its end was missed: the entry times out here
+        """Refresh every fast-path entry from a dump: time left and state (an entry
+        whose end was missed is not in it, and times out here)."""
+        self.apply(self.source.dump(), now)
 
     def apply(self, entries: Iterable[Entry], now: float) -> None:
         director = self.director
         for entry in entries:
             protocol, (caddr, cport, vaddr, vport) = entry.protocol, entry.orig
-            key = (protocol, entry.orig)
             conn = director.conns.find_in(protocol, caddr, cport, vaddr, vport)
             if conn is None:
                 continue  # another worker's, or not scheduled by director
-            self._account(key, conn, entry.counters)
             if entry.kind == "destroy":
                 director.ct_gone(protocol, caddr, cport, vaddr, vport)
-                self._counted.pop(key, None)
             else:
                 ttl = entry.timeout if entry.timeout is not None else conn.timeout
                 director.ct_seen(protocol, caddr, cport, vaddr, vport, entry.state, ttl, now)
             self.counts[entry.kind] += 1
 
-    def _account(self, key: tuple[int, Tuple4], conn: Conn,
-                 counters: tuple[int, int, int, int]) -> None:  # fmt: skip
-        """What conntrack counted since the last time, into the stats (conntrack
-        counts every packet of the connection, the worker none of them)."""
-        if not any(counters):
-            return  # accounting off, or nothing yet
-        last = self._counted.get(key, (0, 0, 0, 0))
-        self._counted[key] = counters
-        inpkts, inbytes, outpkts, outbytes = (
-            max(new - old, 0) for new, old in zip(counters, last, strict=True)
-        )
-        if inpkts or outpkts:
-            self.director.ct_account(conn, inpkts, inbytes, outpkts, outbytes)
+
+Counters = tuple[int, int, int, int]  # packets and bytes from the clients, then to them
 
 
-__all__ = ["FAST_MASK", "FAST_TAG", "Follower", "annotate"]
+class Accounting:
+    """The fast flows' packets and bytes into IPVS's counters: what the hooks' rules
+    counted since the last reading (``read``: netfilter.fast_counters, by fast mark),
+    added to the real server's, its service's and the totals' stats, as the
+    every-packet path adds each packet.  One process reads them for the namespace."""
+
+    def __init__(self, director: Director,
+                 read: Callable[[], Mapping[int, Counters]] = fast_counters) -> None:  # fmt: skip
+        self.director = director
+        self.read = read
+        # Per mark: the real server it counted for and the counters last read.
+        self._last: dict[int, tuple[Dest, Counters]] = {}
+        self._next = 0.0
+
+    def tick(self, now: float) -> None:
+        if now >= self._next:
+            self._next = now + RESYNC
+            self.take(self.read())
+
+    def take(self, counters: Mapping[int, Counters]) -> None:
+        """Add what each rule counted since the last reading.  A rule counts from zero
+        when it is made again (the hooks lost track of their chain, or the slot went to
+        another real server): its counters then start a new run."""
+        servers = {d.fast_mark: (svc, d) for svc in self.director.services for d in svc.dests
+                   if d.fast_mark}  # fmt: skip
+        last, self._last = self._last, {}
+        for mark, now in counters.items():
+            if mark not in servers:
+                continue
+            svc, dest = servers[mark]
+            before = last.get(mark)
+            old = before[1] if before is not None and before[0] is dest else (0, 0, 0, 0)
+            inpkts, inbytes = _since(now[0], now[1], old[0], old[1])
+            outpkts, outbytes = _since(now[2], now[3], old[2], old[3])
+            if inpkts or outpkts:
+                self.director.ct_account(svc, dest, inpkts, inbytes, outpkts, outbytes)
+            self._last[mark] = (dest, now)
+
+
+def _since(packets: int, octets: int, old_packets: int, old_octets: int) -> tuple[int, int]:
+    """One rule's counts since the last reading (all of them when it counted less: made
+    again since)."""
+    if packets < old_packets or octets < old_octets:
+        return packets, octets
+    return packets - old_packets, octets - old_octets
+
+
+__all__ = ["FAST_MASK", "FAST_TAG", "Accounting", "Follower", "annotate"]

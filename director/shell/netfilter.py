@@ -63,6 +63,7 @@ FAST_SETS: dict[str, str] = {
 }
 FWM_CHAIN = "DIRECTOR_FWM"
 FAST_DNAT_CHAIN = "DIRECTOR_FAST_DNAT"
+FAST_ACCT_CHAIN = "DIRECTOR_FAST_ACCT"
 SHARD_NEW = "DIRECTOR_SHARD_NEW"  # mangle: the fast services' opening packets, by shard
 Entry = tuple[str, int, int]  # address, protocol number, port
 
@@ -308,6 +309,7 @@ class Hooks:
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
     _dnat: list[str] | None = None  # DIRECTOR_FAST_DNAT's rules; None: not known
+    _acct: list[str] | None = None  # DIRECTOR_FAST_ACCT's rules; None: not known
     _timeouts: Timeouts | None = None  # the policies' figures; None: not known
 
     @property
@@ -327,6 +329,7 @@ class Hooks:
         self._entries = {}  # contents unknown: the first sync replaces them whole
         self._marks = None
         self._dnat = None
+        self._acct = None
         self._timeouts = None
         if self.fast:  # before the CT rules that name them
             _set_policies(self.timeouts)
@@ -410,6 +413,11 @@ class Hooks:
                 self._dnat = None
                 _restore(_fast_dnat_chain(dnat))
                 self._dnat = dnat
+            acct = fast_acct_rules(config, slots or {})
+            if acct != self._acct:
+                counting, self._acct = self._acct, None
+                _restore(_fast_acct_chain(acct, counting))
+                self._acct = acct
 
 
 # What nfnetlink answers for a subsystem the kernel does not have (nfnetlink_rcv_msg).
@@ -521,11 +529,11 @@ def selection(config: Config, fast: bool = False) -> tuple[dict[str, set[Entry]]
     return wanted, marks
 
 
-def fast_dnat_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
-    """DIRECTOR_FAST_DNAT's rules: per NAT real server of a fast service, the flows
-    whose opening packet the worker marked with its slot are DNATed to it (to its port,
-    or the service's when it has none: IPVS's port translation), in slot order."""
-    rules: dict[int, str] = {}
+def fast_servers(config: Config, slots: dict[SlotKey, int]) -> dict[int, tuple[ServiceConf, str]]:
+    """The NAT real servers of the fast services that have a slot: slot -> (their
+    service, RIP:PORT they are DNATed to: the real server's port, or the service's when
+    it has none, IPVS's port translation)."""
+    found: dict[int, tuple[ServiceConf, str]] = {}
     for svc in config.services:
         if not fast_service(svc):
             continue
@@ -534,19 +542,83 @@ def fast_dnat_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
             if dest.method != "masq" or ":" in dest.addr:
                 continue
             slot = slots.get((key, pack_addr(dest.addr), dest.port))
-            if slot is None:
-                continue
-            rules[slot] = (
-                f"-A {FAST_DNAT_CHAIN} -p {svc.protocol} -m mark --mark "
-                f"{fast_mark(slot):#x}/{FAST_BITS:#x} -j DNAT --to-destination "
-                f"{dest.addr}:{dest.port or svc.port}"
-            )
-    return [rules[slot] for slot in sorted(rules)]
+            if slot is not None:
+                found[slot] = (svc, f"{dest.addr}:{dest.port or svc.port}")
+    return found
+
+
+def fast_dnat_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
+    """DIRECTOR_FAST_DNAT's rules: per NAT real server of a fast service, the flows
+    whose opening packet the worker marked with its slot are DNATed to it, in slot
+    order."""
+    servers = fast_servers(config, slots)
+    return [
+        f"-A {FAST_DNAT_CHAIN} -p {servers[slot][0].protocol} -m mark --mark "
+        f"{fast_mark(slot):#x}/{FAST_BITS:#x} -j DNAT --to-destination {servers[slot][1]}"
+        for slot in sorted(servers)
+    ]
+
+
+def fast_acct_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
+    """DIRECTOR_FAST_ACCT's rules: per NAT real server of a fast service, one that
+    counts its connections' packets from the clients (conntrack's ORIGINAL direction)
+    and one its answers (REPLY), in slot order."""
+    return [
+        f"-A {FAST_ACCT_CHAIN} -m connmark --mark {fast_mark(slot):#x}/{FAST_BITS:#x} "
+        f"-m conntrack --ctdir {direction} -j RETURN"
+        for slot in sorted(fast_servers(config, slots))
+        for direction in ("ORIGINAL", "REPLY")
+    ]
 
 
 def _fast_dnat_chain(rules: list[str]) -> str:
     """DIRECTOR_FAST_DNAT, rewritten whole in one transaction."""
     return "\n".join(["*nat", f":{FAST_DNAT_CHAIN} - [0:0]", *rules, "COMMIT", ""])
+
+
+def _fast_acct_chain(rules: list[str], have: list[str] | None) -> str:
+    """DIRECTOR_FAST_ACCT made to hold ``rules`` in one transaction: the rules that
+    stay are left in place, so that their counters go on; rewritten whole when what it
+    holds is not known (``have`` None)."""
+    if have is None:
+        return "\n".join(["*mangle", f":{FAST_ACCT_CHAIN} - [0:0]", *rules, "COMMIT", ""])
+    gone = ["-D" + rule[2:] for rule in have if rule not in rules]
+    new = [rule for rule in rules if rule not in have]
+    return "\n".join(["*mangle", *gone, *new, "COMMIT", ""])
+
+
+# A line of `iptables -L DIRECTOR_FAST_ACCT -vnx`: packets, bytes, ..., the mark and the
+# direction its matches print.
+_ACCT_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s.*connmark match\s+(0x[0-9a-f]+)/\S+\s+"
+                        r"ctdir (ORIGINAL|REPLY)")  # fmt: skip
+
+
+def fast_counters() -> dict[int, tuple[int, int, int, int]]:
+    """What DIRECTOR_FAST_ACCT's rules counted since they were made, by fast mark:
+    (packets, bytes) from the clients, then to them.  Empty when iptables cannot say
+    (logged): the next reading catches up."""
+    try:
+        done = _run(["iptables", "-w", str(IPTABLES_WAIT), "-t", "mangle", "-L",
+                     FAST_ACCT_CHAIN, "-vnx"])  # fmt: skip
+    except HookError as err:
+        log.error("fast-path counters not read: %s", err)
+        return {}
+    if done.returncode:
+        log.error("fast-path counters not read: %s", done.stderr.decode(errors="replace").strip())
+        return {}
+    return parse_fast_counters(done.stdout.decode(errors="replace"))
+
+
+def parse_fast_counters(text: str) -> dict[int, tuple[int, int, int, int]]:
+    """``fast_counters`` from the listing's text."""
+    counts: dict[int, list[int]] = {}
+    for line in text.splitlines():
+        if m := _ACCT_LINE.match(line):
+            packets, octets, mark, direction = m.groups()
+            at = 0 if direction == "ORIGINAL" else 2
+            row = counts.setdefault(int(mark, 16), [0, 0, 0, 0])
+            row[at], row[at + 1] = int(packets), int(octets)
+    return {mark: (row[0], row[1], row[2], row[3]) for mark, row in counts.items()}
 
 
 def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:

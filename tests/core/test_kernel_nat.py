@@ -103,16 +103,18 @@ def test_a_dr_server_of_the_same_service_keeps_the_every_packet_path() -> None:
     assert actions == {MARK, DIRECT}
 
 
-def test_conntracks_counters_feed_the_stats() -> None:
+def test_the_kernels_counts_and_the_workers_feed_the_same_stats() -> None:
+    """The packets that reach the worker (a flow's first, and its SYN sent again before
+    the real server answered: conntrack's NEW) it counts as every method does; the
+    hooks' rules count the rest, and ct_account adds their figures."""
     d = director(f"-A -t {VIP}:80 -s rr\n-a -t {VIP}:80 -r {RS1}:80 -m\n", {RS1: 0x4C000001})
     syn = tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN)
     d.hook_in(syn, 1.0)
-    conn = d.conns.find_in(TCP, C, 40000, V, 80)
-    assert conn is not None
-    d.ct_account(conn, 10, 1000, 20, 30000)
     svc = next(iter(d.services))
-    # Conntrack counts every packet, the SYN the worker saw included: only its figures.
-    assert svc.stats.counts() == (1, 10, 20, 1000, 30000)
-    assert d.totals.counts()[1:] == (10, 20, 1000, 30000)
-    d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 2.0)  # sent again: fused
-    assert svc.stats.counts() == (1, 10, 20, 1000, 30000)
+    (dest,) = svc.dests
+    assert svc.stats.counts() == (1, 1, 0, len(syn), 0)
+    d.ct_account(svc, dest, 10, 1000, 20, 30000)
+    assert svc.stats.counts() == dest.stats.counts() == (1, 11, 20, 1000 + len(syn), 30000)
+    assert d.totals.counts()[1:] == (11, 20, 1000 + len(syn), 30000)
+    d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 2.0)  # sent again
+    assert svc.stats.counts() == (1, 12, 20, 1000 + 2 * len(syn), 30000)

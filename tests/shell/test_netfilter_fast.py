@@ -28,12 +28,16 @@ from director.shell.netfilter import (
     SHARD_NEW,
     VIP_SET,
     Hooks,
+    _fast_acct_chain,
+    fast_acct_rules,
     fast_dnat_rules,
     fast_mark,
     fast_rules_text,
+    fast_servers,
     fast_service,
     fast_shard_rules,
     fast_slot,
+    parse_fast_counters,
     render,
     render_fast,
     rules_text,
@@ -142,11 +146,14 @@ def test_the_mangle_shard_chain_is_the_requests_one(shards: Shards, bypass: bool
     requests = chain("\n".join(shard_rules(shards, QUEUE, bypass)), SHARD_IN)
     assert chain(fast, SHARD_NEW) == requests
     assert chain("\n".join(fast_shard_rules(shards, QUEUE, bypass)), SHARD_NEW) == requests
+    tagged = f"-m connmark --mark {FAST_TAG:#x}/{FAST_MASK:#x}"
     assert chain(fast, "DIRECTOR_FAST") == [
-        f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j {SHARD_NEW}"
+        f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j {SHARD_NEW}",
+        f"{tagged} -j DIRECTOR_FAST_ACCT",  # what is not queued is counted
     ]
     mangle = fast[fast.index("*mangle") : fast.index("*nat")]
     assert "-I PREROUTING 1 -j DIRECTOR_FAST\n" in mangle
+    assert f"-I OUTPUT 1 {tagged} -j DIRECTOR_FAST_ACCT\n" in mangle  # a local server's
 
 
 def test_nat_saves_the_mark_then_dnats() -> None:
@@ -269,6 +276,45 @@ def test_one_dnat_rule_per_nat_real_server_of_a_fast_service() -> None:
         "-j DNAT --to-destination 198.18.0.2:5353",
     ]
     assert fast_dnat_rules(config, {}) == []
+
+
+def test_two_counting_rules_per_nat_real_server_of_a_fast_service() -> None:
+    config = load_rules(RULES)
+    slots = slots_of(RULES)
+    marks = sorted(fast_mark(slot) for slot in fast_servers(config, slots))
+    assert len(marks) == 3
+    assert fast_acct_rules(config, slots) == [
+        f"-A DIRECTOR_FAST_ACCT -m connmark --mark {mark:#x}/{FAST_BITS:#x} "
+        f"-m conntrack --ctdir {direction} -j RETURN"
+        for mark in marks
+        for direction in ("ORIGINAL", "REPLY")
+    ]
+
+
+def test_the_counting_chain_changes_only_the_rules_that_change() -> None:
+    """Rules that stay keep their counters: only the others are deleted and added; a
+    chain whose contents are not known is declared (flushed) and filled."""
+    a, b, c = (f"-A DIRECTOR_FAST_ACCT -m connmark --mark {m:#x}/0xff00ffff -j RETURN"
+               for m in (1, 2, 3))  # fmt: skip
+    assert _fast_acct_chain([a, c], [a, b]).splitlines() == [
+        "*mangle", "-D" + b[2:], c, "COMMIT"]  # fmt: skip
+    assert _fast_acct_chain([a], [a]).splitlines() == ["*mangle", "COMMIT"]
+    assert _fast_acct_chain([a, b], None).splitlines() == [
+        "*mangle", ":DIRECTOR_FAST_ACCT - [0:0]", a, b, "COMMIT"]  # fmt: skip
+
+
+def test_the_counters_are_read_from_iptables_listing() -> None:
+    """The layout `iptables -L CHAIN -vnx` prints (iptables 1.8.9, libxt_connmark's
+    "connmark match  MARK/MASK", libxt_conntrack's "ctdir DIR"), for both backends."""
+    listing = """Chain DIRECTOR_FAST_ACCT (2 references)
+    pkts      bytes target     prot opt in     out     source               destination
+      12     3456 RETURN     0    --  *      *       0.0.0.0/0            0.0.0.0/0            connmark match  0x4c000001/0xff00ffff ctdir ORIGINAL
+      10    65432 RETURN     0    --  *      *       0.0.0.0/0            0.0.0.0/0            connmark match  0x4c000001/0xff00ffff ctdir REPLY
+       0        0 RETURN     all  --  *      *       0.0.0.0/0            0.0.0.0/0            connmark match  0x4c000002/0xff00ffff ctdir ORIGINAL
+"""  # noqa: E501
+    assert parse_fast_counters(listing) == {0x4C000001: (12, 3456, 10, 65432),
+                                            0x4C000002: (0, 0, 0, 0)}  # fmt: skip
+    assert parse_fast_counters("") == {}
 
 
 def test_a_real_server_without_a_port_takes_the_services() -> None:

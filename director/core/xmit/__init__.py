@@ -41,8 +41,6 @@ class Xmit:
 
     name: ClassVar[str]
     nooutput: ClassVar[bool] = True  # replies do not come back through the director
-    # Conntrack counts the connection's packets (ct_account), the core none of them.
-    kernel_counts: ClassVar[bool] = False
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         raise NotImplementedError

@@ -26,7 +26,6 @@ class KernelNat(Xmit):
     # Replies are conntrack's: none reaches the worker.  The state comes from
     # conntrack's events, not from the INPUT-ONLY table.
     nooutput = False
-    kernel_counts = True
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         """The first packet, or one sent again before the real server answered
