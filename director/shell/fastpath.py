@@ -4,14 +4,14 @@ the NAT connections, the worker keeps IPVS's books on them.
 - ``annotate``: every NAT real server of a TCP or UDP service gets its firewall mark
   (FAST_TAG | its board slot), which the core answers a new flow with
   (director.core.xmit.kernel) and the hooks' DNAT rule matches.
-- ``Follower``: conntrack's events and, every ``RESYNC`` seconds (or after events were
-  lost), a dump of the connections with director's mark, applied to the worker's table:
+- ``Follower``: conntrack's events and, every ``DUMP_EVERY`` seconds (or after events
+  were lost), a dump of the connections with director's mark, applied to the worker's table:
   states (so lc, wlc, sed, nq, ovf and the thresholds weigh live connections), ends and
   time left.  A connection that is not this worker's (its client is another shard's)
   is not in its table and is passed over.
 - ``Accounting``: the packets and bytes of the fast flows, which the hooks count per
   real server and direction (DIRECTOR_FAST_ACCT), into the stats, the estimator and the
-  metrics every ``RESYNC`` seconds: reading them costs the same whatever the number of
+  metrics every ``ACCOUNT_EVERY`` seconds: reading them costs the same whatever the number of
   connections.  The packets that reach the worker (a flow's first) it counts itself.
 """
 
@@ -30,7 +30,11 @@ from director.shell.netfilter import FAST_BITS, FAST_MASK, FAST_TAG, fast_counte
 
 log = logging.getLogger(__name__)
 
-RESYNC = 2.0  # seconds between two dumps or readings: the estimator's interval (ip_vs_est.c)
+ACCOUNT_EVERY = 2.0  # seconds between two readings of the counters: the estimator's (ip_vs_est.c)
+# Seconds between two dumps, which bring what the events leave out: the later states
+# and conntrack's time left (an entry it keeps alive stays here at least until the next
+# dump, whatever time it had left at the last one).
+DUMP_EVERY = 10.0
 # A dump walks every fast-path connection: with many, they come less often, so that
 # dumping takes at most 1/DUMP_SHARE of the worker's time.
 DUMP_SHARE = 20
@@ -141,6 +145,7 @@ class Follower:
         self.source = source
         self.counts: Counter[str] = Counter()  # events and dumps applied, for the logs
         self._next_dump = 0.0
+        self._interval = DUMP_EVERY  # seconds to the next dump, as the last one set it
 
     def fileno(self) -> int:
         return self.source.fileno()
@@ -167,7 +172,8 @@ class Follower:
             started = time.monotonic()
             self.resync(now)
             took = time.monotonic() - started
-            self._next_dump = now + max(RESYNC, took * DUMP_SHARE)
+            self._interval = max(DUMP_EVERY, took * DUMP_SHARE)
+            self._next_dump = now + self._interval
 
     def resync(self, now: float) -> None:
         """Refresh every fast-path entry from a dump: time left and state (an entry
@@ -185,7 +191,8 @@ class Follower:
                 director.ct_gone(protocol, caddr, cport, vaddr, vport)
             else:
                 ttl = entry.timeout if entry.timeout is not None else conn.timeout
-                director.ct_seen(protocol, caddr, cport, vaddr, vport, entry.state, ttl, now)
+                director.ct_seen(protocol, caddr, cport, vaddr, vport, entry.state,
+                                 max(ttl, self._interval), now)  # fmt: skip
             self.counts[entry.kind] += 1
 
 
@@ -208,7 +215,7 @@ class Accounting:
 
     def tick(self, now: float) -> None:
         if now >= self._next:
-            self._next = now + RESYNC
+            self._next = now + ACCOUNT_EVERY
             self.take(self.read())
 
     def take(self, counters: Mapping[int, Counters]) -> None:
