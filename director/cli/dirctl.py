@@ -39,6 +39,8 @@ from director.ctl.ipvsadm import (
 from director.ctl.ops import ServiceKey
 from director.ctl.protocol import DEFAULT_SOCKET, DaemonFailed, DaemonUnreachable
 from director.model.config import ConfigError
+from director.model.sync import STATES as SYNC_STATES
+from director.model.sync import parse_daemon
 
 app = typer.Typer(
     name="dirctl",
@@ -333,9 +335,16 @@ def list_(
     exact: Annotated[bool, typer.Option("--exact", help="exact numbers")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the snapshot as JSON")] = False,
     checks: Annotated[bool, typer.Option("--checks", help="health checks and states")] = False,
+    daemon: Annotated[bool, typer.Option("--daemon", help="the sync daemons")] = False,
 ) -> None:
     """ipvsadm -L: list the table (addresses are always numeric)."""
     chosen = _service(t, u, f)
+    if daemon:
+        rows = _ask(ctx, "daemon")
+        typer.echo(
+            json.dumps(rows, indent=2) + "\n" if as_json else listing.format_daemon(rows), nl=False
+        )
+        return
     if checks:
         rows = _ask(ctx, "checks")
         if chosen is not None:
@@ -370,6 +379,53 @@ def list_(
         typer.echo(listing.format_timeout(snapshot), nl=False)
     else:
         typer.echo(listing.format_list(snapshot, layout, service), nl=False)
+
+
+# --- the connection sync daemon (ipvsadm --start-daemon) ------------------------------
+
+
+@app.command("start-daemon")
+def start_daemon(
+    ctx: typer.Context,
+    state: Annotated[str, typer.Argument(help="master or backup")],
+    mcast_interface: Annotated[
+        str | None, typer.Option("--mcast-interface", metavar="IF", help="multicast interface")
+    ] = None,
+    syncid: Annotated[
+        str | None, typer.Option("--syncid", metavar="N", help="sync id, 0-255 (default 0)")
+    ] = None,
+    sync_maxlen: Annotated[
+        str | None, typer.Option("--sync-maxlen", metavar="N", help="max sync message length")
+    ] = None,
+    mcast_group: Annotated[
+        str | None, typer.Option("--mcast-group", metavar="ADDR", help="group (224.0.0.81)")
+    ] = None,
+    mcast_port: Annotated[
+        str | None, typer.Option("--mcast-port", metavar="N", help="UDP port (8848)")
+    ] = None,
+    mcast_ttl: Annotated[
+        str | None, typer.Option("--mcast-ttl", metavar="N", help="multicast TTL (1)")
+    ] = None,
+) -> None:
+    """ipvsadm --start-daemon: sync connections to backups (master) or from a master
+    (backup); both may run.  Kept by directord across restarts."""
+    args = {
+        "state": state, "mcast_ifn": mcast_interface, "syncid": syncid,
+        "sync_maxlen": sync_maxlen, "mcast_group": mcast_group, "mcast_port": mcast_port,
+        "mcast_ttl": mcast_ttl,
+    }  # fmt: skip
+    conf = parse_daemon({k: v for k, v in args.items() if v is not None})
+    _ask(ctx, "start-daemon", conf.as_dict())
+
+
+@app.command("stop-daemon")
+def stop_daemon(
+    ctx: typer.Context, state: Annotated[str, typer.Argument(help="master or backup")]
+) -> None:
+    """ipvsadm --stop-daemon: stop the master or the backup sync daemon."""
+    if state not in SYNC_STATES:
+        raise ConfigError(f"daemon state must be master or backup, not {state!r}")
+    _ask(ctx, "stop-daemon", {"state": state})
 
 
 @app.command("top")

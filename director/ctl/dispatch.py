@@ -99,6 +99,16 @@ def _sysctls(target: ControlTarget, args: dict[str, Any]) -> Any:
         raise ConfigError(str(exc)) from None
 
 
+def _sync_daemon(command: str) -> Handler:
+    """start-daemon, stop-daemon (ipvsadm --start-daemon / --stop-daemon) and daemon
+    (ipvsadm -L --daemon)."""
+
+    def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
+        return target.sync_daemon(command, args)
+
+    return handler
+
+
 def _change(command: str) -> Handler:
     def handler(target: ControlTarget, args: dict[str, Any]) -> Any:
         # prune: deleting a service or real server deletes its checks.
@@ -135,6 +145,9 @@ HANDLERS: dict[str, Handler] = {
     "which": _which,
     "sysctl": _sysctls,
     "checks": _checks,
+    "start-daemon": _sync_daemon("start"),
+    "stop-daemon": _sync_daemon("stop"),
+    "daemon": _sync_daemon("list"),
     **{name: _change(name) for name in OPS},
     **{name: _health_change(name) for name in HEALTH_VERBS},
 }

@@ -314,3 +314,24 @@ def format_checks(rows: list[dict[str, Any]]) -> str:
             f"{row['for_seconds']!s:>6}s {row['failures']!s:>5}  {row['last_error']}"
         )
     return "".join(f"{line.rstrip()}\n" for line in lines)
+
+
+def format_daemon(confs: list[dict[str, Any]]) -> str:
+    """``ipvsadm -L --daemon`` (ipvsadm 1.28 and later, list_daemon): one line per
+    daemon, master first, with the settings the kernel reports (its defaults filled
+    in, as start_sync_thread stores them)."""
+    lines = []
+    for state in ("master", "backup"):
+        for conf in confs:
+            if conf["state"] != state:
+                continue
+            line = f"{state} sync daemon (mcast={conf['mcast_ifn']}, syncid={conf['syncid']}"
+            if conf.get("sync_maxlen"):
+                line += f", maxlen={conf['sync_maxlen']}"
+            line += f", group={conf['mcast_group']}"
+            if conf.get("mcast_port"):
+                line += f", port={conf['mcast_port']}"
+            if conf.get("mcast_ttl"):
+                line += f", ttl={conf['mcast_ttl']}"
+            lines.append(line + ")\n")
+    return "".join(lines)

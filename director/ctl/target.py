@@ -34,5 +34,9 @@ class ControlTarget(Protocol):
     def sysctls(self, changes: dict[str, str]) -> dict[str, int | bool]:
         """Apply ``changes`` (all or none; ValueError names a bad one) and return all."""
 
+    def sync_daemon(self, command: str, args: dict[str, Any]) -> Any:
+        """The connection sync daemons: "start" (args: director.model.sync's), "stop"
+        ({"state": ...}) or "list" (their settings, as ipvsadm -L --daemon shows them)."""
+
     def checks(self) -> list[dict[str, Any]]:
         """The health checks and what they found (director.health.manager)."""

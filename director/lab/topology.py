@@ -321,6 +321,39 @@ def build(prefix: str | None = None, kind: str = "nat") -> Lab:
     return lab
 
 
+PEER_DIRECTOR_INSIDE = "198.18.0.10"
+
+
+def add_peer_director(lab: Lab, name: str = "director2", addr: str = PEER_DIRECTOR_INSIDE) -> Lab:
+    """A second director for the sync daemon's tests: namespace ``<prefix>-<name>``
+    with ``eth1`` (``addr``/24) a port of the director's inside bridge, the link a
+    master and a backup multicast their sync messages over (ip_forward on, as on the
+    first).  Returns the lab as that director sees it (``Lab.director`` is the new
+    namespace), for a ``Daemon`` there; ``teardown`` removes it with the rest."""
+    import dataclasses
+
+    from pyroute2 import NetNS, netns
+
+    ns_name = f"{lab.prefix}-{name}"
+    netns.create(ns_name)
+    try:
+        with NetNS(ns_name) as ns:
+            _up(ns, "lo")
+        with NetNS(lab.director) as ns:
+            ns.link("add", ifname=name, kind="veth", peer={"ifname": "eth1", "net_ns_fd": ns_name})
+            port = ns.link_lookup(ifname=name)[0]
+            ns.link("set", index=port, master=ns.link_lookup(ifname="br0")[0])
+            ns.link("set", index=port, state="up")
+        with NetNS(ns_name) as ns:
+            _up(ns, "eth1", addr, INSIDE_PREFIXLEN)
+        set_sysctl(ns_name, "net.ipv4.ip_forward", "1")
+    except BaseException:
+        _kill_namespace_pids(ns_name)
+        netns.remove(ns_name)
+        raise
+    return dataclasses.replace(lab, director=ns_name, backends=[])
+
+
 def _dirctl() -> str:
     from director.lab.daemon import venv_program
 

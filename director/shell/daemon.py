@@ -51,6 +51,8 @@ from director.ctl.report import CONN_PAGE, conn_page, dest_dict, snapshot
 from director.ctl.snapshot import Snapshot
 from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
+from director.model.sync import STATES as SYNC_STATES
+from director.model.sync import DaemonConf, parse_daemon
 from director.shell import board, fastpath
 from director.shell.board import Board, CountPacer, SlotKey, Slots
 from director.shell.control import ControlServer
@@ -72,6 +74,8 @@ from director.shell.peer import (
 )
 from director.shell.persist import atomic_write
 from director.shell.supervise import EXIT_CRASH, supervise
+from director.shell.sync import SyncDaemon
+from director.shell.sync import apply as sync_apply
 from director.shell.worker import Worker, queue_sample
 
 log = logging.getLogger("directord")
@@ -159,6 +163,7 @@ FAST_PATHS = ("off", "kernel")
 CONNS_FILE = "conns.json"
 DEFAULT_CONFIG = Path("/etc/director/director.toml")
 SYSCTL_FILE = "sysctl.json"  # the `dirctl sysctl` changes, kept across restarts
+SYNC_FILE = "sync.json"  # the sync daemons `dirctl start-daemon` started, for the next start
 
 
 # What each setting does, for --help; the TOML file takes the same names as keys.
@@ -436,8 +441,13 @@ class Daemon:
         self.metrics = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
         # Health checks (director.health): the core runs health.effective(intent).
         self.health = HealthManager()
+        # The connection sync daemons (director.shell.sync): worker 0 receives, every
+        # worker sends its own shard's connections.
+        self.sync = SyncDaemon(self.director, self._sync_deliver)
+        self.sync.on_master = self._sync_master
         if self.metrics is not None:
             self.metrics.registry.register(self.health.collector)
+            self.metrics.registry.register(self.sync.collector)
 
     # -- ControlTarget -----------------------------------------------------------
 
@@ -686,6 +696,89 @@ class Daemon:
     def zero(self, key: tuple[str, str, int] | None) -> None:
         estimator.zero(self.director, key)
 
+    def sync_daemon(self, command: str, args: dict[str, Any]) -> Any:
+        """ipvsadm --start-daemon, --stop-daemon and -L --daemon.  A started or stopped
+        daemon is kept in SYNC_FILE for the next start (undone if that write fails)."""
+        if command == "list":
+            return self._sync_listing()
+        if command == "start":
+            conf = parse_daemon(args)
+            try:
+                self.sync.start(conf)
+            except OSError as err:  # ENODEV and the like: the caller's to fix
+                raise ConfigError(f"{conf.mcast_ifn}: {err.strerror or err}") from None
+            try:
+                self._save_sync()
+            except OSError:
+                self.sync.stop(conf.state)
+                raise
+            return None
+        state = args.get("state")
+        if state not in SYNC_STATES:
+            raise ConfigError(f"daemon state must be master or backup, not {state!r}")
+        before = [c for c in self.sync.confs() if c.state == state]
+        self.sync.stop(state)
+        try:
+            self._save_sync()
+        except OSError:
+            self.sync.start(before[0])
+            raise
+        return None
+
+    def _sync_listing(self) -> list[dict[str, Any]]:
+        rows = []
+        for side in (self.sync.sender, self.sync.receiver):
+            if side is not None:
+                row = side.conf.as_dict()
+                row["sync_maxlen"] = side.maxlen
+                rows.append(row)
+        return rows
+
+    def _save_sync(self) -> None:
+        confs = [conf.as_dict() for conf in self.sync.confs()]
+        atomic_write(self.settings.state_dir / SYNC_FILE, json.dumps(confs, indent=1))
+
+    def _restore_sync(self) -> None:
+        """The sync daemons of the previous run, started again; one that cannot start
+        (its interface is gone...) is reported and left out (the file keeps it)."""
+        path = self.settings.state_dir / SYNC_FILE
+        try:
+            confs = json.loads(path.read_text())
+            if not isinstance(confs, list):
+                raise ValueError("not a list")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            log.error("sync daemons of an earlier run (%s) not started: %s", path, err)
+            return
+        for item in confs:
+            try:
+                self.sync.start(parse_daemon(item if isinstance(item, dict) else {}))
+            except (ConfigError, OSError) as err:
+                log.error("sync daemon %r of an earlier run not started: %s", item, err)
+
+    def _sync_master(self, conf: DaemonConf | None) -> None:
+        """The other workers send their own connections too (or stop)."""
+        self._each_peer("sync_master", conf)
+
+    def _sync_deliver(self, conns: list[Any], now: float) -> Counter[str]:
+        """Received entries to the workers that own their clients (IPv6 ones are
+        counted: the packet path does not carry them yet)."""
+        if not self.peers:
+            return sync_apply(self.director, conns, now)
+        outcomes: Counter[str] = Counter()
+        parts: list[list[Any]] = [[] for _ in range(self.settings.workers)]
+        for conn in conns:
+            if conn.af != 4:
+                outcomes["ipv6"] += 1
+                continue
+            parts[self.shards.owner(conn.caddr)].append(conn)
+        outcomes.update(sync_apply(self.director, parts[0], now))
+        for peer in self.peers:
+            if parts[peer.index]:
+                outcomes.update(peer.call("sync_apply", parts[peer.index], now))
+        return outcomes
+
     # -- life cycle ----------------------------------------------------------------
 
     def run(self) -> int:
@@ -710,6 +803,7 @@ class Daemon:
             self.health.start()
             self.commit(config, persist=False)
             self._load_conns()
+            self._restore_sync()
             for worker in workers:
                 worker.bind()
             self._each_peer("bind")
@@ -768,6 +862,8 @@ class Daemon:
         if self._selector is not None:
             self._watch(self._selector, peer)
         peer.call("configure", self.health.effective(self._config), self._slots)
+        if self.sync.sender is not None:
+            peer.call("sync_master", self.sync.sender.conf)
         peer.call("bind")
 
     def _watch(self, selector: selectors.BaseSelector, peer: Peer) -> None:
@@ -802,6 +898,7 @@ class Daemon:
             self._step("stop", self.notifier.stopping)
         for worker in workers:  # no verdicts from here on: the queues hold or bypass
             self._step("stop", worker.close)
+        self._step("stop", self.sync.close)  # sync.json keeps them for the next start
         self._step("stop", self._stop_peers)
         self._step("stop", self.health.stop)
         saved = self._step("save", self._save_conns)
@@ -834,6 +931,10 @@ class Daemon:
         if self.board is not None:
             self.board.sync()
         sample = take_sample(self.director, workers[0].errors, self.loop_errors, queues)
+        peer_sync: Counter[str] = Counter()
+        for report in reports:
+            peer_sync.update(report.get("sync", {}))
+        self.sync.peer_counts = dict(peer_sync)
         return add_reports(sample, reports)
 
     def _loop(self, workers: list[Worker], control: ControlServer) -> None:
@@ -859,6 +960,7 @@ class Daemon:
         )
         selector.register(wake_r, selectors.EVENT_READ, ("signal", lambda: _drain(wake_r)))
         selector.register(self.health, selectors.EVENT_READ, ("health", self._on_health))
+        self.sync.attach(selector)
 
         self.notifier.ready(f"{len(self.director.services)} virtual services")
         log.info(
@@ -877,6 +979,9 @@ class Daemon:
             # While the collector has entries due, one slice per turn and no waiting:
             # the packets that came meanwhile are served between two slices.
             timeout = 0.0 if self.director.conns.behind(now) else max(0.0, next_tick - now)
+            wakeup = self.sync.next_wakeup()
+            if wakeup is not None:
+                timeout = min(timeout, max(0.0, wakeup - now))
             if pacer is not None:
                 timeout = pacer.timeout(now, timeout)
             events = selector.select(timeout)
@@ -886,6 +991,7 @@ class Daemon:
                 where, action = key.data
                 self._step(where, action)
             now = time.monotonic()
+            self._step("sync", partial(self.sync.flush, now))
             if pacer is not None:  # ours, soon, for theirs
                 self._step("board", partial(pacer.after, now, bool(events)))
             if now >= next_tick or self.director.conns.behind(now):
@@ -894,6 +1000,7 @@ class Daemon:
                 self._tick(workers, control, now)
                 next_tick = now + TICK
         signal.set_wakeup_fd(-1)
+        self.sync.attach(None)
         self._selector = None
         selector.close()
         wake_r.close()
@@ -917,6 +1024,7 @@ class Daemon:
             ("hooks", self._sync_hooks),
             ("garbage", settle_garbage),
             ("conntrack", partial(self._follow, now)),
+            ("sync", self.sync.tick),
         )
         for where, action in steps:
             self._step(where, action)

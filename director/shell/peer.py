@@ -21,6 +21,9 @@ The daemon drives each worker through a socket pair with one request at a time
     emigrants  the entries new shards give to other workers (a dump)
     prune      drop those entries (the others have taken them)
     stop       give the queues back and answer with the table's dump
+    sync_master  the master sync daemon's settings (send this shard's connections on
+               a socket of the worker's own), or None to stop
+    sync_apply the entries the backup sync daemon received for this shard's clients
 
 A worker ignores SIGTERM and SIGINT (the daemon stops it, after taking its table) and
 dies with the daemon (PR_SET_PDEATHSIG), or when the socket pair closes.
@@ -44,19 +47,23 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
-from director.core import conn_dump, proto_tcp
+from director.core import conn_dump, proto_tcp, sync
 from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE, Conn
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
 from director.core.shard import Shards
+from director.core.sync import SyncConn
 from director.core.sysctl import Sysctls
 from director.ctl.report import conn_page
 from director.model.config import Config
+from director.model.sync import DaemonConf
 from director.shell import fastpath
 from director.shell.board import Board, CountPacer, SlotKey
 from director.shell.netfilter import worker_queue
 from director.shell.netlink import Neighbours, Routes
 from director.shell.nfqueue import read_queue_table
+from director.shell.sync import Sender
+from director.shell.sync import apply as sync_apply
 from director.shell.worker import Worker, queue_sample
 
 log = logging.getLogger(__name__)
@@ -172,7 +179,10 @@ class PeerWorker:
             "emigrants": self.emigrants,
             "prune": self.prune,
             "stop": self.stop,
+            "sync_master": self.sync_master,
+            "sync_apply": self.sync_apply,
         }
+        self.sender: Sender | None = None  # the master sync daemon's, for this shard
 
     # -- requests ------------------------------------------------------------------
 
@@ -184,6 +194,22 @@ class PeerWorker:
 
     def set_sysctls(self, sysctls: Sysctls) -> None:
         self.director.sysctls = sysctls
+
+    def sync_master(self, conf: DaemonConf | None) -> None:
+        """The master sync daemon started (this worker sends its own connections on a
+        socket of its own) or stopped (None)."""
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+        if conf is not None:
+            self.sender = Sender(conf, self.director, self.director.sysctls.sync_sock_size)
+        master = None if self.sender is None else self.sender.master
+        state = self.director.sync_state & ~sync.IP_VS_STATE_MASTER
+        self.director.set_sync(state | (sync.IP_VS_STATE_MASTER if master else 0), master)
+
+    def sync_apply(self, conns: list[SyncConn], now: float) -> dict[str, int]:
+        """Entries the backup received for this worker's clients (ip_vs_proc_conn)."""
+        return dict(sync_apply(self.director, conns, now))
 
     def bind(self) -> None:
         for worker in self.workers:
@@ -214,6 +240,7 @@ class PeerWorker:
             "worker_errors": dict(self.workers[0].errors),
             "loop_errors": dict(self.loop_errors),
             "queues": [(w.queue, queue_sample(w, kernel)) for w in self.workers],
+            "sync": {} if self.sender is None else self.sender.report(),
         }
 
     def conns(self, offset: int, limit: int) -> tuple[list[Any], int]:
@@ -310,6 +337,9 @@ class PeerWorker:
             now = time.monotonic()
             behind = self.director.conns.behind(now)
             timeout = 0.0 if behind else pacer.timeout(now, max(0.0, next_tick - now))
+            wakeup = None if self.sender is None else self.sender.next_wakeup()
+            if wakeup is not None:
+                timeout = min(timeout, max(0.0, wakeup - now))
             events = selector.select(timeout)
             if events:
                 self._step("board", partial(pacer.before, time.monotonic()))
@@ -319,6 +349,8 @@ class PeerWorker:
                     continue
                 self._step(where, action)
             now = time.monotonic()
+            if self.sender is not None:
+                self._step("sync", partial(self.sender.flush, now))
             self._step("board", partial(pacer.after, now, bool(events)))
             if now >= next_tick or self.director.conns.behind(now):
                 self._step("expire", partial(self.director.expire, now, COLLECT_SLICE))

@@ -1,0 +1,228 @@
+"""Issue 13, the connection sync daemon between two real directords.
+
+The NAT lab with a second director (``topology.add_peer_director``: namespace
+``<prefix>-director2``, eth1 198.18.0.10 on the inside bridge): the first runs the
+master sync daemon on br0, the second the backup on eth1, both with the same rules
+and their default worker count.  Hostile datagrams come from rs1's namespace, a host
+on the same LAN."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labtools import METRICS, by_reason, connections, curl, running, scrape
+
+from director.lab import topology
+from director.lab.daemon import Daemon
+
+SYNCID = 7
+
+
+@pytest.fixture(scope="module")
+def backup_lab(lab: topology.Lab) -> topology.Lab:
+    return topology.add_peer_director(lab)
+
+
+@pytest.fixture
+def pair(
+    lab: topology.Lab, backup_lab: topology.Lab, tmp_path: Path
+) -> Iterator[tuple[Daemon, Daemon]]:
+    """Master (in the director) and backup (in director2), the same rules, sync on."""
+    master = Daemon(lab, tmp_path / "master")
+    backup = Daemon(backup_lab, tmp_path / "backup", ["--metrics-listen", METRICS])
+    with running(master), running(backup):
+        for d in (master, backup):
+            assert d.dirctl("restore", input=lab.rules()).returncode == 0
+        done = master.dirctl("start-daemon", "master", "--mcast-interface", "br0",
+                             "--syncid", str(SYNCID))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        done = backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1",
+                             "--syncid", str(SYNCID))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        yield master, backup
+
+
+def client_ports(d: Daemon, lab: topology.Lab) -> set[int]:
+    return {c["cport"] for c in connections(d) if c["caddr"] == lab.client_addr}
+
+
+def test_the_backup_learns_the_masters_connections_within_3_s(
+    lab: topology.Lab, pair: tuple[Daemon, Daemon]
+) -> None:
+    master, backup = pair
+    for _ in range(4):
+        assert curl(lab, f"http://{lab.vip}/").code == 0
+    on_master = client_ports(master, lab)
+    assert len(on_master) == 4
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and client_ports(backup, lab) != on_master:
+        time.sleep(0.1)
+    assert client_ports(backup, lab) == on_master, backup.dirctl("list", "-c", "-n").stdout
+    # Each entry bound to the backup's own real server, as the master's.
+    master_rs = {(c["cport"], c["daddr"]) for c in connections(master)}
+    backup_rs = {(c["cport"], c["daddr"]) for c in connections(backup)}
+    assert master_rs <= backup_rs
+    text = backup.dirctl("list", "-c", "-n").stdout
+    assert lab.client_addr in text
+    families = scrape(backup.lab, METRICS)
+    assert by_reason(families, "director_sync_entries_total")["received"] >= 4
+
+
+def test_list_daemon_prints_as_ipvsadm_and_a_restart_brings_the_daemons_back(
+    pair: tuple[Daemon, Daemon],
+) -> None:
+    """ipvsadm -L --daemon (ipvsadm 1.28+ list_daemon), with the kernel's defaults
+    filled in: maxlen 1500 - 28 for a master, the link's MTU - 28 for a backup."""
+    master, _ = pair
+    both = master.dirctl("start-daemon", "backup", "--mcast-interface", "br0",
+                         "--syncid", "3", "--mcast-port", "8850")  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    listed = master.dirctl("list", "--daemon").stdout
+    assert listed == (
+        f"master sync daemon (mcast=br0, syncid={SYNCID}, maxlen=1472, group=224.0.0.81, "
+        "port=8848, ttl=1)\n"
+        "backup sync daemon (mcast=br0, syncid=3, maxlen=1472, group=224.0.0.81, port=8850, "
+        "ttl=1)\n"
+    )
+    again = master.dirctl("start-daemon", "master", "--mcast-interface", "br0")
+    assert (again.returncode, again.stderr) == (2, "dirctl: Daemon has already run\n")
+    assert master.stop() == 0
+    master.start()
+    assert master.dirctl("list", "--daemon").stdout == listed
+    assert master.dirctl("stop-daemon", "backup").returncode == 0
+    gone = master.dirctl("stop-daemon", "backup")
+    assert (gone.returncode, gone.stderr) == (2, "dirctl: No daemon is running\n")
+    assert master.dirctl("list", "--daemon").stdout == listed.splitlines(keepends=True)[0]
+
+
+def test_bad_daemon_options_exit_2_with_one_line(pair: tuple[Daemon, Daemon]) -> None:
+    master, _ = pair
+    for argv, message in (
+        (["start-daemon", "master"], "--mcast-interface is required"),
+        (["start-daemon", "primary", "--mcast-interface", "br0"], "daemon state must be"),
+        (["start-daemon", "backup", "--mcast-interface", "nosuch0"], "nosuch0: No such device"),
+        (["start-daemon", "backup", "--mcast-interface", "br0", "--syncid", "256"], "--syncid"),
+        (["start-daemon", "backup", "--mcast-interface", "br0", "--mcast-group", "10.0.0.1"],
+         "not a multicast address"),
+        (["stop-daemon", "both"], "daemon state must be"),
+    ):  # fmt: skip
+        done = master.dirctl(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert master.dirctl("list", "--daemon").stdout.count("\n") == 1  # the master alone
+
+
+# Datagrams for the backup, each malformed one way (the layouts of ip_vs_sync.c:
+# tests/core/test_sync.py writes them out); (reason, datagram).
+def _entry(cport: int, size: int = 36, version: int = 0) -> bytes:
+    return (
+        bytes((0, 6)) + (version << 12 | size).to_bytes(2, "big") + (0).to_bytes(4, "big")
+        + (1).to_bytes(2, "big") + cport.to_bytes(2, "big") + (80).to_bytes(2, "big")
+        + (80).to_bytes(2, "big") + bytes(4) + (900).to_bytes(4, "big")
+        + socket.inet_aton("203.0.113.77") + socket.inet_aton(topology.VIP)
+        + socket.inet_aton("198.18.0.2")
+    )  # fmt: skip
+
+
+def _message(body: bytes, count: int, syncid: int = SYNCID, size: int | None = None) -> bytes:
+    size = 8 + len(body) if size is None else size
+    return bytes((0, syncid)) + size.to_bytes(2, "big") + bytes((count, 1, 0, 0)) + body
+
+
+MALFORMED: dict[str, bytes] = {
+    "header_short": b"\0\7",
+    "size_mismatch": _message(_entry(1), 1, size=100),
+    "entry_short": _message(_entry(2), 3),
+    "entry_size": _message(_entry(3, size=400), 1),
+    "entry_version": _message(_entry(4, version=2), 1),
+    "option_length": _message(_entry(5, size=40) + bytes((1, 0, 0, 0)), 1),
+    "unknown_option": _message(_entry(6, size=40) + bytes((9, 2, 0, 0)), 1),
+}
+ROUNDS = 40
+
+SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(sys.argv[2]))
+if sys.argv[3]:
+    s.bind((sys.argv[3], 0))
+payloads = [bytes.fromhex(h) for h in sys.argv[4:]]
+for _ in range(int(sys.argv[1])):
+    for p in payloads:
+        s.sendto(p, ("224.0.0.81", 8848))
+    time.sleep(0.005)
+"""
+
+
+def send(lab: topology.Lab, ns: str, rounds: int, payloads: list[bytes], loop: bool = False,
+         source: str = "") -> None:  # fmt: skip
+    argv = [sys.executable, "-c", SENDER, str(rounds), str(int(loop)), source,
+            *(p.hex() for p in payloads)]  # fmt: skip
+    subprocess.run(lab.exec_argv(ns, argv), check=True, timeout=30)
+
+
+def errors(backup: Daemon) -> dict[str, float]:
+    return by_reason(scrape(backup.lab, METRICS), "director_sync_errors_total")
+
+
+def test_malformed_datagrams_are_counted_by_reason_and_the_backup_stays_up(
+    lab: topology.Lab, pair: tuple[Daemon, Daemon]
+) -> None:
+    _, backup = pair
+    before = errors(backup)
+    send(lab, lab.real_servers[0].netns, ROUNDS, list(MALFORMED.values()))
+    want = {reason: before.get(reason, 0) + ROUNDS for reason in MALFORMED}
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        got = errors(backup)
+        if all(got.get(r, 0) >= n for r, n in want.items()):
+            break
+        time.sleep(0.2)
+    got = errors(backup)
+    assert {r: got.get(r, 0) for r in want} == want
+    assert backup.proc is not None and backup.proc.poll() is None
+    assert backup.dirctl("list").returncode == 0
+    # None of them made an entry but the one good entry before entry_short's lie (the
+    # kernel takes the entries before the one that fails).
+    made = {c["cport"] for c in connections(backup) if c["caddr"] == "203.0.113.77"}
+    assert made <= {2}
+
+
+def test_another_syncid_and_our_own_datagrams_are_not_taken(
+    lab: topology.Lab, backup_lab: topology.Lab, pair: tuple[Daemon, Daemon]
+) -> None:
+    _, backup = pair
+    good = _message(_entry(5555), 1)
+    other = _message(_entry(6666), 1, syncid=SYNCID + 1)
+    before = errors(backup)
+    send(lab, lab.real_servers[0].netns, 5, [other])
+    # From the backup's own address, looped back to its own socket.
+    send(
+        backup_lab, backup_lab.director, 5, [good], loop=True, source=topology.PEER_DIRECTOR_INSIDE
+    )
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        got = errors(backup)
+        if (
+            got.get("syncid", 0) >= before.get("syncid", 0) + 5
+            and got.get("own", 0) >= before.get("own", 0) + 5
+        ):
+            break
+        time.sleep(0.2)
+    got = errors(backup)
+    assert got.get("syncid", 0) - before.get("syncid", 0) == 5
+    assert got.get("own", 0) - before.get("own", 0) == 5
+    assert {c["cport"] for c in connections(backup)}.isdisjoint({5555, 6666})
+    # The same datagram from rs1 is taken: the filters above are what kept it out.
+    send(lab, lab.real_servers[0].netns, 1, [good])
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and 5555 not in {c["cport"] for c in connections(backup)}:
+        time.sleep(0.1)
+    assert 5555 in {c["cport"] for c in connections(backup)}
