@@ -391,18 +391,40 @@ def tuple_attr(kind: int, protocol: int, tup: CtTuple) -> bytes:
 _MSG_TYPE_BYTE = 4 if sys.byteorder == "little" else 5
 
 
-def event_filter(tag: int, mask: int, tcp_states: Iterable[str] | None = None) -> list[
-        bpf.Insn | bpf.Label]:  # fmt: skip
+class Clients(NamedTuple):
+    """The clients a worker follows: IPv4 sources whose address & ``mask`` is one of
+    ``values`` (integers), and IPv6 ones or not."""
+
+    mask: int
+    values: tuple[int, ...]
+    ipv6: bool
+
+
+def event_filter(tag: int, mask: int, tcp_states: Iterable[str] | None = None,
+                 clients: Clients | None = None) -> list[bpf.Insn | bpf.Label]:  # fmt: skip
     """The kernel-side filter of a CtEvents socket (classic BPF over the attributes):
-    only the messages whose CTA_MARK & ``mask`` == ``tag``; with ``tcp_states``, of
-    the updates that carry a TCP state (CTA_PROTOINFO / CTA_PROTOINFO_TCP /
-    CTA_PROTOINFO_TCP_STATE) only those in one of the states named.  Destroy messages
-    and updates without a TCP state pass.  A message without a mark does not."""
+    only the messages whose CTA_MARK & ``mask`` == ``tag``; with ``clients``, only
+    those whose original source (CTA_TUPLE_ORIG / CTA_TUPLE_IP / CTA_IP_V4_SRC, or an
+    IPv6 one) is among them; with ``tcp_states``, of the updates that carry a TCP state
+    (CTA_PROTOINFO / CTA_PROTOINFO_TCP / CTA_PROTOINFO_TCP_STATE) only those in one of
+    the states named.  Destroy messages and updates without a TCP state pass.  A
+    message without a mark does not."""
     top = _HEAD  # the first attribute, after nlmsghdr and struct nfgenmsg
     program: list[bpf.Insn | bpf.Label] = [
         bpf.ld_imm(top), bpf.ldx_imm(CTA_MARK), bpf.nlattr(), bpf.jeq(0, "drop", 0),
         bpf.tax(), bpf.ldw_ind(4), bpf.and_k(mask), bpf.jeq(tag & mask, 0, "drop"),
     ]  # fmt: skip
+    if clients is not None:
+        program += [
+            bpf.ld_imm(top), bpf.ldx_imm(CTA_TUPLE_ORIG), bpf.nlattr(), bpf.jeq(0, "drop", 0),
+            bpf.ldx_imm(CTA_TUPLE_IP), bpf.nlattr_nest(), bpf.jeq(0, "drop", 0),
+            bpf.ldx_imm(CTA_IP_V4_SRC), bpf.nlattr_nest(),
+            bpf.jeq(0, "clients" if clients.ipv6 else "drop", 0),
+            bpf.tax(), bpf.ldw_ind(4), bpf.and_k(clients.mask),
+            *(bpf.jeq(value & clients.mask, "clients", 0) for value in clients.values),
+            bpf.ret(bpf.DROP),
+            bpf.Label("clients"),
+        ]  # fmt: skip
     if tcp_states is not None:
         numbers = sorted({TCP_CONNTRACK_NAMES.index(name) for name in tcp_states})
         program += [
@@ -456,7 +478,8 @@ class CtEvents:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:  # without CAP_NET_ADMIN: up to rmem_max
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            bpf.attach(self.sock, event_filter(tag, mask, tcp_states))
+            self.tcp_states = None if tcp_states is None else tuple(tcp_states)
+            self.select(None)
             self.sock.bind((0, groups))
             self.sock.setblocking(False)
         except BaseException:
@@ -469,6 +492,11 @@ class CtEvents:
 
     def close(self) -> None:
         self.sock.close()
+
+    def select(self, clients: Clients | None) -> None:
+        """From now on only the events of ``clients`` (None: of every client) reach
+        this socket: the kernel's filter is replaced."""
+        bpf.attach(self.sock, event_filter(self.tag, self.mask, self.tcp_states, clients))
 
     def read(self) -> list[CtEvent]:
         """The events waiting, in the kernel's order; an empty list when none is.  An

@@ -516,6 +516,7 @@ class Daemon:
         chains switch in one transaction, and the old copies go.  Packets meet a worker
         that knows their connection throughout (a state change in the few milliseconds
         between the copy and the switch is the one thing lost)."""
+        self._follow_shards(None)  # every worker holds old and new clients' entries a while
         now = time.monotonic()
         moving = [conn_dump.dump(self.director, now, leaving(shards, 0))]
         moving += self._each_peer("emigrants", shards)
@@ -528,8 +529,15 @@ class Daemon:
         conn_dump.drop(self.director, leaving(shards, 0))
         self._each_peer("prune", shards)
         self.shards = shards
+        self._follow_shards(shards)
         log.info("clients sharded by the address bits %s now (persistence netmasks "
                  "changed): %d entries moved", dotted(shards.mask), len(entries))  # fmt: skip
+
+    def _follow_shards(self, shards: Shards | None) -> None:
+        """Every worker's conntrack events for its clients under ``shards`` (fast path)."""
+        if self.follower is not None:
+            self.follower.follow(shards, 0)
+            self._each_peer("follow", shards)
 
     def _each_peer(self, op: str, *args: Any) -> list[Any]:
         """One request to every other worker; a worker that fails it is started
@@ -798,7 +806,7 @@ class Daemon:
         try:
             self._start_peers()
             if self.settings.fast_path == "kernel":
-                self.follower = fastpath.follow(self.director)
+                self.follower = fastpath.follow(self.director, self.shards, 0)
                 self.accounting = fastpath.Accounting(self.director)
             self.health.start()
             self.commit(config, persist=False)
@@ -843,6 +851,7 @@ class Daemon:
             "sysctls": self.director.sysctls,
             "conn_table_memory": settings.conn_table_memory,
             "fast": settings.fast_path == "kernel",
+            "shards": self.shards,
         }
         self.peers = [Peer(index, fd, init) for index in range(1, count)]
         log.info("%d workers, clients sharded by the address bits %s", count,
@@ -858,6 +867,7 @@ class Daemon:
         peer.process.kill()
         peer.close()
         peer.init["sysctls"] = self.director.sysctls
+        peer.init["shards"] = self.shards
         peer.start()
         if self._selector is not None:
             self._watch(self._selector, peer)

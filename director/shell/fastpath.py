@@ -25,6 +25,7 @@ from typing import Protocol
 
 from director.core.engine import Director
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest
+from director.core.shard import Shards
 from director.shell.board import SlotKey
 from director.shell.netfilter import FAST_BITS, FAST_MASK, FAST_TAG, fast_counters, fast_mark
 
@@ -88,6 +89,7 @@ class Source(Protocol):
     def forgive(self) -> None: ...
     def close(self) -> None: ...
     def forget(self, mark: int) -> None: ...
+    def select(self, shards: Shards | None, index: int) -> None: ...
 
 
 class Conntrack:
@@ -127,14 +129,28 @@ class Conntrack:
         """Remove conntrack's connections to the real server of ``mark``."""
         self.table.delete_marked(mark, FAST_BITS)
 
+    def select(self, shards: Shards | None, index: int) -> None:
+        """Only the events of worker ``index``'s clients under ``shards`` from now on
+        (None, or a single worker: every client's).  Its IPv4 clients are those whose
+        shard bits have one of its values; the IPv6 ones are worker 0's."""
+        from director.shell.conntrack import Clients
+
+        if shards is None or shards.workers == 1:
+            self.events.select(None)
+            return
+        values = tuple(addr for addr, _, owner in shards.patterns() if owner == index)
+        self.events.select(Clients(shards.mask, values, ipv6=index == 0))
+
     def close(self) -> None:
         self.events.close()
         self.table.close()
 
 
-def follow(director: Director) -> Follower:
-    """A follower of ctnetlink for ``director``."""
-    return Follower(director, Conntrack())
+def follow(director: Director, shards: Shards | None = None, index: int = 0) -> Follower:
+    """A follower of ctnetlink for ``director``, worker ``index`` of ``shards``."""
+    follower = Follower(director, Conntrack())
+    follower.follow(shards, index)
+    return follower
 
 
 class Follower:
@@ -152,6 +168,12 @@ class Follower:
 
     def close(self) -> None:
         self.source.close()
+
+    def follow(self, shards: Shards | None, index: int) -> None:
+        """Conntrack's events for this worker's clients only (``index`` under
+        ``shards``), or for every client (None: while the shards are being cut anew,
+        when the worker holds entries of both its old and its new clients)."""
+        self.source.select(shards, index)
 
     def forget(self, gone: Iterable[int]) -> None:
         """Real servers left the service (deleted, or taken out by a health check):

@@ -20,6 +20,8 @@ The daemon drives each worker through a socket pair with one request at a time
     load       take these dumped connection entries (a restart, director.core.conn_dump)
     emigrants  the entries new shards give to other workers (a dump)
     prune      drop those entries (the others have taken them)
+    follow     conntrack's events (fast path) for the clients of these shards only,
+               or (None) for every client while the shards are cut anew
     stop       give the queues back and answer with the table's dump
     sync_master  the master sync daemon's settings (send this shard's connections on
                a socket of the worker's own), or None to stop
@@ -167,6 +169,8 @@ class PeerWorker:
         self.loop_errors: Counter[str] = Counter()
         self.stopping = False
         self.fast: bool = init.get("fast", False)
+        self.shards: Shards | None = init.get("shards")
+        self.follower: fastpath.Follower | None = None
         self.ops: dict[str, Callable[..., Any]] = {
             "configure": self.configure,
             "sysctls": self.set_sysctls,
@@ -178,6 +182,7 @@ class PeerWorker:
             "load": self.load,
             "emigrants": self.emigrants,
             "prune": self.prune,
+            "follow": self.follow,
             "stop": self.stop,
             "sync_master": self.sync_master,
             "sync_apply": self.sync_apply,
@@ -268,6 +273,13 @@ class PeerWorker:
         stay here until ``prune``)."""
         return conn_dump.dump(self.director, time.monotonic(), leaving(shards, self.index))
 
+    def follow(self, shards: Shards | None) -> None:
+        """Conntrack's events for this worker's clients under ``shards`` (None: every
+        client's, while the shards are cut anew)."""
+        self.shards = shards
+        if self.follower is not None:
+            self.follower.follow(shards, self.index)
+
     def prune(self, shards: Shards) -> int:
         """Drop the entries whose clients ``shards`` give to other workers."""
         return conn_dump.drop(self.director, leaving(shards, self.index))
@@ -323,7 +335,8 @@ class PeerWorker:
         selector = selectors.DefaultSelector()
         selector.register(self.conn.fileno(), selectors.EVENT_READ, ("control", self._request))
         selector.register(self.neighbours, selectors.EVENT_READ, ("netlink", self._on_netlink))
-        follower = fastpath.follow(self.director) if self.fast else None
+        follower = fastpath.follow(self.director, self.shards, self.index) if self.fast else None
+        self.follower = follower
         if follower is not None:
             selector.register(follower, selectors.EVENT_READ, ("conntrack", follower.on_readable))
         registered = False

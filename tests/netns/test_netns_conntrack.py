@@ -29,6 +29,7 @@ import pytest
 
 from director.lab import topology
 from director.shell.conntrack import (
+    Clients,
     CtEvent,
     CtEvents,
     CtTable,
@@ -387,3 +388,41 @@ def test_the_kernel_filters_the_states_and_marks(
         assert [e.kind for e in of(got, orig)] == ["update", "update", "destroy"]
     finally:
         filtered.close()
+
+
+def test_a_worker_gets_the_events_of_its_own_clients_only(
+    lab: topology.Lab, server: Server, events: CtEvents
+) -> None:
+    """Sockets selecting clients by address bits (CtEvents.select): the client
+    203.0.113.10 has its lowest bit 0, so the socket for value 0 under mask 1 gets its
+    IPv4 connection's events and the one for value 1 none; the IPv6 client's go only to
+    the socket that takes IPv6 clients; select(None) takes everyone again."""
+    even = in_director(lab, lambda: CtEvents(TAG, MASK))
+    odd = in_director(lab, lambda: CtEvents(TAG, MASK))
+    try:
+        even.select(Clients(mask=1, values=(0,), ipv6=True))
+        odd.select(Clients(mask=1, values=(1,), ipv6=False))
+        four, six = connect(lab, 80), connect(lab, 80, VIP6)
+        o4 = orig_of(four, 80)
+        o6 = CtTuple(socket.inet_pton(socket.AF_INET6, CLIENT6), six.getsockname()[1],
+                     socket.inet_pton(socket.AF_INET6, VIP6), 80)  # fmt: skip
+        exchange(four)
+        exchange(six)
+        seen: list[CtEvent] = []
+        wait_for(events, seen, lambda seen: all(
+            any(e.state == "TIME_WAIT" for e in of(seen, o)) for o in (o4, o6)))  # fmt: skip
+        got: list[CtEvent] = []
+        wait_for(even, got, lambda got: all(
+            any(e.state == "TIME_WAIT" for e in of(got, o)) for o in (o4, o6)))  # fmt: skip
+        assert {e.orig for e in got} == {o4, o6}
+        time.sleep(0.2)
+        assert odd.read() == [] and odd.ignored == 0
+        odd.select(None)
+        third = connect(lab, 80)
+        o3 = orig_of(third, 80)
+        exchange(third)
+        late: list[CtEvent] = []
+        wait_for(odd, late, lambda late: any(e.state == "TIME_WAIT" for e in of(late, o3)))
+    finally:
+        even.close()
+        odd.close()
