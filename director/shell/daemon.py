@@ -940,7 +940,8 @@ class Daemon:
         reports = self._each_peer("report")
         if self.board is not None:
             self.board.sync()
-        sample = take_sample(self.director, workers[0].errors, self.loop_errors, queues)
+        fast = None if self.follower is None else self.follower.report()
+        sample = take_sample(self.director, workers[0].errors, self.loop_errors, queues, fast)
         peer_sync: Counter[str] = Counter()
         for report in reports:
             peer_sync.update(report.get("sync", {}))

@@ -83,6 +83,10 @@ class Source(Protocol):
 
     @property
     def lost(self) -> bool: ...
+    @property
+    def overruns(self) -> int: ...
+    @property
+    def malformed(self) -> int: ...
     def fileno(self) -> int: ...
     def read(self) -> list[Entry]: ...
     def dump(self) -> list[Entry]: ...
@@ -112,6 +116,15 @@ class Conntrack:
     @property
     def lost(self) -> bool:
         return bool(self.events.lost)
+
+    @property
+    def overruns(self) -> int:
+        """Times the kernel could not deliver events (ENOBUFS)."""
+        return self.events.enobufs
+
+    @property
+    def malformed(self) -> int:
+        return self.events.malformed + self.table.malformed
 
     def forgive(self) -> None:
         self.events.lost = False
@@ -194,8 +207,15 @@ class Follower:
             started = time.monotonic()
             self.resync(now)
             took = time.monotonic() - started
+            self.counts["dumps"] += 1
             self._interval = max(DUMP_EVERY, took * DUMP_SHARE)
             self._next_dump = now + self._interval
+
+    def report(self) -> dict[str, int]:
+        """What the metrics show of it: events and dump entries applied, dumps made,
+        overruns (events lost, made up for by a dump) and unreadable messages."""
+        counts = {key: self.counts[key] for key in ("update", "destroy", "dump", "dumps")}
+        return {**counts, "overruns": self.source.overruns, "malformed": self.source.malformed}
 
     def resync(self, now: float) -> None:
         """Refresh every fast-path entry from a dump: time left and state (an entry

@@ -93,6 +93,9 @@ class Sample:
     # Per NFQUEUE: the worker's counters (packets, gso_packets, verdicts, ...) and the
     # kernel's for that queue (waiting, kernel_dropped, ...; see QUEUE_FAMILIES).
     queues: tuple[tuple[int, Mapping[str, int]], ...] = ()
+    # The fast path's follower of conntrack (Follower.report), summed over the workers;
+    # empty in every-packet mode.
+    fast_path: tuple[tuple[str, int], ...] = ()
 
 
 def service_labels(svc: Service) -> tuple[str, str, str, str]:
@@ -126,6 +129,7 @@ def take_sample(
     worker_errors: Mapping[str, int],
     loop_errors: Mapping[str, int] | None = None,
     queues: tuple[tuple[int, Mapping[str, int]], ...] = (),
+    fast_path: Mapping[str, int] | None = None,
 ) -> Sample:
     """Copy what the metrics show out of the core (services and servers, not conns)
     and the queues' counters (already copied by the caller)."""
@@ -159,6 +163,7 @@ def take_sample(
         worker_errors=tuple(sorted(worker_errors.items())),
         loop_errors=tuple(sorted((loop_errors or {}).items())),
         queues=tuple((queue, dict(counts)) for queue, counts in queues),
+        fast_path=tuple(sorted((fast_path or {}).items())),
     )
 
 
@@ -174,7 +179,7 @@ def add_reports(sample: Sample, reports: Iterable[Mapping[str, Any]]) -> Sample:
     def summed(own: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
         total: dict[str, int] = dict(own)
         for report in reports:
-            for name, count in report[key].items():
+            for name, count in report.get(key, {}).items():
                 total[name] = total.get(name, 0) + count
         return tuple(sorted(total.items()))
 
@@ -197,6 +202,7 @@ def add_reports(sample: Sample, reports: Iterable[Mapping[str, Any]]) -> Sample:
         worker_errors=summed(sample.worker_errors, "worker_errors"),
         loop_errors=summed(sample.loop_errors, "loop_errors"),
         queues=queues,
+        fast_path=summed(sample.fast_path, "fast_path") if sample.fast_path else (),
     )
 
 
@@ -380,6 +386,7 @@ class DirectorCollector(Collector):
             sample.loop_errors,
         )
         yield from _queues(sample)
+        yield from _fast_path(sample)
         for index, (suffix, text) in enumerate(_RATES):
             yield GaugeMetricFamily(
                 f"director_total_{suffix}",
@@ -389,6 +396,28 @@ class DirectorCollector(Collector):
 
 
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _fast_path(sample: Sample) -> Iterator[Metric]:
+    """The kernel fast path's follower of conntrack (absent in every-packet mode)."""
+    if not sample.fast_path:
+        return
+    counts = dict(sample.fast_path)
+    events = CounterMetricFamily(
+        "director_fast_path_events",
+        "Conntrack events applied to the fast path's connection entries, by kind.",
+        labels=["kind"],
+    )
+    for kind in ("update", "destroy"):
+        events.add_metric([kind], counts.get(kind, 0))
+    yield events
+    for key, name, text in (
+        ("dumps", "dumps", "Dumps of director's conntrack entries (states, time left)."),
+        ("overruns", "overruns",
+         "Times conntrack could not deliver events (ENOBUFS); a dump made up for them."),
+        ("malformed", "malformed", "Ctnetlink messages that could not be read."),
+    ):  # fmt: skip
+        yield CounterMetricFamily(f"director_fast_path_{name}", text, value=counts.get(key, 0))
 
 
 def _queues(sample: Sample) -> Iterator[Metric]:

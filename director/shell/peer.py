@@ -246,6 +246,7 @@ class PeerWorker:
             "loop_errors": dict(self.loop_errors),
             "queues": [(w.queue, queue_sample(w, kernel)) for w in self.workers],
             "sync": {} if self.sender is None else self.sender.report(),
+            "fast_path": {} if self.follower is None else self.follower.report(),
         }
 
     def conns(self, offset: int, limit: int) -> tuple[list[Any], int]:

@@ -16,7 +16,18 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from labtools import SEED_RULES_FILE, ab, counting, curl, iptables_counters, running, transfer
+from labtools import (
+    METRICS,
+    SEED_RULES_FILE,
+    ab,
+    by_reason,
+    counting,
+    curl,
+    iptables_counters,
+    running,
+    scrape,
+    transfer,
+)
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
@@ -233,7 +244,8 @@ def test_two_workers_share_the_new_flows_of_the_fast_path(lab: Lab, tmp_path: Pa
     for addr in clients:
         lab.run(lab.client, ["ip", "addr", "add", f"{addr}/24", "dev", "eth0"])
     try:
-        with running(Daemon(lab, tmp_path / "d", [*FAST, "--workers", "2"])) as d:
+        args = [*FAST, "--workers", "2", "--metrics-listen", METRICS]
+        with running(Daemon(lab, tmp_path / "d", args)) as d:
             rules = f"-A -t {lab.vip}:80 -s rr\n" + "".join(
                 f"-a -t {lab.vip}:80 -r {rs}:80 -m\n" for rs in RS
             )
@@ -260,6 +272,12 @@ def test_two_workers_share_the_new_flows_of_the_fast_path(lab: Lab, tmp_path: Pa
                 time.sleep(0.3)
             assert all(r[2] == "0" for r in rows(d).values()), d.dirctl("list", "-n").stdout
             assert sum(int(r[3]) for r in rows(d).values()) == len(clients)
+            # Of each connection, both workers together applied its move to ESTABLISHED
+            # and its leaving it (the kernel passes them on, and no other update).
+            families = scrape(lab, METRICS)
+            events = by_reason(families, "director_fast_path_events_total")
+            assert events.get("update", 0) >= 2 * len(clients), events
+            assert families["director_fast_path_dumps_total"][""] >= 1
     finally:
         for addr in clients:
             lab.run(lab.client, ["ip", "addr", "del", f"{addr}/24", "dev", "eth0"], check=False)

@@ -242,3 +242,26 @@ def test_add_reports_of_no_other_worker_is_the_sample_itself() -> None:
     own = _worker0()
     assert add_reports(own, []) is own
     assert add_reports(own, iter(())) == own
+
+
+def test_the_fast_paths_follower_of_conntrack_summed_over_the_workers() -> None:
+    """Events applied by kind, dumps, overruns and unreadable messages, every worker's
+    added; no such family in every-packet mode."""
+    own = take_sample(Director(), {}, fast_path={"update": 4, "destroy": 1, "dumps": 2,
+                                                 "overruns": 0, "malformed": 1})  # fmt: skip
+    merged = add_reports(own, [_report(fast_path={"update": 6, "destroy": 2, "dumps": 1,
+                                                  "overruns": 1, "malformed": 0})])  # fmt: skip
+    server = MetricsServer("127.0.0.1:9")  # never started: only its registry is used
+    server.publish(merged)
+    got: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(server.registry).decode()):
+        for s in family.samples:
+            got.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    assert got["director_fast_path_events_total"] == {
+        (("kind", "update"),): 10.0, (("kind", "destroy"),): 3.0}  # fmt: skip
+    assert got["director_fast_path_dumps_total"] == {(): 3.0}
+    assert got["director_fast_path_overruns_total"] == {(): 1.0}
+    assert got["director_fast_path_malformed_total"] == {(): 1.0}
+    server.publish(take_sample(Director(), {}))
+    text = generate_latest(server.registry).decode()
+    assert "director_fast_path" not in text
