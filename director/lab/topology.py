@@ -322,14 +322,23 @@ def build(prefix: str | None = None, kind: str = "nat") -> Lab:
 
 
 PEER_DIRECTOR_INSIDE = "198.18.0.10"
+# The second director's own link to the client (``outside``): the client's eth1.
+PEER_OUTSIDE = "198.51.100.1"
+CLIENT_SECOND = "198.51.100.10"
 
 
-def add_peer_director(lab: Lab, name: str = "director2", addr: str = PEER_DIRECTOR_INSIDE) -> Lab:
+def add_peer_director(
+    lab: Lab, name: str = "director2", addr: str = PEER_DIRECTOR_INSIDE, outside: bool = False
+) -> Lab:
     """A second director for the sync daemon's tests: namespace ``<prefix>-<name>``
     with ``eth1`` (``addr``/24) a port of the director's inside bridge, the link a
     master and a backup multicast their sync messages over (ip_forward on, as on the
-    first).  Returns the lab as that director sees it (``Lab.director`` is the new
-    namespace), for a ``Daemon`` there; ``teardown`` removes it with the rest."""
+    first).  With ``outside``, also a link of its own to the client (its ``ext0``
+    198.51.100.1/24, the client's ``eth1`` 198.51.100.10/24, rp_filter off on both
+    ends), so that the VIP can move to it: add the VIP to its ``ext0`` and route the
+    client's packets for the VIP via 198.51.100.1.  Returns the lab as that director
+    sees it (``Lab.director`` is the new namespace), for a ``Daemon`` there;
+    ``teardown`` removes it with the rest."""
     import dataclasses
 
     from pyroute2 import NetNS, netns
@@ -347,6 +356,20 @@ def add_peer_director(lab: Lab, name: str = "director2", addr: str = PEER_DIRECT
         with NetNS(ns_name) as ns:
             _up(ns, "eth1", addr, INSIDE_PREFIXLEN)
         set_sysctl(ns_name, "net.ipv4.ip_forward", "1")
+        if outside:
+            with NetNS(lab.client) as ns:
+                ns.link(
+                    "add", ifname="eth1", kind="veth", peer={"ifname": "ext0", "net_ns_fd": ns_name}
+                )
+                _up(ns, "eth1", CLIENT_SECOND, OUTSIDE_PREFIXLEN)
+            with NetNS(ns_name) as ns:
+                _up(ns, "ext0", PEER_OUTSIDE, OUTSIDE_PREFIXLEN)
+                ns.route("add", dst=f"{CLIENT_ADDR}/32", gateway=CLIENT_SECOND)
+            for ns_, key in (
+                *((lab.client, k) for k in ("all", "default", "eth0", "eth1")),
+                *((ns_name, k) for k in ("all", "default", "ext0")),
+            ):
+                set_sysctl(ns_, f"net.ipv4.conf.{key}.rp_filter", "0")
     except BaseException:
         _kill_namespace_pids(ns_name)
         netns.remove(ns_name)

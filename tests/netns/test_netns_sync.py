@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import METRICS, by_reason, connections, curl, running, scrape
+from labtools import METRICS, by_reason, connections, curl, random_file, running, scrape, transfer
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -226,3 +226,60 @@ def test_another_syncid_and_our_own_datagrams_are_not_taken(
     while time.monotonic() < deadline and 5555 not in {c["cport"] for c in connections(backup)}:
         time.sleep(0.1)
     assert 5555 in {c["cport"] for c in connections(backup)}
+
+
+# -- failover: the VIP moves to the backup, a DR download goes on there -------------
+
+DR_PORT = 8090
+DR_SIZE = 32 << 20  # some 8 s at the transfer client's 4 MB/s
+
+
+@pytest.fixture(scope="module")
+def dr_pair_lab() -> Iterator[tuple[topology.Lab, topology.Lab]]:
+    built = topology.build(kind="dr")
+    try:
+        yield built, topology.add_peer_director(built, outside=True)
+    finally:
+        topology.teardown(built)
+
+
+def test_a_dr_download_continues_on_the_backup_when_the_vip_moves(
+    dr_pair_lab: tuple[topology.Lab, topology.Lab], tmp_path: Path
+) -> None:
+    """The master carries a DR download; the backup learns its connection; the VIP
+    moves to the backup by hand (added to its ext0, the client's route to it switched)
+    and the master stops: the client's next segments find the synced entry on the
+    backup (without it, an ACK that opens nothing: the backup's own stack would reset
+    the connection) and the download ends byte for byte."""
+    lab, second = dr_pair_lab
+    rs = lab.real_servers[0]
+    blob = tmp_path / "blob"
+    expected = random_file(blob, DR_SIZE)
+    rules = (
+        f"-A -t {lab.vip}:{DR_PORT} -s rr\n-a -t {lab.vip}:{DR_PORT} -r {rs.addr}:{DR_PORT} -g\n"
+    )
+    master = Daemon(lab, tmp_path / "master")
+    backup = Daemon(second, tmp_path / "backup")
+    with running(master), running(backup):
+        for d in (master, backup):
+            assert d.dirctl("restore", input=rules).returncode == 0
+        assert master.dirctl("start-daemon", "master", "--mcast-interface", "br0").returncode == 0
+        assert backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1").returncode == 0
+        with transfer(lab, rs, blob, DR_PORT) as client:
+            (conn,) = [c for c in connections(master) if c["vport"] == DR_PORT]
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and not any(
+                c["cport"] == conn["cport"] for c in connections(backup)
+            ):
+                time.sleep(0.1)
+            learned = [c for c in connections(backup) if c["cport"] == conn["cport"]]
+            assert learned and learned[0]["daddr"] == rs.addr, backup.log()
+            lab.run(second.director, ["ip", "addr", "add", f"{lab.vip}/32", "dev", "ext0"])
+            lab.run(lab.client, ["ip", "route", "replace", f"{lab.vip}/32", "via",
+                                 topology.PEER_OUTSIDE, "dev", "eth1"])  # fmt: skip
+            assert master.stop() == 0
+            out, _ = client.communicate(timeout=60)
+            got, digest = out.split()
+            assert (int(got), digest) == (DR_SIZE, expected)
+        # The backup carried it: its entry saw the client's packets.
+        assert backup.proc is not None and backup.proc.poll() is None
