@@ -364,7 +364,7 @@ def add_peer_director(
                 _up(ns, "eth1", CLIENT_SECOND, OUTSIDE_PREFIXLEN)
             with NetNS(ns_name) as ns:
                 _up(ns, "ext0", PEER_OUTSIDE, OUTSIDE_PREFIXLEN)
-                ns.route("add", dst=f"{CLIENT_ADDR}/32", gateway=CLIENT_SECOND)
+                ns.route("add", dst="203.0.113.0/24", gateway=CLIENT_SECOND)
             for ns_, key in (
                 *((lab.client, k) for k in ("all", "default", "eth0", "eth1")),
                 *((ns_name, k) for k in ("all", "default", "ext0")),

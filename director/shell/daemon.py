@@ -445,6 +445,7 @@ class Daemon:
         # worker sends its own shard's connections.
         self.sync = SyncDaemon(self.director, self._sync_deliver)
         self.sync.on_master = self._sync_master
+        self.sync.on_backup = self._sync_backup
         if self.metrics is not None:
             self.metrics.registry.register(self.health.collector)
             self.metrics.registry.register(self.sync.collector)
@@ -769,6 +770,10 @@ class Daemon:
         """The other workers send their own connections too (or stop)."""
         self._each_peer("sync_master", conf)
 
+    def _sync_backup(self, running: bool) -> None:
+        """The other workers know the backup runs (backup_only holds them back too)."""
+        self._each_peer("sync_backup", running)
+
     def _sync_deliver(self, conns: list[Any], now: float) -> Counter[str]:
         """Received entries to the workers that own their clients (IPv6 ones are
         counted: the packet path does not carry them yet)."""
@@ -874,6 +879,8 @@ class Daemon:
         peer.call("configure", self.health.effective(self._config), self._slots)
         if self.sync.sender is not None:
             peer.call("sync_master", self.sync.sender.conf)
+        if self.sync.receiver is not None:
+            peer.call("sync_backup", True)
         peer.call("bind")
 
     def _watch(self, selector: selectors.BaseSelector, peer: Peer) -> None:

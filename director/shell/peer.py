@@ -26,6 +26,7 @@ The daemon drives each worker through a socket pair with one request at a time
     sync_master  the master sync daemon's settings (send this shard's connections on
                a socket of the worker's own), or None to stop
     sync_apply the entries the backup sync daemon received for this shard's clients
+    sync_backup  whether the backup sync daemon runs (for backup_only)
 
 A worker ignores SIGTERM and SIGINT (the daemon stops it, after taking its table) and
 dies with the daemon (PR_SET_PDEATHSIG), or when the socket pair closes.
@@ -186,6 +187,7 @@ class PeerWorker:
             "stop": self.stop,
             "sync_master": self.sync_master,
             "sync_apply": self.sync_apply,
+            "sync_backup": self.sync_backup,
         }
         self.sender: Sender | None = None  # the master sync daemon's, for this shard
 
@@ -211,6 +213,13 @@ class PeerWorker:
         master = None if self.sender is None else self.sender.master
         state = self.director.sync_state & ~sync.IP_VS_STATE_MASTER
         self.director.set_sync(state | (sync.IP_VS_STATE_MASTER if master else 0), master)
+
+    def sync_backup(self, running: bool) -> None:
+        """The backup sync daemon runs (in worker 0) or stopped: backup_only's state."""
+        state = self.director.sync_state & ~sync.IP_VS_STATE_BACKUP
+        self.director.set_sync(
+            state | (sync.IP_VS_STATE_BACKUP if running else 0), self.director.sync_master
+        )
 
     def sync_apply(self, conns: list[SyncConn], now: float) -> dict[str, int]:
         """Entries the backup received for this worker's clients (ip_vs_proc_conn)."""

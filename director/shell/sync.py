@@ -233,6 +233,7 @@ class SyncDaemon:
         self.selector: selectors.BaseSelector | None = None
         # Set by the daemon: the other workers' sync state follows ours.
         self.on_master: Callable[[DaemonConf | None], None] = lambda conf: None
+        self.on_backup: Callable[[bool], None] = lambda running: None
         self.peer_counts: dict[str, int] = {}
         self.collector = SyncCollector(self)
         self._published: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] = ((), ())
@@ -259,6 +260,7 @@ class SyncDaemon:
             self.receiver = Receiver(conf, size)
             if self.selector is not None:
                 self._watch(self.selector)
+            self.on_backup(True)
         self._tell()
         log.info("sync daemon started: state = %s, mcast_ifn = %s, syncid = %d",
                  conf.state.upper(), conf.mcast_ifn, conf.syncid)  # fmt: skip
@@ -275,6 +277,7 @@ class SyncDaemon:
                     self.selector.unregister(self.receiver)
             self.receiver.close()
             self.receiver = None
+            self.on_backup(False)
         else:
             raise ConfigError("No daemon is running")
         self._tell()

@@ -16,7 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import METRICS, by_reason, connections, curl, random_file, running, scrape, transfer
+from labtools import (
+    CURL_REFUSED,
+    METRICS,
+    by_reason,
+    connections,
+    curl,
+    random_file,
+    running,
+    scrape,
+    transfer,
+)
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -238,9 +248,18 @@ DR_SIZE = 32 << 20  # some 8 s at the transfer client's 4 MB/s
 def dr_pair_lab() -> Iterator[tuple[topology.Lab, topology.Lab]]:
     built = topology.build(kind="dr")
     try:
+        topology.start_backends(built)
         yield built, topology.add_peer_director(built, outside=True)
     finally:
         topology.teardown(built)
+
+
+def move_vip(lab: topology.Lab, second: topology.Lab) -> None:
+    """The VIP on the second director's ext0, the client's way to it through there
+    (from its own address still, which the real servers answer through the first)."""
+    lab.run(second.director, ["ip", "addr", "replace", f"{lab.vip}/32", "dev", "ext0"])
+    lab.run(lab.client, ["ip", "route", "replace", f"{lab.vip}/32", "via",
+                         topology.PEER_OUTSIDE, "dev", "eth1", "src", lab.client_addr])  # fmt: skip
 
 
 def test_a_dr_download_continues_on_the_backup_when_the_vip_moves(
@@ -274,12 +293,40 @@ def test_a_dr_download_continues_on_the_backup_when_the_vip_moves(
                 time.sleep(0.1)
             learned = [c for c in connections(backup) if c["cport"] == conn["cport"]]
             assert learned and learned[0]["daddr"] == rs.addr, backup.log()
-            lab.run(second.director, ["ip", "addr", "add", f"{lab.vip}/32", "dev", "ext0"])
-            lab.run(lab.client, ["ip", "route", "replace", f"{lab.vip}/32", "via",
-                                 topology.PEER_OUTSIDE, "dev", "eth1"])  # fmt: skip
+            move_vip(lab, second)
             assert master.stop() == 0
             out, _ = client.communicate(timeout=60)
             got, digest = out.split()
             assert (int(got), digest) == (DR_SIZE, expected)
         # The backup carried it: its entry saw the client's packets.
         assert backup.proc is not None and backup.proc.poll() is None
+
+
+CLIENTS = tuple(f"203.0.113.{i}" for i in range(11, 15))  # spread over the workers' shards
+
+
+def curl_from(lab: topology.Lab, source: str) -> int:
+    done = lab.run(lab.client, ["curl", "-sS", "--max-time", "3", "--interface", source,
+                                f"http://{lab.vip}/"], check=False)  # fmt: skip
+    return done.returncode
+
+
+def test_backup_only_leaves_the_vips_packets_to_the_stack_while_the_backup_runs(
+    dr_pair_lab: tuple[topology.Lab, topology.Lab], tmp_path: Path
+) -> None:
+    """sysctl_backup_only: with backup_only set and the backup running, every worker
+    lets the VIP's packets go on to the local stack (which refuses the connection);
+    without the backup daemon the same director balances them.  Clients from four
+    addresses, so that every worker's shard has some."""
+    lab, second = dr_pair_lab
+    move_vip(lab, second)
+    for addr in CLIENTS:
+        lab.run(lab.client, ["ip", "addr", "replace", f"{addr}/24", "dev", "eth0"])
+    with running(Daemon(second, tmp_path / "backup")) as backup:
+        assert backup.dirctl("restore", input=lab.rules()).returncode == 0
+        assert backup.dirctl("sysctl", "backup_only=1").returncode == 0
+        assert [curl_from(lab, a) for a in CLIENTS] == [0] * len(CLIENTS)  # no backup yet
+        assert backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1").returncode == 0
+        assert [curl_from(lab, a) for a in CLIENTS] == [CURL_REFUSED] * len(CLIENTS)
+        assert backup.dirctl("stop-daemon", "backup").returncode == 0
+        assert [curl_from(lab, a) for a in CLIENTS] == [0] * len(CLIENTS)
