@@ -5,14 +5,14 @@ the NAT connections, the worker keeps IPVS's books on them.
   (FAST_TAG | its board slot), which the core answers a new flow with
   (director.core.xmit.kernel) and the hooks' DNAT rule matches.
 - ``Follower``: conntrack's events and, every ``DUMP_EVERY`` seconds (or after events
-  were lost), a dump of the connections with director's mark, applied to the worker's table:
-  states (so lc, wlc, sed, nq, ovf and the thresholds weigh live connections), ends and
-  time left.  A connection that is not this worker's (its client is another shard's)
+  were lost), a dump of the connections with director's mark, applied to the worker's
+  table: states (so lc, wlc, sed, nq, ovf and the thresholds weigh live connections),
+  ends and time left.  A connection that is not this worker's (its client is another shard's)
   is not in its table and is passed over.
 - ``Accounting``: the packets and bytes of the fast flows, which the hooks count per
   real server and direction (DIRECTOR_FAST_ACCT), into the stats, the estimator and the
-  metrics every ``ACCOUNT_EVERY`` seconds: reading them costs the same whatever the number of
-  connections.  The packets that reach the worker (a flow's first) it counts itself.
+  metrics every ``ACCOUNT_EVERY`` seconds: reading them costs the same whatever the
+  number of connections.  The packets that reach the worker (a flow's first) it counts itself.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ DUMP_EVERY = 10.0
 # dumping takes at most 1/DUMP_SHARE of the worker's time.
 DUMP_SHARE = 20
 FAST_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
-# The TCP states whose events change IPVS's books: a connection becomes active in
-# ESTABLISHED and inactive when it leaves it, for FIN_WAIT on a FIN or CLOSE on a reset
-# (tcp_conntracks[], nf_conntrack_proto_tcp.c).  The kernel drops the other updates
-# (SYN_RECV, CLOSE_WAIT, LAST_ACK, TIME_WAIT: four of a short connection's six) before
-# they reach the worker; the dumps bring the entries' later states and times.
+# The TCP states whose events change IPVS's books: ESTABLISHED (the entry takes its
+# state and its long timeout; it was active already from SYN_RECV, as in IPVS's
+# tcp_state_active_table) and leaving it, for FIN_WAIT on a FIN or CLOSE on a reset
+# (tcp_conntracks[], nf_conntrack_proto_tcp.c), which makes it inactive.  The kernel
+# drops the other updates (SYN_RECV, CLOSE_WAIT, LAST_ACK, TIME_WAIT: four of a short
+# connection's six) before they reach the worker; the dumps bring the later states.
 BOOKED_STATES = ("ESTABLISHED", "FIN_WAIT", "CLOSE")
 Tuple4 = tuple[bytes, int, bytes, int]  # source address, port, destination address, port
 
