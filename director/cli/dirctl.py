@@ -590,6 +590,10 @@ from director.realserver.cli import realserver_app  # noqa: E402
 
 app.add_typer(realserver_app, name="realserver")
 
+from director.cli.announce import announce  # noqa: E402
+
+app.command("announce")(announce)
+
 
 # --- entry point --------------------------------------------------------------------
 
