@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from director.lab import topology
+from director.lab import ecmp, topology
 from director.lab.daemon import Daemon, DaemonError, venv_program
 from director.model.config import ConfigError
 
@@ -105,12 +105,19 @@ def up(
             "(on a lab that is up already: start only the daemon)"
         ),
     ] = False,
-    kind: Annotated[str, typer.Option(help="nat, dr, tun or mixed real servers")] = "nat",
+    kind: Annotated[
+        str,
+        typer.Option(help="nat, dr, tun or mixed real servers, or ecmp (three directors)"),
+    ] = "nat",
 ) -> None:
     """Build the lab and leave it running: backends answer on 80, 8000 and 21."""
     _require_root()
-    if kind not in topology.KINDS:
-        raise ConfigError(f"--kind {kind!r}: one of {', '.join(topology.KINDS)}")
+    if kind not in (*topology.KINDS, ECMP):
+        raise ConfigError(f"--kind {kind!r}: one of {', '.join(topology.KINDS)} or {ECMP}")
+    if kind == ECMP:
+        with _reported():
+            _up_ecmp(name)
+        return
     with _reported():
         if topology.namespace_exists(f"{name}-director"):
             built = _kind_file(name).read_text().strip() if _kind_file(name).exists() else kind
@@ -144,6 +151,42 @@ def up(
             topology.teardown(lab)
             shutil.rmtree(RUN_DIR / name, ignore_errors=True)
             raise
+
+
+ECMP = "ecmp"
+
+
+def _up_ecmp(name: str) -> None:
+    """The ECMP lab (director.lab.ecmp), everything started: BIRD in the router, and
+    in every director directord and ExaBGP announcing the VIP."""
+    if topology.namespace_exists(f"{name}-router") or topology.namespace_exists(f"{name}-director"):
+        typer.secho(f"lab {name} exists: `dirctl lab down{_named(name)}` first", err=True)
+        raise typer.Exit(1)
+    missing = ecmp.missing_program()
+    if missing:
+        raise RuntimeError(f"{missing} is not installed (Debian packages bird2 and exabgp)")
+    lab = ecmp.build(name, RUN_DIR / name)
+    try:
+        _kind_file(name).write_text(ECMP + "\n")
+        topology.start_backends(lab.base, detach=True)
+        ecmp.start(lab)
+        ecmp.wait_nexthops(lab, {d.addr for d in lab.directors}, timeout=30)
+    except BaseException:
+        ecmp.teardown(lab)
+        shutil.rmtree(RUN_DIR / name, ignore_errors=True)
+        raise
+    typer.echo(f"lab {name} is up (ecmp): {lab.client}, {lab.router}, "
+               f"{', '.join(d.netns for d in lab.directors)}, "
+               f"{', '.join(rs.netns for rs in lab.base.real_servers)}")  # fmt: skip
+    typer.echo(f"the router's route to {lab.vip} (BIRD, from each director's ExaBGP):")
+    typer.echo(lab.run(lab.router, ["ip", "route", "show", f"{lab.vip}/32"]).stdout.rstrip())
+    d1 = lab.directors[0]
+    dirctl = f"ip netns exec {d1.netns} {venv_program('dirctl')}"
+    typer.echo("try:")
+    typer.echo(f"  ip netns exec {lab.client} curl http://{lab.vip}/")
+    typer.echo(f"  {dirctl} --socket {lab.daemons[d1.name].socket_path} list -n --stats")
+    typer.echo(f"  ip netns exec {lab.router} birdc -s {ecmp.bird_socket(lab)} show protocols")
+    typer.echo(f"configuration and logs in {lab.workdir}")
 
 
 def _start_daemon(lab: topology.Lab, name: str) -> None:
