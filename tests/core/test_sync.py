@@ -555,3 +555,11 @@ def test_sync_threshold_must_be_below_sync_period():
     with pytest.raises(ValueError, match="sync_threshold"):
         Sysctls().updated({"sync_threshold": "50"})
     assert Sysctls().updated({"sync_threshold": "50", "sync_period": "0"}).sync_threshold == 50
+
+
+def test_the_packet_paths_entry_is_encode_entry_of_from_conn():
+    d = director(persistent=300)
+    for flags in (SYN, ACK, ACK):
+        d.hook_in(tcp(CLIENT, VIP, 40000, 80, flags), 0.0)
+    for conn in d.conns.all():
+        assert sync.pack_conn(conn) == sync.encode_entry(sync.from_conn(conn))

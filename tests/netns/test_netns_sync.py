@@ -44,7 +44,7 @@ def pair(
     lab: topology.Lab, backup_lab: topology.Lab, tmp_path: Path
 ) -> Iterator[tuple[Daemon, Daemon]]:
     """Master (in the director) and backup (in director2), the same rules, sync on."""
-    master = Daemon(lab, tmp_path / "master")
+    master = Daemon(lab, tmp_path / "master", ["--metrics-listen", METRICS])
     backup = Daemon(backup_lab, tmp_path / "backup", ["--metrics-listen", METRICS])
     with running(master), running(backup):
         for d in (master, backup):
@@ -82,6 +82,53 @@ def test_the_backup_learns_the_masters_connections_within_3_s(
     assert lab.client_addr in text
     families = scrape(backup.lab, METRICS)
     assert by_reason(families, "director_sync_entries_total")["received"] >= 4
+    sent = scrape(master.lab, METRICS)  # every worker's sender, summed
+    assert by_reason(sent, "director_sync_entries_total")["sent"] >= 4
+    assert by_reason(sent, "director_sync_messages_total")["sent"] >= 1
+
+
+# A host on the LAN that joins the group and prints the first sync datagram it hears.
+CAPTURE = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("224.0.0.81", 8848))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("=4s4si", socket.inet_aton("224.0.0.81"), bytes(4),
+                         socket.if_nametoindex("eth0")))
+s.settimeout(10)
+print("joined", flush=True)
+print(s.recv(65535).hex(), flush=True)
+"""
+
+
+def test_a_captured_datagram_of_ours_reads_with_the_kernels_layout(
+    lab: topology.Lab, pair: tuple[Daemon, Daemon]
+) -> None:
+    """What the master puts on the wire, heard by another host of the LAN and read
+    by the offsets of struct ip_vs_sync_mesg and struct ip_vs_sync_v4
+    (net/netfilter/ipvs/ip_vs_sync.c; tests/core/test_sync.py writes them out)."""
+    listener = subprocess.Popen(
+        lab.exec_argv(lab.real_servers[0].netns, [sys.executable, "-c", CAPTURE]),
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "joined\n"
+        assert curl(lab, f"http://{lab.vip}/").code == 0
+        data = bytes.fromhex(listener.communicate(timeout=15)[0].strip())
+    finally:
+        listener.kill()
+    u = lambda o, n: int.from_bytes(data[o : o + n], "big")  # noqa: E731
+    assert (data[0], data[1], u(2, 2), data[5], u(6, 2)) == (0, SYNCID, len(data), 1, 0)
+    assert data[4] >= 1 and len(data) == 8 + 36 * data[4]  # IPv4 entries, no options
+    e = 8
+    assert (data[e], data[e + 1], u(e + 2, 2)) == (0, 6, 36)  # type IPv4, TCP, v0 size 36
+    assert u(e + 12, 2) == 80 and u(e + 14, 2) == 80  # vport, dport
+    assert data[e + 24 : e + 28] == socket.inet_aton(lab.client_addr)
+    assert data[e + 28 : e + 32] == socket.inet_aton(lab.vip)
+    assert socket.inet_ntoa(data[e + 32 : e + 36]) in {rs.addr for rs in lab.real_servers}
+    assert u(e + 4, 4) & 0x7 == 0  # IP_VS_CONN_F_MASQ
+    assert u(e + 20, 4) > 0  # the timeout, in seconds
 
 
 def test_list_daemon_prints_as_ipvsadm_and_a_restart_brings_the_daemons_back(
