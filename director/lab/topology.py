@@ -333,7 +333,8 @@ def add_peer_director(
     """A second director for the sync daemon's tests: namespace ``<prefix>-<name>``
     with ``eth1`` (``addr``/24) a port of the director's inside bridge, the link a
     master and a backup multicast their sync messages over (ip_forward on, as on the
-    first).  With ``outside``, also a link of its own to the client (its ``ext0``
+    first; a route to the remote real servers via the router, if the lab has one).
+    With ``outside``, also a link of its own to the client (its ``ext0``
     198.51.100.1/24, the client's ``eth1`` 198.51.100.10/24, rp_filter off on both
     ends), so that the VIP can move to it: add the VIP to its ``ext0`` and route the
     client's packets for the VIP via 198.51.100.1.  Returns the lab as that director
@@ -355,6 +356,8 @@ def add_peer_director(
             ns.link("set", index=port, state="up")
         with NetNS(ns_name) as ns:
             _up(ns, "eth1", addr, INSIDE_PREFIXLEN)
+            if lab.router is not None:  # the TUN real servers, behind the router
+                ns.route("add", dst=REMOTE_NET, gateway=ROUTER_INSIDE)
         set_sysctl(ns_name, "net.ipv4.ip_forward", "1")
         if outside:
             with NetNS(lab.client) as ns:

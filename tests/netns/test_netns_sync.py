@@ -288,12 +288,13 @@ def test_another_syncid_and_our_own_datagrams_are_not_taken(
 # -- failover: the VIP moves to the backup, a DR download goes on there -------------
 
 DR_PORT = 8090
-DR_SIZE = 32 << 20  # some 8 s at the transfer client's 4 MB/s
+DR_SIZE = 24 << 20  # some 6 s at the transfer client's 4 MB/s
 
 
-@pytest.fixture(scope="module")
-def dr_pair_lab() -> Iterator[tuple[topology.Lab, topology.Lab]]:
-    built = topology.build(kind="dr")
+@pytest.fixture(scope="module", params=["dr", "tun"])
+def dr_pair_lab(request: pytest.FixtureRequest) -> Iterator[tuple[topology.Lab, topology.Lab]]:
+    """A DR (or TUN) lab with a second director that can take the VIP."""
+    built = topology.build(kind=request.param)
     try:
         topology.start_backends(built)
         yield built, topology.add_peer_director(built, outside=True)
@@ -309,20 +310,31 @@ def move_vip(lab: topology.Lab, second: topology.Lab) -> None:
                          topology.PEER_OUTSIDE, "dev", "eth1", "src", lab.client_addr])  # fmt: skip
 
 
-def test_a_dr_download_continues_on_the_backup_when_the_vip_moves(
+CLIENTS = tuple(f"203.0.113.{i}" for i in range(11, 15))  # spread over the workers' shards
+
+
+def curl_from(lab: topology.Lab, source: str) -> int:
+    done = lab.run(lab.client, ["curl", "-sS", "--max-time", "3", "--interface", source,
+                                f"http://{lab.vip}/"], check=False)  # fmt: skip
+    return done.returncode
+
+
+def test_a_dr_or_tun_download_continues_on_the_backup_when_the_vip_moves(
     dr_pair_lab: tuple[topology.Lab, topology.Lab], tmp_path: Path
 ) -> None:
     """The master carries a DR download; the backup learns its connection; the VIP
     moves to the backup by hand (added to its ext0, the client's route to it switched)
     and the master stops: the client's next segments find the synced entry on the
     backup (without it, an ACK that opens nothing: the backup's own stack would reset
-    the connection) and the download ends byte for byte."""
+    the connection) and the download ends byte for byte.  Then backup_only there."""
     lab, second = dr_pair_lab
     rs = lab.real_servers[0]
     blob = tmp_path / "blob"
     expected = random_file(blob, DR_SIZE)
     rules = (
-        f"-A -t {lab.vip}:{DR_PORT} -s rr\n-a -t {lab.vip}:{DR_PORT} -r {rs.addr}:{DR_PORT} -g\n"
+        f"-A -t {lab.vip}:{DR_PORT} -s rr\n-a -t {lab.vip}:{DR_PORT} -r {rs.addr}:{DR_PORT} "
+        + {"dr": "-g", "tun": "-i"}[rs.method]
+        + "\n"
     )
     master = Daemon(lab, tmp_path / "master")
     backup = Daemon(second, tmp_path / "backup")
@@ -345,35 +357,71 @@ def test_a_dr_download_continues_on_the_backup_when_the_vip_moves(
             out, _ = client.communicate(timeout=60)
             got, digest = out.split()
             assert (int(got), digest) == (DR_SIZE, expected)
-        # The backup carried it: its entry saw the client's packets.
-        assert backup.proc is not None and backup.proc.poll() is None
+        backup_only(lab, backup)
 
 
-CLIENTS = tuple(f"203.0.113.{i}" for i in range(11, 15))  # spread over the workers' shards
-
-
-def curl_from(lab: topology.Lab, source: str) -> int:
-    done = lab.run(lab.client, ["curl", "-sS", "--max-time", "3", "--interface", source,
-                                f"http://{lab.vip}/"], check=False)  # fmt: skip
-    return done.returncode
-
-
-def test_backup_only_leaves_the_vips_packets_to_the_stack_while_the_backup_runs(
-    dr_pair_lab: tuple[topology.Lab, topology.Lab], tmp_path: Path
-) -> None:
+def backup_only(lab: topology.Lab, backup: Daemon) -> None:
     """sysctl_backup_only: with backup_only set and the backup running, every worker
     lets the VIP's packets go on to the local stack (which refuses the connection);
     without the backup daemon the same director balances them.  Clients from four
     addresses, so that every worker's shard has some."""
-    lab, second = dr_pair_lab
-    move_vip(lab, second)
     for addr in CLIENTS:
         lab.run(lab.client, ["ip", "addr", "replace", f"{addr}/24", "dev", "eth0"])
-    with running(Daemon(second, tmp_path / "backup")) as backup:
-        assert backup.dirctl("restore", input=lab.rules()).returncode == 0
-        assert backup.dirctl("sysctl", "backup_only=1").returncode == 0
-        assert [curl_from(lab, a) for a in CLIENTS] == [0] * len(CLIENTS)  # no backup yet
+    assert backup.dirctl("restore", input=lab.rules()).returncode == 0
+    assert backup.dirctl("sysctl", "backup_only=1").returncode == 0
+    assert [curl_from(lab, a) for a in CLIENTS] == [CURL_REFUSED] * len(CLIENTS)
+    assert backup.dirctl("stop-daemon", "backup").returncode == 0
+    assert [curl_from(lab, a) for a in CLIENTS] == [0] * len(CLIENTS)
+
+
+NAT_PORT = 8091
+
+
+@pytest.fixture(scope="module")
+def nat_pair_lab() -> Iterator[tuple[topology.Lab, topology.Lab]]:
+    built = topology.build(kind="nat")
+    try:
+        yield built, topology.add_peer_director(built, outside=True)
+    finally:
+        topology.teardown(built)
+
+
+def test_a_nat_download_continues_on_the_backup_when_the_vip_and_gateway_move(
+    nat_pair_lab: tuple[topology.Lab, topology.Lab], tmp_path: Path
+) -> None:
+    """NAT: the real servers' answers come back through their gateway, so it moves
+    with the VIP (keepalived would move both, one vrrp_sync_group): 198.18.0.1 from
+    the first director's br0 to the second's eth1 (the real server's neighbour entry
+    for it flushed, as a gratuitous ARP would update it).  The backup rewrites the
+    answers of the synced entry (its out key) and the download ends byte for byte."""
+    lab, second = nat_pair_lab
+    rs = lab.real_servers[0]
+    blob = tmp_path / "blob"
+    expected = random_file(blob, DR_SIZE)
+    rules = (
+        f"-A -t {lab.vip}:{NAT_PORT} -s rr\n-a -t {lab.vip}:{NAT_PORT} -r {rs.addr}:{NAT_PORT} -m\n"
+    )
+    master = Daemon(lab, tmp_path / "master")
+    backup = Daemon(second, tmp_path / "backup")
+    with running(master), running(backup):
+        for d in (master, backup):
+            assert d.dirctl("restore", input=rules).returncode == 0
+        assert master.dirctl("start-daemon", "master", "--mcast-interface", "br0").returncode == 0
         assert backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1").returncode == 0
-        assert [curl_from(lab, a) for a in CLIENTS] == [CURL_REFUSED] * len(CLIENTS)
-        assert backup.dirctl("stop-daemon", "backup").returncode == 0
-        assert [curl_from(lab, a) for a in CLIENTS] == [0] * len(CLIENTS)
+        with transfer(lab, rs, blob, NAT_PORT) as client:
+            (conn,) = [c for c in connections(master) if c["vport"] == NAT_PORT]
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and not any(
+                c["cport"] == conn["cport"] for c in connections(backup)
+            ):
+                time.sleep(0.1)
+            assert any(c["cport"] == conn["cport"] for c in connections(backup)), backup.log()
+            gateway = f"{topology.DIRECTOR_INSIDE}/24"
+            lab.run(lab.director, ["ip", "addr", "del", gateway, "dev", "br0"])
+            lab.run(second.director, ["ip", "addr", "add", gateway, "dev", "eth1"])
+            lab.run(rs.netns, ["ip", "neigh", "flush", "dev", "eth0"])
+            move_vip(lab, second)
+            assert master.stop() == 0
+            out, _ = client.communicate(timeout=60)
+            got, digest = out.split()
+            assert (int(got), digest) == (DR_SIZE, expected)
