@@ -70,6 +70,7 @@ class EcmpLab:
     directors: tuple[DirectorHost, ...]
     workdir: Path
     router: str
+    ports: tuple[int, ...] = (80,)  # a virtual service on each
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
@@ -90,13 +91,15 @@ class EcmpLab:
     ) -> subprocess.CompletedProcess[str]:
         return self.base.run(ns, argv, check=check, timeout=timeout)
 
-    def rules(self, port: int = 80) -> str:
-        """One DR service over both real servers, scheduled by mh with the port in the
-        hash (``-b mh-port``): the same on every director, so each director sends a
-        given flow to the same real server."""
-        lines = [f"-A -t {self.vip}:{port} -s mh -b mh-port"]
-        lines += [f"-a -t {self.vip}:{port} -r {rs.addr}:{port} -g -w 1"
-                  for rs in self.base.real_servers]  # fmt: skip
+    def rules(self) -> str:
+        """One DR service per port over both real servers, scheduled by mh with the
+        port in the hash (``-b mh-port``): the same on every director, so each director
+        sends a given flow to the same real server."""
+        lines: list[str] = []
+        for port in self.ports:
+            lines.append(f"-A -t {self.vip}:{port} -s mh -b mh-port")
+            lines += [f"-a -t {self.vip}:{port} -r {rs.addr}:{port} -g -w 1"
+                      for rs in self.base.real_servers]  # fmt: skip
         return "\n".join(lines) + "\n"
 
 
@@ -108,7 +111,9 @@ def missing_program() -> str | None:
     return None
 
 
-def named(prefix: str, workdir: Path, directors: int = 3) -> EcmpLab:
+def named(
+    prefix: str, workdir: Path, directors: int = 3, ports: tuple[int, ...] = (80,)
+) -> EcmpLab:
     if not 2 <= directors <= len(DIRECTOR_ADDRS):
         raise ValueError(f"directors: 2 to {len(DIRECTOR_ADDRS)}, not {directors}")
     hosts = tuple(
@@ -125,7 +130,7 @@ def named(prefix: str, workdir: Path, directors: int = 3) -> EcmpLab:
         kind="ecmp",
         router=f"{prefix}-router",
     )
-    return EcmpLab(base, hosts, workdir, f"{prefix}-router")
+    return EcmpLab(base, hosts, workdir, f"{prefix}-router", ports)
 
 
 def _veth_to_bridge(ns: object, ifname: str, peer_ns: str) -> None:
@@ -182,11 +187,16 @@ def _build(lab: EcmpLab) -> None:
             ns.route("add", dst="0.0.0.0/0", gateway=ROUTER_INSIDE)
 
 
-def build(prefix: str | None = None, workdir: Path | None = None, directors: int = 3) -> EcmpLab:
+def build(
+    prefix: str | None = None,
+    workdir: Path | None = None,
+    directors: int = 3,
+    ports: tuple[int, ...] = (80,),
+) -> EcmpLab:
     """The namespaces, links, addresses and routes, the real servers prepared by
     ``dirctl realserver up --method dr``; nothing running yet.  Undone on failure."""
     prefix = prefix or topology.new_prefix("de")
-    lab = named(prefix, workdir or Path("/run/director-lab") / prefix, directors)
+    lab = named(prefix, workdir or Path("/run/director-lab") / prefix, directors, ports)
     try:
         lab.workdir.mkdir(parents=True, exist_ok=True)
         _build(lab)
@@ -331,15 +341,16 @@ def start_director(lab: EcmpLab, d: DirectorHost, *, check_interval: int = 1) ->
     ``sloppy_tcp`` on (a flow that another director began is taken mid-way)."""
     daemon = lab.daemons.get(d.name) or Daemon(lab.view(d), lab.workdir / d.name)
     lab.daemons[d.name] = daemon
+    fresh = not daemon.rules_path.exists()
     daemon.start()
-    fresh = daemon.dirctl("list", "-n").stdout.count("->") <= 1
     if fresh:
         steps: list[tuple[list[str], str | None]] = [
             (["restore"], lab.rules()),
             (["sysctl", "sloppy_tcp=1"], None),
-            (["add-check", "-t", f"{lab.vip}:80", "--type", "tcp",
-              "--interval", str(check_interval), "--timeout", "1"], None),
-        ]  # fmt: skip
+        ]
+        steps += [(["add-check", "-t", f"{lab.vip}:{port}", "--type", "tcp",
+                    "--interval", str(check_interval), "--timeout", "1"], None)
+                  for port in lab.ports]  # fmt: skip
         for args, text in steps:
             done = daemon.dirctl(*args, input=text)
             if done.returncode:
@@ -403,6 +414,39 @@ def director_for(lab: EcmpLab, sport: int, dport: int = 80) -> str:
                                topology.CLIENT_ADDR, "iif", "ext0", "ipproto", "tcp",
                                "sport", str(sport), "dport", str(dport)]).stdout  # fmt: skip
     return str(json.loads(out)[0]["gateway"])
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, theirs, and so on (from /proc: no procps needed)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def crash_director(lab: EcmpLab, d: DirectorHost) -> None:
+    """A director's directord dies as in a crash: SIGKILL to its supervisor and every
+    process under it at once (killed alone, the daemon would be started again by the
+    supervisor).  Its ExaBGP lives on."""
+    daemon = lab.daemons[d.name]
+    assert daemon.proc is not None and daemon.proc.poll() is None, f"{d.name}: not running"
+    for pid in [daemon.proc.pid, *_descendants(daemon.proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    daemon.proc.wait(timeout=10)
 
 
 def _tail(path: Path) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -256,6 +258,7 @@ def _stats_and_metrics(lab: topology.Lab, d: Daemon) -> None:
 
 
 DEMO_METHODS = ("nat", "dr", "tun", "mixed")
+OTHER_DEMOS = (ECMP,)  # not part of "all": they need more than make demo installs
 
 
 @lab_app.command()
@@ -263,20 +266,29 @@ def demo(
     requests: Annotated[int, typer.Option(help="requests to the VIP's port 80")] = 20,
     rules: Annotated[Path | None, typer.Option(help="rules file to restore (NAT demo)")] = None,
     method: Annotated[
-        str, typer.Option(help="nat (SPEC §4's example), dr, tun, mixed, or all of them")
+        str,
+        typer.Option(
+            help="nat (SPEC §4's example), dr, tun, mixed, all of them, or ecmp "
+            "(three directors behind BGP; needs bird2 and exabgp)"
+        ),
     ] = "nat",
 ) -> None:
     """Build a lab, balance SPEC §4's example through the real daemon, then remove it.
 
     ``--method dr|tun|mixed`` shows the same through DR, TUN or all three methods in one
-    service; ``--method all`` runs the four demos one after the other.
+    service; ``--method all`` runs the four demos one after the other; ``--method ecmp``
+    shows three directors behind ECMP, one of them dying and a newcomer taking its place.
     """
     _require_root()
-    if method not in (*DEMO_METHODS, "all"):
-        raise ConfigError(f"--method {method!r}: one of {', '.join(DEMO_METHODS)} or all")
+    if method not in (*DEMO_METHODS, *OTHER_DEMOS, "all"):
+        raise ConfigError(
+            f"--method {method!r}: one of {', '.join((*DEMO_METHODS, *OTHER_DEMOS))} or all"
+        )
     with _reported():
         for kind in DEMO_METHODS if method == "all" else (method,):
-            if kind == "nat":
+            if kind == ECMP:
+                _demo_ecmp(requests)
+            elif kind == "nat":
                 _demo_nat(requests, rules)
             else:
                 _demo_method(kind, requests)
@@ -376,3 +388,128 @@ def _demo_method(kind: str, requests: int) -> None:
         topology.teardown(lab)
         shutil.rmtree(work, ignore_errors=True)
         _say(f"== lab {lab.prefix} removed")
+
+
+def _requests_by_director(lab: ecmp.EcmpLab, requests: int) -> None:
+    """``requests`` new connections to the VIP; what answered, and how many connections
+    each director's statistics counted meanwhile."""
+    before = {n: _service_conns(d) for n, d in lab.daemons.items() if d.answers()}
+    answers: collections.Counter[str] = collections.Counter()
+    for _ in range(requests):
+        code, text, _ = _curl(lab.base, f"http://{lab.vip}/")
+        answers[text.split()[0] if code == 0 and text else f"failed ({text})"] += 1
+    typer.echo("     answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items())))
+    took = {n: _service_conns(lab.daemons[n]) - b for n, b in before.items()}
+    typer.echo("     connections per director: "
+               + ", ".join(f"{n}: {c}" for n, c in sorted(took.items())))  # fmt: skip
+
+
+def _service_conns(d: Daemon) -> int:
+    done = d.dirctl("list", "-n", "--json")
+    if done.returncode:
+        return 0
+    return sum(int(svc["stats"]["conns"]) for svc in json.loads(done.stdout)["services"])
+
+
+def _show_route(lab: ecmp.EcmpLab) -> None:
+    done = lab.run(lab.router, ["ip", "route", "show", f"{lab.vip}/32"], check=False)
+    _show(f"ip netns exec {lab.router} ip route show {lab.vip}/32", done)
+
+
+def _demo_ecmp(requests: int) -> None:
+    """Three directors behind a BIRD router, each announcing the VIP with ExaBGP; one
+    dies (kill -9 of its directord), the router drops it, a newcomer comes back."""
+    missing = ecmp.missing_program()
+    if missing:
+        raise RuntimeError(
+            f"{missing} is not installed: the ECMP demo needs bird2 and exabgp "
+            "(.ci/install-deps test, or make deps)"
+        )
+    work = Path(tempfile.mkdtemp(prefix="director-demo-"))
+    lab = ecmp.build(workdir=work, ports=(80, DOWNLOAD_PORT))
+    download: subprocess.Popen[str] | None = None
+    try:
+        _say(f"== ECMP lab {lab.base.prefix}: client {lab.base.client_addr} -> router "
+             f"(BIRD, AS {ecmp.ROUTER_AS}) -> "
+             + ", ".join(f"{d.name} {d.addr}" for d in lab.directors))  # fmt: skip
+        _say("   each director: directord (DR, mh -b mh-port, sloppy_tcp, a TCP check) and "
+             "ExaBGP running `dirctl announce`; real servers rs1, rs2 (VIP on lo)")  # fmt: skip
+        topology.start_backends(lab.base)
+        padded = dataclasses.replace(lab.base, backends=[])  # its own list: zipped
+        try:
+            topology.start_backends(padded, ports=(DOWNLOAD_PORT,), pad=DOWNLOAD_SIZE)
+        finally:
+            lab.base.backends.extend(padded.backends)  # ended with the lab
+        # A small receive buffer in the client: a slow reader makes a slow transfer.
+        topology.set_sysctl(lab.client, "net.ipv4.tcp_rmem", "4096 65536 131072")
+        ecmp.start(lab)
+        ecmp.wait_nexthops(lab, {d.addr for d in lab.directors}, timeout=30)
+        _say(f"== every director announces {lab.vip}/32; BIRD merges them into one route")
+        _show(f"birdc -s {ecmp.bird_socket(lab)} show protocols",
+              ecmp.birdc(lab, "show protocols", check=False))  # fmt: skip
+        _show_route(lab)
+        _say(f"== {requests} new connections from the client, hashed over the directors")
+        _requests_by_director(lab, requests)
+
+        url = f"http://{lab.vip}:{DOWNLOAD_PORT}/"
+        argv = ["curl", "-sS", "--limit-rate", "150K", "--max-time", "60", "-o", "/dev/null",
+                "-w", "%{size_download}", url]  # fmt: skip
+        download = subprocess.Popen(
+            lab.base.exec_argv(lab.client, argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        victim = _holder_of_download(lab)
+        _say(f"== a slow download of {DOWNLOAD_SIZE >> 20} MiB ({url}, 150 KB/s) goes "
+             f"through {victim.name}")  # fmt: skip
+        time.sleep(1.5)
+        _say(f"== {victim.name} crashes: kill -9 of its directord")
+        start = time.monotonic()
+        ecmp.crash_director(lab, victim)
+        survivors = {d.addr for d in lab.directors if d is not victim}
+        ecmp.wait_nexthops(lab, survivors, timeout=15)
+        took = time.monotonic() - start
+        _say(f"== its ExaBGP withdrew the VIP: the router dropped {victim.addr} "
+             f"{took:.2f} s after the kill")  # fmt: skip
+        _show_route(lab)
+        _say(f"== {requests} new connections: the other directors take them all")
+        _requests_by_director(lab, requests)
+        out, _ = download.communicate(timeout=70)
+        _say(f"== the download went on through the others (mh over the same real servers, "
+             f"sloppy_tcp): curl exit {download.returncode}, {out.strip()} bytes of "
+             f"{DOWNLOAD_SIZE}")  # fmt: skip
+
+        _say(f"== a newcomer on {victim.name}: directord with the same rules, announced again")
+        start = time.monotonic()
+        lab.daemons[victim.name].start()
+        ecmp.wait_nexthops(lab, {d.addr for d in lab.directors}, timeout=30)
+        _say(f"   back in the route {time.monotonic() - start:.1f} s after its start")
+        _show_route(lab)
+        _say(f"== {requests} new connections over the three again")
+        _requests_by_director(lab, requests)
+    finally:
+        if download is not None and download.poll() is None:
+            download.kill()
+            download.wait()
+        ecmp.teardown(lab)
+        shutil.rmtree(work, ignore_errors=True)
+        _say(f"== lab {lab.base.prefix} removed")
+
+
+DOWNLOAD_PORT = 8080
+DOWNLOAD_SIZE = 1 << 20  # the backends' padded answer on DOWNLOAD_PORT (their largest)
+
+
+def _holder_of_download(lab: ecmp.EcmpLab, timeout: float = 10.0) -> ecmp.DirectorHost:
+    """The director whose table has the client's connection to the download port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in lab.directors:
+            done = lab.daemons[d.name].dirctl("list", "-n", "-c", "--json")
+            if done.returncode == 0:
+                data = json.loads(done.stdout)
+                if any(c["vport"] == DOWNLOAD_PORT for c in data.get("conns", [])):
+                    return d
+        time.sleep(0.1)
+    raise RuntimeError(f"no director has the download's connection after {timeout:.0f} s")

@@ -17,10 +17,7 @@ closed the session's socket.)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -29,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labtools import FileServer, children, connections, random_file
+from labtools import FileServer, connections, random_file
 
 from director.ctl import protocol
 from director.lab import ecmp, topology
@@ -111,22 +108,6 @@ def new_connections(lab: ecmp.EcmpLab, count: int, max_time: float = 1.0) -> lis
     procs = [subprocess.Popen(lab.base.exec_argv(lab.client, argv), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for _ in range(count)]  # fmt: skip
     return [p.wait(timeout=max_time + 10) for p in procs]
-
-
-def kill_directord(d: Daemon) -> None:
-    """kill -9 of the daemon's supervisor and everything under it (a crash)."""
-    assert d.proc is not None and d.proc.poll() is None
-    tree = [d.proc.pid]
-    for pid in list(tree):
-        tree += children(pid)
-    for pid in tree:
-        for grandchild in children(pid):
-            if grandchild not in tree:
-                tree.append(grandchild)
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    d.proc.wait(timeout=10)
 
 
 def test_the_router_has_one_multipath_route_and_l4_hashing(elab: ecmp.EcmpLab) -> None:
@@ -224,7 +205,7 @@ def test_downloads_over_three_directors_survive_the_death_of_one(
         assert not ended, f"downloads ended before the kill: {ended}"
 
         killed_at = time.monotonic()
-        kill_directord(elab.daemons[VICTIM])
+        ecmp.crash_director(elab, victim)
         withdrawn = ecmp.wait_nexthops(elab, {d.addr for d in survivors}, timeout=15)
         # New connections: all of a batch succeed, within the hold time of the kill.
         while True:
