@@ -610,10 +610,11 @@ def _daemon(
 
 
 def director_nat(
-    lab: Lab, work: Path, settings: Settings, sysctls: tuple[str, ...] = ()
-) -> AbstractContextManager[Target]:
-    workdir = work / ("director-defended" if sysctls else "director")
-    return _director(lab, workdir, settings, SEED_80, sysctls)
+    lab: Lab, work: Path, settings: Settings, name: str = "director",
+    setup: tuple[tuple[str, ...], ...] = (),
+) -> AbstractContextManager[Target]:  # fmt: skip
+    """director NAT over the seed's port 80 service, after the dirctl commands ``setup``."""
+    return _director(lab, work / name, settings, SEED_80, setup)
 
 
 def director_lab_rules(lab: Lab, work: Path, settings: Settings) -> AbstractContextManager[Target]:
@@ -634,7 +635,7 @@ def _director(
     workdir: Path,
     settings: Settings,
     rules: str,
-    sysctls: tuple[str, ...] = (),
+    setup: tuple[tuple[str, ...], ...] = (),
     fast: bool = False,
 ) -> Iterator[Target]:
     extra = ("--fast-path", "kernel") if fast else ()
@@ -642,10 +643,10 @@ def _director(
         done = daemon.dirctl("restore", input=rules)
         if done.returncode:
             raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
-        if sysctls:
-            done = daemon.dirctl("sysctl", *sysctls)
+        for command in setup:
+            done = daemon.dirctl(*command)
             if done.returncode:
-                raise RuntimeError(f"dirctl sysctl: {done.stderr.strip()}")
+                raise RuntimeError(f"dirctl {command[0]}: {done.stderr.strip()}")
         assert daemon.pid is not None
         # The supervisor, its daemon child and whatever workers that one starts.
         yield Target(f"http://{lab.vip}/", (daemon.pid,))
@@ -687,7 +688,23 @@ CASES: dict[str, tuple[str, Setup]] = {
     "director-defended": (
         "director NAT, defences on",
         lambda lab, work, settings: director_nat(
-            lab, work, settings, ("secure_tcp=3", "drop_entry=1", "drop_packet=1")
+            lab,
+            work,
+            settings,
+            "director-defended",
+            (("sysctl", "secure_tcp=3", "drop_entry=1", "drop_packet=1"),),
+        ),
+    ),
+    # The master sync daemon multicasting the connections on the real servers' LAN
+    # (what sync costs the packet path; no backup is needed to measure it).
+    "director-sync": (
+        "director NAT, sync master",
+        lambda lab, work, settings: director_nat(
+            lab,
+            work,
+            settings,
+            "director-sync",
+            (("start-daemon", "master", "--mcast-interface", "br0", "--syncid", "1"),),
         ),
     ),
     "director-fast": ("director NAT, kernel fast path", director_fast),
