@@ -17,7 +17,10 @@ closed the session's socket.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -144,6 +147,36 @@ def test_a_director_without_a_healthy_real_server_withdraws_the_vip(
         for rs in elab.base.real_servers:
             daemon.dirctl("edit-server", "-t", f"{elab.vip}:80", "-r", f"{rs.addr}:80", "-w", "1")
     ecmp.wait_nexthops(elab, all_hops)
+
+
+def test_a_frozen_director_is_dropped_when_the_hold_time_runs_out(elab: ecmp.EcmpLab) -> None:
+    """A host that hangs (every process of dir3 stopped: no withdrawal, no BGP
+    keepalive, its kernel still holding the session open) is dropped by the router when
+    the hold time runs out, not before; new connections all succeed then.  Its processes
+    continued, it announces the VIP again."""
+    d3 = director(elab, "dir3")
+    all_hops = {d.addr for d in elab.directors}
+    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", d3.netns], capture_output=True,
+                                           text=True, check=True).stdout.split()]  # fmt: skip
+    assert pids
+    frozen_at = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        dropped = ecmp.wait_nexthops(elab, all_hops - {d3.addr}, timeout=ecmp.HOLD_TIME + 10)
+        # BIRD's hold timer: no sooner than the hold time less a keepalive's second.
+        assert dropped >= ecmp.HOLD_TIME - 1.5, f"dropped after {dropped:.2f} s"
+        assert new_connections(elab, 6) == [0] * 6
+        took = time.monotonic() - frozen_at
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    ecmp.wait_nexthops(elab, all_hops, timeout=30)
+    print(
+        f"\nfrozen director dropped {dropped:.2f} s after it stopped (hold time "
+        f"{ecmp.HOLD_TIME} s); new connections all answered {took:.2f} s after"
+    )
 
 
 def download(lab: ecmp.EcmpLab, port: int, out: Path) -> subprocess.Popen[bytes]:
