@@ -37,7 +37,7 @@ from director.lab.daemon import Daemon
 from tests.skips import unavailable
 
 BLOB_SIZE = 3 << 20  # 3 MiB a download
-RATE = "400K"  # curl --limit-rate: some 8 s a download, long enough to kill one mid-way
+RATE = "300K"  # curl --limit-rate: some 10 s a download, long enough to kill one mid-way
 CLIENT_RMEM = "4096 65536 131072"  # net.ipv4.tcp_rmem in the client's namespace
 DOWNLOADS = 8
 VICTIM = "dir2"
