@@ -134,17 +134,23 @@ def test_a_captured_datagram_of_ours_reads_with_the_kernels_layout(
 def test_list_daemon_prints_as_ipvsadm_and_a_restart_brings_the_daemons_back(
     pair: tuple[Daemon, Daemon],
 ) -> None:
-    """ipvsadm -L --daemon (ipvsadm 1.28+ list_daemon), with the kernel's defaults
-    filled in: maxlen 1500 - 28 for a master, the link's MTU - 28 for a backup."""
+    """ipvsadm -L --daemon, with the kernel's defaults filled in: maxlen 1500 - 28 for a
+    master, a backup's at least 1024.  The lines are ipvsadm 1.31's on Debian 12's
+    kernel 6.1 (../shared/ipvs-vm): after `--start-daemon master --mcast-interface
+    dummy0` it printed "master sync daemon (mcast=dummy0, syncid=0, maxlen=1472,
+    group=224.0.0.81, port=8848, ttl=1)", and after `--start-daemon backup
+    --mcast-interface dummy1 --syncid 9 --sync-maxlen 1000 --mcast-port 8850` "backup
+    sync daemon (mcast=dummy1, syncid=9, maxlen=1024, group=224.0.0.81, port=8850,
+    ttl=1)"."""
     master, _ = pair
-    both = master.dirctl("start-daemon", "backup", "--mcast-interface", "br0",
-                         "--syncid", "3", "--mcast-port", "8850")  # fmt: skip
+    both = master.dirctl("start-daemon", "backup", "--mcast-interface", "br0", "--syncid",
+                         "3", "--sync-maxlen", "1000", "--mcast-port", "8850")  # fmt: skip
     assert both.returncode == 0, both.stderr
     listed = master.dirctl("list", "--daemon").stdout
     assert listed == (
         f"master sync daemon (mcast=br0, syncid={SYNCID}, maxlen=1472, group=224.0.0.81, "
         "port=8848, ttl=1)\n"
-        "backup sync daemon (mcast=br0, syncid=3, maxlen=1472, group=224.0.0.81, port=8850, "
+        "backup sync daemon (mcast=br0, syncid=3, maxlen=1024, group=224.0.0.81, port=8850, "
         "ttl=1)\n"
     )
     again = master.dirctl("start-daemon", "master", "--mcast-interface", "br0")
