@@ -86,3 +86,37 @@ def test_a_backup_with_the_same_services_takes_every_entry() -> None:
         assert conn.dest.addr == RS and conn.dest.inactconns == 1
     assert len(d.conns.templates) == 1
     assert sync.decode(DATAGRAM, syncid=8).conns == []  # another syncid's: not taken
+
+
+def test_what_our_master_sends_for_the_scenario_is_what_the_kernels_backup_took() -> None:
+    """The same two connections, established through director's packet path, and the
+    template, as the master sends them.  The bytes are built here from the layout
+    (the kernel's v1 header and ip_vs_sync_v4 entries).  Sent in the IPVS VM to kernel
+    6.1's backup daemon (`--start-daemon backup --mcast-interface sync0 --syncid 7`,
+    the same services), they made `ipvsadm -Lcn` list 203.0.113.10:40000 ->
+    203.0.113.5:80 -> 198.18.0.2:80 ESTABLISHED (14:58 left), 203.0.113.10:40001 ->
+    :81 ESTABLISHED and the template 203.0.113.10:0 -> :81 ASSURED (04:58), one
+    ActiveConn on each real server."""
+    from tests.core.packets import ACK, SYN, tcp
+
+    d = Director()
+    d.configure(load_rules(
+        "-A -t 203.0.113.5:80 -s rr\n-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m\n"
+        "-A -t 203.0.113.5:81 -s rr -p 300\n-a -t 203.0.113.5:81 -r 198.18.0.2:81 -m\n"
+    ))  # fmt: skip
+    for cport, vport in ((40000, 80), (40001, 81)):
+        for flags, payload, at in ((SYN, b"", 1.0), (ACK, b"", 1.1), (ACK, b"GET /\r\n", 1.2)):
+            d.hook_in(tcp("203.0.113.10", "203.0.113.5", cport, vport, flags, payload), at)
+    conns = sorted(d.conns, key=lambda c: c.cport) + list(d.conns.templates.values())
+    (ours,) = sync.encode([sync.from_conn(c) for c in conns], syncid=7)
+
+    def v4(flags: int, state: int, cport: int, port: int, timeout: int) -> bytes:
+        return struct.pack("!BBHIHHHHII4s4s4s", 0, 6, 36, flags, state, cport, port, port, 0,
+                           timeout, CLIENT, VIP, RS)  # fmt: skip
+
+    entries = (
+        v4(0, IP_VS_TCP_S_ESTABLISHED, 40000, 80, 900)
+        + v4(0, IP_VS_TCP_S_ESTABLISHED, 40001, 81, 900)
+        + v4(IP_VS_CONN_F_TEMPLATE, IP_VS_TCP_S_ESTABLISHED, 0, 81, 300)
+    )
+    assert ours == struct.pack("!BBHBBH", 0, 7, 8 + len(entries), 3, 1, 0) + entries
