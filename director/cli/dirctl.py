@@ -594,6 +594,10 @@ from director.cli.announce import announce  # noqa: E402
 
 app.command("announce")(announce)
 
+from director.cli.vrrp import vrrp_notify  # noqa: E402
+
+app.command("vrrp-notify")(vrrp_notify)
+
 
 # --- entry point --------------------------------------------------------------------
 
