@@ -131,8 +131,7 @@ def missing_program() -> str | None:
 
 def named(prefix: str, workdir: Path) -> HaLab:
     hosts = tuple(
-        DirectorHost(name, out, ins, prio, f"{prefix}-{name}")
-        for name, out, ins, prio in DIRECTORS
+        DirectorHost(name, out, ins, prio, f"{prefix}-{name}") for name, out, ins, prio in DIRECTORS
     )
     servers = tuple(RealServerHost(n, a, f"{prefix}-{n}", "dr") for n, a in REAL_SERVERS)
     base = Lab(

@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from director.lab import ecmp, topology
+from director.lab import ecmp, ha, topology
 from director.lab.daemon import Daemon, DaemonError, venv_program
 from director.model.config import ConfigError
 
@@ -109,16 +109,23 @@ def up(
     ] = False,
     kind: Annotated[
         str,
-        typer.Option(help="nat, dr, tun or mixed real servers, or ecmp (three directors)"),
+        typer.Option(
+            help="nat, dr, tun or mixed real servers, ecmp (three directors) or ha (two "
+            "directors, keepalived's VRRP)"
+        ),
     ] = "nat",
 ) -> None:
     """Build the lab and leave it running: backends answer on 80, 8000 and 21."""
     _require_root()
-    if kind not in (*topology.KINDS, ECMP):
-        raise ConfigError(f"--kind {kind!r}: one of {', '.join(topology.KINDS)} or {ECMP}")
+    if kind not in (*topology.KINDS, ECMP, HA):
+        raise ConfigError(f"--kind {kind!r}: one of {', '.join(topology.KINDS)}, {ECMP} or {HA}")
     if kind == ECMP:
         with _reported():
             _up_ecmp(name)
+        return
+    if kind == HA:
+        with _reported():
+            _up_ha(name)
         return
     with _reported():
         if topology.namespace_exists(f"{name}-director"):
@@ -188,6 +195,41 @@ def _up_ecmp(name: str) -> None:
     typer.echo(f"  ip netns exec {lab.client} curl http://{lab.vip}/")
     typer.echo(f"  {dirctl} --socket {lab.daemons[d1.name].socket_path} list -n --stats")
     typer.echo(f"  ip netns exec {lab.router} birdc -s {ecmp.bird_socket(lab)} show protocols")
+    typer.echo(f"configuration and logs in {lab.workdir}")
+
+
+HA = "ha"
+
+
+def _up_ha(name: str) -> None:
+    """The HA lab (director.lab.ha), everything started: in both directors directord
+    and keepalived (VRRP only), dir1 master, dir2 backup."""
+    if any(topology.namespace_exists(f"{name}-{n}") for n in ("switch", "director", "dir1")):
+        typer.secho(f"lab {name} exists: `dirctl lab down{_named(name)}` first", err=True)
+        raise typer.Exit(1)
+    if ha.missing_program():
+        raise RuntimeError("keepalived is not installed (Debian package keepalived)")
+    lab = ha.build(name, RUN_DIR / name)
+    try:
+        _kind_file(name).write_text(HA + "\n")
+        topology.start_backends(lab.base, detach=True)
+        ha.start(lab)
+    except BaseException:
+        ha.teardown(lab)
+        shutil.rmtree(RUN_DIR / name, ignore_errors=True)
+        raise
+    typer.echo(f"lab {name} is up (ha): {lab.client}, {lab.switch}, "
+               f"{', '.join(d.netns for d in lab.directors)}, "
+               f"{', '.join(rs.netns for rs in lab.base.real_servers)}")  # fmt: skip
+    for d in lab.directors:
+        typer.echo(f"  {d.name} ({d.outside}, {d.inside}): {ha.role(lab, d)}")
+    d1 = lab.directors[0]
+    dirctl = f"ip netns exec {d1.netns} {venv_program('dirctl')}"
+    typer.echo("try:")
+    typer.echo(f"  ip netns exec {lab.client} curl http://{lab.vip}/      (DR)")
+    typer.echo(f"  ip netns exec {lab.client} curl http://{lab.vip}:{ha.NAT_PORT}/  (NAT)")
+    typer.echo(f"  {dirctl} --socket {lab.daemon(d1).socket_path} list -n -c")
+    typer.echo(f"  {dirctl} --socket {lab.daemon(d1).socket_path} list --daemon")
     typer.echo(f"configuration and logs in {lab.workdir}")
 
 
