@@ -507,7 +507,9 @@ def import_keepalived(
         bool, typer.Option("--partial", help="apply what translates even if some does not")
     ] = False,
 ) -> None:
-    """Bring keepalived.conf virtual_server blocks over as services, servers and checks."""
+    """Bring keepalived.conf virtual_server blocks over as services, servers and checks,
+    global_defs' lvs_timeouts as the timeouts (ipvsadm --set) and lvs_sync_daemon as the
+    sync daemon (backup until the instance's notify runs `dirctl vrrp-notify master`)."""
     from director.ctl import keepalived
 
     result = keepalived.translate(keepalived.parse_file(file))
@@ -523,6 +525,27 @@ def import_keepalived(
             "(listed above); nothing applied (--partial applies the rest)"
         )
     _ask(ctx, "restore", {"text": keepalived.as_rules(result)})
+    # With an instance named, the one daemon follows its VRRP state; without, both run.
+    follows_vrrp = len(result.sync_daemons) == 1
+    for where, conf in result.sync_daemons:
+        _ensure_sync_daemon(ctx, where, conf, follows_vrrp)
+
+
+def _ensure_sync_daemon(ctx: typer.Context, where: str, conf: Any, follows_vrrp: bool) -> None:
+    """Start the sync daemon of an imported lvs_sync_daemon unless it runs already with
+    those settings (a backup made master by vrrp-notify stays master)."""
+    from director.ctl.vrrp import same_settings
+
+    running = list(_ask(ctx, "daemon"))
+    states = {conf.state, "master"} if follows_vrrp else {conf.state}
+    if any(same_settings(r, conf) and r["state"] in states for r in running):
+        return
+    if any(r["state"] == conf.state for r in running):
+        raise ConfigError(
+            f"{where}: a {conf.state} sync daemon runs with other settings "
+            f"(dirctl stop-daemon {conf.state} first)"
+        )
+    _ask(ctx, "start-daemon", conf.as_dict())
 
 
 # --- debugging and settings ---------------------------------------------------------

@@ -10,7 +10,11 @@ of ``Node``; malformed input raises ``ConfigError`` naming the file and line.
 
 ``translate`` turns the tree into dirctl command lines, each with the place it came
 from, and lists what it cannot translate.  Blocks other than ``virtual_server``
-(``global_defs``, ``vrrp_instance``, ...) are not director's business and only noted.
+(``global_defs``, ``vrrp_instance``, ...) are not director's business and only noted,
+but for two settings of ``global_defs`` that keepalived hands to IPVS itself:
+``lvs_timeouts`` (ipvsadm --set) and ``lvs_sync_daemon`` (ipvsadm --start-daemon,
+as backup while the instance it names is not MASTER; ``dirctl vrrp-notify`` in that
+instance's notify scripts switches it, see director.ctl.vrrp).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from director.ctl.health_rules import parse_words
 from director.ctl.ipvsadm import format_save, parse_args
 from director.ctl.ops import apply
 from director.model.config import Config, ConfigError
+from director.model.sync import DaemonConf, parse_daemon
 
 MAX_INCLUDE_DEPTH = 8
 
@@ -159,6 +164,7 @@ class Translation:
     commands: list[tuple[str, list[str]]] = field(default_factory=list)  # (where, argv)
     untranslated: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    sync_daemons: list[tuple[str, DaemonConf]] = field(default_factory=list)  # (where, conf)
 
 
 def _one(node: Node, count: int = 1) -> list[str]:
@@ -188,12 +194,122 @@ def _addr_port(addr: str, port: str) -> str:
 
 def translate(nodes: list[Node]) -> Translation:
     out = Translation()
+    vrids = _vrids(nodes)
+    for node in nodes:
+        if node.keyword == "global_defs" and node.children is not None:
+            _global_defs(node, vrids, out)
     for node in nodes:
         if node.keyword == "virtual_server" and node.children is not None:
             _virtual_server(node, out)
         else:
             out.ignored.append(f"{node.where}: {node.keyword} (not a virtual_server)")
+    for where, conf in out.sync_daemons:
+        out.commands.append((where, _start_daemon_argv(conf)))
     return out
+
+
+# --- global_defs: what keepalived gives IPVS ---------------------------------------------
+
+# lvs_sync_daemon's keyword options (keepalived.conf(5)) -> (start-daemon argument,
+# keepalived's range); group is checked as ipvsadm checks --mcast-group.
+SYNC_OPTIONS: dict[str, tuple[str, int, int]] = {
+    "id": ("syncid", 0, 255),
+    "maxlen": ("sync_maxlen", 1, 65507),
+    "port": ("mcast_port", 1, 65535),
+    "ttl": ("mcast_ttl", 1, 255),
+}
+TIMEOUT_WORDS = ("tcp", "tcpfin", "udp")  # lvs_timeouts' words, ipvsadm --set's order
+
+
+def _vrids(nodes: list[Node]) -> dict[str, int | None]:
+    """Each vrrp_instance's virtual_router_id (None when it has none)."""
+    found: dict[str, int | None] = {}
+    for node in nodes:
+        if node.keyword == "vrrp_instance" and node.children is not None and node.args:
+            vrid = next((n for n in node.blocks() if n.keyword == "virtual_router_id"), None)
+            found[node.args[0]] = _int(vrid) if vrid is not None else None
+    return found
+
+
+def _global_defs(block: Node, vrids: dict[str, int | None], out: Translation) -> None:
+    for node in block.blocks():
+        if node.keyword == "lvs_sync_daemon":
+            out.sync_daemons += [(node.where, conf) for conf in _sync_daemon(node, vrids)]
+        elif node.keyword == "lvs_timeouts":
+            out.commands.append((node.where, ["set-timeout", *_timeouts(node)]))
+        elif node.keyword == "lvs_sync_daemon_interface":
+            out.untranslated.append(f"{node.where}: {node.keyword} (use lvs_sync_daemon)")
+
+
+def _sync_daemon(node: Node, vrids: dict[str, int | None]) -> list[DaemonConf]:
+    """``lvs_sync_daemon IF [[inst] INSTANCE] [id N] [maxlen N] [port N] [ttl N]
+    [group ADDR]``: the backup daemon when an instance is named (its notify scripts
+    make it master), master and backup both when none is (keepalived runs both
+    then); the syncid defaults to the instance's virtual_router_id, else 0."""
+    if not node.args:
+        raise _fail(node.file, node.line, "lvs_sync_daemon needs an interface")
+    args: dict[str, object] = {"mcast_ifn": node.args[0]}
+    instance: str | None = None
+    words = node.args[1:]
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in (*SYNC_OPTIONS, "group", "inst"):
+            if i + 1 >= len(words):
+                raise _fail(node.file, node.line, f"lvs_sync_daemon: {word} needs a value")
+            value = words[i + 1]
+            if word == "inst":
+                instance = value
+            elif word == "group":
+                args["mcast_group"] = value
+            else:
+                name, low, high = SYNC_OPTIONS[word]
+                if not value.isdigit() or not low <= int(value) <= high:
+                    reason = f"lvs_sync_daemon: {word} must be {low} to {high}, not {value!r}"
+                    raise _fail(node.file, node.line, reason)
+                args[name] = int(value)
+            i += 2
+        elif instance is None and i == 0:
+            instance = word
+            i += 1
+        else:
+            raise _fail(node.file, node.line, f"lvs_sync_daemon: unexpected {word!r}")
+    if instance is not None:
+        if instance not in vrids:
+            raise _fail(node.file, node.line, f"lvs_sync_daemon: no vrrp_instance {instance}")
+        args.setdefault("syncid", vrids[instance] or 0)
+    states = ("backup",) if instance is not None else ("master", "backup")
+    try:
+        return [parse_daemon({**args, "state": state}) for state in states]
+    except ConfigError as exc:
+        raise _fail(node.file, node.line, f"lvs_sync_daemon: {exc}") from None
+
+
+def _timeouts(node: Node) -> list[str]:
+    """``lvs_timeouts [tcp N] [tcpfin N] [udp N]`` as ipvsadm --set's three values,
+    0 (unchanged) for those not given."""
+    got: dict[str, str] = {}
+    words = node.args
+    if not words or len(words) % 2:
+        raise _fail(node.file, node.line, "lvs_timeouts takes pairs: tcp|tcpfin|udp SECONDS")
+    for word, value in zip(words[::2], words[1::2], strict=True):
+        if word not in TIMEOUT_WORDS or word in got:
+            raise _fail(node.file, node.line, f"lvs_timeouts: unexpected {word!r}")
+        if not value.isdigit():
+            raise _fail(node.file, node.line, f"lvs_timeouts: {word}: not a number: {value!r}")
+        got[word] = value
+    return [got.get(word, "0") for word in TIMEOUT_WORDS]
+
+
+def _start_daemon_argv(conf: DaemonConf) -> list[str]:
+    argv = ["start-daemon", conf.state, "--mcast-interface", conf.mcast_ifn,
+            "--syncid", str(conf.syncid)]  # fmt: skip
+    defaults = DaemonConf(conf.state, conf.mcast_ifn)
+    for name, option in (("sync_maxlen", "--sync-maxlen"), ("mcast_group", "--mcast-group"),
+                         ("mcast_port", "--mcast-port"), ("mcast_ttl", "--mcast-ttl")):  # fmt: skip
+        if getattr(conf, name) != getattr(defaults, name):
+            argv += [option, str(getattr(conf, name))]
+    return argv
 
 
 def _service_words(node: Node, protocol: str) -> list[str] | None:
@@ -370,8 +486,12 @@ def build_config(result: Translation, base: Config | None = None) -> Config:
     config = base or Config()
     for where, argv in result.commands:
         verb, words = argv[0], argv[1:]
+        if verb == "start-daemon":  # not the rules': checked by translate
+            continue
         try:
-            if verb in ("add-check", "set-health"):
+            if verb == "set-timeout":
+                config = apply(config, parse_args(["--set", *words]))
+            elif verb in ("add-check", "set-health"):
                 config = apply_health(config, parse_words(verb, words))
             else:
                 config = apply(config, parse_args([f"--{verb}", *words]))

@@ -47,7 +47,7 @@ def vrrp_state(words: list[str]) -> str:
     return state.upper()
 
 
-def _same(running: dict[str, Any], want: DaemonConf) -> bool:
+def same_settings(running: dict[str, Any], want: DaemonConf) -> bool:
     """Whether a running daemon (as ``list --daemon`` reports it, the kernel's defaults
     filled in) has the settings asked for; a maxlen of 0 asks for the default."""
     keys = ("mcast_ifn", "syncid", "mcast_group", "mcast_port", "mcast_ttl")
@@ -75,7 +75,7 @@ def plan(state: str, conf: DaemonConf, running: list[dict[str, Any]]) -> list[St
     if start is not None:
         now = by_state.get(start)
         wanted = DaemonConf(**{**conf.as_dict(), "state": start})
-        if now is not None and not _same(now, wanted):
+        if now is not None and not same_settings(now, wanted):
             steps.append(Step("stop-daemon", {"state": start}))
             now = None
         if now is None:

@@ -113,3 +113,121 @@ def test_bad_values_name_the_keepalived_line(tmp_path: Path) -> None:
     assert result.untranslated == [f"{conf}:2: lb_algo nosuch"]
     with pytest.raises(ConfigError, match=rf"^{conf}:1: "):
         keepalived.build_config(result)
+
+
+# --- global_defs: lvs_sync_daemon and lvs_timeouts (keepalived.conf(5)) ----------------
+
+VRRP = "vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n}\n"
+
+
+def translate_text(tmp_path: Path, text: str) -> keepalived.Translation:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(text)
+    return keepalived.translate(keepalived.parse_file(conf))
+
+
+def test_lvs_sync_daemon_starts_the_backup_with_the_instances_vrid(tmp_path: Path) -> None:
+    """ "syncid (0 to 255) for lvs syncd, default is the VRID of vrrp instance": 51;
+    with an instance, only the backup daemon until that instance is MASTER."""
+    result = translate_text(tmp_path, "global_defs {\n  lvs_sync_daemon eth1 VI_1\n}\n" + VRRP)
+    assert keepalived.as_commands(result) == (
+        "dirctl start-daemon backup --mcast-interface eth1 --syncid 51\n"
+    )
+    ((where, conf),) = result.sync_daemons
+    assert where.endswith(":2") and (conf.state, conf.mcast_ifn, conf.syncid) == (
+        "backup", "eth1", 51,
+    )  # fmt: skip
+
+
+def test_lvs_sync_daemon_with_every_option(tmp_path: Path) -> None:
+    text = ("global_defs {\n  lvs_sync_daemon eth1 inst VI_1 id 7 maxlen 1400 port 8850 "
+            "ttl 2 group 224.0.0.82\n}\n" + VRRP)  # fmt: skip
+    result = translate_text(tmp_path, text)
+    assert keepalived.as_commands(result) == (
+        "dirctl start-daemon backup --mcast-interface eth1 --syncid 7 --sync-maxlen 1400 "
+        "--mcast-group 224.0.0.82 --mcast-port 8850 --mcast-ttl 2\n"
+    )
+
+
+def test_lvs_sync_daemon_without_an_instance_runs_master_and_backup(tmp_path: Path) -> None:
+    """ "If VRRP_INSTANCE is not specified, both the master and backup sync daemons
+    will be run as long as keepalived is running" (syncid 0 then)."""
+    result = translate_text(tmp_path, "global_defs {\n  lvs_sync_daemon eth1\n}\n")
+    assert keepalived.as_commands(result) == (
+        "dirctl start-daemon master --mcast-interface eth1 --syncid 0\n"
+        "dirctl start-daemon backup --mcast-interface eth1 --syncid 0\n"
+    )
+
+
+def test_lvs_timeouts_go_into_the_rules(tmp_path: Path) -> None:
+    """lvs_timeouts: ipvsadm --set's three values, 0 (unchanged) for those not given;
+    the rules file carries them as its --set line."""
+    result = translate_text(
+        tmp_path,
+        "global_defs {\n  lvs_timeouts tcp 7200 udp 60\n}\n"
+        "virtual_server 203.0.113.5 80 {\n  lb_algo rr\n}\n",
+    )
+    assert keepalived.as_commands(result).splitlines() == [
+        "dirctl set-timeout 7200 0 60",
+        "dirctl add-service -t 203.0.113.5:80 -s rr",
+    ]
+    config = keepalived.build_config(result)
+    assert (config.timeouts.tcp, config.timeouts.udp) == (7200, 60)
+    assert keepalived.as_rules(result).startswith("--set 7200 ")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("lvs_sync_daemon", "needs an interface"),
+        ("lvs_sync_daemon eth1 VI_2", "no vrrp_instance VI_2"),
+        ("lvs_sync_daemon eth1 VI_1 id 256", "id must be 0 to 255"),
+        ("lvs_sync_daemon eth1 VI_1 maxlen 0", "maxlen must be 1 to 65507"),
+        ("lvs_sync_daemon eth1 VI_1 port x", "port must be 1 to 65535"),
+        ("lvs_sync_daemon eth1 VI_1 ttl", "ttl needs a value"),
+        ("lvs_sync_daemon eth1 VI_1 group 198.18.0.9", "not a multicast address"),
+        ("lvs_sync_daemon eth1 VI_1 bogus 3", "unexpected 'bogus'"),
+        ("lvs_sync_daemon eth1/x VI_1", "invalid interface name"),
+        ("lvs_timeouts", "takes pairs"),
+        ("lvs_timeouts tcp", "takes pairs"),
+        ("lvs_timeouts tcp soon", "not a number"),
+        ("lvs_timeouts tcp 1 tcp 2", "unexpected 'tcp'"),
+        ("lvs_timeouts sctp 5", "unexpected 'sctp'"),
+    ],
+)
+def test_bad_sync_and_timeout_settings_name_file_and_line(
+    tmp_path: Path, line: str, reason: str
+) -> None:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(f"global_defs {{\n  router_id d1\n  {line}\n}}\n" + VRRP)
+    with pytest.raises(ConfigError) as err:
+        keepalived.translate(keepalived.parse_file(conf))
+    assert str(err.value).startswith(f"{conf}:3: ") and reason in str(err.value), err.value
+
+
+def test_a_timeout_out_of_ipvsadms_range_names_the_line(tmp_path: Path) -> None:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("global_defs {\n  lvs_timeouts udp 99999999999\n}\n")
+    result = keepalived.translate(keepalived.parse_file(conf))
+    with pytest.raises(ConfigError, match=rf"^{conf}:2: "):
+        keepalived.build_config(result)
+
+
+def test_dirctl_dry_run_prints_the_sync_commands_and_bad_values_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from director.cli.dirctl import run
+
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("global_defs {\n  lvs_timeouts tcp 900\n  lvs_sync_daemon int0 VI_1\n}\n"
+                    + VRRP)  # fmt: skip
+    assert run(["--socket", str(tmp_path / "none.sock"), "import-keepalived", "--dry-run",
+                str(conf)]) == 0  # fmt: skip
+    assert capsys.readouterr().out == (
+        "dirctl set-timeout 900 0 0\n"
+        "dirctl start-daemon backup --mcast-interface int0 --syncid 51\n"
+    )
+    conf.write_text("global_defs {\n  lvs_sync_daemon int0 VI_1 ttl 0\n}\n" + VRRP)
+    assert run(["import-keepalived", "--dry-run", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dirctl: {conf}:2: lvs_sync_daemon: ttl must be 1 to 255, not '0'\n"

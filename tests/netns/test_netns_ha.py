@@ -27,6 +27,7 @@ from labtools import FileServer, random_file
 from director.ctl import protocol
 from director.lab import ha, topology
 from director.lab.daemon import Daemon, venv_program
+from director.lab.ha import PROGRAM
 from tests.skips import unavailable
 
 BLOB_SIZE = 10 << 20  # 10 MiB
@@ -184,12 +185,38 @@ def test_a_slow_download_survives_the_masters_death_and_the_dead_one_learns_it_b
     assert hashlib.sha256(out.read_bytes()).hexdigest() == blob[1]
 
 
+def test_import_keepalived_takes_lvs_timeouts_and_leaves_the_vrrp_roles(
+    hlab: ha.HaLab, tmp_path: Path
+) -> None:
+    """`dirctl import-keepalived` of a keepalived.conf with global_defs' lvs_timeouts
+    and lvs_sync_daemon on both directors: the timeouts reach the table (ipvsadm
+    --set, shown by list --timeout); the sync daemon it asks for (backup, syncid the
+    instance's: the lab's own settings) runs already on the backup, and on the master
+    the master daemon vrrp-notify started stays (no second daemon, no error)."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(
+        f"global_defs {{\n  lvs_timeouts tcp 1800 tcpfin 60\n"
+        f"  lvs_sync_daemon {ha.SYNC_IF} VI_IN id {ha.SYNCID}\n}}\n"
+        f"vrrp_instance VI_IN {{\n  interface {ha.INSIDE_IF}\n  virtual_router_id 52\n}}\n"
+        f"virtual_server {hlab.vip} 8092 {{\n  lb_algo rr\n  lb_kind DR\n"
+        f"  real_server 198.18.0.2 8092 {{\n  }}\n}}\n"
+    )
+    for d in hlab.directors:
+        before = ha.sync_roles(hlab, d)
+        done = hlab.daemon(d).dirctl("import-keepalived", str(conf))
+        assert done.returncode == 0, done.stderr
+        assert ha.sync_roles(hlab, d) == before
+        shown = hlab.daemon(d).dirctl("list", "--timeout").stdout
+        assert "1800 60 " in shown, shown
+    assert {ha.role(hlab, d) for d in hlab.directors} == {"master", "backup"}
+
+
 def test_lab_down_ends_keepalived_and_removes_the_namespaces(hlab: ha.HaLab) -> None:
     """`dirctl lab down` after `lab up --kind ha`: no process of the lab is left (the
     keepalived instances with the rest) and no namespace; the packaged keepalived
     service was never started."""
-    keepalived = [int(p) for p in _run("ip", "netns", "pids", hlab.directors[0].netns).stdout.split()
-                  if Path(f"/proc/{p}/comm").read_text().strip() == "keepalived"]  # fmt: skip
+    pids = _run("ip", "netns", "pids", hlab.directors[0].netns).stdout.split()
+    keepalived = [int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == PROGRAM]
     assert keepalived, "no keepalived in dir1 before lab down"
     down = _run(venv_program("dirctl"), "lab", "down", "--name", hlab.base.prefix)
     assert down.returncode == 0, down.stderr
