@@ -300,7 +300,7 @@ def _stats_and_metrics(lab: topology.Lab, d: Daemon) -> None:
 
 
 DEMO_METHODS = ("nat", "dr", "tun", "mixed")
-OTHER_DEMOS = (ECMP,)  # not part of "all": they need more than make demo installs
+OTHER_DEMOS = (ECMP, "ha")  # not part of "all": they need more than make demo installs
 
 
 @lab_app.command()
@@ -310,8 +310,9 @@ def demo(
     method: Annotated[
         str,
         typer.Option(
-            help="nat (SPEC §4's example), dr, tun, mixed, all of them, or ecmp "
-            "(three directors behind BGP; needs bird2 and exabgp)"
+            help="nat (SPEC §4's example), dr, tun, mixed, all of them, ecmp "
+            "(three directors behind BGP; needs bird2 and exabgp) or ha (two directors, "
+            "keepalived's VRRP; needs keepalived)"
         ),
     ] = "nat",
 ) -> None:
@@ -319,7 +320,9 @@ def demo(
 
     ``--method dr|tun|mixed`` shows the same through DR, TUN or all three methods in one
     service; ``--method all`` runs the four demos one after the other; ``--method ecmp``
-    shows three directors behind ECMP, one of them dying and a newcomer taking its place.
+    shows three directors behind ECMP, one of them dying and a newcomer taking its place;
+    ``--method ha`` two directors with keepalived, the master dying mid-download and
+    coming back as the backup.
     """
     _require_root()
     if method not in (*DEMO_METHODS, *OTHER_DEMOS, "all"):
@@ -330,6 +333,8 @@ def demo(
         for kind in DEMO_METHODS if method == "all" else (method,):
             if kind == ECMP:
                 _demo_ecmp(requests)
+            elif kind == HA:
+                _demo_ha(requests)
             elif kind == "nat":
                 _demo_nat(requests, rules)
             else:
@@ -555,3 +560,102 @@ def _holder_of_download(lab: ecmp.EcmpLab, timeout: float = 10.0) -> ecmp.Direct
                     return d
         time.sleep(0.1)
     raise RuntimeError(f"no director has the download's connection after {timeout:.0f} s")
+
+
+def _roles(lab: ha.HaLab) -> None:
+    for d in lab.directors:
+        daemon = lab.daemon(d)
+        listed = daemon.dirctl("list", "--daemon").stdout.strip() if daemon.answers() else ""
+        state = ha.role(lab, d) or ("changing" if daemon.answers() else "dead")
+        typer.echo(f"     {d.name}: {state}"
+                   + (f"  ({listed.replace(chr(10), '; ')})" if listed else ""))  # fmt: skip
+
+
+def _demo_ha(requests: int) -> None:
+    """Two directors with keepalived (VRRP only) and the sync daemon; a slow download
+    through the master, which dies (kill -9 of its directord and keepalived); the
+    backup takes the VIP and the gateway and the download ends whole; the dead one
+    comes back as the backup and learns the connections from its peer."""
+    if ha.missing_program():
+        raise RuntimeError("keepalived is not installed: the HA demo needs it "
+                           "(.ci/install-deps test, or make deps)")  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="director-demo-"))
+    lab = ha.build(workdir=work)
+    download: subprocess.Popen[str] | None = None
+    try:
+        _say(f"== HA lab {lab.base.prefix}: client {lab.base.client_addr} and "
+             + ", ".join(f"{d.name} {d.outside}" for d in lab.directors)
+             + " on one segment; the directors and rs1, rs2 on another")  # fmt: skip
+        _say(f"   keepalived (VRRP only) moves {lab.vip} (VI_OUT) and the real servers' "
+             f"gateway {ha.GATEWAY} (VI_IN), one sync group; its notify scripts run "
+             "`dirctl vrrp-notify` (the sync daemon's role)")  # fmt: skip
+        topology.start_backends(lab.base)
+        padded = dataclasses.replace(lab.base, backends=[])
+        try:
+            topology.start_backends(padded, ports=(DOWNLOAD_PORT,), pad=DOWNLOAD_SIZE)
+        finally:
+            lab.base.backends.extend(padded.backends)
+        topology.set_sysctl(lab.base.client, "net.ipv4.tcp_rmem", "4096 65536 131072")
+        extra = f"-A -t {lab.vip}:{DOWNLOAD_PORT} -s rr\n" + "".join(
+            f"-a -t {lab.vip}:{DOWNLOAD_PORT} -r {rs.addr}:{DOWNLOAD_PORT} -g -w 1\n"
+            for rs in lab.base.real_servers
+        )
+        ha.start(lab)
+        for d in lab.directors:
+            done = lab.daemon(d).dirctl("restore", input=extra)
+            if done.returncode:
+                raise RuntimeError(f"{d.name}: dirctl restore: {done.stderr.strip()}")
+        first = ha.master(lab)
+        second = lab.peer(first)
+        _say("== roles: VRRP state, and the sync daemon vrrp-notify left running")
+        _roles(lab)
+        _show(f"dirctl list -n  ({first.name})", lab.daemon(first).dirctl("list", "-n"))
+        _say(f"== {requests} requests: DR on port {ha.DR_PORT}, NAT on {ha.NAT_PORT}")
+        answers: collections.Counter[str] = collections.Counter()
+        for i in range(requests):
+            port = (ha.DR_PORT, ha.NAT_PORT)[i % 2]
+            code, text, _ = _curl(lab.base, f"http://{lab.vip}:{port}/")
+            answers[text if code == 0 else "failed"] += 1
+        typer.echo("     " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items())))
+        url = f"http://{lab.vip}:{DOWNLOAD_PORT}/"
+        argv = ["curl", "-sS", "--limit-rate", "100K", "--max-time", "60", "-o", "/dev/null",
+                "-w", "%{size_download}", url]  # fmt: skip
+        download = subprocess.Popen(lab.base.exec_argv(lab.base.client, argv),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)  # fmt: skip
+        _say(f"== a slow DR download of {DOWNLOAD_SIZE >> 20} MiB ({url}, 100 KB/s) "
+             f"through {first.name}")  # fmt: skip
+        time.sleep(2.5)  # the 2 s flush: the backup has it
+        _show(f"dirctl list -n -c  ({second.name}, the backup: synced)",
+              lab.daemon(second).dirctl("list", "-n", "-c"))  # fmt: skip
+        _say(f"== {first.name} dies: kill -9 of its directord and its keepalived")
+        start = time.monotonic()
+        ha.crash(lab, first)
+        ha.wait_role(lab, second, "master", 30)
+        _say(f"== {second.name} is master {time.monotonic() - start:.2f} s after the kill "
+             "(3 missed adverts, advert_int 1 s)")  # fmt: skip
+        _roles(lab)
+        _say(f"== {first.name} comes back: directord and keepalived started again")
+        ha.recover(lab, first)
+        ha.wait_role(lab, first, "backup", 30)
+        _roles(lab)
+        out, _ = download.communicate(timeout=100)
+        _say(f"== the download went on through {second.name}: curl exit "
+             f"{download.returncode}, {out.strip()} bytes of {DOWNLOAD_SIZE}")  # fmt: skip
+        _say(f"== {requests} new requests, now through {second.name}")
+        answers.clear()
+        for i in range(requests):
+            port = (ha.DR_PORT, ha.NAT_PORT)[i % 2]
+            code, text, _ = _curl(lab.base, f"http://{lab.vip}:{port}/")
+            answers[text if code == 0 else "failed"] += 1
+        typer.echo("     " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items())))
+        time.sleep(2.5)  # the master's 2 s flush
+        _show(f"dirctl list -n -c  ({first.name}, the backup now: learnt from {second.name})",
+              lab.daemon(first).dirctl("list", "-n", "-c"))  # fmt: skip
+    finally:
+        if download is not None and download.poll() is None:
+            download.kill()
+            download.wait()
+        ha.teardown(lab)
+        shutil.rmtree(work, ignore_errors=True)
+        _say(f"== lab {lab.base.prefix} removed")
