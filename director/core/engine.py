@@ -41,6 +41,7 @@ from director.core.proto_tcp import (
     INPUT,
     INPUT_ONLY,
     OUTPUT,
+    SYN_RECV,
     TIME_WAIT,
     TcpProtocol,
 )
@@ -49,7 +50,15 @@ from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, Servi
 from director.core.stats import Stats
 from director.core.sync import IP_VS_STATE_BACKUP, Master
 from director.core.sysctl import Sysctls
-from director.core.xmit import ACCEPT, DROP, SEND, VERDICT_NAMES, Verdict, bind_xmit
+from director.core.xmit import (
+    ACCEPT,
+    DROP,
+    KERNEL_NAT,
+    SEND,
+    VERDICT_NAMES,
+    Verdict,
+    bind_xmit,
+)
 from director.core.xmit.tun import TUNNEL_HLEN
 from director.model.config import Config, ConfigError
 
@@ -643,11 +652,19 @@ class Director:
         return self._reusable(conn)
 
     def _reusable(self, conn: Conn) -> bool:
-        """is_new_conn_expected: may a SYN that finds this connection start afresh?"""
+        """is_new_conn_expected: may a SYN that finds this connection start afresh?
+
+        On the kernel fast path a SYN reaches the worker only when conntrack calls it
+        NEW: for a connection conntrack saw established (or past it), that is a new
+        connection on the same tuple (conntrack reopened the tuple from TIME_WAIT, or
+        its entry is gone), whatever state the entry here last heard of; in SYN_RECV
+        it is the first SYN sent again."""
         mode = self.sysctls.conn_reuse_mode
         if not mode or conn.control is not None or conn.protocol != IPPROTO_TCP:
             return False
         state = conn.state
+        if conn.xmit.name == KERNEL_NAT:
+            return state != SYN_RECV
         return state in (TIME_WAIT, CLOSE) or (
             bool(mode & 2) and state == FIN_WAIT and conn.nooutput
         )

@@ -344,12 +344,13 @@ def start_director(lab: EcmpLab, d: DirectorHost, *, check_interval: int = 1) ->
     fresh = not daemon.rules_path.exists()
     daemon.start()
     if fresh:
-        steps: list[tuple[list[str], str | None]] = [
-            (["restore"], lab.rules()),
-            (["sysctl", "sloppy_tcp=1"], None),
+        # dirctl's arguments (tuples: these are no programs' argv) and its input
+        steps: list[tuple[tuple[str, ...], str | None]] = [
+            (("restore",), lab.rules()),
+            (("sysctl", "sloppy_tcp=1"), None),
         ]
-        steps += [(["add-check", "-t", f"{lab.vip}:{port}", "--type", "tcp",
-                    "--interval", str(check_interval), "--timeout", "1"], None)
+        steps += [(("add-check", "-t", f"{lab.vip}:{port}", "--type", "tcp",
+                    "--interval", str(check_interval), "--timeout", "1"), None)
                   for port in lab.ports]  # fmt: skip
         for args, text in steps:
             done = daemon.dirctl(*args, input=text)

@@ -118,3 +118,28 @@ def test_the_kernels_counts_and_the_workers_feed_the_same_stats() -> None:
     assert d.totals.counts()[1:] == (11, 20, 1000 + len(syn), 30000)
     d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 2.0)  # sent again
     assert svc.stats.counts() == (1, 12, 20, 1000 + 2 * len(syn), 30000)
+
+
+def test_a_new_syn_on_a_tuple_conntrack_saw_established_is_a_new_connection() -> None:
+    """On the fast path only conntrack's NEW packets reach the worker: a SYN on the
+    tuple of a connection conntrack saw established is a new connection (conntrack
+    reopened the tuple from TIME_WAIT: tcp_packet's "Reopened connection" case,
+    nf_conntrack_proto_tcp.c), scheduled afresh as IPVS schedules a SYN that finds a
+    TIME_WAIT entry (is_new_conn_expected, conn_reuse_mode 1), even when the last
+    state the entry heard of is FIN_WAIT (the kernel passes no later event on).  A SYN
+    sent again before the answer (SYN_RECV) stays the same connection."""
+    d = director(f"-A -t {VIP}:80 -s rr\n-a -t {VIP}:80 -r {RS1}:80 -m\n"
+                 f"-a -t {VIP}:80 -r {RS2}:80 -m\n", TWO)  # fmt: skip
+    first = d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 1.0)
+    assert d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 1.5) == first  # again
+    assert d.ct_seen(TCP, C, 40000, V, 80, "ESTABLISHED", 432000, 2.0)
+    assert d.ct_seen(TCP, C, 40000, V, 80, "FIN_WAIT", 120, 3.0)
+    second = d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 4.0)
+    assert {first, second} == {(MARK, 0x4C000001), (MARK, 0x4C000002)}  # rr: the other one
+    (svc,) = d.services
+    assert svc.stats.conns == 2 and len(d.conns) == 1
+    assert counts(d) == {RS1: (0, 0), RS2: (1, 0)} or counts(d) == {RS1: (1, 0), RS2: (0, 0)}
+    d.sysctls.conn_reuse_mode = 0  # the old connection is reused: no new one
+    assert d.ct_seen(TCP, C, 40000, V, 80, "ESTABLISHED", 432000, 5.0)
+    assert d.hook_in(tcp(CLIENT, VIP, 40000, 80, dpkt.tcp.TH_SYN), 6.0) == second
+    assert svc.stats.conns == 2
