@@ -11,7 +11,10 @@ In keepalived.conf, on the ``vrrp_sync_group`` (or the ``vrrp_instance``)::
 or once, ``notify "/usr/bin/dirctl vrrp-notify --mcast-interface eth1 --syncid 7"``:
 keepalived appends ``GROUP|INSTANCE NAME STATE PRIORITY``.  keepalived starts the
 scripts without waiting for them, so two may overlap: each holds an exclusive lock
-(``<control socket>.vrrp-lock``) while it reads and changes the daemons.
+(``<control socket>.vrrp-lock``) while it reads and changes the daemons.  A directord
+that does not answer yet (keepalived started first, or directord restarting) is waited
+for, up to ``--wait`` seconds (10): otherwise it would come up with the daemons of its
+last run, whatever the VRRP state is now.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -74,6 +78,9 @@ def vrrp_notify(
     mcast_ttl: Annotated[
         str | None, typer.Option("--mcast-ttl", metavar="N", help="multicast TTL (1)")
     ] = None,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0, help="seconds to wait for directord to answer")
+    ] = 10.0,
 ) -> None:
     """Switch the sync daemon's role with keepalived's VRRP state: MASTER runs the
     master daemon only, BACKUP and FAULT the backup only, STOP stops the master (for
@@ -88,6 +95,15 @@ def vrrp_notify(
     root = ctx.find_root().obj
     socket_path = str(getattr(root, "socket", protocol.DEFAULT_SOCKET))
     timeout = float(getattr(root, "timeout", 10.0))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            protocol.request(socket_path, "daemon", {}, timeout)
+            break
+        except protocol.DaemonUnreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     with _locked(socket_path):
         running: Any = protocol.request(socket_path, "daemon", {}, timeout)
         for step in plan(state, conf, list(running)):

@@ -5,6 +5,8 @@ instance is not master, only the backup sync daemon will run")."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,3 +89,18 @@ def test_notify_arguments(words: list[str], state: str) -> None:
 def test_bad_notify_arguments(words: list[str], reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
         vrrp_state(words)
+
+
+def test_a_directord_that_does_not_answer_is_waited_for_then_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from director.cli.dirctl import run
+
+    sock = tmp_path / "control.sock"
+    start = time.monotonic()
+    argv = ["--socket", str(sock), "vrrp-notify", "master", "--mcast-interface", "int0",
+            "--wait", "0.6"]  # fmt: skip
+    assert run(argv) == 3
+    assert time.monotonic() - start >= 0.6
+    assert "cannot reach directord" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no lock file where there is no socket
