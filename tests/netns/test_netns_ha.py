@@ -220,6 +220,8 @@ def test_lab_down_ends_keepalived_and_removes_the_namespaces(hlab: ha.HaLab) -> 
     pids = _run("ip", "netns", "pids", hlab.directors[0].netns).stdout.split()
     keepalived = [int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == PROGRAM]
     assert keepalived, "no keepalived in dir1 before lab down"
+    again = _run(venv_program("dirctl"), "lab", "up", "--kind", "ha", "--name", hlab.base.prefix)
+    assert again.returncode == 1 and "lab down" in again.stderr, again.stderr
     down = _run(venv_program("dirctl"), "lab", "down", "--name", hlab.base.prefix)
     assert down.returncode == 0, down.stderr
     assert not [n for n in _run("ip", "netns", "list").stdout.split()
