@@ -25,6 +25,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from director.cli import syncopts
 from director.ctl import listing, protocol
 from director.ctl.health_rules import parse_words
 from director.ctl.ipvsadm import (
@@ -388,33 +389,19 @@ def list_(
 def start_daemon(
     ctx: typer.Context,
     state: Annotated[str, typer.Argument(help="master or backup")],
-    mcast_interface: Annotated[
-        str | None, typer.Option("--mcast-interface", metavar="IF", help="multicast interface")
-    ] = None,
-    syncid: Annotated[
-        str | None, typer.Option("--syncid", metavar="N", help="sync id, 0-255 (default 0)")
-    ] = None,
-    sync_maxlen: Annotated[
-        str | None, typer.Option("--sync-maxlen", metavar="N", help="max sync message length")
-    ] = None,
-    mcast_group: Annotated[
-        str | None, typer.Option("--mcast-group", metavar="ADDR", help="group (224.0.0.81)")
-    ] = None,
-    mcast_port: Annotated[
-        str | None, typer.Option("--mcast-port", metavar="N", help="UDP port (8848)")
-    ] = None,
-    mcast_ttl: Annotated[
-        str | None, typer.Option("--mcast-ttl", metavar="N", help="multicast TTL (1)")
-    ] = None,
+    mcast_interface: syncopts.McastInterface = None,
+    syncid: syncopts.SyncId = None,
+    sync_maxlen: syncopts.SyncMaxlen = None,
+    mcast_group: syncopts.McastGroup = None,
+    mcast_port: syncopts.McastPort = None,
+    mcast_ttl: syncopts.McastTtl = None,
 ) -> None:
     """ipvsadm --start-daemon: sync connections to backups (master) or from a master
     (backup); both may run.  Kept by directord across restarts."""
-    args = {
-        "state": state, "mcast_ifn": mcast_interface, "syncid": syncid,
-        "sync_maxlen": sync_maxlen, "mcast_group": mcast_group, "mcast_port": mcast_port,
-        "mcast_ttl": mcast_ttl,
-    }  # fmt: skip
-    conf = parse_daemon({k: v for k, v in args.items() if v is not None})
+    conf = parse_daemon(syncopts.given(
+        state=state, mcast_interface=mcast_interface, syncid=syncid, sync_maxlen=sync_maxlen,
+        mcast_group=mcast_group, mcast_port=mcast_port, mcast_ttl=mcast_ttl,
+    ))  # fmt: skip
     _ask(ctx, "start-daemon", conf.as_dict())
 
 

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from director.cli import syncopts
 from director.ctl import protocol
 from director.ctl.protocol import RequestRefused
 from director.ctl.vrrp import plan, vrrp_state
@@ -60,24 +61,12 @@ def vrrp_notify(
         list[str],
         typer.Argument(help="master|backup|fault|stop, or keepalived's notify arguments"),
     ],
-    mcast_interface: Annotated[
-        str | None, typer.Option("--mcast-interface", metavar="IF", help="multicast interface")
-    ] = None,
-    syncid: Annotated[
-        str | None, typer.Option("--syncid", metavar="N", help="sync id, 0-255 (default 0)")
-    ] = None,
-    sync_maxlen: Annotated[
-        str | None, typer.Option("--sync-maxlen", metavar="N", help="max sync message length")
-    ] = None,
-    mcast_group: Annotated[
-        str | None, typer.Option("--mcast-group", metavar="ADDR", help="group (224.0.0.81)")
-    ] = None,
-    mcast_port: Annotated[
-        str | None, typer.Option("--mcast-port", metavar="N", help="UDP port (8848)")
-    ] = None,
-    mcast_ttl: Annotated[
-        str | None, typer.Option("--mcast-ttl", metavar="N", help="multicast TTL (1)")
-    ] = None,
+    mcast_interface: syncopts.McastInterface = None,
+    syncid: syncopts.SyncId = None,
+    sync_maxlen: syncopts.SyncMaxlen = None,
+    mcast_group: syncopts.McastGroup = None,
+    mcast_port: syncopts.McastPort = None,
+    mcast_ttl: syncopts.McastTtl = None,
     wait: Annotated[
         float, typer.Option("--wait", min=0, help="seconds to wait for directord to answer")
     ] = 10.0,
@@ -86,12 +75,10 @@ def vrrp_notify(
     master daemon only, BACKUP and FAULT the backup only, STOP stops the master (for
     notify_master / notify_backup / notify_fault / notify_stop, or notify)."""
     state = vrrp_state(words)
-    args = {
-        "state": "master", "mcast_ifn": mcast_interface, "syncid": syncid,
-        "sync_maxlen": sync_maxlen, "mcast_group": mcast_group, "mcast_port": mcast_port,
-        "mcast_ttl": mcast_ttl,
-    }  # fmt: skip
-    conf = parse_daemon({k: v for k, v in args.items() if v is not None})
+    conf = parse_daemon(syncopts.given(
+        state="master", mcast_interface=mcast_interface, syncid=syncid, sync_maxlen=sync_maxlen,
+        mcast_group=mcast_group, mcast_port=mcast_port, mcast_ttl=mcast_ttl,
+    ))  # fmt: skip
     root = ctx.find_root().obj
     socket_path = str(getattr(root, "socket", protocol.DEFAULT_SOCKET))
     timeout = float(getattr(root, "timeout", 10.0))
