@@ -30,9 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -40,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from director.lab import topology
+from director.lab import hosts, topology
 from director.lab.daemon import Daemon, venv_program
 from director.lab.topology import Lab, RealServerHost
 
@@ -133,28 +131,12 @@ def named(
     return EcmpLab(base, hosts, workdir, f"{prefix}-router", ports)
 
 
-def _veth_to_bridge(ns: object, ifname: str, peer_ns: str) -> None:
-    """A veth ``ifname`` in the router's bridge, its peer ``eth0`` in ``peer_ns``."""
+def _build(lab: EcmpLab) -> None:
     from pyroute2 import NetNS
 
-    assert isinstance(ns, NetNS)
-    ns.link("add", ifname=ifname, kind="veth", peer={"ifname": "eth0", "net_ns_fd": peer_ns})
-    port = ns.link_lookup(ifname=ifname)[0]
-    ns.link("set", index=port, master=ns.link_lookup(ifname="br0")[0])
-    ns.link("set", index=port, state="up")
-
-
-def _build(lab: EcmpLab) -> None:
-    from pyroute2 import NetNS, netns
-
     up = topology._up
-    names = [lab.client, lab.router, *(d.netns for d in lab.directors),
-             *(rs.netns for rs in lab.base.real_servers)]  # fmt: skip
-    for name in names:
-        netns.create(name)
-    for name in names:
-        with NetNS(name) as ns:
-            up(ns, "lo")
+    hosts.create([lab.client, lab.router, *(d.netns for d in lab.directors),
+                  *(rs.netns for rs in lab.base.real_servers)])  # fmt: skip
     with NetNS(lab.client) as ns:
         ns.link("add", ifname="eth0", kind="veth", peer={"ifname": "ext0", "net_ns_fd": lab.router})
         up(ns, "eth0", topology.CLIENT_ADDR, topology.OUTSIDE_PREFIXLEN)
@@ -164,9 +146,9 @@ def _build(lab: EcmpLab) -> None:
         ns.link("add", ifname="br0", kind="bridge")
         up(ns, "br0", ROUTER_INSIDE, topology.INSIDE_PREFIXLEN)
         for d in lab.directors:
-            _veth_to_bridge(ns, d.name, d.netns)
+            hosts.bridge_port(ns, "br0", d.name, d.netns)
         for rs in lab.base.real_servers:
-            _veth_to_bridge(ns, rs.name, rs.netns)
+            hosts.bridge_port(ns, "br0", rs.name, rs.netns)
     router = lab.router
     topology.set_sysctl(router, "net.ipv4.ip_forward", "1")
     topology.set_sysctl(router, "net.ipv4.fib_multipath_hash_policy", "1")  # L4 hash
@@ -291,18 +273,7 @@ EXABGP_ENV = {
 
 
 def _spawn(lab: EcmpLab, key: str, ns: str, argv: Sequence[str], env: dict[str, str]) -> None:
-    log = open(lab.workdir / f"{key}.log", "ab")  # noqa: SIM115 - the child's until it ends
-    try:
-        lab.procs[key] = subprocess.Popen(
-            lab.base.exec_argv(ns, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=dict(os.environ, **env),
-            start_new_session=True,
-        )
-    finally:
-        log.close()
+    lab.procs[key] = hosts.spawn(lab.base.exec_argv(ns, argv), lab.workdir / f"{key}.log", env)
 
 
 def bird_socket(lab: EcmpLab) -> Path:
@@ -318,7 +289,7 @@ def start_bird(lab: EcmpLab) -> None:
     deadline = time.monotonic() + 10
     while birdc(lab, "show status", check=False).returncode:
         if lab.procs["bird-run"].poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"bird did not start: {_tail(lab.workdir / 'bird-run.log')}")
+            raise RuntimeError(f"bird did not start: {hosts.tail(lab.workdir / 'bird-run.log')}")
         time.sleep(0.05)
 
 
@@ -417,56 +388,14 @@ def director_for(lab: EcmpLab, sport: int, dport: int = 80) -> str:
     return str(json.loads(out)[0]["gateway"])
 
 
-def _descendants(pid: int) -> list[int]:
-    """``pid``'s children, theirs, and so on (from /proc: no procps needed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def crash_director(lab: EcmpLab, d: DirectorHost) -> None:
     """A director's directord dies as in a crash: SIGKILL to its supervisor and every
     process under it at once (killed alone, the daemon would be started again by the
     supervisor).  Its ExaBGP lives on."""
     daemon = lab.daemons[d.name]
     assert daemon.proc is not None and daemon.proc.poll() is None, f"{d.name}: not running"
-    for pid in [daemon.proc.pid, *_descendants(daemon.proc.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    hosts.kill_all([daemon.proc.pid, *hosts.descendants(daemon.proc.pid)])
     daemon.proc.wait(timeout=10)
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-2000:]
-    except FileNotFoundError:
-        return ""
-
-
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """End a process of the lab (its whole session: ExaBGP's announce process too)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def teardown(lab: EcmpLab) -> None:
@@ -476,11 +405,11 @@ def teardown(lab: EcmpLab) -> None:
             daemon.stop(timeout=10)
         daemon.kill()
     for proc in lab.procs.values():
-        stop_process(proc)
+        hosts.stop_process(proc)
     lab.procs.clear()
     topology.teardown(lab.base)
 
 
 def log_tail(lab: EcmpLab, key: str) -> str:
     """The end of a process's log (``bird-run``, ``exabgp-dir1``, ...), for errors."""
-    return _tail(lab.workdir / f"{key}.log")
+    return hosts.tail(lab.workdir / f"{key}.log")

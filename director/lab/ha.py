@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from director.lab import topology
+from director.lab import hosts, topology
 from director.lab.daemon import Daemon, venv_program
 from director.lab.topology import Lab, RealServerHost
 
@@ -144,38 +142,22 @@ def named(prefix: str, workdir: Path) -> HaLab:
     return HaLab(base, hosts, f"{prefix}-switch", workdir)
 
 
-def _port(ns: object, bridge: str, ifname: str, peer_ns: str, peer_if: str) -> None:
-    """A veth ``ifname`` in the switch's ``bridge``, its peer ``peer_if`` in ``peer_ns``."""
+def _build(lab: HaLab) -> None:
     from pyroute2 import NetNS
 
-    assert isinstance(ns, NetNS)
-    ns.link("add", ifname=ifname, kind="veth", peer={"ifname": peer_if, "net_ns_fd": peer_ns})
-    port = ns.link_lookup(ifname=ifname)[0]
-    ns.link("set", index=port, master=ns.link_lookup(ifname=bridge)[0])
-    ns.link("set", index=port, state="up")
-
-
-def _build(lab: HaLab) -> None:
-    from pyroute2 import NetNS, netns
-
     up = topology._up
-    names = [lab.client, lab.switch, *(d.netns for d in lab.directors),
-             *(rs.netns for rs in lab.base.real_servers)]  # fmt: skip
-    for name in names:
-        netns.create(name)
-    for name in names:
-        with NetNS(name) as ns:
-            up(ns, "lo")
+    hosts.create([lab.client, lab.switch, *(d.netns for d in lab.directors),
+                  *(rs.netns for rs in lab.base.real_servers)])  # fmt: skip
     with NetNS(lab.switch) as ns:
         for bridge in ("out0", "in0"):
             ns.link("add", ifname=bridge, kind="bridge")
             up(ns, bridge)
-        _port(ns, "out0", "client", lab.client, "eth0")
+        hosts.bridge_port(ns, "out0", "client", lab.client)
         for d in lab.directors:
-            _port(ns, "out0", f"{d.name}-ext", d.netns, OUTSIDE_IF)
-            _port(ns, "in0", f"{d.name}-int", d.netns, INSIDE_IF)
+            hosts.bridge_port(ns, "out0", f"{d.name}-ext", d.netns, OUTSIDE_IF)
+            hosts.bridge_port(ns, "in0", f"{d.name}-int", d.netns, INSIDE_IF)
         for rs in lab.base.real_servers:
-            _port(ns, "in0", rs.name, rs.netns, "eth0")
+            hosts.bridge_port(ns, "in0", rs.name, rs.netns)
     with NetNS(lab.client) as ns:
         up(ns, "eth0", topology.CLIENT_ADDR, topology.OUTSIDE_PREFIXLEN)
     for d in lab.directors:
@@ -279,17 +261,9 @@ def start_keepalived(lab: HaLab, d: DirectorHost) -> None:
     conf.write_text(keepalived_config(lab, d))
     argv = [PROGRAM, "--vrrp", "--dont-fork", "--log-console", "--log-detail",
             "-f", str(conf), *_pidfiles(lab, d)]  # fmt: skip
-    log = open(where / "keepalived.log", "ab")  # noqa: SIM115 - the child's until it ends
-    try:
-        lab.procs[f"keepalived-{d.name}"] = subprocess.Popen(
-            lab.base.exec_argv(d.netns, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    finally:
-        log.close()
+    lab.procs[f"keepalived-{d.name}"] = hosts.spawn(
+        lab.base.exec_argv(d.netns, argv), where / "keepalived.log"
+    )
 
 
 def start_director(lab: HaLab, d: DirectorHost) -> Daemon:
@@ -368,10 +342,7 @@ def master(lab: HaLab) -> DirectorHost:
 
 
 def log_tail(lab: HaLab, d: DirectorHost) -> str:
-    try:
-        return (lab.workdir / d.name / "keepalived.log").read_text(errors="replace")[-2000:]
-    except FileNotFoundError:
-        return ""
+    return hosts.tail(lab.workdir / d.name / "keepalived.log")
 
 
 # --- death and end --------------------------------------------------------------------
@@ -381,13 +352,9 @@ def crash(lab: HaLab, d: DirectorHost) -> None:
     """``d`` dies as in a crash: kill -9 of every process in its namespace at once
     (directord's supervisor and workers, keepalived and its VRRP child).  What the
     dead keepalived had put on the links stays, as it would on a hung host."""
-    from director.lab.ecmp import _descendants
-
     out = subprocess.run(["ip", "netns", "pids", d.netns], capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
-    for pid in [*pids, *(c for p in pids for c in _descendants(p))]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    hosts.kill_all([*pids, *(c for p in pids for c in hosts.descendants(p))])
     daemon = lab.daemons.get(d.name)
     if daemon is not None and daemon.proc is not None:
         daemon.proc.wait(timeout=10)
@@ -405,21 +372,10 @@ def recover(lab: HaLab, d: DirectorHost) -> Daemon:
     return start_director(lab, d)
 
 
-def stop_keepalived(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def teardown(lab: HaLab) -> None:
     """Stop every process the lab started, then remove its namespaces."""
     for proc in lab.procs.values():
-        stop_keepalived(proc)
+        hosts.stop_process(proc, timeout=10)
     lab.procs.clear()
     for daemon in lab.daemons.values():
         with contextlib.suppress(Exception):
