@@ -10,9 +10,10 @@ the NAT connections, the worker keeps IPVS's books on them.
   ends and time left.  A connection that is not this worker's (its client is another shard's)
   is not in its table and is passed over.
 - ``Accounting``: the packets and bytes of the fast flows, which the hooks count per
-  real server and direction (DIRECTOR_FAST_ACCT), into the stats, the estimator and the
-  metrics every ``ACCOUNT_EVERY`` seconds: reading them costs the same whatever the
-  number of connections.  The packets that reach the worker (a flow's first) it counts itself.
+  real server and direction (the nftables table director_acct), into the stats, the
+  estimator and the metrics every ``ACCOUNT_EVERY`` seconds: reading them costs the
+  same whatever the number of connections.  The packets that reach the worker (a
+  flow's first) it counts itself.
 """
 
 from __future__ import annotations

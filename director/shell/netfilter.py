@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import re
 import subprocess
@@ -63,7 +64,10 @@ FAST_SETS: dict[str, str] = {
 }
 FWM_CHAIN = "DIRECTOR_FWM"
 FAST_DNAT_CHAIN = "DIRECTOR_FAST_DNAT"
-FAST_ACCT_CHAIN = "DIRECTOR_FAST_ACCT"
+# The fast flows' packet and byte counters: an nftables table of director's own (native
+# rules, one lookup of the connection's mark a packet), beside the iptables hooks.
+ACCT_TABLE = "director_acct"
+ACCT_PRIORITY = -149  # after conntrack (-200) and mangle (-150), before nat (-100)
 SHARD_NEW = "DIRECTOR_SHARD_NEW"  # mangle: the fast services' opening packets, by shard
 Entry = tuple[str, int, int]  # address, protocol number, port
 
@@ -309,7 +313,7 @@ class Hooks:
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
     _dnat: list[str] | None = None  # DIRECTOR_FAST_DNAT's rules; None: not known
-    _acct: list[str] | None = None  # DIRECTOR_FAST_ACCT's rules; None: not known
+    _acct: set[int] | None = None  # the marks the counting table counts; None: not known
     _timeouts: Timeouts | None = None  # the policies' figures; None: not known
 
     @property
@@ -334,6 +338,8 @@ class Hooks:
         if self.fast:  # before the CT rules that name them
             _set_policies(self.timeouts)
             self._timeouts = self.timeouts
+            _nft(acct_script(set(), None))
+            self._acct = set()
         fast = self.fast_text if self.fast else None
         text = render(self.text, self.queue, self.mark, self.bypass, self.shards, fast)
         _, jumps = declared(text)
@@ -346,6 +352,7 @@ class Hooks:
             _remove_declared(own)
             _destroy_sets(FAST_SETS)
             _delete_policies()  # after the CT rules (the restore above dropped them)
+            _delete_acct_table()
         log.info("netfilter hooks installed (NFQUEUE %d, replies %d; %d worker%s%s)",
                  self.queue, reply_queue(self.queue), self.shards.workers,
                  "" if self.shards.workers == 1 else "s",
@@ -371,6 +378,7 @@ class Hooks:
         _remove_declared(self.text)
         _destroy_sets(SETS | FAST_SETS)
         _delete_policies()  # last: the CT rules that held them are gone
+        _delete_acct_table()
         self._entries.clear()
         self._timeouts = None
 
@@ -413,10 +421,10 @@ class Hooks:
                 self._dnat = None
                 _restore(_fast_dnat_chain(dnat))
                 self._dnat = dnat
-            acct = fast_acct_rules(config, slots or {})
+            acct = {fast_mark(slot) for slot in fast_servers(config, slots or {})}
             if acct != self._acct:
                 counting, self._acct = self._acct, None
-                _restore(_fast_acct_chain(acct, counting))
+                _nft(acct_script(acct, counting))
                 self._acct = acct
 
 
@@ -559,48 +567,74 @@ def fast_dnat_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
     ]
 
 
-def fast_acct_rules(config: Config, slots: dict[SlotKey, int]) -> list[str]:
-    """DIRECTOR_FAST_ACCT's rules: per NAT real server of a fast service, one that
-    counts its connections' packets from the clients (conntrack's ORIGINAL direction)
-    and one its answers (REPLY), in slot order."""
-    return [
-        f"-A {FAST_ACCT_CHAIN} -m connmark --mark {fast_mark(slot):#x}/{FAST_BITS:#x} "
-        f"-m conntrack --ctdir {direction} -j RETURN"
-        for slot in sorted(fast_servers(config, slots))
-        for direction in ("ORIGINAL", "REPLY")
-    ]
-
-
 def _fast_dnat_chain(rules: list[str]) -> str:
     """DIRECTOR_FAST_DNAT, rewritten whole in one transaction."""
     return "\n".join(["*nat", f":{FAST_DNAT_CHAIN} - [0:0]", *rules, "COMMIT", ""])
 
 
-def _fast_acct_chain(rules: list[str], have: list[str] | None) -> str:
-    """DIRECTOR_FAST_ACCT made to hold ``rules`` in one transaction: the rules that
-    stay are left in place, so that their counters go on; rewritten whole when what it
-    holds is not known (``have`` None)."""
+def _counter(mark: int, direction: str) -> str:
+    return f"c_{mark:08x}_{direction}"
+
+
+def acct_script(marks: set[int], have: set[int] | None) -> str:
+    """The nft script that makes the counting table count ``marks``: per mark a counter
+    of the packets from the clients (conntrack's ORIGINAL direction, map ``in``) and
+    one of those to them (REPLY, map ``out``), found by the connection's mark under
+    FAST_BITS.  Counters of marks that stay are left as they are (they go on
+    counting); the table is made anew, empty of others, when what it holds is not
+    known (``have`` None).  A real server on the director itself answers from
+    OUTPUT."""
+    lines: list[str] = []
+    t = f"ip {ACCT_TABLE}"
     if have is None:
-        return "\n".join(["*mangle", f":{FAST_ACCT_CHAIN} - [0:0]", *rules, "COMMIT", ""])
-    gone = ["-D" + rule[2:] for rule in have if rule not in rules]
-    new = [rule for rule in rules if rule not in have]
-    return "\n".join(["*mangle", *gone, *new, "COMMIT", ""])
+        lines += [f"table {t} {{}}", f"delete table {t}", f"table {t} {{",
+                  "  map in { type mark : counter; }", "  map out { type mark : counter; }",
+                  f"  chain pre {{ type filter hook prerouting priority {ACCT_PRIORITY}; "
+                  "policy accept;",
+                  f"    ct direction original counter name ct mark and {FAST_BITS:#x} map @in",
+                  f"    ct direction reply counter name ct mark and {FAST_BITS:#x} map @out",
+                  "  }",
+                  f"  chain out {{ type filter hook output priority {ACCT_PRIORITY}; "
+                  "policy accept;",
+                  f"    ct direction reply counter name ct mark and {FAST_BITS:#x} map @out",
+                  "  }", "}"]  # fmt: skip
+        have = set()
+    for mark in sorted(have - marks):
+        for direction in ("in", "out"):
+            lines += [f"delete element {t} {direction} {{ {mark:#x} }}",
+                      f"delete counter {t} {_counter(mark, direction)}"]  # fmt: skip
+    for mark in sorted(marks - have):
+        for direction in ("in", "out"):
+            name = _counter(mark, direction)
+            lines += [f"add counter {t} {name}",
+                      f'add element {t} {direction} {{ {mark:#x} : "{name}" }}']  # fmt: skip
+    return "\n".join([*lines, ""])
 
 
-# A line of `iptables -L DIRECTOR_FAST_ACCT -vnx`: packets, bytes, ..., the mark and the
-# direction its matches print.
-_ACCT_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s.*connmark match\s+(0x[0-9a-f]+)/\S+\s+"
-                        r"ctdir (ORIGINAL|REPLY)")  # fmt: skip
+def _nft(script: str) -> None:
+    """One nft transaction (``nft -f -``); HookError if it fails."""
+    try:
+        done = _run(["nft", "-f", "-"], script.encode())
+    except FileNotFoundError:
+        raise HookError("nft not found: the kernel fast path needs nftables") from None
+    if done.returncode:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise HookError(f"nft failed: {reason[-1] if reason else done.returncode}")
+
+
+def _delete_acct_table() -> None:
+    """The counting table deleted where it is (none, or no nft: nothing to do)."""
+    with contextlib.suppress(FileNotFoundError, HookError):
+        _run(["nft", "delete", "table", "ip", ACCT_TABLE])
 
 
 def fast_counters() -> dict[int, tuple[int, int, int, int]]:
-    """What DIRECTOR_FAST_ACCT's rules counted since they were made, by fast mark:
-    (packets, bytes) from the clients, then to them.  Empty when iptables cannot say
+    """What the counting table counted since its counters were made, by fast mark:
+    (packets, bytes) from the clients, then to them.  Empty when nft cannot say
     (logged): the next reading catches up."""
     try:
-        done = _run(["iptables", "-w", str(IPTABLES_WAIT), "-t", "mangle", "-L",
-                     FAST_ACCT_CHAIN, "-vnx"])  # fmt: skip
-    except HookError as err:
+        done = _run(["nft", "-j", "list", "counters", "table", "ip", ACCT_TABLE])
+    except (FileNotFoundError, HookError) as err:
         log.error("fast-path counters not read: %s", err)
         return {}
     if done.returncode:
@@ -609,15 +643,25 @@ def fast_counters() -> dict[int, tuple[int, int, int, int]]:
     return parse_fast_counters(done.stdout.decode(errors="replace"))
 
 
+_COUNTER_NAME = re.compile(r"^c_([0-9a-f]{8})_(in|out)$")
+
+
 def parse_fast_counters(text: str) -> dict[int, tuple[int, int, int, int]]:
-    """``fast_counters`` from the listing's text."""
+    """``fast_counters`` from `nft -j list counters`' JSON (libnftables' schema: a list
+    "nftables" of objects, each counter {"counter": {"name", "packets", "bytes", ...}})."""
+    try:
+        items = json.loads(text).get("nftables", [])
+    except (ValueError, AttributeError):
+        return {}
     counts: dict[int, list[int]] = {}
-    for line in text.splitlines():
-        if m := _ACCT_LINE.match(line):
-            packets, octets, mark, direction = m.groups()
-            at = 0 if direction == "ORIGINAL" else 2
-            row = counts.setdefault(int(mark, 16), [0, 0, 0, 0])
-            row[at], row[at + 1] = int(packets), int(octets)
+    for item in items:
+        counter = item.get("counter") if isinstance(item, dict) else None
+        m = _COUNTER_NAME.match(str(counter.get("name", ""))) if isinstance(counter, dict) else None
+        if m is None or not isinstance(counter, dict):
+            continue
+        at = 0 if m.group(2) == "in" else 2
+        row = counts.setdefault(int(m.group(1), 16), [0, 0, 0, 0])
+        row[at], row[at + 1] = int(counter.get("packets", 0)), int(counter.get("bytes", 0))
     return {mark: (row[0], row[1], row[2], row[3]) for mark, row in counts.items()}
 
 

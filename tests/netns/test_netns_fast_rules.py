@@ -128,6 +128,8 @@ def show():
     print(subprocess.run(["ipset", "save"], capture_output=True, text=True).stdout)
     with CtTimeouts() as ct:
         print("".join(f"policy {p.name} {p.use}\n" for p in ct.dump()))
+    print(subprocess.run(["nft", "list", "table", "ip", "director_acct"], capture_output=True,
+                         text=True).stdout)
     print("----")
 
 config = load_rules(sys.argv[2])
@@ -191,9 +193,20 @@ def test_hooks_install_sync_reshard_remove_in_fast_mode(namespaces: list[Netns])
     for save in (fast, again, resharded, no_udp):
         assert [line for line in save.splitlines() if line.startswith("policy ")] == held
     assert "policy " not in off
+
+    # The counting table (nftables): two counters per NAT real server, and one fewer
+    # pair without the UDP service; none in every-packet mode.
+    def counters(save: str) -> set[str]:
+        return set(re.findall(r"counter (c_[0-9a-f]{8}_(?:in|out)) \{", save))
+
+    assert "table ip director_acct" in fast and len(counters(fast)) == 4
+    assert counters(again) == counters(resharded) == counters(fast)
+    assert len(counters(no_udp)) == 2 and counters(no_udp) < counters(fast)
+    assert "director_acct" not in off
     # Removed (twice: nothing to do the second time), from either mode.
     for save in (gone, gone_again, off_only, fast_gone):
         assert "DIRECTOR" not in save and "director-" not in save
+        assert "director_acct" not in save
 
 
 OFF = r"""

@@ -5,6 +5,7 @@ them in tests/netns/test_netns_fast_rules.py."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -28,8 +29,7 @@ from director.shell.netfilter import (
     SHARD_NEW,
     VIP_SET,
     Hooks,
-    _fast_acct_chain,
-    fast_acct_rules,
+    acct_script,
     fast_dnat_rules,
     fast_mark,
     fast_rules_text,
@@ -146,14 +146,11 @@ def test_the_mangle_shard_chain_is_the_requests_one(shards: Shards, bypass: bool
     requests = chain("\n".join(shard_rules(shards, QUEUE, bypass)), SHARD_IN)
     assert chain(fast, SHARD_NEW) == requests
     assert chain("\n".join(fast_shard_rules(shards, QUEUE, bypass)), SHARD_NEW) == requests
-    tagged = f"-m connmark --mark {FAST_TAG:#x}/{FAST_MASK:#x}"
     assert chain(fast, "DIRECTOR_FAST") == [
-        f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j {SHARD_NEW}",
-        f"{tagged} -j DIRECTOR_FAST_ACCT",  # what is not queued is counted
+        f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j {SHARD_NEW}"
     ]
     mangle = fast[fast.index("*mangle") : fast.index("*nat")]
     assert "-I PREROUTING 1 -j DIRECTOR_FAST\n" in mangle
-    assert f"-I OUTPUT 1 {tagged} -j DIRECTOR_FAST_ACCT\n" in mangle  # a local server's
 
 
 def test_nat_saves_the_mark_then_dnats() -> None:
@@ -278,43 +275,60 @@ def test_one_dnat_rule_per_nat_real_server_of_a_fast_service() -> None:
     assert fast_dnat_rules(config, {}) == []
 
 
-def test_two_counting_rules_per_nat_real_server_of_a_fast_service() -> None:
+def test_the_counting_table_counts_each_nat_real_server_both_ways() -> None:
+    """Made anew: the table, a map per direction from the connection's mark (under
+    FAST_BITS) to a named counter, a rule per direction after mangle in PREROUTING
+    and for replies in OUTPUT, then two counters per real server of a fast service."""
     config = load_rules(RULES)
     slots = slots_of(RULES)
-    marks = sorted(fast_mark(slot) for slot in fast_servers(config, slots))
+    marks = {fast_mark(slot) for slot in fast_servers(config, slots)}
     assert len(marks) == 3
-    assert fast_acct_rules(config, slots) == [
-        f"-A DIRECTOR_FAST_ACCT -m connmark --mark {mark:#x}/{FAST_BITS:#x} "
-        f"-m conntrack --ctdir {direction} -j RETURN"
-        for mark in marks
-        for direction in ("ORIGINAL", "REPLY")
+    script = acct_script(marks, None).splitlines()
+    assert script[:3] == ["table ip director_acct {}", "delete table ip director_acct",
+                          "table ip director_acct {"]  # fmt: skip
+    bits = f"{FAST_BITS:#x}"
+    assert f"    ct direction original counter name ct mark and {bits} map @in" in script
+    assert f"    ct direction reply counter name ct mark and {bits} map @out" in script
+    assert sum("hook prerouting priority -149" in line for line in script) == 1
+    assert sum("hook output priority -149" in line for line in script) == 1
+    for mark in marks:
+        for direction in ("in", "out"):
+            name = f"c_{mark:08x}_{direction}"
+            assert f"add counter ip director_acct {name}" in script
+            assert f'add element ip director_acct {direction} {{ {mark:#x} : "{name}" }}' in script
+
+
+def test_the_counting_table_changes_only_the_counters_that_change() -> None:
+    """Counters that stay go on counting: only the others are deleted and added."""
+    script = acct_script({1, 3}, {1, 2}).splitlines()
+    assert script == [
+        "delete element ip director_acct in { 0x2 }",
+        "delete counter ip director_acct c_00000002_in",
+        "delete element ip director_acct out { 0x2 }",
+        "delete counter ip director_acct c_00000002_out",
+        "add counter ip director_acct c_00000003_in",
+        'add element ip director_acct in { 0x3 : "c_00000003_in" }',
+        "add counter ip director_acct c_00000003_out",
+        'add element ip director_acct out { 0x3 : "c_00000003_out" }',
     ]
+    assert acct_script({1}, {1}) == ""
 
 
-def test_the_counting_chain_changes_only_the_rules_that_change() -> None:
-    """Rules that stay keep their counters: only the others are deleted and added; a
-    chain whose contents are not known is declared (flushed) and filled."""
-    a, b, c = (f"-A DIRECTOR_FAST_ACCT -m connmark --mark {m:#x}/0xff00ffff -j RETURN"
-               for m in (1, 2, 3))  # fmt: skip
-    assert _fast_acct_chain([a, c], [a, b]).splitlines() == [
-        "*mangle", "-D" + b[2:], c, "COMMIT"]  # fmt: skip
-    assert _fast_acct_chain([a], [a]).splitlines() == ["*mangle", "COMMIT"]
-    assert _fast_acct_chain([a, b], None).splitlines() == [
-        "*mangle", ":DIRECTOR_FAST_ACCT - [0:0]", a, b, "COMMIT"]  # fmt: skip
-
-
-def test_the_counters_are_read_from_iptables_listing() -> None:
-    """The layout `iptables -L CHAIN -vnx` prints (iptables 1.8.9, libxt_connmark's
-    "connmark match  MARK/MASK", libxt_conntrack's "ctdir DIR"), for both backends."""
-    listing = """Chain DIRECTOR_FAST_ACCT (2 references)
-    pkts      bytes target     prot opt in     out     source               destination
-      12     3456 RETURN     0    --  *      *       0.0.0.0/0            0.0.0.0/0            connmark match  0x4c000001/0xff00ffff ctdir ORIGINAL
-      10    65432 RETURN     0    --  *      *       0.0.0.0/0            0.0.0.0/0            connmark match  0x4c000001/0xff00ffff ctdir REPLY
-       0        0 RETURN     all  --  *      *       0.0.0.0/0            0.0.0.0/0            connmark match  0x4c000002/0xff00ffff ctdir ORIGINAL
-"""  # noqa: E501
+def test_the_counters_are_read_from_nfts_json() -> None:
+    """`nft -j list counters table ip director_acct` as nftables 1.0.6 prints it."""
+    listing = json.dumps({"nftables": [
+        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"counter": {"family": "ip", "name": "c_4c000001_in", "table": "director_acct",
+                     "handle": 3, "packets": 12, "bytes": 3456}},
+        {"counter": {"family": "ip", "name": "c_4c000001_out", "table": "director_acct",
+                     "handle": 4, "packets": 10, "bytes": 65432}},
+        {"counter": {"family": "ip", "name": "c_4c000002_in", "table": "director_acct",
+                     "handle": 5, "packets": 0, "bytes": 0}},
+        {"counter": {"family": "ip", "name": "someone_elses", "packets": 9, "bytes": 9}},
+    ]})  # fmt: skip
     assert parse_fast_counters(listing) == {0x4C000001: (12, 3456, 10, 65432),
                                             0x4C000002: (0, 0, 0, 0)}  # fmt: skip
-    assert parse_fast_counters("") == {}
+    assert parse_fast_counters("") == parse_fast_counters("[1]") == {}
 
 
 def test_a_real_server_without_a_port_takes_the_services() -> None:
