@@ -171,7 +171,7 @@ def test_bad_daemon_options_exit_2_with_one_line(pair: tuple[Daemon, Daemon]) ->
         (["start-daemon", "primary", "--mcast-interface", "br0"], "daemon state must be"),
         (["start-daemon", "backup", "--mcast-interface", "nosuch0"], "nosuch0: No such device"),
         (["start-daemon", "backup", "--mcast-interface", "br0", "--syncid", "256"], "--syncid"),
-        (["start-daemon", "backup", "--mcast-interface", "br0", "--mcast-group", "10.0.0.1"],
+        (["start-daemon", "backup", "--mcast-interface", "br0", "--mcast-group", "198.51.100.7"],
          "not a multicast address"),
         (["stop-daemon", "both"], "daemon state must be"),
     ):  # fmt: skip
