@@ -402,9 +402,8 @@ class Director:
         (and is not the first the connection sees: that clears its NOOUTPUT) and that
         its transmitter rewrites without a question (``Xmit.fused_out``, or
         ``Xmit.fused_out_partial`` for a packet whose checksum is the kernel's partial
-        seed)."""
-        if self.backup_only:
-            return self._pass("backup_only")
+        seed).  backup_only does not hold replies back (ip_vs_out_hook has no such
+        test, only ip_vs_in_hook and ip_vs_forward_icmp)."""
         if self.fused and len(buf) >= 28:
             vihl, length, frag, protocol, saddr, daddr, sport, dport = _FUSED.unpack_from(buf)
             if vihl == 0x45 and length == len(buf) and not frag & _FRAG:
@@ -452,8 +451,6 @@ class Director:
 
     def hook_out_general(self, buf: bytearray, now: float, skb_info: int = 0) -> Verdict:
         """hook_out, every step of ip_vs_out in turn."""
-        if self.backup_only:
-            return self._pass("backup_only")
         return self._out_general(buf, now, _LOOKUP, skb_info)
 
     def _out_general(

@@ -539,6 +539,8 @@ def test_backup_packets_continue_on_synced_entries():
 
 
 def test_backup_only_holds_the_director_back_while_the_backup_runs():
+    """ip_vs_in_hook returns NF_ACCEPT with sysctl_backup_only; ip_vs_out_hook has no
+    such test, so a reply of a connection the director holds is still handled."""
     d = director()
     d.sysctls = d.sysctls.updated({"backup_only": "1"})
     d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0)
@@ -546,6 +548,11 @@ def test_backup_only_holds_the_director_back_while_the_backup_runs():
     d.set_sync(sync.IP_VS_STATE_BACKUP, None)
     d.hook_in(tcp(CLIENT, VIP, 40001, 80, SYN), 0.0)
     assert len(d.conns) == 1 and d.passes["backup_only"] == 1
+    (conn,) = d.conns
+    reply = tcp(socket.inet_ntoa(conn.daddr), CLIENT, conn.dport, 40000, SYN | ACK)
+    verdict = d.hook_out(reply, 0.1)
+    assert verdict[1] is not None and verdict[1][12:16] == socket.inet_aton(VIP)  # rewritten
+    assert d.passes["backup_only"] == 1
 
 
 def test_sync_threshold_must_be_below_sync_period():
