@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from labtools import (
@@ -342,28 +344,44 @@ def test_a_dr_or_tun_download_continues_on_the_backup_when_the_vip_moves(
         + {"dr": "-g", "tun": "-i"}[rs.method]
         + "\n"
     )
-    master = Daemon(lab, tmp_path / "master")
-    backup = Daemon(second, tmp_path / "backup")
-    with running(master), running(backup):
-        for d in (master, backup):
-            assert d.dirctl("restore", input=rules).returncode == 0
-        assert master.dirctl("start-daemon", "master", "--mcast-interface", "br0").returncode == 0
-        assert backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1").returncode == 0
+    with synced_pair(lab, second, tmp_path, rules) as (master, backup):
         with transfer(lab, rs, blob, DR_PORT) as client:
-            (conn,) = [c for c in connections(master) if c["vport"] == DR_PORT]
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline and not any(
-                c["cport"] == conn["cport"] for c in connections(backup)
-            ):
-                time.sleep(0.1)
-            learned = [c for c in connections(backup) if c["cport"] == conn["cport"]]
-            assert learned and learned[0]["daddr"] == rs.addr, backup.log()
+            copy = learned(master, backup, DR_PORT)
+            assert copy is not None and copy["daddr"] == rs.addr, backup.log()
             move_vip(lab, second)
             assert master.stop() == 0
             out, _ = client.communicate(timeout=60)
             got, digest = out.split()
             assert (int(got), digest) == (DR_SIZE, expected)
         backup_only(lab, backup)
+
+
+@contextmanager
+def synced_pair(
+    lab: topology.Lab, second: topology.Lab, workdir: Path, rules: str
+) -> Iterator[tuple[Daemon, Daemon]]:
+    """A master directord in the first director (sync on br0) and a backup in the
+    second (on eth1), both with ``rules``."""
+    master = Daemon(lab, workdir / "master")
+    backup = Daemon(second, workdir / "backup")
+    with running(master), running(backup):
+        for d in (master, backup):
+            assert d.dirctl("restore", input=rules).returncode == 0
+        assert master.dirctl("start-daemon", "master", "--mcast-interface", "br0").returncode == 0
+        assert backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1").returncode == 0
+        yield master, backup
+
+
+def learned(master: Daemon, backup: Daemon, port: int) -> dict[str, Any] | None:
+    """The backup's copy of the master's one connection to ``port``, once it has it
+    (within 3 s), else None."""
+    (conn,) = [c for c in connections(master) if c["vport"] == port]
+    deadline = time.monotonic() + 3.0
+    while True:
+        found = [c for c in connections(backup) if c["cport"] == conn["cport"]]
+        if found or time.monotonic() >= deadline:
+            return found[0] if found else None
+        time.sleep(0.1)
 
 
 def backup_only(lab: topology.Lab, backup: Daemon) -> None:
@@ -407,27 +425,17 @@ def test_a_nat_download_continues_on_the_backup_when_the_vip_and_gateway_move(
     rules = (
         f"-A -t {lab.vip}:{NAT_PORT} -s rr\n-a -t {lab.vip}:{NAT_PORT} -r {rs.addr}:{NAT_PORT} -m\n"
     )
-    master = Daemon(lab, tmp_path / "master")
-    backup = Daemon(second, tmp_path / "backup")
-    with running(master), running(backup):
-        for d in (master, backup):
-            assert d.dirctl("restore", input=rules).returncode == 0
-        assert master.dirctl("start-daemon", "master", "--mcast-interface", "br0").returncode == 0
-        assert backup.dirctl("start-daemon", "backup", "--mcast-interface", "eth1").returncode == 0
-        with transfer(lab, rs, blob, NAT_PORT) as client:
-            (conn,) = [c for c in connections(master) if c["vport"] == NAT_PORT]
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline and not any(
-                c["cport"] == conn["cport"] for c in connections(backup)
-            ):
-                time.sleep(0.1)
-            assert any(c["cport"] == conn["cport"] for c in connections(backup)), backup.log()
-            gateway = f"{topology.DIRECTOR_INSIDE}/24"
-            lab.run(lab.director, ["ip", "addr", "del", gateway, "dev", "br0"])
-            lab.run(second.director, ["ip", "addr", "add", gateway, "dev", "eth1"])
-            lab.run(rs.netns, ["ip", "neigh", "flush", "dev", "eth0"])
-            move_vip(lab, second)
-            assert master.stop() == 0
-            out, _ = client.communicate(timeout=60)
-            got, digest = out.split()
-            assert (int(got), digest) == (DR_SIZE, expected)
+    with (
+        synced_pair(lab, second, tmp_path, rules) as (master, backup),
+        transfer(lab, rs, blob, NAT_PORT) as client,
+    ):
+        assert learned(master, backup, NAT_PORT) is not None, backup.log()
+        gateway = f"{topology.DIRECTOR_INSIDE}/24"
+        lab.run(lab.director, ["ip", "addr", "del", gateway, "dev", "br0"])
+        lab.run(second.director, ["ip", "addr", "add", gateway, "dev", "eth1"])
+        lab.run(rs.netns, ["ip", "neigh", "flush", "dev", "eth0"])
+        move_vip(lab, second)
+        assert master.stop() == 0
+        out, _ = client.communicate(timeout=60)
+        got, digest = out.split()
+        assert (int(got), digest) == (DR_SIZE, expected)
