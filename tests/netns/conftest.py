@@ -72,8 +72,10 @@ def _netns_capable() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[topology.Lab]:
-    built = topology.build()
+def lab(request: pytest.FixtureRequest) -> Iterator[topology.Lab]:
+    """The module's lab, its backends started: the NAT lab, or the kind the module's
+    LAB_KIND names."""
+    built = topology.build(kind=getattr(request.module, "LAB_KIND", "nat"))
     try:
         topology.start_backends(built)
         yield built

@@ -5,10 +5,8 @@ servers' keep the every-packet path (the worker sends their packets itself)."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from labtools import ab, curl, running
 
 from director.lab import topology
@@ -17,14 +15,7 @@ from director.lab.daemon import Daemon
 VIP = topology.VIP
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[topology.Lab]:
-    built = topology.build(kind="mixed")
-    try:
-        topology.start_backends(built)
-        yield built
-    finally:
-        topology.teardown(built)
+LAB_KIND = "mixed"  # conftest's lab fixture builds this kind
 
 
 def test_nat_on_the_fast_path_dr_and_tun_on_the_every_packet_path(

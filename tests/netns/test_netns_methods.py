@@ -10,7 +10,6 @@ VIP (the packet arrived unchanged) and a NAT one the real server's own address.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,7 @@ from director.lab.daemon import Daemon
 VIP = topology.VIP
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[topology.Lab]:
-    """The mixed lab (overrides conftest's NAT lab for this module's daemons)."""
-    built = topology.build(kind="mixed")
-    try:
-        topology.start_backends(built)
-        yield built
-    finally:
-        topology.teardown(built)
+LAB_KIND = "mixed"  # conftest's lab fixture builds this kind
 
 
 def _restore(d: Daemon, rules: str) -> None:

@@ -11,10 +11,8 @@ carry traffic without a restart (the route comes back as a netlink announcement)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from labtools import curl
 
 from director.lab import topology
@@ -23,14 +21,7 @@ from director.lab.daemon import Daemon
 METRICS = "127.0.0.1:9109"  # inside the director's namespace
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[topology.Lab]:
-    built = topology.build(kind="dr")
-    try:
-        topology.start_backends(built)
-        yield built
-    finally:
-        topology.teardown(built)
+LAB_KIND = "dr"  # conftest's lab fixture builds this kind
 
 
 def _rows(d: Daemon) -> dict[str, str]:
