@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,42 @@ def transfer(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# A TCP connection to the VIP, opened from one address and held (idle): on each line
+# read from stdin it asks for the page over it and prints the status line; it ends with
+# stdin.
+HOLD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=10, source_address=(sys.argv[2], 0))
+print("up", flush=True)
+for line in sys.stdin:
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: vip\\r\\n\\r\\n")
+    got = b""
+    while b"\\r\\n\\r\\n" not in got:
+        got += s.recv(65536)
+    print(got.split(b"\\r\\n")[0].decode(), flush=True)
+"""
+
+
+def hold(lab: Lab, source: str, stack: ExitStack) -> subprocess.Popen[str]:
+    """A connection from ``source`` to VIP:80 held open until ``stack`` closes."""
+    proc = subprocess.Popen(
+        lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, source]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.stdin.close)  # type: ignore[union-attr]
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    return proc
+
+
+def ask(proc: subprocess.Popen[str]) -> str:
+    """The status line of one more request over a held connection."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
 
 
 def children(pid: int) -> list[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -23,6 +22,7 @@ from labtools import (
     by_reason,
     counting,
     curl,
+    hold,
     iptables_counters,
     running,
     scrape,
@@ -34,26 +34,6 @@ from director.lab.topology import Lab
 
 FAST = ["--fast-path", "kernel"]
 RS = ("198.18.0.2", "198.18.0.3")
-
-# A TCP connection to the VIP held open (idle) until stdin closes (argv: VIP, port).
-HOLD = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-print("up", flush=True)
-sys.stdin.read()
-"""
-
-
-def hold(lab: Lab, stack: ExitStack) -> subprocess.Popen[str]:
-    """A connection from the client to VIP:80, open until ``stack`` closes."""
-    proc = subprocess.Popen(
-        lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, "80"]),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    stack.callback(proc.wait, 10)
-    stack.callback(proc.stdin.close)  # type: ignore[union-attr]
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    return proc
 
 
 def listed(d: Daemon) -> list[str]:
@@ -143,7 +123,7 @@ def test_lc_weighs_the_live_connections(lab: Lab, tmp_path: Path) -> None:
             f"-a -t {lab.vip}:80 -r {rs}:80 -m\n" for rs in RS
         )
         assert d.dirctl("restore", input=rules).returncode == 0
-        procs = [hold(lab, held) for _ in range(4)]
+        procs = [hold(lab, lab.client_addr, held) for _ in range(4)]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             active = {rs: r[2] for rs, r in rows(d).items()}
@@ -224,7 +204,7 @@ def test_deleting_a_server_takes_its_connections_out_of_conntrack(lab: Lab, tmp_
         )
         assert d.dirctl("restore", input=rules).returncode == 0
         for _ in range(4):
-            hold(lab, held)
+            hold(lab, lab.client_addr, held)
         assert marked(lab) == {RS[0]: 2, RS[1]: 2}
         assert d.dirctl("edit-server", "-t", f"{lab.vip}:80", "-r", f"{RS[0]}:80", "-m",
                         "-w", "0").returncode == 0  # fmt: skip

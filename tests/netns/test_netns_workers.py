@@ -12,8 +12,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from labtools import METRICS, by_reason, running, scrape, transfer
+from labtools import METRICS, ask, by_reason, hold, running, scrape, transfer
 
 from director.lab.daemon import Daemon
 from director.lab.topology import Lab
@@ -29,41 +27,6 @@ from director.lab.topology import Lab
 CLIENTS = [f"203.0.113.{i}" for i in range(10, 18)]  # .10 is the lab's own address
 RS = ("198.18.0.2", "198.18.0.3")
 TWO = ["--workers", "2"]
-
-# A TCP connection to the VIP, opened from one address and held (idle): on each line
-# read from stdin it asks for the page over it and prints the status line; it ends with
-# stdin.
-HOLD = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], 80), timeout=10, source_address=(sys.argv[2], 0))
-print("up", flush=True)
-for line in sys.stdin:
-    s.sendall(b"GET / HTTP/1.1\\r\\nHost: vip\\r\\n\\r\\n")
-    got = b""
-    while b"\\r\\n\\r\\n" not in got:
-        got += s.recv(65536)
-    print(got.split(b"\\r\\n")[0].decode(), flush=True)
-"""
-
-
-def hold(lab: Lab, source: str, stack: ExitStack) -> subprocess.Popen[str]:
-    """A connection from ``source`` held open until ``stack`` closes."""
-    proc = subprocess.Popen(
-        lab.exec_argv(lab.client, [sys.executable, "-c", HOLD, lab.vip, source]),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    stack.callback(proc.wait, 10)
-    stack.callback(proc.stdin.close)  # type: ignore[union-attr]
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    return proc
-
-
-def ask(proc: subprocess.Popen[str]) -> str:
-    """The status line of one more request over a held connection."""
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    return proc.stdout.readline().strip()
 
 
 @pytest.fixture(scope="module")
