@@ -207,13 +207,14 @@ class Director:
         vaddr: bytes,
         vport: int,
         state: str | None,
-        ttl: float,
+        ttl: float | None,
         now: float,
     ) -> bool:
         """Conntrack reports a fast-path connection alive (an event, a dump): its entry
         follows conntrack's TCP state (and the real server's counts with it) and lives
-        as long as conntrack keeps it (``ttl``: conntrack's timeout left).  Whether the
-        connection has an entry here."""
+        as long as conntrack keeps it (``ttl``: conntrack's timeout left; None, when
+        the message did not say, keeps the entry's own).  Whether the connection has
+        an entry here."""
         conn = self.conns.find_in(protocol, caddr, cport, vaddr, vport)
         if conn is None:
             return False
@@ -221,7 +222,8 @@ class Director:
             new = proto_tcp.CONNTRACK_STATES.get(state)
             if new is not None and new != conn.state:
                 proto_tcp.move(conn, new)
-        conn.timeout = max(int(ttl), 1)
+        if ttl is not None:
+            conn.timeout = max(int(ttl), 1)
         conn.expires = now + conn.timeout
         return True
 

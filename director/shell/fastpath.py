@@ -225,19 +225,19 @@ class Follower:
         self.apply(self.source.dump(), now)
 
     def apply(self, entries: Iterable[Entry], now: float) -> None:
+        """Each entry to the table: another worker's, or one director did not
+        schedule, is not in it and passed over."""
         director = self.director
         for entry in entries:
             protocol, (caddr, cport, vaddr, vport) = entry.protocol, entry.orig
-            conn = director.conns.find_in(protocol, caddr, cport, vaddr, vport)
-            if conn is None:
-                continue  # another worker's, or not scheduled by director
             if entry.kind == "destroy":
-                director.ct_gone(protocol, caddr, cport, vaddr, vport)
+                found = director.ct_gone(protocol, caddr, cport, vaddr, vport)
             else:
-                ttl = entry.timeout if entry.timeout is not None else conn.timeout
-                director.ct_seen(protocol, caddr, cport, vaddr, vport, entry.state,
-                                 max(ttl, self._interval), now)  # fmt: skip
-            self.counts[entry.kind] += 1
+                ttl = None if entry.timeout is None else max(entry.timeout, self._interval)
+                found = director.ct_seen(protocol, caddr, cport, vaddr, vport, entry.state, ttl,
+                                         now)  # fmt: skip
+            if found:
+                self.counts[entry.kind] += 1
 
 
 Counters = tuple[int, int, int, int]  # packets and bytes from the clients, then to them
