@@ -254,8 +254,9 @@ class Worker:
                                              now)  # fmt: skip
         self._starts.append(len(self._out))
         if payload is None:
-            self._out.append(self._heads.head(packet_id, verdict, 0, mark))
-            self._out_bytes += 40
+            head = self._heads.head(packet_id, verdict, 0, mark)
+            self._out.append(head)
+            self._out_bytes += len(head)  # 32 bytes, 40 with a mark
         else:
             size = len(payload)
             self._out += (self._heads.head(packet_id, verdict, size), payload, pad(size))
