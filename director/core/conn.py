@@ -77,7 +77,22 @@ InKey = tuple[int, bytes, int, bytes, int]  # protocol, caddr, cport, vaddr, vpo
 OutKey = tuple[int, bytes, int, bytes, int]  # protocol, daddr, dport, caddr, cport
 
 
-def _addr(key: int) -> bytes:
+# An IPv6 client key: a family bit above protocol (8 bits), address (128) and port (16),
+# so that no IPv6 key equals an IPv4 one (protocol << 48 | address << 16 | port).
+V6_KEY = 1 << 152
+
+
+def client_key(protocol: int, caddr: bytes, cport: int) -> int:
+    """The client side of an entry as one integer (Conn.ckey), IPv4 or IPv6 by the
+    address's length."""
+    if len(caddr) == 4:
+        return protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+    return V6_KEY | protocol << 144 | int.from_bytes(caddr, "big") << 16 | cport
+
+
+def _addr(key: int, v6: bool) -> bytes:
+    if v6:
+        return (key >> 16 & (1 << 128) - 1).to_bytes(16, "big")
     return (key >> 16 & 0xFFFFFFFF).to_bytes(4, "big")
 
 
@@ -89,8 +104,9 @@ class Conn:
     ``dkey``: address, port), shared with the service and the real server whenever
     they are theirs; protocol, addresses and ports are read out of them.  ``next``
     links the entries of one hash bucket (the kernel's c_list), ``older`` and
-    ``newer`` all entries in the order they were hashed.  IPv4 only, as the packet
-    path is."""
+    ``newer`` all entries in the order they were hashed.  An IPv6 client's key
+    carries ``V6_KEY`` (``client_key``); the virtual side is of the client's family,
+    the real server's of its own (a tunnel may carry one family in the other)."""
 
     __slots__ = (
         "ckey",
@@ -130,7 +146,7 @@ class Conn:
         dport: int | None = None,
     ) -> None:
         self.proto = proto
-        self.ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        self.ckey = client_key(protocol, caddr, cport)
         vkey = svc.vkey
         if vaddr != svc.key[1] or vport != vkey & 0xFFFF:
             vkey = int.from_bytes(vaddr, "big") << 16 | vport  # fwmark, port-zero
@@ -159,11 +175,12 @@ class Conn:
 
     @property
     def protocol(self) -> int:
-        return self.ckey >> 48
+        ckey = self.ckey
+        return ckey >> 144 & 0xFF if ckey >= V6_KEY else ckey >> 48
 
     @property
     def caddr(self) -> bytes:
-        return _addr(self.ckey)
+        return _addr(self.ckey, self.ckey >= V6_KEY)
 
     @property
     def cport(self) -> int:
@@ -171,7 +188,7 @@ class Conn:
 
     @property
     def vaddr(self) -> bytes:
-        return _addr(self.vkey)
+        return _addr(self.vkey, self.ckey >= V6_KEY)
 
     @property
     def vport(self) -> int:
@@ -242,7 +259,7 @@ class Template(Conn):
 
 
 def _hash(ckey: int) -> int:
-    return hash(ckey.to_bytes(16, "little"))
+    return hash(ckey.to_bytes(20, "little"))
 
 
 _MIN_BITS = 3
@@ -317,14 +334,14 @@ class ConnTable:
         self, protocol: int, caddr: bytes, cport: int, vaddr: bytes, vport: int
     ) -> Conn | None:
         """in_get by the fields of a packet as ``parse`` reads them."""
-        ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        ckey = client_key(protocol, caddr, cport)
         return self.in_get(ckey, int.from_bytes(vaddr, "big") << 16 | vport)
 
     def find_out(
         self, protocol: int, daddr: bytes, dport: int, caddr: bytes, cport: int
     ) -> Conn | None:
         """out_get by the fields of a reply as ``parse`` reads them."""
-        ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        ckey = client_key(protocol, caddr, cport)
         return self.out_get(ckey, int.from_bytes(daddr, "big") << 16 | dport)
 
     def add(self, conn: Conn, control: Template | None = None) -> None:

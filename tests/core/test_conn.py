@@ -8,7 +8,9 @@ import subprocess
 import sys
 import tracemalloc
 
+from director.core.conn import Conn
 from director.core.engine import Director
+from director.core.xmit import bind_xmit
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import CLIENT, RS1, SYN, VIP, tcp, udp
 
@@ -115,3 +117,44 @@ def test_the_bucket_hash_is_keyed_so_colliding_clients_cannot_be_computed() -> N
     colliding = [c for c, b in zip(clients, first, strict=True) if b == first[0]][:40]
     assert len(colliding) == 40
     assert len(set(_buckets("2", colliding))) >= 4
+
+
+def test_ipv6_keys_never_meet_ipv4_ones():
+    """An IPv6 entry is found by its own 16-byte addresses, reads them back whole, and
+    an IPv4 entry whose address and port are the low bits of its key is not it (the
+    kernel's ip_vs_conn_in_get compares cp->af first: net/netfilter/ipvs/ip_vs_conn.c)."""
+    vip6, client6, rs6 = "2001:db8:1::100", "2001:db8:3::a", "2001:db8:2::2"
+    d = Director()
+    d.configure(
+        Config(
+            services=(
+                ServiceConf("tcp", vip6, 80, scheduler="rr", dests=(DestConf(rs6, 8080, "masq"),)),
+                ServiceConf("tcp", VIP, 80, scheduler="rr", dests=(DestConf(RS1, 80, "masq"),)),
+            )
+        )
+    )
+    svc6 = d.services.lookup(6, socket.inet_pton(socket.AF_INET6, vip6), 80)
+    svc4 = d.services.lookup(6, socket.inet_aton(VIP), 80)
+    caddr6 = socket.inet_pton(socket.AF_INET6, client6)
+    # The IPv4 twin: an address equal to the IPv6 client's low 32 bits.
+    caddr4 = caddr6[12:]
+    conn6 = Conn(
+        d.tcp, 6, caddr6, 40000, svc6.key[1], 80, svc6, svc6.dests[0], bind_xmit(svc6.dests[0])
+    )
+    conn4 = Conn(
+        d.tcp, 6, caddr4, 40000, svc4.key[1], 80, svc4, svc4.dests[0], bind_xmit(svc4.dests[0])
+    )
+    d.conns.add(conn6)
+    d.conns.add(conn4)
+    assert (conn6.protocol, conn6.caddr, conn6.cport) == (6, caddr6, 40000)
+    assert (conn6.vaddr, conn6.vport, conn6.daddr, conn6.dport) == (
+        svc6.key[1],
+        80,
+        socket.inet_pton(socket.AF_INET6, rs6),
+        8080,
+    )
+    assert d.conns.find_in(6, caddr6, 40000, svc6.key[1], 80) is conn6
+    assert d.conns.find_out(6, conn6.daddr, 8080, caddr6, 40000) is conn6
+    assert d.conns.find_in(6, caddr4, 40000, svc4.key[1], 80) is conn4
+    assert d.conns.find_in(17, caddr6, 40000, svc6.key[1], 80) is None
+    assert conn4.caddr == caddr4 and conn4.protocol == 6
