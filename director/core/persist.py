@@ -1,9 +1,9 @@
 """Persistence: connection templates (ip_vs_sched_persist in ip_vs_core.c).
 
 A persistent service sends every connection from one client (its address masked by the
-service's netmask, ``-M``) to the same real server for as long as the client keeps
-coming back within the persistence timeout (``-p``).  The choice lives in a template,
-a connection entry without ports, keyed
+service's netmask, ``-M``: a dotted mask for IPv4, a prefix length for IPv6) to the same
+real server for as long as the client keeps coming back within the persistence timeout
+(``-p``).  The choice lives in a template, a connection entry without ports, keyed
 
 - ``<proto, client net, 0, VIP, vport>`` when the packet is for the service's port,
 - ``<proto, client net, 0, VIP, 0>`` for a port-zero (all ports) service,
@@ -44,6 +44,12 @@ IP_TEMPLATE = IpTemplateProtocol()
 
 
 def mask(addr: bytes, netmask: bytes) -> bytes:
+    """The client network of ``addr`` (ip_vs_sched_persist: ``saddr & svc->netmask``
+    for IPv4, ipv6_addr_prefix for IPv6, the netmask being the prefix's packed mask).
+    A netmask of the other family (one left at the IPv4 default on an IPv6 service)
+    keeps the whole address, as each family's default (/32, /128) does."""
+    if len(netmask) != len(addr):
+        return addr
     return bytes(a & m for a, m in zip(addr, netmask, strict=True))
 
 

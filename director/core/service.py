@@ -42,6 +42,18 @@ def pack_addr(text: str) -> bytes:
     raise ConfigError(f"invalid address {text!r}")
 
 
+def pack_netmask(text: str) -> bytes:
+    """A persistence netmask (-M) to the packed mask templates apply: a dotted IPv4
+    mask, or an IPv6 prefix length (ipvsadm's ``-M 64``), whose mask is the one
+    ip_vs_sched_persist applies with ipv6_addr_prefix: the first ``plen`` bits set."""
+    if text.isdigit():
+        plen = int(text)
+        if not 0 <= plen <= 128:
+            raise ConfigError(f"invalid prefix length {text!r}")
+        return ((1 << 128) - (1 << (128 - plen))).to_bytes(16, "big")
+    return pack_addr(text)
+
+
 def unpack_addr(packed: bytes) -> str:
     family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
     return socket.inet_ntop(family, packed)
@@ -138,7 +150,8 @@ class Service:
     scheduler: Scheduler
     dests: list[Dest] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
-    netmask: bytes = b"\xff\xff\xff\xff"  # persistence granularity (-M), packed
+    # Persistence granularity (-M), packed: 4 bytes for an IPv4 service, 16 for IPv6.
+    netmask: bytes = b"\xff\xff\xff\xff"
     # VIP and port as one integer, which its connection entries share (Conn.vkey); none
     # for a firewall-mark service.
     vkey: int = field(init=False, default=-1, repr=False)
@@ -217,7 +230,7 @@ class ServiceTable:
             elif svc.conf.scheduler != conf.scheduler:
                 svc.scheduler = create_scheduler(conf.scheduler)
             svc.conf = conf
-            svc.netmask = pack_addr(conf.netmask) if "." in conf.netmask else svc.netmask
+            svc.netmask = pack_netmask(conf.netmask) if conf.netmask else svc.netmask
             self._reconcile_dests(svc, conf)
         self.fwmarks = {key[2]: svc for key, svc in self.services.items() if not key[0]}
 

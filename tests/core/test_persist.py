@@ -4,11 +4,15 @@ ip_vs_conn.c, ip_vs_ctl.c)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from director.core.engine import Director
-from director.core.service import pack_addr
+from director.core.packet import Packet
+from director.core.persist import mask, template_key
+from director.core.service import ServiceTable, pack_addr, pack_netmask
 from director.core.xmit import DROP, SEND
+from director.ctl.ipvsadm import load_rules
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, FIN, RS1, RS2, SYN, VIP, tcp, udp
 
@@ -313,3 +317,56 @@ def test_sloppy_tcp_schedules_mid_stream():
     assert d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 0.0) == (0, None)
     d.sysctls.sloppy_tcp = True
     assert server_of(d.hook_in(tcp(CLIENT, VIP, 40000, 80, ACK), 0.0)) == RS1
+
+
+# -- IPv6: -M as a prefix length ---------------------------------------------------
+
+
+def _v6_packet(saddr: str, sport: int = 40000) -> Packet:
+    """The fields template_key reads, of a TCP packet from ``saddr`` to the IPv6 VIP."""
+    return Packet(bytearray(60), 6, ipaddress.IPv6Address(saddr).packed,
+                  ipaddress.IPv6Address(VIP6).packed, sport, 80, 40, 60)  # fmt: skip
+
+
+VIP6 = "2001:db8:1::100"
+
+
+def test_minus_m_64_masks_an_ipv6_client_to_its_slash_64():
+    """ip_vs_sched_persist (net/netfilter/ipvs/ip_vs_core.c): for an AF_INET6 service
+    ``snet_plen = svc->netmask; ipv6_addr_prefix(&snet.in6, &iph->saddr.in6,
+    snet_plen)``: the template's client is the first 64 bits of the address, the other
+    64 zero.  ipvsadm -M 64 sends the prefix length as the netmask."""
+    config = load_rules(
+        f"-A -t [{VIP6}]:80 -s rr -p 300 -M 64\n-a -t [{VIP6}]:80 -r [2001:db8:2::2]:80 -m\n"
+    )
+    table = ServiceTable()
+    table.apply(config)
+    (svc,) = table
+    assert svc.netmask == b"\xff" * 8 + b"\x00" * 8
+    key = template_key(svc, _v6_packet("2001:db8:1:0:aaaa:bbbb:cccc:dddd"))
+    assert key == (6, ipaddress.IPv6Address("2001:db8:1::").packed, 0, svc.key[1], 80)
+    assert template_key(svc, _v6_packet("2001:db8:1::10", 50000)) == key
+    assert template_key(svc, _v6_packet("2001:db8:1:1::10"))[1] != key[1]
+
+
+def test_an_ipv6_prefix_of_any_length_is_the_kernels_ipv6_addr_prefix():
+    """ipv6_addr_prefix (include/net/ipv6.h) keeps ``plen / 8`` whole bytes, then the top
+    ``plen % 8`` bits of the next one (``0xff << (8 - b)``), and zeroes the rest."""
+    addr = bytes(range(0xF0, 0x100))  # f0 f1 ... ff: every bit position differs
+    for plen in (1, 7, 8, 48, 56, 63, 64, 65, 127, 128):
+        o, b = divmod(plen, 8)
+        expected = addr[:o] + (bytes([addr[o] & (0xFF << (8 - b)) & 0xFF]) if b else b"")
+        expected += bytes(16 - len(expected))
+        assert mask(addr, pack_netmask(str(plen))) == expected, plen
+
+
+def test_an_ipv6_service_without_minus_m_keeps_whole_addresses():
+    """ipvsadm's default IPv6 netmask is 128: one template per client address."""
+    table = ServiceTable()
+    table.apply(
+        load_rules(f"-A -t [{VIP6}]:80 -s rr -p 300\n-a -t [{VIP6}]:80 -r [2001:db8:2::2]:80 -m\n")
+    )
+    (svc,) = table
+    assert svc.netmask == b"\xff" * 16
+    client = ipaddress.IPv6Address("2001:db8:1::10").packed
+    assert template_key(svc, _v6_packet("2001:db8:1::10"))[1] == client
