@@ -5,6 +5,11 @@ remove-then-load, removing deletes only the jumps that file inserts and the chai
 declares, so both are idempotent and touch nothing else of the host's firewall.  The
 ipsets that select virtual-service traffic are kept over netlink with pyroute2.
 
+IPv6 has its twin: ``iptables/director6.rules``, loaded with ``ip6tables-restore`` (the
+same backend as iptables': the alternatives pick both), with family inet6 ipsets
+(``SETS6``), installed, resharded, synced and removed together with the IPv4 hooks.
+The kernel fast path is IPv4 only: IPv6 services always take the every-packet path.
+
 ``--fast-path kernel`` (``Hooks(fast=True)``) adds ``iptables/director-fast.rules``: the
 first packet of a fast service's flow is queued from mangle PREROUTING, the worker answers
 with the mark ``fast_mark(slot)``, and a DNAT rule per NAT real server binds the flow,
@@ -23,11 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +63,14 @@ SETS: dict[str, str] = {
     RS_ANY_SET: "hash:ip",
     RS_ADDR_SET: "hash:ip",
 }
+VIP6_SET = "director-vip6"
+RS6_SET = "director-rs6"
+RS_ANY6_SET = "director-rs-any6"
+RS_ADDR6_SET = "director-rs-addr6"
+# The IPv6 twin of each IPv4 set (family inet6; see iptables/director6.rules).
+TWIN6: dict[str, str] = {VIP_SET: VIP6_SET, RS_SET: RS6_SET, RS_ANY_SET: RS_ANY6_SET,
+                         RS_ADDR_SET: RS_ADDR6_SET}  # fmt: skip
+SETS6: dict[str, str] = {TWIN6[name]: stype for name, stype in SETS.items()}
 FAST_SET = "director-fast"
 FAST_RS_SET = "director-fast-rs"
 # The ipsets of --fast-path kernel (iptables/director-fast.rules), by name: their type.
@@ -106,6 +122,7 @@ def fast_service(svc: ServiceConf) -> bool:
 
 
 RULES_FILE = "director.rules"
+RULES6_FILE = "director6.rules"
 FAST_RULES_FILE = "director-fast.rules"
 
 
@@ -123,6 +140,29 @@ def rules_text(name: str = RULES_FILE) -> str:
 
 def fast_rules_text() -> str:
     return rules_text(FAST_RULES_FILE)
+
+
+def rules6_text() -> str:
+    return rules_text(RULES6_FILE)
+
+
+def ipv6_service(svc: ServiceConf) -> bool:
+    """Whether ``svc`` is an IPv6 service: its VIP, or for a firewall-mark service
+    (ipvsadm -f MARK -6) its persistence netmask, an IPv6 prefix length, not dotted."""
+    return ":" in svc.addr if svc.addr else "." not in svc.netmask
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """One family's iptables programs (the alternatives make both the same backend)."""
+
+    tool: str
+    restore: str
+    save: str
+
+
+IPV4 = Tables("iptables", "iptables-restore", "iptables-save")
+IPV6 = Tables("ip6tables", "ip6tables-restore", "ip6tables-save")
 
 
 def reply_queue(queue: int) -> int:
@@ -176,6 +216,60 @@ def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
         )
     # What no pattern took (one worker; an ICMP error quoting too little to tell):
     # worker 0, which passes on what it does not know.
+    rules += [f"-A {SHARD_IN} {to(0)}", f"-A {SHARD_FWD} {to(0, reply=True)}",
+              f"-A {SHARD_ICMP} {to(0)}"]  # fmt: skip
+    return rules
+
+
+# The same for an ICMPv6 error (its fixed header 40 bytes, the quoted packet 8 bytes
+# into the ICMPv6 header, at 48): the quoted next header (byte 6 of it), its
+# destination (bytes 24-39), and when it is IPv6-in-IPv6 (41: a TUN request) the source
+# of the packet inside (its bytes 8-23, after the director's 40-byte outer header).
+_QUOTED6_NEXT = 48 + 6
+_QUOTED6_DST = 48 + 24
+_QUOTED6_INNER_SRC = 48 + 40 + 8
+IPPROTO_IPV6 = 41
+Pattern6 = tuple[int, int, int]  # IPv6 address, mask (128-bit integers), worker
+
+
+def _u32_words(at: int, addr: int, mask: int) -> str:
+    """u32 tests that the 16 bytes at ``at`` ANDed with ``mask`` equal ``addr``: one
+    per 32-bit word of the mask that has bits set."""
+    tests = []
+    for word in range(4):
+        shift = 96 - 32 * word
+        part = mask >> shift & 0xFFFFFFFF
+        if part:
+            tests.append(f"{at + 4 * word}&{part:#x}={addr >> shift & part:#x}")
+    return "&&".join(tests)
+
+
+def shard_rules6(patterns: Iterable[Pattern6], queue: int, bypass: bool = False) -> list[str]:
+    """The IPv6 shard chains' rules (ip6tables): as ``shard_rules``, with the IPv6
+    clients' patterns (address, mask, worker; director/core/shard.py), requests by
+    source, NAT replies by destination, ICMPv6 errors by the client they quote."""
+    tail = " --queue-bypass" if bypass else ""
+
+    def to(worker: int, reply: bool = False) -> str:
+        number = worker_queue(queue, worker) + (1 if reply else 0)
+        return f"-j NFQUEUE --queue-num {number}{tail}"
+
+    rules: list[str] = []
+    for addr, mask, worker in patterns:
+        if not mask:
+            break
+        where = f"{ipaddress.IPv6Address(addr)}/{ipaddress.IPv6Address(mask)}"
+        rules.append(f"-A {SHARD_IN} -s {where} {to(worker)}")
+        rules.append(f"-A {SHARD_FWD} -d {where} {to(worker, reply=True)}")
+        tunnelled = f"{_QUOTED6_NEXT}>>24={IPPROTO_IPV6}"
+        rules.append(
+            f"-A {SHARD_ICMP} -m u32 --u32 {tunnelled}&&"
+            f"{_u32_words(_QUOTED6_INNER_SRC, addr, mask)} {to(worker)}"
+        )
+        rules.append(
+            f"-A {SHARD_ICMP} -m u32 ! --u32 {tunnelled} "
+            f"-m u32 --u32 {_u32_words(_QUOTED6_DST, addr, mask)} {to(worker)}"
+        )
     rules += [f"-A {SHARD_IN} {to(0)}", f"-A {SHARD_FWD} {to(0, reply=True)}",
               f"-A {SHARD_ICMP} {to(0)}"]  # fmt: skip
     return rules
@@ -237,6 +331,14 @@ def render_fast(fast_text: str, queue: int, bypass: bool = False,
     return spliced, "\n".join(own) + "\n"
 
 
+def render6(text: str, queue: int, mark: int, bypass: bool = False,
+            patterns: Iterable[Pattern6] = ()) -> str:  # fmt: skip
+    """director6.rules filled in (no fast path: IPv6 services take the every-packet
+    path)."""
+    rules = shard_rules6(patterns, queue, bypass)
+    return text.replace("@SHARD_RULES@", "\n".join(rules)).replace("@MARK@", hex(mark))
+
+
 def render(text: str, queue: int, mark: int, bypass: bool = False,
            shards: Shards | None = None, fast: str | None = None) -> str:  # fmt: skip
     """director.rules filled in; with ``fast`` (director-fast.rules' text) the fast
@@ -287,13 +389,20 @@ def _run(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[byt
         raise HookError(f"{argv[0]}: no result in {IPTABLES_TIMEOUT:.0f} s") from None
 
 
-def _iptables(*args: str) -> bool:
+def _iptables(*args: str, tables: Tables = IPV4) -> bool:
     try:
-        done = _run(["iptables", "-w", str(IPTABLES_WAIT), *args])
+        done = _run([tables.tool, "-w", str(IPTABLES_WAIT), *args])
     except HookError as err:
-        log.error("iptables %s: %s", " ".join(args), err)
+        log.error("%s %s: %s", tables.tool, " ".join(args), err)
         return False
     return done.returncode == 0
+
+
+def shard_patterns6(shards: Shards) -> list[Pattern6]:
+    """The IPv6 clients' shard patterns (address, mask, worker) for the ip6tables
+    rules: none yet, so every IPv6 client goes to worker 0, as Shards.owner sends it."""
+    del shards
+    return []
 
 
 @dataclass
@@ -307,19 +416,21 @@ class Hooks:
     fast: bool = False
     text: str = field(default_factory=rules_text)
     fast_text: str = field(default_factory=fast_rules_text)
+    text6: str = field(default_factory=rules6_text)
     # ipvsadm --set's figures the fast path's timeout policies get at install (the
     # daemon gives its rules file's); each sync gives its config's.
     timeouts: Timeouts = field(default_factory=Timeouts)
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
+    _marks6: set[int] | None = None  # the same of the IPv6 chain
     _dnat: list[str] | None = None  # DIRECTOR_FAST_DNAT's rules; None: not known
     _acct: set[int] | None = None  # the marks the counting table counts; None: not known
     _timeouts: Timeouts | None = None  # the policies' figures; None: not known
 
     @property
     def sets(self) -> dict[str, str]:
-        """The ipsets of this mode, by name: their type."""
-        return SETS | FAST_SETS if self.fast else dict(SETS)
+        """The ipsets of this mode, by name: their type (the IPv6 ones: SETS6)."""
+        return SETS | SETS6 | FAST_SETS if self.fast else SETS | SETS6
 
     def install(self) -> None:
         """Load the hooks.  Hooks a previous run left in place (on_stop = keep) are
@@ -329,9 +440,9 @@ class Hooks:
         fast-path hooks go when this one has none."""
         with IPSet() as ipset:
             for name, stype in self.sets.items():
-                ipset.create(name, stype=stype, exclusive=False)
+                ipset.create(name, stype=stype, family=_set_family(name), exclusive=False)
         self._entries = {}  # contents unknown: the first sync replaces them whole
-        self._marks = None
+        self._marks = self._marks6 = None
         self._dnat = None
         self._acct = None
         self._timeouts = None
@@ -347,6 +458,14 @@ class Hooks:
         for table, chain, rule in jumps:
             if not _iptables("-t", table, "-C", chain, *rule.split()):
                 _iptables("-t", table, "-I", chain, "1", *rule.split())
+        text6 = render6(self.text6, self.queue, self.mark, self.bypass,
+                        shard_patterns6(self.shards))  # fmt: skip
+        _, jumps6 = declared(text6)
+        _restore("\n".join(line for line in text6.splitlines() if not _JUMP.match(line)) + "\n",
+                 IPV6)  # fmt: skip
+        for table, chain, rule in jumps6:
+            if not _iptables("-t", table, "-C", chain, *rule.split(), tables=IPV6):
+                _iptables("-t", table, "-I", chain, "1", *rule.split(), tables=IPV6)
         if not self.fast:
             _, own = render_fast(self.fast_text, self.queue)
             _remove_declared(own)
@@ -369,6 +488,8 @@ class Hooks:
             new = fast_shard_rules(shards, self.queue, self.bypass)
             text += ["*mangle", f":{SHARD_NEW} - [0:0]", *new, "COMMIT"]
         _restore("\n".join([*text, ""]))
+        rules6 = shard_rules6(shard_patterns6(shards), self.queue, self.bypass)
+        _restore("\n".join(["*filter", *declared_chains, *rules6, "COMMIT", ""]), IPV6)
         self.shards = shards
 
     def remove(self) -> None:
@@ -376,7 +497,8 @@ class Hooks:
         _, own = render_fast(self.fast_text, self.queue)
         _remove_declared(own)  # first: its rules name sets and chains of both files
         _remove_declared(self.text)
-        _destroy_sets(SETS | FAST_SETS)
+        _remove_declared(self.text6, IPV6)
+        _destroy_sets(SETS | SETS6 | FAST_SETS)
         _delete_policies()  # last: the CT rules that held them are gone
         _delete_acct_table()
         self._entries.clear()
@@ -398,23 +520,30 @@ class Hooks:
             _set_policies(config.timeouts)
             self._timeouts = self.timeouts = config.timeouts
         wanted, marks = selection(config, self.fast)
+        marks6 = marks6_of(config)
+        marks -= marks6
         with IPSet() as ipset:
             for name, entries in wanted.items():
                 have = self._entries.pop(name, None)
+                family = _set_family(name)
                 if have is None:
                     _replace_set(ipset, name, entries)
                 else:
                     for entry in have - entries:
                         value, etype = _ipset_entry(entry)
-                        ipset.delete(name, value, etype=etype)
+                        ipset.delete(name, value, etype=etype, family=family)
                     for entry in entries - have:
                         value, etype = _ipset_entry(entry)
-                        ipset.add(name, value, etype=etype, exclusive=False)
+                        ipset.add(name, value, etype=etype, family=family, exclusive=False)
                 self._entries[name] = entries
         if marks != self._marks:
             self._marks = None
             _restore(_fwmark_chain(marks))
             self._marks = marks
+        if marks6 != self._marks6:
+            self._marks6 = None
+            _restore(_fwmark_chain(marks6), IPV6)
+            self._marks6 = marks6
         if self.fast:
             dnat = fast_dnat_rules(config, slots or {})
             if dnat != self._dnat:
@@ -456,29 +585,29 @@ def _delete_policies() -> None:
         log.error("conntrack timeout policies not deleted: %s", err)
 
 
-def _remove_declared(text: str) -> None:
+def _remove_declared(text: str, tables: Tables = IPV4) -> None:
     """Delete the jumps ``text`` inserts and the chains it declares, where they are.
     A table the host does not have is not named to iptables at all: iptables-legacy
     instantiates a table on first use, and an empty nat table alone hooks NAT into
     every tracked flow (iptables-nft makes none for -D, -F or -X)."""
     chains, jumps = declared(text)
-    present = _tables()
+    present = _tables(tables)
     if present is not None:
         chains = [(table, chain) for table, chain in chains if chain in present.get(table, ())]
         jumps = [jump for jump in jumps if jump[0] in present]
     for table, chain, rule in jumps:
-        while _iptables("-t", table, "-D", chain, *rule.split()):
+        while _iptables("-t", table, "-D", chain, *rule.split(), tables=tables):
             pass
     for table, chain in chains:  # flush all before deleting: they jump to each other
-        _iptables("-t", table, "-F", chain)
+        _iptables("-t", table, "-F", chain, tables=tables)
     for table, chain in chains:
-        _iptables("-t", table, "-X", chain)
+        _iptables("-t", table, "-X", chain, tables=tables)
 
 
-def _tables() -> dict[str, set[str]] | None:
+def _tables(family: Tables = IPV4) -> dict[str, set[str]] | None:
     """The host's tables and their chains (iptables-save), None when it cannot say."""
     try:
-        done = _run(["iptables-save"])
+        done = _run([family.save])
     except HookError:
         return None
     if done.returncode:
@@ -510,13 +639,18 @@ def selection(config: Config, fast: bool = False) -> tuple[dict[str, set[Entry]]
     ``fast`` (--fast-path kernel): the fast services (``fast_service``) in director-fast,
     their NAT real servers in director-fast-rs and not in director-rs or
     director-rs-any (their replies are conntrack's, not the worker's)."""
-    wanted: dict[str, set[Entry]] = {name: set() for name in (SETS | FAST_SETS if fast else SETS)}
+    names = SETS | SETS6 | FAST_SETS if fast else SETS | SETS6
+    wanted: dict[str, set[Entry]] = {name: set() for name in names}
     marks: set[int] = set()
+
+    def add(name: str, entry: Entry) -> None:  # an IPv6 address: the set's IPv6 twin
+        wanted[TWIN6[name] if ":" in entry[0] else name].add(entry)
+
     for svc in config.services:
         proto = PROTO_NUMBERS.get(svc.protocol, 0)
         on_fast_path = fast and fast_service(svc)
         if proto:
-            wanted[VIP_SET].add((svc.addr, 0, 0))
+            add(VIP_SET, (svc.addr, 0, 0))
         else:
             marks.add(svc.fwmark)
         if on_fast_path:
@@ -524,17 +658,23 @@ def selection(config: Config, fast: bool = False) -> tuple[dict[str, set[Entry]]
         for dest in svc.dests:
             if dest.method != "masq":
                 continue
-            wanted[RS_ADDR_SET].add((dest.addr, 0, 0))
+            add(RS_ADDR_SET, (dest.addr, 0, 0))
             port = (dest.port or svc.port) if proto else dest.port
             if on_fast_path:
                 wanted[FAST_RS_SET].add((dest.addr, proto, port))
                 continue
             if not port:
-                wanted[RS_ANY_SET].add((dest.addr, 0, 0))
+                add(RS_ANY_SET, (dest.addr, 0, 0))
             for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
                 if port:
-                    wanted[RS_SET].add((dest.addr, protocol, port))
+                    add(RS_SET, (dest.addr, protocol, port))
     return wanted, marks
+
+
+def marks6_of(config: Config) -> set[int]:
+    """The firewall marks of the IPv6 firewall-mark services (ipvsadm -f MARK -6): their
+    rules are ip6tables' DIRECTOR_FWM, the others' iptables'."""
+    return {svc.fwmark for svc in config.services if svc.protocol == "fwm" and ipv6_service(svc)}
 
 
 def fast_servers(config: Config, slots: dict[SlotKey, int]) -> dict[int, tuple[ServiceConf, str]]:
@@ -668,13 +808,19 @@ def parse_fast_counters(text: str) -> dict[int, tuple[int, int, int, int]]:
 def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:
     """Fill a new set and swap it in: the old contents go in one step."""
     spare = f"{name}-new"
-    ipset.create(spare, stype=(SETS | FAST_SETS)[name], exclusive=False)
+    family = _set_family(name)
+    ipset.create(spare, stype=(SETS | SETS6 | FAST_SETS)[name], family=family, exclusive=False)
     ipset.flush(spare)
     for entry in entries:
         value, etype = _ipset_entry(entry)
-        ipset.add(spare, value, etype=etype, exclusive=False)
+        ipset.add(spare, value, etype=etype, family=family, exclusive=False)
     ipset.swap(name, spare)
     ipset.destroy(spare)
+
+
+def _set_family(name: str) -> int:
+    """The address family of one of director's ipsets (SETS6: inet6)."""
+    return socket.AF_INET6 if name in SETS6 else socket.AF_INET
 
 
 def _ipset_entry(entry: Entry) -> tuple[object, str]:
@@ -692,8 +838,8 @@ def _fwmark_chain(marks: set[int]) -> str:
     return "\n".join(["*filter", f":{FWM_CHAIN} - [0:0]", *rules, "COMMIT", ""])
 
 
-def _restore(text: str) -> None:
-    done = _run(["iptables-restore", "-w", str(IPTABLES_WAIT), "--noflush"], text.encode())
+def _restore(text: str, tables: Tables = IPV4) -> None:
+    done = _run([tables.restore, "-w", str(IPTABLES_WAIT), "--noflush"], text.encode())
     if done.returncode:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
-        raise HookError(f"iptables-restore failed: {reason[-1] if reason else done.returncode}")
+        raise HookError(f"{tables.restore} failed: {reason[-1] if reason else done.returncode}")

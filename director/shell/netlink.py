@@ -14,6 +14,12 @@ announcements; for an address it does not know it asks the kernel to resolve it
 (NTF_USE, as a kernel user of the entry would) and holds the frame until the answer
 comes, so the first packet of a connection is not lost for want of an ARP entry.
 Frames still unresolved after ``RESOLVE_TIMEOUT`` are dropped and counted.
+
+Both families: an IPv6 real server's route is looked up the same way (its source the
+address the kernel would choose, its MTU the route's or the device's), and its
+neighbour comes from NDP as an IPv4 one's from ARP: the table holds both families'
+entries (keyed by the packed address, 4 or 16 bytes), and NTF_USE on an IPv6 entry
+makes the kernel send a neighbour solicitation (neigh_event_send, ndisc_solicit).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from director.core.fragment import fragment
 from director.core.route import Frame, Route
-from director.core.service import Dest, unpack_addr
+from director.core.service import Dest, pack_addr, unpack_addr
 from director.core.xmit.dr import ethernet_frame
 
 log = logging.getLogger(__name__)
@@ -39,11 +45,14 @@ RTMGRP_LINK = 0x1
 RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay probe noarp perm
 NTF_USE = 0x01
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 RESOLVE_TIMEOUT = 3.0
 PENDING_MAX = 64  # frames held per unresolved neighbour
 
@@ -67,7 +76,7 @@ class Routes:
         mtu = self._mtu(answer, ifindex)
         return Route(
             ifindex=ifindex,
-            source=socket.inet_aton(source),
+            source=pack_addr(source),
             mtu=mtu,
             onlink=answer.get_attr("RTA_GATEWAY") is None,
             local=answer["type"] == RTN_LOCAL,
@@ -87,8 +96,7 @@ class Routes:
 
     def annotate(self, dests: Iterable[Dest]) -> None:
         for dest in dests:
-            if len(dest.addr) == 4:
-                dest.route = self.lookup(unpack_addr(dest.addr))
+            dest.route = self.lookup(unpack_addr(dest.addr))
 
 
 @dataclass
@@ -102,7 +110,8 @@ class Neighbours:
         self.marshal = MarshalRtnl()
         self.packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.monitor.bind((0, RTMGRP_NEIGH | RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
+        self.monitor.bind((0, RTMGRP_NEIGH | RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+                           | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE))  # fmt: skip
         self.monitor.setblocking(False)
         self.macs: dict[tuple[int, bytes], bytes] = {}
         self.links: dict[int, tuple[str, bytes, int]] = {}  # index -> name, MAC, MTU
@@ -174,9 +183,12 @@ class Neighbours:
 
     def _neighbour(self, msg: object) -> None:
         dst = msg.get_attr("NDA_DST")  # type: ignore[attr-defined]
-        if not dst or ":" in dst:
+        if not dst:
             return
-        key = (int(msg["ifindex"]), socket.inet_aton(dst))  # type: ignore[index]
+        try:
+            key = (int(msg["ifindex"]), pack_addr(dst))  # type: ignore[index]
+        except ValueError:  # not an IP neighbour (a bridge's MAC entry)
+            return
         lladdr = msg.get_attr("NDA_LLADDR")  # type: ignore[attr-defined]
         usable = msg["state"] & NUD_USABLE  # type: ignore[index]
         if msg.get("event") == "RTM_DELNEIGH" or not lladdr or not usable:  # type: ignore[attr-defined]
@@ -201,7 +213,8 @@ class Neighbours:
         try:
             self.ipr.neigh(
                 "replace",
-                dst=socket.inet_ntoa(frame.nexthop),
+                dst=unpack_addr(frame.nexthop),
+                family=socket.AF_INET6 if len(frame.nexthop) == 16 else socket.AF_INET,
                 ifindex=frame.ifindex,
                 state=NUD_INCOMPLETE,
                 flags=NTF_USE,
@@ -218,12 +231,16 @@ class Neighbours:
         name, own, mtu = link
         # A packet larger than the link (a datagram reassembled before LOCAL_IN) goes
         # as fragments, as ip_output would send it; DF ones the core answered before.
-        pieces = [packet] if len(packet) <= mtu else fragment(packet, mtu)
+        # IPv6 packets are never fragmented on the way (the core answered those).
+        ipv6 = packet[0] >> 4 == 6
+        too_big = len(packet) > mtu
+        pieces = ([] if ipv6 else list(fragment(packet, mtu))) if too_big else [packet]
         if not pieces:
             self.errors["frame_too_big"] += 1
+        proto = ETH_P_IPV6 if ipv6 else ETH_P_IP
         for piece in pieces:
             try:
-                self.packet.sendto(ethernet_frame(mac, own, piece), (name, ETH_P_IP))
+                self.packet.sendto(ethernet_frame(mac, own, piece), (name, proto))
             except OSError:
                 self.errors["send_frame_error"] += 1
                 return

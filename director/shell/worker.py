@@ -2,13 +2,16 @@
 
 One packet: copy the payload, hand it to the core with the time, carry out the verdict.
 ACCEPT reinjects the packet (with its rewritten bytes if any); SEND drops the queued
-original and sends the rewritten packet from a raw socket, routed by its new
-destination, marked so the director's own OUTPUT rules leave it alone (in fragments
-when it is larger than the way out and may be fragmented); DIRECT drops the
+original and sends the rewritten packet from a raw socket of its family (IPv4 or
+IPv6, IPPROTO_RAW: the header included), routed by its new destination, marked so the
+director's own OUTPUT rules leave it alone (in fragments when it is an IPv4 packet
+larger than the way out that may be fragmented); DIRECT drops the
 original and hands the unchanged packet to the real server's MAC (VS/DR); DROP drops.
 An exception on one packet is counted and that packet dropped; the worker goes on.
 
 One worker per queue: requests (LOCAL_IN) on one, NAT replies (FORWARD) on the next.
+A queue carries both families: the ip6tables hooks send IPv6 packets to the same
+queues (NFQNL_CFG_CMD_PF_BIND is a no-op since Linux 3.8: a queue takes every family).
 NetfilterQueue binds the queue; the worker then speaks the queue's netlink protocol
 itself on the queue's socket (director/shell/nfqueue.py):
 
@@ -85,6 +88,7 @@ CONFIG_TIMEOUT = 2.0
 SO_SNDBUFFORCE = 32  # asm-generic/socket.h; the socket module does not name it
 
 IP_RECVERR = 11  # linux/in.h
+IPV6_RECVERR = 25  # linux/in6.h
 MSG_ERRQUEUE = 0x2000
 # struct sock_extended_err (linux/errqueue.h): errno, origin, type, code, pad, info, data
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
@@ -108,6 +112,10 @@ class Worker:
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         self.raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # to learn the MTU it refuses
+        # IPv6: IPPROTO_RAW implies the header included (inet6_create sets hdrincl).
+        self.raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw6.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        self.raw6.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
 
     def _setup(
         self,
@@ -229,6 +237,7 @@ class Worker:
             self.sock = None
         self.nfq.unbind()
         self.raw.close()
+        self.raw6.close()
 
     def counters(self) -> dict[str, int]:
         """What passed this worker, for the metrics."""
@@ -338,40 +347,58 @@ class Worker:
         return True
 
     def _send(self, data: bytearray) -> None:
-        """Send a rewritten packet; one larger than the way out (a datagram the kernel
-        reassembled before LOCAL_IN) goes as fragments, as the kernel's output path
-        would send it (a raw socket with the header included never fragments)."""
-        destination = (socket.inet_ntoa(data[16:20]), 0)
+        """Send a rewritten packet from the raw socket of its family.  An IPv4 one
+        larger than the way out (a datagram the kernel reassembled before LOCAL_IN) goes
+        as fragments, as the kernel's output path would send it (a raw socket with the
+        header included never fragments); an IPv6 one is counted (``send_90``: the core
+        answered what did not fit its route with its own "packet too big")."""
+        if data[0] >> 4 == 6:
+            sock = self.raw6
+            destination: tuple[str, int] = (socket.inet_ntop(socket.AF_INET6, data[24:40]), 0)
+        else:
+            sock = self.raw
+            destination = (socket.inet_ntoa(data[16:20]), 0)
         try:
-            self.raw.sendto(data, destination)
+            sock.sendto(data, destination)
             return
         except OSError as err:
             failed = err
-        pieces = fragment(data, self._reported_mtu()) if failed.errno == errno.EMSGSIZE else []
+        too_big = failed.errno == errno.EMSGSIZE and sock is self.raw
+        pieces = fragment(data, reported_mtu(sock)) if too_big else []
         if not pieces:
+            if failed.errno == errno.EMSGSIZE and sock is self.raw6:
+                reported_mtu(sock)  # empty the error queue
             self.errors[f"send_{failed.errno}"] += 1
             return
         for piece in pieces:
             try:
-                self.raw.sendto(piece, destination)
+                sock.sendto(piece, destination)
             except OSError as err:
                 self.errors[f"send_{err.errno}"] += 1
                 return
 
-    def _reported_mtu(self) -> int:
-        """The MTU the kernel refused a packet for (raw_send_hdrinc queues it on the
-        socket's error queue with IP_RECVERR: ee_info of a sock_extended_err), or 0."""
-        mtu = 0
-        while True:
-            try:
-                _, ancillary, _, _ = self.raw.recvmsg(0, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-            except OSError:  # the queue is empty
-                return mtu
-            for level, kind, data in ancillary:
-                if level == socket.IPPROTO_IP and kind == IP_RECVERR and len(data) >= 16:
-                    ee_errno, _, _, _, _, ee_info, _ = _EXTENDED_ERR.unpack_from(data)
-                    if ee_errno == errno.EMSGSIZE:
-                        mtu = ee_info
+
+# The error queue's message of each family: (cmsg level, cmsg type).
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, IP_RECVERR),
+            socket.AF_INET6: (socket.IPPROTO_IPV6, IPV6_RECVERR)}  # fmt: skip
+
+
+def reported_mtu(sock: socket.socket) -> int:
+    """The MTU the kernel refused a packet of ``sock`` for, or 0: raw_send_hdrinc
+    (IPv4, IP_RECVERR) and rawv6_send_hdrinc (IPv6, IPV6_RECVERR, by ipv6_local_error)
+    queue it on the socket's error queue, ee_info of a sock_extended_err."""
+    mtu = 0
+    wanted = _RECVERR[sock.family]
+    while True:
+        try:
+            _, ancillary, _, _ = sock.recvmsg(0, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except OSError:  # the queue is empty
+            return mtu
+        for level, kind, data in ancillary:
+            if (level, kind) == wanted and len(data) >= 16:
+                ee_errno, _, _, _, _, ee_info, _ = _EXTENDED_ERR.unpack_from(data)
+                if ee_errno == errno.EMSGSIZE:
+                    mtu = ee_info
 
 
 def queue_sample(worker: Worker, kernel: dict[int, KernelQueue]) -> dict[str, int]:

@@ -21,10 +21,12 @@ from director.shell.netfilter import (
     FAST_SET,
     FAST_SETS,
     FAST_TAG,
+    RS6_SET,
     RS_ADDR_SET,
     RS_ANY_SET,
     RS_SET,
     SETS,
+    SETS6,
     SHARD_IN,
     SHARD_NEW,
     VIP_SET,
@@ -217,7 +219,8 @@ def test_selection_fast() -> None:
     config = load_rules(RULES)
     wanted, marks = selection(config, fast=True)
     off, off_marks = selection(config)
-    assert set(wanted) == set(SETS) | set(FAST_SETS) and set(off) == set(SETS)
+    assert set(wanted) == set(SETS) | set(SETS6) | set(FAST_SETS)
+    assert set(off) == set(SETS) | set(SETS6)
     assert marks == off_marks == {7}
     assert wanted[FAST_SET] == {
         ("203.0.113.5", 6, 80),
@@ -232,8 +235,8 @@ def test_selection_fast() -> None:
     assert wanted[RS_SET] == {
         ("198.18.0.2", 6, 80),  # the fwmark service's, not the TCP service's
         ("198.18.0.2", 17, 80),
-        ("2001:db8::2", 6, 80),
     }
+    assert wanted[RS6_SET] == off[RS6_SET] == {("2001:db8::2", 6, 80)}  # the inet6 twin
     assert off[RS_SET] == wanted[RS_SET] | {
         ("198.18.0.3", 6, 8080),
         ("198.18.0.2", 17, 5353),
@@ -345,5 +348,5 @@ def test_a_real_server_without_a_port_takes_the_services() -> None:
 
 
 def test_hooks_sets_by_mode() -> None:
-    assert Hooks(queue=QUEUE, mark=MARK).sets == SETS
-    assert Hooks(queue=QUEUE, mark=MARK, fast=True).sets == SETS | FAST_SETS
+    assert Hooks(queue=QUEUE, mark=MARK).sets == SETS | SETS6
+    assert Hooks(queue=QUEUE, mark=MARK, fast=True).sets == SETS | SETS6 | FAST_SETS

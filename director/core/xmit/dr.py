@@ -48,6 +48,12 @@ class DirectRoute(Xmit):
         return None
 
 
+# The EtherType of an IP packet by its version (linux/if_ether.h ETH_P_IP, ETH_P_IPV6).
+ETHERTYPES = {4: 0x0800, 6: 0x86DD}
+
+
 def ethernet_frame(dst_mac: bytes, src_mac: bytes, packet: bytes | bytearray) -> bytes:
-    """The Ethernet II frame that carries ``packet`` (EtherType IPv4)."""
-    return dst_mac + src_mac + b"\x08\x00" + bytes(packet)
+    """The Ethernet II frame that carries ``packet`` (EtherType IPv4 or IPv6, by the
+    packet's version, as dev_hard_header is given skb->protocol)."""
+    kind = ETHERTYPES.get(packet[0] >> 4, 0x0800)
+    return dst_mac + src_mac + kind.to_bytes(2, "big") + bytes(packet)
