@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import re
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING
 from pyroute2.ipset import IPSet, PortEntry
 
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, PROTO_NUMBERS, pack_addr, service_key
-from director.core.shard import Shards, dotted
+from director.core.shard import Shards, dotted, hex6
 from director.model.config import Config, ServiceConf, Timeouts
 from director.shell import cttimeout
 
@@ -258,7 +257,7 @@ def shard_rules6(patterns: Iterable[Pattern6], queue: int, bypass: bool = False)
     for addr, mask, worker in patterns:
         if not mask:
             break
-        where = f"{ipaddress.IPv6Address(addr)}/{ipaddress.IPv6Address(mask)}"
+        where = f"{hex6(addr)}/{hex6(mask)}"
         rules.append(f"-A {SHARD_IN} -s {where} {to(worker)}")
         rules.append(f"-A {SHARD_FWD} -d {where} {to(worker, reply=True)}")
         tunnelled = f"{_QUOTED6_NEXT}>>24={IPPROTO_IPV6}"
@@ -400,9 +399,8 @@ def _iptables(*args: str, tables: Tables = IPV4) -> bool:
 
 def shard_patterns6(shards: Shards) -> list[Pattern6]:
     """The IPv6 clients' shard patterns (address, mask, worker) for the ip6tables
-    rules: none yet, so every IPv6 client goes to worker 0, as Shards.owner sends it."""
-    del shards
-    return []
+    rules: Shards.patterns6, the bits Shards.owner reads off an IPv6 client."""
+    return list(shards.patterns6())
 
 
 @dataclass

@@ -106,7 +106,7 @@ hooks = Hooks(queue=int(sys.argv[1]), mark=0x1D1)
 hooks.install()
 hooks.install()
 hooks.sync(load_rules(rules))
-hooks.reshard(Shards(2, (0,)))
+hooks.reshard(Shards(2, (0,), (0,)))
 print(save())
 print("----")
 hooks.remove()
@@ -129,6 +129,11 @@ def test_hooks_of_both_families_installed_once_and_removed_whole(
     assert "-m set --match-set director-vip6 dst -j DIRECTOR_SHARD_IN" in v6
     assert "director-vip6" not in v4
     assert f"-A DIRECTOR_SHARD_IN -j NFQUEUE --queue-num {QUEUE}" in v6
+    # Two workers by the IPv6 clients' last bit: requests by source, replies by
+    # destination, ICMPv6 errors by the quoted packet (u32 compiled by the kernel).
+    assert f"-A DIRECTOR_SHARD_IN -s ::1/::1 -j NFQUEUE --queue-num {QUEUE + 2}" in v6
+    assert f"-A DIRECTOR_SHARD_FWD -d ::1/::1 -j NFQUEUE --queue-num {QUEUE + 3}" in v6
+    assert f'--u32 "0x54&0x1=0x1" -j NFQUEUE --queue-num {QUEUE + 2}' in v6
     assert f"-A DIRECTOR_SHARD_FWD -j NFQUEUE --queue-num {QUEUE + 1}" in v6
     # The inet6 sets hold the IPv6 VIP and NAT real servers (not the DR one), the
     # IPv4 ones the IPv4 ones only.
@@ -141,6 +146,63 @@ def test_hooks_of_both_families_installed_once_and_removed_whole(
     assert members["director-rs"] == {"198.18.0.2,tcp:80"}
     assert "family inet6" in sets
     assert "DIRECTOR" not in gone and "director-" not in gone
+
+
+# In the director's namespace: the hooks for two workers, --queue-bypass (no worker
+# binds the queues: packets go on once counted); prints the shard rules' counters
+# after the clients sent (argv: queue; it waits for a line on stdin meanwhile).
+SHARDS = r"""
+import subprocess, sys
+from director.core.shard import Shards
+from director.ctl.ipvsadm import load_rules
+from director.shell.netfilter import Hooks
+hooks = Hooks(queue=int(sys.argv[1]), mark=0x1D1, bypass=True, shards=Shards(2, (0,), (0,)))
+hooks.install()
+hooks.sync(load_rules("-A -u [2001:db8:1::100]:53 -s rr\n"))
+print("ready", flush=True)
+sys.stdin.readline()
+print(subprocess.run(["ip6tables-save", "-c", "-t", "filter"], capture_output=True,
+                     text=True).stdout)
+hooks.remove()
+"""
+
+SEND = r"""
+import socket, sys, time
+for client in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind((client, 0))
+    for _ in range(3):  # the first ones wait for the neighbour (3 are held: unres_qlen)
+        s.sendto(b"x", ("2001:db8:1::100", 53))
+time.sleep(0.5)  # on the wire and counted
+"""
+
+
+def test_ipv6_clients_go_to_their_workers_queues(pair: tuple[Netns, Netns]) -> None:
+    """Client ...::10 (last bit 0) to worker 0's queue, ...::11 (1) to worker 1's: the
+    IPv6 shard rules counted them so (ip6tables-save -c)."""
+    d, r = pair
+    r.ip("addr", "add", "2001:db8:1::11/64", "dev", "eth0", "nodad")
+    hooks = subprocess.Popen(
+        ["ip", "netns", "exec", d.name, sys.executable, "-c", SHARDS, str(QUEUE)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert hooks.stdout is not None
+        assert hooks.stdout.readline().strip() == "ready"
+        r.python(SEND, CLIENT, "2001:db8:1::11")
+        out, err = hooks.communicate("go\n", timeout=30)
+    finally:
+        if hooks.poll() is None:
+            hooks.kill()
+            hooks.wait()
+    counted = {}
+    for line in out.splitlines():
+        if line.startswith("[") and "-A DIRECTOR_SHARD_IN" in line:
+            packets = int(line[1:].split(":")[0])
+            counted[line.split("] ", 1)[1]] = packets
+    even = f"-A DIRECTOR_SHARD_IN -s ::/::1 -j NFQUEUE --queue-num {QUEUE} --queue-bypass"
+    odd = f"-A DIRECTOR_SHARD_IN -s ::1/::1 -j NFQUEUE --queue-num {QUEUE + 2} --queue-bypass"
+    assert counted.get(even) == 3 and counted.get(odd) == 3, (out, err)
 
 
 def _members(listing: str) -> dict[str, set[str]]:
