@@ -57,3 +57,40 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     if s == 0 and value:
         s = 0xFFFF
     return ~s & 0xFFFF
+
+
+_M128 = (1 << 128) - 1
+
+
+def _words(value: int) -> int:
+    """The one's complement sum of the 16-bit words of ``value``, folded (0 only for 0),
+    computed modulo 0xFFFF as ``internet_checksum`` is."""
+    s = value % 0xFFFF
+    return 0xFFFF if s == 0 and value else s
+
+
+def adjust128(csum: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3 for a 128-bit field (an IPv6 address: eight 16-bit words), as
+    ip_vs_check_diff16 feeds csum_fold (net/netfilter/ipvs/ip_vs_proto_tcp.c,
+    tcp_fast_csum_update for AF_INET6)."""
+    s = (~csum & 0xFFFF) + _words(~old & _M128) + _words(new)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def replace128_partial(seed: int, old: int, new: int) -> int:
+    """``replace32_partial`` for an IPv6 address under a partial checksum's seed
+    (tcp_partial_csum_update / udp_partial_csum_update for AF_INET6)."""
+    s = seed + _words(~old & _M128) + _words(new)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def ipv6_pseudo_sum(buf: bytes | bytearray, proto: int, start: int, end: int) -> int:
+    """The checksum of an IPv6 upper-layer packet over its pseudo-header (RFC 8200
+    8.1: source, destination, upper-layer length, next header; csum_ipv6_magic) and
+    ``buf[start:end]``, the packet's addresses read from its IPv6 header at 8..40."""
+    pseudo = bytes(buf[8:40]) + (end - start).to_bytes(4, "big") + bytes((0, 0, 0, proto))
+    return internet_checksum(pseudo + bytes(buf[start:end]))

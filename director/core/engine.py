@@ -20,10 +20,9 @@ from enum import Enum
 from director.core import persist, proto_tcp
 from director.core.conn import Conn, ConnProtocol, ConnTable, Template
 from director.core.defense import Defense
-from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, unreachable
+from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, port_unreachable6, unreachable
 from director.core.packet import (
     ICMP_DEST_UNREACH,
-    IPPROTO_ICMP,
     SKB_CSUMNOTREADY,
     TH_ACK,
     TH_RST,
@@ -58,6 +57,7 @@ from director.core.xmit import (
     VERDICT_NAMES,
     Verdict,
     bind_xmit,
+    named,
 )
 from director.core.xmit.tun import TUNNEL_HLEN
 from director.model.config import Config, ConfigError
@@ -140,12 +140,23 @@ class Director:
 
     @staticmethod
     def check(config: Config) -> None:
-        """Refuse what the data plane cannot carry yet, before anything is changed:
-        the packet path is IPv4 only."""
+        """Refuse what the data plane cannot carry yet, before anything is changed: an
+        IPv6 service or real server whose forwarding method does not carry IPv6
+        (``Xmit.families``).  Mixed families are the model's question (IPVS allows
+        them for tunnels only)."""
         for svc in config.services:
-            for addr in (svc.addr, *(d.addr for d in svc.dests)):
-                if ":" in addr:
-                    raise ConfigError(f"{addr}: IPv6 is not supported by director yet")
+            svc_v6 = ":" in svc.addr if svc.addr else None  # a fwmark service: either
+            for dest in svc.dests:
+                xmit = named(dest.method)
+                if xmit is None:
+                    continue  # not a family question (bind_xmit refuses it)
+                dest_v6 = ":" in dest.addr
+                if (svc_v6 or dest_v6) and 6 not in xmit.families:
+                    addr = svc.addr if svc_v6 else dest.addr
+                    raise ConfigError(
+                        f"{addr}: IPv6 with forwarding method {dest.method} is not "
+                        "supported by director yet"
+                    )
 
     def configure(self, config: Config) -> None:
         """Make the live tables follow a validated configuration."""
@@ -350,7 +361,7 @@ class Director:
         try:
             pkt = parse(buf, mark)
         except PacketError as err:
-            if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
+            if err.icmp:
                 return self._icmp_in(buf, mark, now)
             return self._refuse(err.reason)
         created = False
@@ -462,7 +473,7 @@ class Director:
         try:
             pkt = parse(buf, 0, skb_info)
         except PacketError as err:
-            if err.reason == "unhandled_protocol" and buf[9] == IPPROTO_ICMP:
+            if err.icmp:
                 return self._icmp_out(buf)
             return self._refuse(err.reason)
         if found is _LOOKUP:
@@ -576,6 +587,8 @@ class Director:
             dest = svc.scheduler.schedule(svc, pkt, now)
         if dest is None:
             self.drops["no_dest"] += 1
+            if len(pkt.daddr) == 16:
+                return (SEND, port_unreachable6(pkt.buf))
             return (SEND, port_unreachable(pkt.buf))
         try:
             xmit = bind_xmit(dest)

@@ -1,4 +1,5 @@
-"""ICMP errors the director sends itself (``icmp_send`` as IPVS uses it).
+"""ICMP and ICMPv6 errors the director sends itself (``icmp_send`` and ``icmpv6_send`` as
+IPVS uses them).
 
 Crafted with dpkt, the project's packet model: these are not the per-packet fast path,
 only answers to a connection that cannot be scheduled (ip_vs_leave: port unreachable)
@@ -42,3 +43,47 @@ def port_unreachable(original: bytes | bytearray) -> bytearray:
 
 def frag_needed(original: bytes | bytearray, mtu: int) -> bytearray:
     return unreachable(original, ICMP_FRAG_NEEDED, mtu)
+
+
+ICMPV6_DEST_UNREACH = 1
+ICMPV6_PKT_TOOBIG = 2
+ICMPV6_TIME_EXCEED = 3
+ICMPV6_PORT_UNREACH = 4  # a code of ICMPV6_DEST_UNREACH
+ICMPV6_EXC_HOPLIMIT = 0  # a code of ICMPV6_TIME_EXCEED
+IPV6_MIN_MTU = 1280
+_ICMPV6_HOP_LIMIT = 64  # net.ipv6.conf.*.hop_limit's default, the route's hop limit
+
+
+def icmp6_error(original: bytes | bytearray, type_: int, code: int, info: int = 0) -> bytearray:
+    """icmp6_send (net/ipv6/icmp.c): an ICMPv6 error about the IPv6 packet
+    ``original`` from the address it was sent to (an address of the director: the
+    VIP) back to its source, quoting as much of it as keeps the whole error within
+    IPV6_MIN_MTU (RFC 4443 2.4 (c)); ``info`` is the 32-bit field after the checksum
+    (the MTU of a packet too big).  The checksum covers the pseudo-header."""
+    quoted = bytes(original[: IPV6_MIN_MTU - 40 - 8])
+    icmp = dpkt.icmp6.ICMP6(type=type_, code=code, data=info.to_bytes(4, "big") + quoted)
+    ip = dpkt.ip6.IP6(
+        src=bytes(original[24:40]),
+        dst=bytes(original[8:24]),
+        nxt=dpkt.ip.IP_PROTO_ICMP6,
+        hlim=_ICMPV6_HOP_LIMIT,
+        plen=len(icmp),
+        data=icmp,
+    )
+    return bytearray(bytes(ip))
+
+
+def port_unreachable6(original: bytes | bytearray) -> bytearray:
+    """ip_vs_leave for an IPv6 service: ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH."""
+    return icmp6_error(original, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH)
+
+
+def packet_too_big(original: bytes | bytearray, mtu: int) -> bytearray:
+    """ensure_mtu_is_adequate for IPv6: ICMPV6_PKT_TOOBIG carrying the MTU that fits,
+    never below IPV6_MIN_MTU (no IPv6 link is smaller: RFC 8200 5)."""
+    return icmp6_error(original, ICMPV6_PKT_TOOBIG, 0, max(mtu, IPV6_MIN_MTU))
+
+
+def hop_limit_exceeded(original: bytes | bytearray) -> bytearray:
+    """decrement_ttl for IPv6: ICMPV6_TIME_EXCEED, ICMPV6_EXC_HOPLIMIT."""
+    return icmp6_error(original, ICMPV6_TIME_EXCEED, ICMPV6_EXC_HOPLIMIT)

@@ -93,13 +93,17 @@ def test_refused_change_commits_nothing(make_target: MakeTarget) -> None:
 
 
 def test_a_configuration_the_data_plane_refuses_changes_nothing(make_target: MakeTarget) -> None:
-    """The packet path is IPv4 only: an IPv6 service is refused whole, with one line."""
-    target = make_target(SEED)
+    """A forwarding method that does not carry IPv6 yet (Director.check: DR until its
+    IPv6 transmitter lands; pick another method it refuses then) is refused whole,
+    with one line."""
+    target = make_target(SEED + "-A -t [2001:db8:1::100]:80 -s rr\n")
     before = (target.config, target.settings.rules.read_text())
-    command, args = encode_op(parse_line("-A -t [2001:db8:1::100]:443 -s rr"))
+    command, args = encode_op(parse_line("-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:80 -g"))
     response = dispatch(target, msg(command, args))
     assert response["ok"] is False and response["fault"] == "caller"
-    assert response["error"] == "2001:db8:1::100: IPv6 is not supported by director yet"
+    assert response["error"] == (
+        "2001:db8:1::100: IPv6 with forwarding method droute is not supported by director yet"
+    )
     assert (target.config, target.settings.rules.read_text()) == before
 
 

@@ -13,7 +13,6 @@ from director.lab.daemon import Daemon
 
 BAD_COMMANDS = [
     ("add-service", "-t", "203.0.113.5:99999"),
-    ("add-service", "-t", "[2001:db8:1::100]:80"),  # IPv6: not carried yet
     ("add-service", "-t", "not-an-address:80"),
     ("add-service", "-t", "203.0.113.6:80", "-s", "no-such-scheduler"),
     ("add-service", "-t", "203.0.113.5:80"),  # exists already

@@ -41,6 +41,9 @@ class Xmit:
 
     name: ClassVar[str]
     nooutput: ClassVar[bool] = True  # replies do not come back through the director
+    # The IP versions it carries: Director.check refuses a service or real server of
+    # another.
+    families: ClassVar[frozenset[int]] = frozenset((4,))
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         raise NotImplementedError
@@ -90,6 +93,13 @@ def register(cls: type[Xmit]) -> type[Xmit]:
         raise ValueError(f"forwarding method {cls.name} registered twice")
     XMITS[cls.name] = cls()
     return cls
+
+
+def named(method: str) -> Xmit | None:
+    """The forwarding method registered under ``method``, if any."""
+    if not _loaded:
+        _load_all()
+    return XMITS.get(method)
 
 
 def bind_xmit(dest: Dest) -> Xmit:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 @register
 class LocalNode(Xmit):
     name = "local"
+    families = frozenset((4, 6))
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         return (ACCEPT, None)

@@ -16,6 +16,17 @@ packet does not keep it: a verdict with a payload makes the packet CHECKSUM_NONE
 (nfqnl_mangle in net/netfilter/nfnetlink_queue.c), so nothing would complete it
 downstream, and its checksum is completed here as skb_checksum_help would: the sum of
 the transport header and data from the seed on, complemented, a zero sent as 0xFFFF.
+
+IPv6 (ip_vs_nat_xmit_v6): no IP header checksum; the transport checksum follows the
+16-byte address over the IPv6 pseudo-header (tcp_fast_csum_update / the partial seed
+for AF_INET6), at the transport header the extension header chain ends at
+(``Packet.l4``).  A UDP datagram without checksum gets a whole one, as
+udp_dnat_handler / udp_snat_handler compute it for any family (a zero checksum is not
+allowed over IPv6 anyway, RFC 8200 8.1).  The hop limit is decremented before the
+packet is sent on, as __ip_vs_get_out_rt_v6's decrement_ttl does (a hop limit of 1
+gets ICMPv6 time exceeded instead), and a packet larger than the way to the real
+server gets ICMPv6 packet too big (__mtu_check_toobig_v6: IPv6 routers never
+fragment; a GSO super-packet is cut into segments that fit).
 """
 
 from __future__ import annotations
@@ -23,9 +34,18 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from director.core.checksum import adjust16, adjust32, internet_checksum, replace32_partial
-from director.core.packet import IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO
-from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
+from director.core.checksum import (
+    adjust16,
+    adjust32,
+    adjust128,
+    internet_checksum,
+    ipv6_pseudo_sum,
+    replace32_partial,
+    replace128_partial,
+)
+from director.core.icmp import hop_limit_exceeded, packet_too_big
+from director.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO
+from director.core.xmit import ACCEPT, DROP, SEND, Verdict, Xmit, register
 from director.core.xmit.mtu import IP_DF, too_big
 
 if TYPE_CHECKING:
@@ -126,6 +146,56 @@ def rewrite_fused(
     _U16.pack_into(buf, csum_at, csum if csum or protocol != IPPROTO_UDP else 0xFFFF)
 
 
+# The IPv6 header's source and destination addresses, and its hop limit.
+IP6_SADDR = 8
+IP6_DADDR = 24
+_IP6_HLIM = 7
+
+
+def rewrite6(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port: int) -> None:
+    """``rewrite`` for IPv6: ``addr_at`` is IP6_SADDR or IP6_DADDR, ``port_at`` 0 or 2 in
+    the transport header at ``pkt.l4``."""
+    buf = pkt.buf
+    l4 = pkt.l4
+    old = int.from_bytes(buf[addr_at : addr_at + 16], "big")
+    new = int.from_bytes(new_addr, "big")
+    old_port = _U16.unpack_from(buf, l4 + port_at)[0]
+    buf[addr_at : addr_at + 16] = new_addr
+    _U16.pack_into(buf, l4 + port_at, new_port)
+    udp = pkt.protocol == IPPROTO_UDP
+    csum_at = l4 + (_UDP_CSUM if udp else _TCP_CSUM)
+    csum = _U16.unpack_from(buf, csum_at)[0]
+    if pkt.skb_info & SKB_CSUMNOTREADY:
+        _U16.pack_into(buf, csum_at, replace128_partial(csum, old, new))
+        if not pkt.skb_info & SKB_GSO:
+            full = internet_checksum(memoryview(buf)[l4 : pkt.length])
+            _U16.pack_into(buf, csum_at, full or 0xFFFF)
+        return
+    if udp and not csum:
+        csum = ipv6_pseudo_sum(buf, IPPROTO_UDP, l4, pkt.length)  # the field is 0 now
+    else:
+        csum = adjust16(adjust128(csum, old, new), old_port, new_port)
+    _U16.pack_into(buf, csum_at, (csum or 0xFFFF) if udp else csum)
+
+
+def _hop(buf: bytearray) -> bool:
+    """decrement_ttl for IPv6: the hop limit less one, or False if it was 1 or 0."""
+    hlim = buf[_IP6_HLIM]
+    if hlim <= 1:
+        return False
+    buf[_IP6_HLIM] = hlim - 1
+    return True
+
+
+def _icmp6_checksum(err: IcmpError) -> None:
+    """ICMPv6's checksum covers the pseudo-header and the whole message: recomputed,
+    as ip_vs_nat_icmp_v6 has it completed (CHECKSUM_PARTIAL over csum_ipv6_magic)."""
+    buf = err.pkt.buf
+    at = err.pkt.l4
+    buf[at + 2 : at + 4] = b"\x00\x00"
+    _U16.pack_into(buf, at + 2, ipv6_pseudo_sum(buf, IPPROTO_ICMPV6, at, err.pkt.length))
+
+
 def _set_addr(buf: bytearray, at: int, new: bytes, header: int) -> None:
     """Put ``new`` at ``at`` and adjust the checksum of the IP header at ``header``."""
     old = _U32.unpack_from(buf, at)[0]
@@ -146,8 +216,11 @@ def _icmp_checksum(err: IcmpError) -> None:
 class Masquerade(Xmit):
     name = "masq"
     nooutput = False
+    families = frozenset((4, 6))
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
+        if len(pkt.daddr) == 16:
+            return self._xmit_in6(conn, pkt)
         route = conn.dest.route
         if route is not None:
             refused = too_big(pkt, conn.dest.path_mtu(route))
@@ -156,7 +229,23 @@ class Masquerade(Xmit):
         rewrite(pkt, 16, 2, conn.daddr, conn.dport)
         return (SEND, pkt.buf)
 
+    def _xmit_in6(self, conn: Conn, pkt: Packet) -> Verdict:
+        """ip_vs_nat_xmit_v6: hop limit, path MTU, then the destination rewritten."""
+        buf = pkt.buf
+        if not _hop(buf):
+            return (SEND, hop_limit_exceeded(buf))
+        route = conn.dest.route
+        if route is not None:
+            mtu = conn.dest.path_mtu(route)
+            if pkt.length > mtu and not pkt.skb_info & SKB_GSO:
+                return (SEND, packet_too_big(buf, mtu))
+        rewrite6(pkt, IP6_DADDR, 2, conn.daddr, conn.dport)
+        return (SEND, buf)
+
     def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
+        if len(pkt.saddr) == 16:
+            rewrite6(pkt, IP6_SADDR, 0, conn.vaddr, conn.vport)
+            return (ACCEPT, pkt.buf)
         rewrite(pkt, 12, 0, conn.vaddr, conn.vport)
         return (ACCEPT, pkt.buf)
 
@@ -180,8 +269,17 @@ class Masquerade(Xmit):
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
         """ip_vs_nat_icmp, inward: the error about VIP:vport -> client is made about
         RIP:rport -> client and sent to the real server.  The quoted transport
-        checksum is left alone, as the kernel leaves it."""
+        checksum is left alone, as the kernel leaves it.  IPv6: ip_vs_nat_icmp_v6, the
+        error's hop limit decremented first (ip_vs_icmp_xmit_v6's route lookup)."""
         buf = err.pkt.buf
+        if len(err.pkt.daddr) == 16:
+            if not _hop(buf):
+                return (DROP, "hop_limit")  # icmpv6_send answers no error with one
+            buf[IP6_DADDR : IP6_DADDR + 16] = conn.daddr
+            buf[err.inner + IP6_SADDR : err.inner + IP6_SADDR + 16] = conn.daddr
+            _U16.pack_into(buf, err.inner_l4, conn.dport)
+            _icmp6_checksum(err)
+            return (SEND, buf)
         _set_addr(buf, 16, conn.daddr, 0)
         _set_addr(buf, err.inner + 12, conn.daddr, err.inner)
         _U16.pack_into(buf, err.inner_l4, conn.dport)
@@ -192,6 +290,12 @@ class Masquerade(Xmit):
         """ip_vs_nat_icmp, outward: the real server's error about client -> RIP:rport
         comes from the VIP, about client -> VIP:vport."""
         buf = err.pkt.buf
+        if len(err.pkt.saddr) == 16:
+            buf[IP6_SADDR : IP6_SADDR + 16] = conn.vaddr
+            buf[err.inner + IP6_DADDR : err.inner + IP6_DADDR + 16] = conn.vaddr
+            _U16.pack_into(buf, err.inner_l4 + 2, conn.vport)
+            _icmp6_checksum(err)
+            return (ACCEPT, buf)
         _set_addr(buf, 12, conn.vaddr, 0)
         _set_addr(buf, err.inner + 16, conn.vaddr, err.inner)
         _U16.pack_into(buf, err.inner_l4 + 2, conn.vport)
