@@ -35,7 +35,7 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -53,7 +53,7 @@ from director.health.manager import HealthManager
 from director.model.config import Config, ConfigError
 from director.model.sync import STATES as SYNC_STATES
 from director.model.sync import DaemonConf, parse_daemon
-from director.shell import board, fastpath
+from director.shell import board, fastpath, status
 from director.shell.board import Board, CountPacer, SlotKey, Slots
 from director.shell.control import ControlServer
 from director.shell.metrics import MetricsServer, add_reports, take_sample
@@ -438,7 +438,11 @@ class Daemon:
         # Exceptions the loop caught and went on after, by where they happened.
         self.loop_errors: Counter[str] = Counter()
         self._hooks_stale = False  # a health hand-off could not sync them: retry
-        self.metrics = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
+        self.metrics = (
+            MetricsServer(settings.metrics_listen, status.PAGES)
+            if settings.metrics_listen
+            else None
+        )
         # Health checks (director.health): the core runs health.effective(intent).
         self.health = HealthManager()
         # The connection sync daemons (director.shell.sync): worker 0 receives, every
@@ -949,6 +953,9 @@ class Daemon:
             self.board.sync()
         fast = None if self.follower is None else self.follower.report()
         sample = take_sample(self.director, workers[0].errors, self.loop_errors, queues, fast)
+        sample = replace(
+            sample, status=status.rows(self.director, self._config, self.health, self.sync)
+        )
         peer_sync: Counter[str] = Counter()
         for report in reports:
             peer_sync.update(report.get("sync", {}))

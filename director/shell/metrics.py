@@ -15,7 +15,9 @@ The counters are the raw ones, which never go back: ``dirctl zero`` changes what
 Threads: the daemon's loop, which alone touches the core, builds an immutable
 ``Sample`` once per tick and publishes it (one reference assignment); the HTTP server
 runs in a thread of its own and only ever reads the sample it finds.  A scrape never
-walks the connection table and never races the packet path.
+walks the connection table and never races the packet path.  The same listener serves
+the read-only status page (``/``, ``/status.json``: director.shell.status) of the same
+sample.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -96,6 +98,10 @@ class Sample:
     # The fast path's follower of conntrack (Follower.report), summed over the workers;
     # empty in every-packet mode.
     fast_path: tuple[tuple[str, int], ...] = ()
+    # What the status page adds (director.shell.status.rows): the services in
+    # ``list --json``'s shape with health and configured weights, the sync daemons;
+    # built afresh each tick and never changed after, like the rest of the sample.
+    status: Mapping[str, Any] = field(default_factory=dict)
 
 
 def service_labels(svc: Service) -> tuple[str, str, str, str]:
@@ -472,23 +478,37 @@ class _Server6(WSGIServer):
     address_family = socket.AF_INET6
 
 
-def _only_metrics(app: Any) -> Any:
-    """Serve /metrics and nothing else."""
+# A page of the sample other than /metrics (director.shell.status): headers and body.
+Page = Callable[[Sample], tuple[list[tuple[str, str]], bytes]]
 
-    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") != "/metrics":
+
+def _routes(app: Any, pages: Mapping[str, Page], sample: Callable[[], Sample]) -> Any:
+    """Serve /metrics and the read-only ``pages`` (GET and HEAD), nothing else."""
+
+    def routed(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
+            return app(environ, start_response)
+        page = pages.get(path or "")
+        if page is None:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"director: metrics are at /metrics\n"]
-        return app(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b"director: read-only\n"]
+        headers, body = page(sample())
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
 
-    return guarded
+    return routed
 
 
 class MetricsServer:
     """The collector in a registry of its own, served over HTTP by one thread."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, pages: Mapping[str, Page] | None = None) -> None:
         self.host, self.port = parse_listen(listen)
+        self.pages = dict(pages or {})
         self.collector = DirectorCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
@@ -500,7 +520,7 @@ class MetricsServer:
         self._server = make_server(
             self.host,
             self.port,
-            _only_metrics(make_wsgi_app(self.registry)),
+            _routes(make_wsgi_app(self.registry), self.pages, lambda: self.collector.sample),
             server_class=server_class,
             handler_class=_QuietHandler,
         )
