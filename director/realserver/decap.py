@@ -1,4 +1,4 @@
-"""The userspace IPIP decapsulator: a raw IPIP socket in, a TUN device out.
+"""The userspace IPIP decapsulator: raw tunnel sockets in, a TUN device out.
 
 ``dirctl realserver up --method tun`` starts it in the background where the kernel
 has no ``ipip`` module::
@@ -11,6 +11,13 @@ protocol-unreachable once a raw socket took the packet), strips the outer header
 (``director.realserver.ipip``) and writes the inner packet into the TUN device
 (``IFF_TUN | IFF_NO_PI``), which carries the VIPs: the stack receives client->VIP
 packets as if they had arrived there, and answers the client directly.
+
+The IPv6 tunnels the same way, one raw socket each (``TUNNELS``): IPv6-in-IPv4
+(protocol 41), and over IPv6 (the kernel has no ip6_tunnel here) IPv6-in-IPv6 and
+IPv4-in-IPv6 (next header 41 and 4), whose sockets give the payload without the outer
+header and its traffic class beside it (IPV6_RECVTCLASS).  The TUN device takes both
+families without a packet-information header (tun_get_user reads the version
+nibble).  A host without IPv6 decapsulates what IPv4 carries.
 
 It prints ``ready`` on stdout once both ends are open, then logs only to stderr.
 SIGTERM or SIGINT stop it (the handler only wakes the loop, ExaBGP-style); on the
@@ -32,6 +39,15 @@ import sys
 
 from director.realserver import ipip
 
+# The raw sockets read, (family, protocol): what each carries inside.
+TUNNELS: tuple[tuple[int, int], ...] = (
+    (socket.AF_INET, ipip.IPPROTO_IPIP),  # IPv4 in IPv4
+    (socket.AF_INET, ipip.IPPROTO_IPV6),  # IPv6 in IPv4
+    (socket.AF_INET6, ipip.IPPROTO_IPV6),  # IPv6 in IPv6
+    (socket.AF_INET6, ipip.IPPROTO_IPIP),  # IPv4 in IPv6
+)
+IPV6_RECVTCLASS = 66  # linux/in6.h
+IPV6_TCLASS = 67
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
@@ -72,9 +88,7 @@ def run(tun: str, vips: frozenset[bytes]) -> collections.Counter[str]:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, ipip.IPPROTO_IPIP)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-    raw.setblocking(False)
+    raws = open_tunnels()
     tun_fd = open_tun(tun)
     os.set_blocking(tun_fd, False)
     print("ready", flush=True)
@@ -86,20 +100,64 @@ def run(tun: str, vips: frozenset[bytes]) -> collections.Counter[str]:
     view = memoryview(buf)
     try:
         while not stop:
-            ready, _, _ = select.select([raw.fileno(), tun_fd, wake_r], [], [], 5.0)
+            fds = [raw.fileno() for raw in raws]
+            ready, _, _ = select.select([*fds, tun_fd, wake_r], [], [], 5.0)
             if wake_r in ready:
                 _drain(wake_r)
             if tun_fd in ready:
                 _drain(tun_fd)  # the host sends nothing useful to the device: discard
-            if raw.fileno() in ready:
-                _relay(raw, tun_fd, view, vips, counts)
+            for raw, fd in zip(raws, fds, strict=True):
+                if fd in ready:
+                    _relay(raw, tun_fd, view, vips, counts)
     finally:
-        raw.close()
+        for raw in raws:
+            raw.close()
         os.close(tun_fd)
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
     return counts
+
+
+def open_tunnels() -> list[socket.socket]:
+    """The raw socket of each of TUNNELS (the IPv6 ones only where the host has IPv6)."""
+    raws: list[socket.socket] = []
+    for family, proto in TUNNELS:
+        try:
+            raw = socket.socket(family, socket.SOCK_RAW, proto)
+        except OSError:
+            if family == socket.AF_INET:
+                for opened in raws:
+                    opened.close()
+                raise
+            continue  # no IPv6 here
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        if family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
+        raw.setblocking(False)
+        raws.append(raw)
+    return raws
+
+
+def _receive(
+    raw: socket.socket, view: memoryview, vips: frozenset[bytes]
+) -> ipip.Inner | ipip.Refusal | None:
+    """The next packet of ``raw`` decapsulated (None: nothing waits)."""
+    if raw.family == socket.AF_INET:
+        try:
+            size = raw.recv_into(view)
+        except BlockingIOError:
+            return None
+        return ipip.decapsulate(view[:size], vips)
+    try:
+        size, ancillary, _, _ = raw.recvmsg_into([view], socket.CMSG_SPACE(4))
+    except BlockingIOError:
+        return None
+    tclass = 0
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_TCLASS and len(data) >= 4:
+            tclass = int.from_bytes(data[:4], sys.byteorder)
+    return ipip.decapsulate6(view[:size], raw.proto, tclass, vips)
 
 
 def _relay(
@@ -111,11 +169,9 @@ def _relay(
 ) -> None:
     """Decapsulate every packet queued on the raw socket now."""
     while True:
-        try:
-            size = raw.recv_into(view)
-        except BlockingIOError:
+        result = _receive(raw, view, vips)
+        if result is None:
             return
-        result = ipip.decapsulate(view[:size], vips)
         if isinstance(result, ipip.Refusal):
             counts[result.value] += 1
             continue
@@ -136,7 +192,7 @@ def _drain(fd: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="userspace IPIP decapsulator (root)")
+    parser = argparse.ArgumentParser(description="userspace IPIP and IPv6 tunnel decapsulator")
     parser.add_argument("--tun", required=True, help="TUN device carrying the VIPs")
     parser.add_argument("--vip", action="append", required=True, help="repeatable")
     args = parser.parse_args(argv)

@@ -153,7 +153,8 @@ def read_host(state: plan.State | None) -> plan.Host:
         links, names = _links(ipr)
         addrs = frozenset(
             (names.get(msg["index"], "?"), msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
-            for msg in ipr.get_addr(family=socket.AF_INET)
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for msg in ipr.get_addr(family=family)
         )
     sysctls: dict[str, int] = {}
     for dev in ("all", *links):
@@ -192,10 +193,14 @@ def _apply(action: plan.Action, directory: Path) -> int | None:
                 ipr.link("set", index=_index(ipr, name), state="up" if up else "down")
         case plan.AddAddress(dev=dev, addr=addr):
             with _ipr() as ipr:
-                ipr.addr("add", index=_index(ipr, dev), address=addr, prefixlen=32)
+                ipr.addr(
+                    "add", index=_index(ipr, dev), address=addr, prefixlen=plan.prefixlen(addr)
+                )
         case plan.DeleteAddress(dev=dev, addr=addr):
             with _ipr() as ipr:
-                ipr.addr("del", index=_index(ipr, dev), address=addr, prefixlen=32)
+                ipr.addr(
+                    "del", index=_index(ipr, dev), address=addr, prefixlen=plan.prefixlen(addr)
+                )
         case plan.WriteSysctl(path=path, value=value) | plan.RestoreSysctl(path=path, value=value):
             write_sysctl(path, value)
         case plan.StartDecap(tun=tun, vips=vips):

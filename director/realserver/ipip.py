@@ -1,4 +1,6 @@
-"""IPIP decapsulation (RFC 2003) for a real server whose kernel has no ``ipip`` module.
+"""IPIP decapsulation (RFC 2003) for a real server whose kernel has no ``ipip`` module,
+and the IPv6 tunnels (RFC 2473 IPv6-in-IPv6 and IPv4-in-IPv6, RFC 4213 IPv6-in-IPv4)
+for one that has no ``ip6_tunnel`` or ``sit`` either.
 
 The director's VS/TUN transmitter wraps the client's packet in an outer IPv4 header
 (protocol 4) addressed to the real server.  The kernel's ``ipip`` driver would strip
@@ -20,7 +22,14 @@ since a userspace relay must not become an open one):
 
 ECN follows RFC 6040 §4.2 (normal mode, as ``INET_ECN_decapsulate``): outer CE over
 an ECT inner packet marks the inner one CE, with the header checksum adjusted
-incrementally (RFC 1624).
+incrementally (RFC 1624); an inner IPv6 packet's ECN is in its traffic class (RFC 8200
+§7), which has no checksum.
+
+The outer header says what is inside: protocol or next header 4 an IPv4 packet, 41 an
+IPv6 one (IPPROTO_IPV6).  ``decapsulate`` takes an IPv4 outer header (a raw IPv4
+socket returns it); an IPv6 one never reaches userspace (a raw IPv6 socket returns the
+payload alone, the kernel having checked and reassembled it), so ``decapsulate6``
+takes the payload, its next header and the outer traffic class (IPV6_RECVTCLASS).
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from dataclasses import dataclass
 from director.core.checksum import adjust16
 
 IPPROTO_IPIP = 4
+IPPROTO_IPV6 = 41
 IPV4_MIN_HEADER = 20
+IPV6_HEADER = 40
 ECN_MASK = 0x03
 ECN_NOT_ECT = 0x00
 ECN_CE = 0x03
@@ -51,6 +62,7 @@ class Refusal(enum.Enum):
     NOT_IPIP = "not-ipip"
     FRAGMENT = "fragment"
     INNER_NOT_IPV4 = "inner-not-ipv4"
+    INNER_NOT_IPV6 = "inner-not-ipv6"
     INNER_BAD_LENGTH = "inner-bad-length"
     NOT_A_VIP = "not-a-vip"
     ECN_CE_ON_NOT_ECT = "ecn-ce-on-not-ect"
@@ -64,8 +76,8 @@ class Inner:
 
 
 def vip_set(vips: Iterable[str]) -> frozenset[bytes]:
-    """The VIPs as the 4-byte strings ``decapsulate`` compares destinations with."""
-    return frozenset(ipaddress.IPv4Address(v).packed for v in vips)
+    """The VIPs as the packed addresses (4 or 16 bytes) destinations are compared with."""
+    return frozenset(ipaddress.ip_address(v).packed for v in vips)
 
 
 def _header(buf: memoryview) -> tuple[int, int, int, int, bytes] | Refusal:
@@ -82,21 +94,42 @@ def _header(buf: memoryview) -> tuple[int, int, int, int, bytes] | Refusal:
 
 
 def decapsulate(data: bytes | bytearray | memoryview, vips: frozenset[bytes]) -> Inner | Refusal:
-    """Strip the outer IPv4 header of an IPIP packet; check and return the inner one.
+    """Strip the outer IPv4 header of an IPIP (or IPv6-in-IPv4) packet; check and
+    return the inner one.
 
-    ``data`` is what a raw ``IPPROTO_IPIP`` socket returns: the outer header included.
-    The result is a view into ``data`` when the inner packet is passed on unchanged.
+    ``data`` is what a raw IPv4 socket of protocol 4 or 41 returns: the outer header
+    included.  The result is a view into ``data`` when the inner packet is passed on
+    unchanged.
     """
     buf = memoryview(data)
     outer = _header(buf)
     if isinstance(outer, Refusal):
         return outer
     ihl, total, frag, proto, _dst = outer
-    if proto != IPPROTO_IPIP:
+    if proto not in (IPPROTO_IPIP, IPPROTO_IPV6):
         return Refusal.NOT_IPIP
     if frag & _FRAGMENT_MASK:
         return Refusal.FRAGMENT
-    inner_buf = buf[ihl:total]
+    return _inner(buf[ihl:total], proto, buf[1] & ECN_MASK, vips)
+
+
+def decapsulate6(
+    payload: bytes | bytearray | memoryview, next_header: int, tclass: int, vips: frozenset[bytes]
+) -> Inner | Refusal:
+    """Check and return the packet an IPv6 tunnel carried: ``payload`` what a raw IPv6
+    socket of protocol ``next_header`` (4 or 41) returned, ``tclass`` the outer header's
+    traffic class."""
+    if next_header not in (IPPROTO_IPIP, IPPROTO_IPV6):
+        return Refusal.NOT_IPIP
+    return _inner(memoryview(payload), next_header, tclass & ECN_MASK, vips)
+
+
+def _inner(
+    inner_buf: memoryview, proto: int, outer_ecn: int, vips: frozenset[bytes]
+) -> Inner | Refusal:
+    """The inner packet of protocol ``proto`` checked: whole, to a VIP; ECN applied."""
+    if proto == IPPROTO_IPV6:
+        return _inner6(inner_buf, outer_ecn, vips)
     inner = _header(inner_buf)
     if inner is Refusal.OUTER_NOT_IPV4:
         return Refusal.INNER_NOT_IPV4
@@ -107,13 +140,33 @@ def decapsulate(data: bytes | bytearray | memoryview, vips: frozenset[bytes]) ->
         return Refusal.INNER_BAD_LENGTH
     if inner_dst not in vips:
         return Refusal.NOT_A_VIP
-    outer_ecn = buf[1] & ECN_MASK
     inner_ecn = inner_buf[1] & ECN_MASK
     if outer_ecn != ECN_CE or inner_ecn == ECN_CE:
         return Inner(inner_buf)
     if inner_ecn == ECN_NOT_ECT:
         return Refusal.ECN_CE_ON_NOT_ECT
     return Inner(_mark_ce(inner_buf))
+
+
+def _inner6(inner_buf: memoryview, outer_ecn: int, vips: frozenset[bytes]) -> Inner | Refusal:
+    """An inner IPv6 packet: version 6, its payload length the rest, to a VIP; its ECN
+    (the traffic class's low bits: byte 1, bits 4-5) marked CE under an outer CE."""
+    if len(inner_buf) >= 1 and inner_buf[0] >> 4 != 6:
+        return Refusal.INNER_NOT_IPV6
+    if len(inner_buf) < IPV6_HEADER:
+        return Refusal.INNER_BAD_LENGTH
+    if IPV6_HEADER + (inner_buf[4] << 8 | inner_buf[5]) != len(inner_buf):
+        return Refusal.INNER_BAD_LENGTH
+    if bytes(inner_buf[24:40]) not in vips:
+        return Refusal.NOT_A_VIP
+    inner_ecn = inner_buf[1] >> 4 & ECN_MASK
+    if outer_ecn != ECN_CE or inner_ecn == ECN_CE:
+        return Inner(inner_buf)
+    if inner_ecn == ECN_NOT_ECT:
+        return Refusal.ECN_CE_ON_NOT_ECT
+    out = bytearray(inner_buf)
+    out[1] |= ECN_CE << 4
+    return Inner(bytes(out))
 
 
 def _mark_ce(inner: memoryview) -> bytes:

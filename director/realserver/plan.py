@@ -15,6 +15,15 @@ selftest ``ipvs.sh`` follows too:
   there come from clients that are routed elsewhere;
 * for TUN, ``tunl0`` up where the kernel has ``ipip``, else the decapsulator.
 
+IPv6 VIPs (``--vip 2001:db8:1::100``) go on the same device as a /128.  Neighbour
+discovery needs no setting: Linux answers a neighbour solicitation only for an address
+of the interface it arrived on (ndisc_recv_ns looks the target up on that device), so
+a VIP on ``lo``, the dummy or the TUN device is never announced on the LAN; the ARP and
+rp_filter settings are IPv4's and are made only when an IPv4 VIP is served.  This
+kernel decapsulates no IPv6 tunnel (no ip6_tunnel, no sit): IPv6 VIPs on a TUN real
+server take the userspace decapsulator, which takes IPv6-in-IPv6, IPv4-in-IPv6 and
+IPv6-in-IPv4 as well as IPIP.
+
 No modules are loaded: loading ``dummy`` or ``ipip`` would create devices in every
 namespace, the host's own included.  ``plan_up`` and ``plan_down`` compare what the
 host has (``Host``) with what is wanted and return the actions to take, in order;
@@ -68,7 +77,7 @@ class Host:
     """What the host has now, as far as the planner needs to know."""
 
     links: Mapping[str, Link]
-    addrs: frozenset[tuple[str, str]]  # (device, IPv4 address)
+    addrs: frozenset[tuple[str, str]]  # (device, IPv4 or IPv6 address)
     sysctls: Mapping[str, int]  # conf(dev, key) -> value, for existing devices
     modules: frozenset[str]  # of "dummy", "ipip": those loaded (or built in)
     decap_alive: bool = False  # the recorded decapsulator process runs
@@ -143,10 +152,15 @@ class SetLink:
     up: bool
 
 
+def prefixlen(addr: str) -> int:
+    """The prefix length a VIP is added with: a host route's, /32 or /128."""
+    return 128 if ":" in addr else 32
+
+
 @dataclass(frozen=True, slots=True)
 class AddAddress:
     dev: str
-    addr: str  # added as a /32
+    addr: str  # added as a /32 (IPv4) or a /128 (IPv6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,19 +210,21 @@ Action = (
 
 
 def parse_vips(vips: Iterable[str]) -> tuple[str, ...]:
-    """The VIPs in canonical form, without repeats; PlanError on anything but unicast IPv4."""
+    """The VIPs in canonical form, without repeats; PlanError on anything but a unicast
+    IPv4 or IPv6 address a service can have."""
     out: list[str] = []
     for text in vips:
         try:
-            addr = ipaddress.IPv4Address(text.strip())
+            addr = ipaddress.ip_address(text.strip())
         except ValueError:
-            raise PlanError(f"--vip {text!r}: not an IPv4 address") from None
+            raise PlanError(f"--vip {text!r}: not an IPv4 or IPv6 address") from None
         if (
             addr.is_unspecified
             or addr.is_loopback
             or addr.is_multicast
             or addr.is_link_local
             or addr == ipaddress.IPv4Address("255.255.255.255")
+            or (isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None)
         ):
             raise PlanError(f"--vip {text}: not a unicast address a service can have")
         if str(addr) not in out:
@@ -218,14 +234,18 @@ def parse_vips(vips: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def choose_mode(req: Request, host: Host) -> str:
+def choose_mode(req: Request, host: Host, vips: Iterable[str] = ()) -> str:
+    """dr, tun-kernel (ipip, IPv4 VIPs only) or tun-userspace (the decapsulator)."""
     if req.method == "dr":
         if req.decap != "auto":
             raise PlanError("--decap is for --method tun")
         return "dr"
+    ipv6 = any(":" in vip for vip in vips)
+    if req.decap == "kernel" and ipv6:
+        raise PlanError("the kernel decapsulates no IPv6 tunnel here: use --decap userspace")
     if req.decap == "kernel" and "ipip" not in host.modules:
         raise PlanError("the kernel's ipip module is not loaded: use --decap userspace")
-    if req.decap == "kernel" or (req.decap == "auto" and "ipip" in host.modules):
+    if req.decap == "kernel" or (req.decap == "auto" and "ipip" in host.modules and not ipv6):
         return "tun-kernel"
     return "tun-userspace"
 
@@ -246,7 +266,8 @@ def plan_up(host: Host, req: Request, state: State | None) -> tuple[State, list[
     first.
     """
     vips = parse_vips(req.vips)
-    mode = choose_mode(req, host)
+    every = tuple(dict.fromkeys([*(state.vips if state is not None else ()), *vips]))
+    mode = choose_mode(req, host, every)
     if state is not None and (state.method, state.mode) != (req.method, mode):
         raise PlanError(
             f"already up for {state.mode}: run `dirctl realserver down` before changing method"
@@ -259,7 +280,8 @@ def plan_up(host: Host, req: Request, state: State | None) -> tuple[State, list[
 
     if created:
         actions.append(CreateLink(dev, "tun" if dev == TUN_DEV else "dummy"))
-    actions += _sysctls_up(host, mode, dev, created)
+    if any(":" not in vip for vip in every):  # ARP and rp_filter are IPv4's
+        actions += _sysctls_up(host, mode, dev, created)
     if created or not host.links[dev].up:
         actions.append(SetLink(dev, up=True))
     if mode == "tun-kernel":
@@ -396,9 +418,9 @@ def describe(action: Action) -> str:
         case SetLink(name=name, up=up):
             return f"ip link set {name} {'up' if up else 'down'}"
         case AddAddress(dev=dev, addr=addr):
-            return f"ip addr add {addr}/32 dev {dev}"
+            return f"ip addr add {addr}/{prefixlen(addr)} dev {dev}"
         case DeleteAddress(dev=dev, addr=addr):
-            return f"ip addr del {addr}/32 dev {dev}"
+            return f"ip addr del {addr}/{prefixlen(addr)} dev {dev}"
         case WriteSysctl(path=path, value=value) | RestoreSysctl(path=path, value=value):
             return f"sysctl {path.replace('/', '.')}={value}"
         case StartDecap(tun=tun, vips=vips):

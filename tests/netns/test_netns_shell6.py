@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from pkt6 import udp6
 
 from director.lab import topology
 
@@ -341,27 +342,10 @@ neighbours.close()
 """
 
 
-def _udp6(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
-    """An IPv6 UDP datagram, its checksum over the pseudo-header (RFC 8200 8.1)."""
-    import socket
-    import struct
-
-    s, t = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
-    length = 8 + len(data)
-    udp = struct.pack("!HHHH", sport, dport, length, 0) + data
-    pseudo = s + t + struct.pack("!IxxxB", length, 17) + udp
-    pseudo += b"\0" * (len(pseudo) % 2)
-    total = sum(struct.unpack(f"!{len(pseudo) // 2}H", pseudo))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    udp = udp[:6] + struct.pack("!H", ~total & 0xFFFF or 0xFFFF) + udp[8:]
-    return struct.pack("!IHBB", 6 << 28, length, 17, 64) + s + t + udp
-
-
 def test_a_dr_frame_finds_its_ipv6_neighbour_by_ndp(pair: tuple[Netns, Netns]) -> None:
     d, r = pair
     r.ip("addr", "add", f"{VIP}/128", "dev", "lo", "nodad")  # DR: the VIP, not answered
-    packet = _udp6(CLIENT, VIP, 40002, 53, b"direct6")
+    packet = udp6(CLIENT, VIP, 40002, 53, b"direct6")
     listener = subprocess.Popen(
         ["ip", "netns", "exec", r.name, sys.executable, "-c", RECEIVE, VIP, "53", ""],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

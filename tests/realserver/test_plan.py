@@ -219,8 +219,13 @@ def test_state_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     ("req", "message"),
     [
-        (Request("dr", ("1.2.3",)), "not an IPv4 address"),
-        (Request("dr", ("2001:db8::1",)), "not an IPv4 address"),
+        (Request("dr", ("1.2.3",)), "not an IPv4 or IPv6 address"),
+        (Request("dr", ("2001:db8::1::2",)), "not an IPv4 or IPv6 address"),
+        (Request("dr", ("fe80::1",)), "not a unicast"),
+        (Request("dr", ("ff02::1",)), "not a unicast"),
+        (Request("dr", ("::1",)), "not a unicast"),
+        (Request("dr", ("::ffff:203.0.113.5",)), "not a unicast"),
+        (Request("tun", ("2001:db8:1::100",), "kernel"), "no IPv6 tunnel"),
         (Request("dr", ("0.0.0.0",)), "not a unicast"),
         (Request("dr", ("224.0.0.1",)), "not a unicast"),
         (Request("dr", ("127.0.0.2",)), "not a unicast"),
@@ -240,3 +245,41 @@ def test_changing_method_needs_down_first() -> None:
     h, state = apply(h, state, actions)
     with pytest.raises(plan.PlanError, match="already up for dr"):
         plan.plan_up(h, Request("tun", (VIP,)), state)
+
+
+VIP6 = "2001:db8:1::100"
+
+
+def test_dr_for_an_ipv6_vip_puts_it_on_lo_and_leaves_arp_alone() -> None:
+    """An IPv6 VIP needs no sysctl: Linux answers neighbour solicitations only for the
+    receiving device's addresses (ndisc_recv_ns); ARP and rp_filter are IPv4's."""
+    h = host()
+    state, actions = plan.plan_up(h, Request("dr", ("2001:DB8:1:0::100",)), None)
+    assert actions == [AddAddress("lo", VIP6)]
+    assert plan.describe(actions[0]) == f"ip addr add {VIP6}/128 dev lo"
+    h, state = apply(h, state, actions)
+    assert state.vips == [VIP6]
+    assert plan.plan_down(h, state) == [DeleteAddress("lo", VIP6)]
+
+
+def test_an_ipv4_vip_beside_an_ipv6_one_brings_the_arp_settings() -> None:
+    h = host()
+    state, actions = plan.plan_up(h, Request("dr", (VIP6,)), None)
+    h, state = apply(h, state, actions)
+    state, actions = plan.plan_up(h, Request("dr", (VIP,)), state)
+    assert WriteSysctl(conf("all", "arp_ignore"), 1, 0) in actions
+    assert AddAddress("lo", VIP) in actions and state.vips == [VIP6, VIP]
+
+
+def test_tun_for_an_ipv6_vip_takes_the_decapsulator_even_with_ipip() -> None:
+    """The kernel's ipip takes IPv4 in IPv4 only: IPv6 VIPs go to the userspace
+    decapsulator, which also takes the IPv4 ones (tunl0 stays down)."""
+    h = host(modules=frozenset({"ipip"}), links={"lo": Link("", True), "eth0": Link("veth", True),
+                                                 "tunl0": Link("ipip", False)})  # fmt: skip
+    state, actions = plan.plan_up(h, Request("tun", (VIP, VIP6)), None)
+    assert state.mode == "tun-userspace"
+    assert StartDecap("dirtun0", (VIP, VIP6)) in actions
+    assert AddAddress("dirtun0", VIP6) in actions
+    assert SetLink("tunl0", up=True) not in actions
+    kernel, _ = plan.plan_up(h, Request("tun", (VIP,)), None)
+    assert kernel.mode == "tun-kernel"
