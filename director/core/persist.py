@@ -57,7 +57,9 @@ def template_key(svc: Service, pkt: Packet) -> InKey:
     snet = mask(pkt.saddr, svc.netmask)
     proto, _, port = svc.key
     if not proto:
-        return (0, snet, 0, port.to_bytes(4, "big"), 0)
+        # ``union nf_inet_addr fwmark = { .ip = htonl(svc->fwmark) }``: the mark in the
+        # first word, the rest of an IPv6 address zero.
+        return (0, snet, 0, port.to_bytes(4, "big").ljust(len(snet), b"\0"), 0)
     if port and pkt.dport == port:
         return (proto, snet, 0, pkt.daddr, pkt.dport)
     return (proto, snet, 0, pkt.daddr, 0)

@@ -511,11 +511,29 @@ def from_conn(conn: Conn) -> SyncConn:
 
 def pack_conn(conn: Conn) -> bytes:
     """encode_entry(from_conn(conn)) in one step, for the packet path: an entry of
-    ours carries no options (no sequence adjustment, no persistence engine)."""
+    ours carries no options (no sequence adjustment, no persistence engine).  An IPv6
+    connection is a struct ip_vs_sync_v6 of 72 bytes, type STYPE_F_INET6."""
+    caddr = conn.caddr
+    if len(caddr) == 16:
+        return SYNC_V6.pack(
+            STYPE_F_INET6, conn.protocol, SYNC_V6.size, conn_flags(conn), conn.state,
+            conn.cport, conn.vport, conn.dport, fwmark(conn), int(conn.timeout), caddr,
+            conn.vaddr, conn.daddr,
+        )  # fmt: skip
     return SYNC_V4.pack(
         0, conn.protocol, SYNC_V4.size, conn_flags(conn), conn.state, conn.cport, conn.vport,
-        conn.dport, fwmark(conn), int(conn.timeout), conn.caddr, conn.vaddr, conn.daddr,
+        conn.dport, fwmark(conn), int(conn.timeout), caddr, conn.vaddr, conn.daddr,
     )  # fmt: skip
+
+
+def syncable(conn: Conn, version: int) -> bool:
+    """Whether the wire can carry ``conn``: version 0 only IPv4 connections
+    (ip_vs_sync_conn_v0: ``if (unlikely(cp->af != AF_INET)) return``, before its
+    template too), neither version one whose real server is of the other family (an
+    entry has one family for its three addresses; the kernel refuses sync daemons
+    and mixed-family pools together, ip_vs_genl_new_daemon and ip_vs_genl_set_cmd)."""
+    size = len(conn.caddr)
+    return len(conn.daddr) == size and (version != 0 or size == 4)
 
 
 # -- the master --------------------------------------------------------------------
@@ -598,6 +616,8 @@ class Master:
         and, up its chain of control, its template."""
         sysctls = self.sysctls
         version = sysctls.sync_version
+        if not syncable(conn, version):
+            return
         pkts = conn.in_pkts
         cp: Conn | None = conn
         first = True
@@ -605,7 +625,7 @@ class Master:
             if first and _one_packet(cp):
                 if not version:
                     return
-            elif conn_needed(cp, pkts, now, sysctls):  # (v0 is IPv4 only, as all here)
+            elif conn_needed(cp, pkts, now, sysctls):
                 self._add(cp, version, now)
             first = False
             control = cp.control
@@ -694,11 +714,9 @@ def proc_conn(director: Director, conn: SyncConn, now: float) -> str:
     """ip_vs_proc_conn: a synced entry added to the table or updated in it, bound to
     this director's own real server (found by address, port and service).  Returns
     what was done: "new", "update", "replaced" (a new real server for the client),
-    "stale" (the end of an entry already replaced), "ipv6" (not carried yet),
-    "no_dest" (no such service or real server here: the kernel keeps it unbound,
-    director has no unbound entries)."""
-    if conn.af != 4:
-        return "ipv6"
+    "stale" (the end of an entry already replaced), "no_dest" (no such service or
+    real server here: the kernel keeps it unbound, director has no unbound entries).
+    IPv4 and IPv6 entries alike (struct ip_vs_sync_v4, ip_vs_sync_v6)."""
     table = director.conns
     sysctls = director.sysctls
     template = bool(conn.flags & F_TEMPLATE)

@@ -779,16 +779,13 @@ class Daemon:
         self._each_peer("sync_backup", running)
 
     def _sync_deliver(self, conns: list[Any], now: float) -> Counter[str]:
-        """Received entries to the workers that own their clients (IPv6 ones are
-        counted: the packet path does not carry them yet)."""
+        """Received entries to the workers that own their clients, IPv4 and IPv6 alike
+        (Shards.owner, by the shard bits of the client's family)."""
         if not self.peers:
             return sync_apply(self.director, conns, now)
         outcomes: Counter[str] = Counter()
         parts: list[list[Any]] = [[] for _ in range(self.settings.workers)]
         for conn in conns:
-            if conn.af != 4:
-                outcomes["ipv6"] += 1
-                continue
             parts[self.shards.owner(conn.caddr)].append(conn)
         outcomes.update(sync_apply(self.director, parts[0], now))
         for peer in self.peers:

@@ -340,7 +340,7 @@ def partial_apply(director: Director) -> Deliver:
 # director_sync_* counters: (family, help, the counts' keys as label values).
 _DIRECTIONS = {"sent": "messages_sent", "received": "messages_received"}
 _ENTRIES = {"sent": "entries_sent", "received": "entries_received"}
-_APPLIED = ("new", "update", "replaced", "stale", "no_dest", "ipv6")
+_APPLIED = ("new", "update", "replaced", "stale", "no_dest")
 _IGNORED = sync.IGNORED
 
 

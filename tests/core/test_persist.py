@@ -370,3 +370,19 @@ def test_an_ipv6_service_without_minus_m_keeps_whole_addresses():
     assert svc.netmask == b"\xff" * 16
     client = ipaddress.IPv6Address("2001:db8:1::10").packed
     assert template_key(svc, _v6_packet("2001:db8:1::10"))[1] == client
+
+
+def test_an_ipv6_fwmark_template_is_found_again():
+    """ip_vs_sched_persist: a firewall-mark template's virtual address is ``union
+    nf_inet_addr fwmark = { .ip = htonl(svc->fwmark) }``, for IPv6 the mark followed by
+    12 zero bytes: the key a template is filed under (its own addresses) is the key the
+    next connection looks it up by."""
+    d = make(ServiceConf("fwm", fwmark=7, scheduler="rr", persistent=60,
+                         dests=(DestConf("2001:db8:2::2", 0, "masq"),)))  # fmt: skip
+    (svc,) = d.services
+    key = template_key(svc, _v6_packet("2001:db8:1::10"))
+    assert key[3] == bytes([0, 0, 0, 7]) + bytes(12)
+    first = d._template(svc, _v6_packet("2001:db8:1::10"), 0.0)
+    assert first is not None and first.in_key == key
+    assert d._template(svc, _v6_packet("2001:db8:1::10", 40001), 1.0) is first
+    assert len(d.conns.templates) == 1
