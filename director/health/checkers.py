@@ -59,7 +59,8 @@ def _tls_context() -> ssl.SSLContext:
 
 async def http_check(target: Target, tls: bool) -> Outcome:
     check = target.check
-    host = check.host or target.addr
+    # An IPv6 literal goes in brackets (RFC 3986 3.2.2, the Host header's uri-host).
+    host = check.host or (f"[{target.addr}]" if ":" in target.addr else target.addr)
     reader, writer = await asyncio.open_connection(
         target.addr,
         target.port,

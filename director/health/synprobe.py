@@ -17,6 +17,14 @@ probe's own reply (from VIP:port to the director's address and the probe's port,
 unfragmented TCP), so the probe costs nothing when the LAN is busy.  The probe's
 port is reserved by binding a TCP socket to it for the duration.  Needs CAP_NET_RAW.
 
+IPv6 the same way: an IPv6 SYN (its checksum over the IPv6 pseudo-header), in an
+Ethernet frame of EtherType IPv6 to the MAC NDP gives (DR), or tunnelled as TUN
+tunnels it: IPv6-in-IPv6, and for the mixed-family pools IPVS allows for tunnels,
+IPv4-in-IPv6 and IPv6-in-IPv4 (a raw socket of the real server's family whose
+protocol is the VIP's: the kernel adds the outer header).  The SYN comes from the
+director's address of the VIP's family: the source toward the real server when the
+families agree, else an address of that family on the interface toward it.
+
 Blocking (it runs in an executor thread of the health loop).
 """
 
@@ -31,8 +39,11 @@ import struct
 import time
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 SO_ATTACH_FILTER = 26
 IPPROTO_IPIP = 4
+IPPROTO_IPV6 = 41
+RT_SCOPE_UNIVERSE = 0
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
 NTF_USE = 0x01
@@ -54,11 +65,18 @@ def checksum(data: bytes) -> int:
 def tcp_packet(
     src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int
 ) -> bytes:
-    """An IPv4 TCP segment with no payload (a SYN carries an MSS option)."""
-    options = struct.pack("!BBH", 2, 4, 1460) if flags & TH_SYN else b""
+    """An IPv4 (4-byte addresses) or IPv6 (16-byte) TCP segment with no payload (a SYN
+    carries an MSS option: 1460 over IPv4, 1440 over IPv6's 20 more header bytes)."""
+    ipv6 = len(src) == 16
+    mss = 1440 if ipv6 else 1460
+    options = struct.pack("!BBH", 2, 4, mss) if flags & TH_SYN else b""
     offset = (20 + len(options)) // 4
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags, 64240, 0, 0)
     tcp += options
+    if ipv6:  # RFC 8200 8.1: upper-layer length (32 bits), three zero bytes, next header
+        pseudo = src + dst + struct.pack("!IxxxB", len(tcp), socket.IPPROTO_TCP)
+        tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+        return struct.pack("!IHBB", 6 << 28, len(tcp), socket.IPPROTO_TCP, 64) + src + dst + tcp
     pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack(
@@ -101,23 +119,54 @@ def reply_filter(vip: bytes, vport: int, src: bytes, sport: int) -> bytes:
     return b"".join(program)
 
 
+def reply_filter6(vip: bytes, vport: int, src: bytes, sport: int) -> bytes:
+    """``reply_filter`` over an IPv6 header: next header TCP right after it (no
+    extension header, so no fragment), from vip:vport to src:sport."""
+
+    def ins(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("=HBBI", code, jt, jf, k)
+
+    tests = [(0x30, 6, socket.IPPROTO_TCP)]  # ldb [6]: next header
+    tests += [(0x20, 8 + 4 * i, int.from_bytes(vip[4 * i : 4 * i + 4], "big")) for i in range(4)]
+    tests += [(0x20, 24 + 4 * i, int.from_bytes(src[4 * i : 4 * i + 4], "big")) for i in range(4)]
+    tests += [(0x28, 40, vport), (0x28, 42, sport)]  # ldh: TCP source and destination ports
+    drop = 2 * len(tests) + 1
+    program = []
+    for load, at, value in tests:
+        program.append(ins(load, 0, 0, at))
+        program.append(ins(0x15, 0, drop - (len(program) + 1), value))
+    program += [ins(0x06, 0, 0, 0xFFFF), ins(0x06, 0, 0, 0)]  # accept, drop
+    return b"".join(program)
+
+
 def _attach(sock: socket.socket, program: bytes) -> None:
     buf = ctypes.create_string_buffer(program)
     fprog = struct.pack("HP", len(program) // 8, ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def _route(rip: str) -> tuple[int, str, bool]:
-    """(ifindex, the director's source address, on-link) toward the real server."""
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _route(rip: str, vip: str = "") -> tuple[int, str, bool]:
+    """(ifindex, the director's source address of the VIP's family, on-link) toward
+    the real server."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         (answer, *_) = ipr.route("get", dst=rip)
-        return (
-            int(answer.get_attr("RTA_OIF") or 0),
-            str(answer.get_attr("RTA_PREFSRC") or ""),
-            answer.get_attr("RTA_GATEWAY") is None,
-        )
+        ifindex = int(answer.get_attr("RTA_OIF") or 0)
+        source = str(answer.get_attr("RTA_PREFSRC") or "")
+        family = _family(vip or rip)
+        if family != _family(rip):  # a mixed-family tunnel: the inner packet's source
+            source = ""
+            for msg in ipr.get_addr(index=ifindex, family=family):
+                addr = str(msg.get_attr("IFA_ADDRESS") or "")
+                if msg["scope"] == RT_SCOPE_UNIVERSE and addr and addr != vip:
+                    source = addr
+                    break
+        return ifindex, source, answer.get_attr("RTA_GATEWAY") is None
 
 
 def _neighbour(rip: str, ifindex: int, deadline: float) -> bytes | None:
@@ -136,7 +185,8 @@ def _neighbour(rip: str, ifindex: int, deadline: float) -> bytes | None:
                 return None
             if not asked:
                 with contextlib.suppress(Exception):
-                    ipr.neigh("set", dst=rip, ifindex=ifindex, state=NUD_INCOMPLETE, flags=NTF_USE)
+                    ipr.neigh("set", dst=rip, ifindex=ifindex, family=_family(rip),
+                              state=NUD_INCOMPLETE, flags=NTF_USE)  # fmt: skip
                 asked = True
             time.sleep(0.02)
 
@@ -146,38 +196,44 @@ def probe(vip: str, vport: int, rip: str, method: str, timeout: float) -> Outcom
     tunnel) forwards; healthy if it answers SYN-ACK within ``timeout``."""
     deadline = time.monotonic() + timeout
     try:
-        ifindex, source, onlink = _route(rip)
+        ifindex, source, onlink = _route(rip, vip)
     except Exception as exc:
         return False, f"no route to {rip}: {exc}"
     if not source:
         return False, f"no source address toward {rip}"
     mac = None
+    family = _family(vip)
     if method == "droute":
+        if family != _family(rip):
+            return False, f"DR cannot carry {vip} to {rip}: their families differ"
         if not onlink:
             return False, f"{rip} is not on a directly connected network"
         mac = _neighbour(rip, ifindex, deadline)
         if mac is None:
-            return False, f"{rip} does not answer ARP"
-    src, dst = socket.inet_aton(source), socket.inet_aton(vip)
+            return False, f"{rip} does not answer {'NDP' if family == socket.AF_INET6 else 'ARP'}"
+    src, dst = socket.inet_pton(family, source), socket.inet_pton(family, vip)
+    ether = ETH_P_IPV6 if family == socket.AF_INET6 else ETH_P_IP
     with contextlib.ExitStack() as stack:
-        reserve = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        reserve = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
         reserve.bind((source, 0))
         sport = reserve.getsockname()[1]
         rx = stack.enter_context(
-            socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+            socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ether))
         )
-        _attach(rx, reply_filter(dst, vport, src, sport))
+        program = reply_filter6 if family == socket.AF_INET6 else reply_filter
+        _attach(rx, program(dst, vport, src, sport))
         rx.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while rx.recv(65535):  # what came before the filter was attached
                 pass
         if mac is not None:
             tx = stack.enter_context(
-                socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+                socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ether))
             )
-            where: tuple[object, ...] = (socket.if_indextoname(ifindex), ETH_P_IP, 0, 0, mac)
-        else:
-            tx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP))
+            where: tuple[object, ...] = (socket.if_indextoname(ifindex), ether, 0, 0, mac)
+        else:  # the outer header the real server's family, the inner the VIP's
+            inner = IPPROTO_IPV6 if family == socket.AF_INET6 else IPPROTO_IPIP
+            tx = stack.enter_context(socket.socket(_family(rip), socket.SOCK_RAW, inner))
             where = (rip, 0)
         seq = random.getrandbits(32)
         tx.sendto(tcp_packet(src, dst, sport, vport, seq, 0, TH_SYN), where)
@@ -202,7 +258,7 @@ def probe(vip: str, vport: int, rip: str, method: str, timeout: float) -> Outcom
 
 
 def _judge(packet: bytes, seq: int) -> Outcome | None:
-    ihl = (packet[0] & 0x0F) * 4
+    ihl = 40 if packet[0] >> 4 == 6 else (packet[0] & 0x0F) * 4
     if len(packet) < ihl + 20:
         return None
     ack, flags = struct.unpack_from("!I", packet, ihl + 8)[0], packet[ihl + 13]

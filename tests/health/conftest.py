@@ -1,7 +1,8 @@
 """A network namespace of its own for the checker tests.
 
 The checkers are tested against real servers on real sockets, so they run inside a
-namespace this fixture creates (198.18.0.2 on its ``lo``, SPEC §3) and removes: the
+namespace this fixture creates (198.18.0.2 and 2001:db8:2::2 on its ``lo``, SPEC §3)
+and removes: the
 test thread enters it with setns(2) (a thread's network namespace is its own; threads
 it starts inherit it) and comes back after.  Needs root; skipped otherwise (failed under CI=true).
 """
@@ -18,6 +19,7 @@ from director.lab.topology import new_prefix, setns
 from tests.skips import unavailable
 
 ADDR = "198.18.0.2"
+ADDR6 = "2001:db8:2::2"
 
 
 @pytest.fixture
@@ -30,6 +32,8 @@ def in_netns() -> Iterator[str]:
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         subprocess.run(["ip", "-n", name, "addr", "add", f"{ADDR}/32", "dev", "lo"], check=True)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"{ADDR6}/128", "dev", "lo", "nodad"],
+                       check=True)  # fmt: skip
         target = os.open(f"/run/netns/{name}", os.O_RDONLY)
         try:
             setns(target, name)
@@ -42,3 +46,9 @@ def in_netns() -> Iterator[str]:
     finally:
         os.close(home)
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def in_netns6(in_netns: str) -> str:
+    """The same namespace, by its IPv6 address."""
+    return ADDR6

@@ -122,3 +122,22 @@ def test_judge_http_without_network() -> None:
     assert judge_http(check, b"HTTP/1.1 204 No\r\n\r\n") == (True, "")
     assert judge_http(check, b"garbage") == (False, "not an HTTP answer")
     assert judge_http(check, b"HTTP/1.1 abc X\r\n\r\n") == (False, "bad HTTP status line")
+
+
+def test_tcp_and_http_over_ipv6(in_netns6: str) -> None:
+    """The checkers connect to [addr]:port; the HTTP check names an IPv6 literal host
+    in brackets, as a URI does (RFC 3986 3.2.2)."""
+    assert check_with(in_netns6, http_handler(), target(in_netns6)) == (True, "")
+    assert not check_with(in_netns6, None, target(in_netns6))[0]
+    hosts: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        hosts.extend(line for line in head.split(b"\r\n") if line.startswith(b"Host:"))
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        await writer.drain()
+        writer.close()
+
+    t = target(in_netns6, kind="http", contains="fine")
+    assert check_with(in_netns6, handle, t) == (True, "")
+    assert hosts == [b"Host: [2001:db8:2::2]"]
