@@ -5,7 +5,9 @@ and labelled per virtual service (``proto``, ``local_address``, ``local_port``,
 ``local_mark``) and per real server (those plus ``remote_address``, ``remote_port``),
 with node_exporter's label values: ``local_mark`` is "" for TCP/UDP services and the
 mark as /proc/net/ip_vs prints it (``%08X``) for firewall-mark services, whose
-``local_address`` is "" and ``local_port`` "0".  Beside them, the director's own health
+``local_address`` is "" and ``local_port`` "0"; an address as Go's net.IP.String prints
+it (``address_label``: node_exporter labels with procfs's net.IP), IPv6 in RFC 5952's
+short form without brackets.  Beside them, the director's own health
 and the estimator's rates as gauges.
 
 The counters are the raw ones, which never go back: ``dirctl zero`` changes what
@@ -104,11 +106,36 @@ class Sample:
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
+def address_label(packed: bytes) -> str:
+    """An address as node_exporter's labels show it: Go's net.IP.String (src/net/ip.go)
+    of the address procfs read.  IPv4 dotted; an IPv4-mapped IPv6 address (To4 finds
+    one) dotted too; any other IPv6 address in lower-case hex groups without leading
+    zeros, the longest run of two or more zero groups (the first of equal ones) as
+    "::" (RFC 5952 §4)."""
+    if len(packed) == 4:
+        return unpack_addr(packed)
+    if packed[:10] == bytes(10) and packed[10:12] == b"\xff\xff":
+        return unpack_addr(packed[12:])
+    groups = [packed[i] << 8 | packed[i + 1] for i in range(0, 16, 2)]
+    best, best_len, at = -1, 1, 0
+    while at < 8:
+        end = at
+        while end < 8 and groups[end] == 0:
+            end += 1
+        if end - at > best_len:
+            best, best_len = at, end - at
+        at = end + 1 if end > at else at + 1
+    words = [f"{g:x}" for g in groups]
+    if best < 0:
+        return ":".join(words)
+    return ":".join(words[:best]) + "::" + ":".join(words[best + best_len :])
+
+
 def service_labels(svc: Service) -> tuple[str, str, str, str]:
     proto, addr, port = svc.key
     if not proto:  # firewall-mark service: "FWM  %08X" in /proc/net/ip_vs
         return ("FWM", "", "0", f"{port:08X}")
-    return (PROTO_NAMES.get(proto, str(proto)), unpack_addr(addr), str(port), "")
+    return (PROTO_NAMES.get(proto, str(proto)), address_label(addr), str(port), "")
 
 
 def _backend(svc_labels: tuple[str, str, str, str], dest: Dest) -> BackendSample:
@@ -117,7 +144,7 @@ def _backend(svc_labels: tuple[str, str, str, str], dest: Dest) -> BackendSample
         labels=(
             local_address,
             local_port,
-            unpack_addr(dest.addr),
+            address_label(dest.addr),
             str(dest.port),
             proto,
             local_mark,

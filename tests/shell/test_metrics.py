@@ -9,9 +9,17 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from director.core.engine import Director
+from director.core.service import pack_addr
 from director.ctl.ipvsadm import load_rules
 from director.model.config import ConfigError
-from director.shell.metrics import MetricsServer, Sample, add_reports, parse_listen, take_sample
+from director.shell.metrics import (
+    MetricsServer,
+    Sample,
+    add_reports,
+    address_label,
+    parse_listen,
+    take_sample,
+)
 
 RULES = """\
 -A -t 203.0.113.5:80 -s rr
@@ -265,3 +273,37 @@ def test_the_fast_paths_follower_of_conntrack_summed_over_the_workers() -> None:
     server.publish(take_sample(Director(), {}))
     text = generate_latest(server.registry).decode()
     assert "director_fast_path" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        # Go's net.IP.String (src/net/ip.go), worked by hand: the longest run of two or
+        # more zero groups becomes "::", the first of equal runs; a lone zero stays.
+        ("2001:db8:1::100", "2001:db8:1::100"),
+        ("2001:0db8:0000:0001:0001:0001:0001:0001", "2001:db8:0:1:1:1:1:1"),
+        ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+        ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"),
+        ("2001:db8::", "2001:db8::"),
+        ("::", "::"),
+        ("::1", "::1"),
+        ("::ffff:203.0.113.5", "203.0.113.5"),  # To4 finds it: printed as IPv4
+        ("::203.0.113.5", "::cb00:7105"),  # IPv4-compatible: not To4's, hex groups
+        ("203.0.113.5", "203.0.113.5"),
+    ],
+)
+def test_address_labels_as_node_exporter_prints_them(text: str, label: str) -> None:
+    assert address_label(pack_addr(text)) == label
+
+
+def test_ipv6_services_and_real_servers_are_labelled_without_brackets() -> None:
+    director = Director()
+    director.configure(load_rules(
+        "-A -t [2001:db8:1::100]:80 -s rr\n-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:8080 -m\n"
+    ))  # fmt: skip
+    got = _scrape(director)
+    svc = (("local_address", "2001:db8:1::100"), ("local_mark", ""), ("local_port", "80"),
+           ("proto", "TCP"))  # fmt: skip
+    assert svc in got["director_connections_total"]
+    rs = tuple(sorted((*svc, ("remote_address", "2001:db8:2::2"), ("remote_port", "8080"))))
+    assert got["director_backend_weight"][rs] == 1.0
