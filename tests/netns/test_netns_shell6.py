@@ -10,9 +10,8 @@
   resolves it by NDP and hands the frame to its MAC, and the real server's socket on
   the VIP (held on lo) receives the packet.
 
-The worker's packet is rewritten by a stand-in for the core (destination and port
-changed, the UDP checksum made anew over the IPv6 pseudo-header, RFC 8200 8.1): what is
-tested here is the shell around it, the queue and the raw socket.
+The worker's packet is rewritten by the core's IPv6 NAT (director/core/xmit/nat.py);
+what is tested here is the shell around it, the queue and the raw socket.
 """
 
 from __future__ import annotations
@@ -223,58 +222,52 @@ def _members(listing: str) -> dict[str, set[str]]:
     return found
 
 
-# In the director's namespace: the hooks for an IPv6 UDP service, a worker on their
-# queue with a stand-in core that sends each request on to RS:5353; it prints the IP
-# version of what it was given, once one came or after 10 s.
+# In the director's namespace: the hooks for an IPv6 UDP NAT service, a worker on
+# their queue with the core (Director) behind it; it prints the IP version of each
+# packet it was given, once one came or after 10 s.
 WORKER = r"""
-import select, socket, struct, sys, time
-from director.core.xmit import SEND
+import select, sys, time
+from director.core.engine import Director
 from director.ctl.ipvsadm import load_rules
 from director.shell.netfilter import Hooks
-from director.shell.netlink import Neighbours
+from director.shell.netlink import Neighbours, Routes
 from director.shell.worker import Worker
 
 queue, rs = int(sys.argv[1]), sys.argv[2]
+config = load_rules("-A -u [2001:db8:1::100]:53 -s rr\n"
+                    f"-a -u [2001:db8:1::100]:53 -r [{rs}]:5353 -m\n")
+director = Director()
+director.configure(config)
+routes = Routes()
+routes.annotate([d for svc in director.services for d in svc.dests])
 
-def csum(data):
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-class Core:
-    seen = []
+class Seen:
+    def __init__(self, core):
+        self.core, self.versions = core, []
     def hook_in(self, buf, now, mark=0):
-        self.seen.append(buf[0] >> 4)
-        out = bytearray(buf)
-        out[24:40] = socket.inet_pton(socket.AF_INET6, rs)
-        out[42:44] = (5353).to_bytes(2, "big")
-        out[46:48] = b"\0\0"
-        udp = bytes(out[40:])
-        pseudo = out[8:40] + struct.pack("!IxxxB", len(udp), 17)
-        out[46:48] = (csum(pseudo + udp) or 0xFFFF).to_bytes(2, "big")
-        return SEND, out
+        self.versions.append(buf[0] >> 4)
+        return self.core.hook_in(buf, now, mark)
     def hook_out(self, buf, now, skb_info=0):
-        raise AssertionError("no reply expected")
+        return self.core.hook_out(buf, now, skb_info)
 
+seen = Seen(director)
 hooks = Hooks(queue=queue, mark=0x1D1)
 hooks.install()
-hooks.sync(load_rules("-A -u [2001:db8:1::100]:53 -s rr\n"
-                      "-a -u [2001:db8:1::100]:53 -r [2001:db8:2::2]:5353 -m\n"))
-worker = Worker(Core(), queue, 0x1D1, Neighbours())
+hooks.sync(config)
+worker = Worker(seen, queue, 0x1D1, Neighbours())
 worker.bind()
 print("ready", flush=True)
 deadline = time.monotonic() + 10
 try:
-    while not Core.seen and time.monotonic() < deadline:
+    while not seen.versions and time.monotonic() < deadline:
         if select.select([worker], [], [], 0.1)[0]:
             worker.run_once()
     time.sleep(0.2)
 finally:
     worker.close()
     hooks.remove()
-print("versions", *Core.seen, "errors", dict(worker.errors), flush=True)
+    routes.close()
+print("versions", *seen.versions, "errors", dict(worker.errors), flush=True)
 """
 
 # In the real server's namespace: a socket on RS:5353 (or the VIP's), a client that
