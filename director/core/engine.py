@@ -18,11 +18,27 @@ from collections import Counter
 from enum import Enum
 
 from director.core import persist, proto_tcp
+from director.core.checksum import ipv6_pseudo_sum
 from director.core.conn import Conn, ConnProtocol, ConnTable, Template
 from director.core.defense import Defense
-from director.core.icmp import ICMP_FRAG_NEEDED, port_unreachable, port_unreachable6, unreachable
+from director.core.icmp import (
+    ICMP_FRAG_NEEDED,
+    ICMP_PORT_UNREACH,
+    ICMPV6_DEST_UNREACH,
+    ICMPV6_PKT_TOOBIG,
+    ICMPV6_PORT_UNREACH,
+    ICMPV6_TIME_EXCEED,
+    IPV6_MIN_MTU,
+    icmp6_error,
+    port_unreachable,
+    port_unreachable6,
+    unreachable,
+)
 from director.core.packet import (
     ICMP_DEST_UNREACH,
+    ICMP_TIME_EXCEEDED,
+    IPPROTO_ICMPV6,
+    IPV6_HLEN,
     SKB_CSUMNOTREADY,
     TH_ACK,
     TH_RST,
@@ -80,6 +96,39 @@ _FUSED = struct.Struct("!BxHxxHxBxxIIHH")
 _FRAG = 0x3FFF  # MF and the fragment offset
 _TH_DOFF5 = 0x50  # a TCP data offset of 5 words, in the high nibble of byte 12
 _TH_NOT_ACK_ROW = 0x07  # FIN, SYN or RST: a row other than ACK's (tcp_state_idx)
+
+
+# ICMP errors about a tunnelled packet of the other family than its client's, as RFC
+# 7915 translates them (4.2 ICMPv4 to ICMPv6, 5.2 ICMPv6 to ICMPv4): (type, code) to
+# (type, code), a code of -1 standing for the type's other codes.
+_ICMP4_TO_6: dict[tuple[int, int], tuple[int, int]] = {
+    (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED): (ICMPV6_PKT_TOOBIG, 0),
+    (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH): (ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH),
+    (ICMP_DEST_UNREACH, 9): (ICMPV6_DEST_UNREACH, 1),  # network administratively prohibited
+    (ICMP_DEST_UNREACH, 10): (ICMPV6_DEST_UNREACH, 1),  # host administratively prohibited
+    (ICMP_DEST_UNREACH, 13): (ICMPV6_DEST_UNREACH, 1),  # communication prohibited
+    (ICMP_DEST_UNREACH, -1): (ICMPV6_DEST_UNREACH, 0),  # no route to destination
+    (ICMP_TIME_EXCEEDED, 0): (ICMPV6_TIME_EXCEED, 0),
+    (ICMP_TIME_EXCEEDED, 1): (ICMPV6_TIME_EXCEED, 1),
+}
+_ICMP6_TO_4: dict[tuple[int, int], tuple[int, int]] = {
+    (ICMPV6_PKT_TOOBIG, 0): (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED),
+    (ICMPV6_DEST_UNREACH, 1): (ICMP_DEST_UNREACH, 10),  # host administratively prohibited
+    (ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH): (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH),
+    (ICMPV6_DEST_UNREACH, -1): (ICMP_DEST_UNREACH, 1),  # host unreachable
+    (ICMPV6_TIME_EXCEED, 0): (ICMP_TIME_EXCEEDED, 0),
+    (ICMPV6_TIME_EXCEED, 1): (ICMP_TIME_EXCEEDED, 1),
+}
+
+
+def _icmp6_checksum_ok(conn: Conn, err: IcmpError) -> bool:
+    """ip_vs_checksum_common_check for an ICMPv6 error about a NAT connection (the
+    only one whose error is rewritten): the message sums to zero over the IPv6
+    pseudo-header.  ICMP errors of IPv4 are not checked (as before)."""
+    pkt = err.pkt
+    if pkt.protocol != IPPROTO_ICMPV6 or conn.xmit.name != "masq":
+        return True
+    return ipv6_pseudo_sum(pkt.buf, IPPROTO_ICMPV6, pkt.l4, pkt.length) == 0
 
 
 class Director:
@@ -488,8 +537,10 @@ class Director:
         return self._count(conn.xmit.xmit_out(conn, pkt))
 
     def _icmp_in(self, buf: bytearray, mark: int, now: float) -> Verdict:
-        """ip_vs_in_icmp: an error from outside about a connection goes to its real
-        server; the quoted packet is one the VIP sent, so the key is read reversed."""
+        """ip_vs_in_icmp / ip_vs_in_icmp_v6: an error from outside about a connection
+        goes to its real server; the quoted packet is one the VIP sent, so the key is
+        read reversed.  An ICMPv6 error for a NAT connection whose checksum is wrong
+        is dropped first (ip_vs_checksum_common_check)."""
         try:
             err = parse_icmp_error(buf, mark)
         except PacketError as exc:
@@ -497,24 +548,35 @@ class Director:
         if err is None:
             return self._pass("icmp_other")
         if err.tunnel_dst is not None:
-            return self._icmp_ipip(err, now)
+            return self._icmp_tunnel(err, now)
         conn = self.conns.find_in(
             err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
             err.inner_sport,
         )  # fmt: skip
         if conn is None:
             return self._pass("icmp_no_conn")
+        if not _icmp6_checksum_ok(conn, err):
+            return self._count((DROP, "icmp_checksum"))
         self._count_in(conn, err.pkt.length)
         return self._count(conn.xmit.icmp_in(conn, err))
 
-    def _icmp_ipip(self, err: IcmpError, now: float) -> Verdict:
+    def _icmp_tunnel(self, err: IcmpError, now: float) -> Verdict:
         """ip_vs_in_icmp's "ICMP for IPIP": an error about a packet the director
         tunnelled to a real server quotes the client's request (not reversed).  The
         client hears of it from the VIP, quoting its own request.  Fragmentation
-        needed teaches the real server's path MTU (ipv4_update_pmtu, kept apart from
-        the route so a route lookup does not forget it); a client not doing path MTU
-        discovery (no DF) hears nothing; one that does is told the resulting path MTU
-        less the 20-byte tunnel header, so discovery works past the director's links."""
+        needed (packet too big) teaches the real server's path MTU (ipv4_update_pmtu,
+        kept apart from the route so a route lookup does not forget it); a client not
+        doing path MTU discovery (IPv4 without DF) hears nothing; one that does is
+        told the resulting path MTU less the tunnel header (20 bytes of IPv4, 40 of
+        IPv6), so discovery works past the director's links.
+
+        The kernel looks through IPv4-in-IPv4 only (ip_vs_in_icmp_v6 has no tunnel
+        case, and passes such an error on to the local stack, which does nothing for
+        it): here IPv6 tunnels, and tunnels of the other family than the client's,
+        are looked through the same way, so path MTU discovery works through VS/TUN
+        for IPv6 too.  Across families the error is translated as RFC 7915 4.2 / 5.2
+        translate it (packet too big and fragmentation needed, time exceeded, the
+        unreachables); what has no counterpart is not relayed."""
         conn = self.conns.find_in(
             err.inner_protocol, err.inner_saddr, err.inner_sport, err.inner_daddr,
             err.inner_dport,
@@ -522,24 +584,42 @@ class Director:
         if conn is None or conn.dest.addr != err.tunnel_dst or conn.xmit.name != "tunnel":
             return self._pass("icmp_no_conn")
         buf = err.pkt.buf
-        icmp_type, code = buf[err.pkt.l4], buf[err.pkt.l4 + 1]
+        at = err.pkt.l4
+        outer6 = len(err.pkt.saddr) == 16
+        client6 = len(err.inner_saddr) == 16
+        icmp = (buf[at], buf[at + 1])
+        if outer6 != client6:
+            translated = (_ICMP6_TO_4 if outer6 else _ICMP4_TO_6).get(icmp)
+            if translated is None:
+                translated = (_ICMP6_TO_4 if outer6 else _ICMP4_TO_6).get((icmp[0], -1))
+            if translated is None:
+                return self._count((DROP, "icmp_untranslated"))
+        else:
+            translated = icmp
         mtu = 0
-        if icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED:
-            mtu = int.from_bytes(buf[err.pkt.l4 + 6 : err.pkt.l4 + 8], "big")
+        if icmp == ((ICMPV6_PKT_TOOBIG, 0) if outer6 else (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED)):
+            hlen = IPV6_HLEN if outer6 else TUNNEL_HLEN
+            mtu = int.from_bytes(buf[at + 4 : at + 8] if outer6 else buf[at + 6 : at + 8], "big")
             route = conn.dest.route
             if route is not None:
-                conn.dest.learn_pmtu(mtu, route, now)
-            if not buf[err.inner + 6] & 0x40:  # the client's packet had no DF
+                # rt6_do_update_pmtu never goes below IPV6_MIN_MTU (net/ipv6/route.c)
+                conn.dest.learn_pmtu(max(mtu, IPV6_MIN_MTU) if outer6 else mtu, route, now)
+            if not client6 and not buf[err.inner + 6] & 0x40:  # the client's packet had no DF
                 return self._count((DROP, "icmp_no_pmtud"))
             if route is not None:
                 mtu = conn.dest.path_mtu(route)  # "Prefer the resulting PMTU"
-            if mtu > 68 + TUNNEL_HLEN:
-                mtu -= TUNNEL_HLEN
-        return self._count((SEND, unreachable(buf[err.inner :], code, mtu, icmp_type)))
+            if mtu > (IPV6_MIN_MTU if client6 else 68) + hlen:
+                mtu -= hlen
+        if client6:
+            return self._count(
+                (SEND, icmp6_error(buf[err.inner :], translated[0], translated[1], mtu))
+            )
+        return self._count((SEND, unreachable(buf[err.inner :], translated[1], mtu, translated[0])))
 
     def _icmp_out(self, buf: bytearray) -> Verdict:
-        """ip_vs_out_icmp: a NAT real server's error about a connection is made to come
-        from the VIP before it reaches the client."""
+        """ip_vs_out_icmp / ip_vs_out_icmp_v6: a NAT real server's error about a
+        connection is made to come from the VIP before it reaches the client
+        (handle_response_icmp, which drops an error whose checksum is wrong)."""
         try:
             err = parse_icmp_error(buf)
         except PacketError as exc:
@@ -552,6 +632,8 @@ class Director:
         )  # fmt: skip
         if conn is None:
             return self._pass("icmp_no_conn")
+        if not _icmp6_checksum_ok(conn, err):
+            return self._count((DROP, "icmp_checksum"))
         self._count_out(conn, err.pkt.length)
         return self._count(conn.xmit.icmp_out(conn, err))
 
