@@ -70,6 +70,7 @@ Udp = Annotated[
 Fwm = Annotated[
     str | None, typer.Option("-f", "--fwmark-service", metavar="MARK", help="firewall mark")
 ]
+Six = Annotated[bool, typer.Option("-6", "--ipv6", help="with -f: an IPv6 firewall-mark service")]
 Scheduler = Annotated[str | None, typer.Option("-s", "--scheduler", help="scheduler (default wlc)")]
 Persistent = Annotated[
     str | None,
@@ -153,6 +154,7 @@ def _service_args(
     t: str | None,
     u: str | None,
     f: str | None,
+    six: bool,
     s: str | None,
     p: str | None,
     mask: str | None,
@@ -166,7 +168,18 @@ def _service_args(
         netmask=mask,
         sched_flags=b,
         ops=o,
+        ipv6=six,
     )
+
+
+def _service_key(t: str | None, u: str | None, f: str | None, six: bool) -> ServiceKey | None:
+    """The service selected by -t/-u/-f [-6], or None for none."""
+    chosen = _service(t, u, f)
+    if chosen is None:
+        if six:
+            raise ConfigError("-6 used before -f")
+        return None
+    return parse_service_key(*chosen, ipv6=six)
 
 
 def _service_verb(command: str, doc: str) -> None:
@@ -177,13 +190,14 @@ def _service_verb(command: str, doc: str) -> None:
         t: Tcp = None,
         u: Udp = None,
         f: Fwm = None,
+        six: Six = False,
         s: Scheduler = None,
         p: Persistent = None,
         mask: Netmask = None,
         b: SchedFlags = None,
         o: Ops = False,
     ) -> None:
-        _change(ctx, command, _service_args(t, u, f, s, p, mask, b, o))
+        _change(ctx, command, _service_args(t, u, f, six, s, p, mask, b, o))
 
     verb.__doc__ = doc
     app.command(command)(verb)
@@ -196,9 +210,11 @@ _service_verb(
 
 
 @app.command("delete-service")
-def delete_service(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None) -> None:
+def delete_service(
+    ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None, six: Six = False
+) -> None:
     """ipvsadm -D: delete a virtual service and its real servers."""
-    _change(ctx, "delete-service", RawArgs(service=_service(t, u, f)))
+    _change(ctx, "delete-service", RawArgs(service=_service(t, u, f), ipv6=six))
 
 
 # --- real servers -------------------------------------------------------------------
@@ -212,6 +228,7 @@ def _server_verb(command: str, doc: str) -> None:
         t: Tcp = None,
         u: Udp = None,
         f: Fwm = None,
+        six: Six = False,
         r: Real = None,
         g: Gate = False,
         i: Ipip = False,
@@ -220,7 +237,7 @@ def _server_verb(command: str, doc: str) -> None:
         x: Upper = None,
         y: Lower = None,
     ) -> None:
-        raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m))
+        raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m), ipv6=six)
         raw.weight, raw.u_threshold, raw.l_threshold = w, x, y
         _change(ctx, command, raw)
 
@@ -236,10 +253,15 @@ _server_verb(
 
 @app.command("delete-server")
 def delete_server(
-    ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None, r: Real = None
+    ctx: typer.Context,
+    t: Tcp = None,
+    u: Udp = None,
+    f: Fwm = None,
+    six: Six = False,
+    r: Real = None,
 ) -> None:
     """ipvsadm -d: remove a real server from a service."""
-    _change(ctx, "delete-server", RawArgs(_service(t, u, f), real_server=r))
+    _change(ctx, "delete-server", RawArgs(_service(t, u, f), real_server=r, ipv6=six))
 
 
 # --- the whole table ----------------------------------------------------------------
@@ -263,11 +285,10 @@ def set_timeout(
 
 
 @app.command("zero")
-def zero(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None) -> None:
+def zero(ctx: typer.Context, t: Tcp = None, u: Udp = None, f: Fwm = None, six: Six = False) -> None:
     """ipvsadm -Z: zero the counters of one service, or of all."""
-    chosen = _service(t, u, f)
-    key = list(parse_service_key(*chosen)) if chosen else None
-    _ask(ctx, "zero", {"service": key})
+    key = _service_key(t, u, f, six)
+    _ask(ctx, "zero", {"service": list(key) if key else None})
 
 
 @app.command("save")
@@ -324,6 +345,7 @@ def list_(
     t: Tcp = None,
     u: Udp = None,
     f: Fwm = None,
+    six: Six = False,
     numeric: Annotated[bool, typer.Option("-n", "--numeric", help="numeric (always)")] = False,
     connection: Annotated[bool, typer.Option("-c", "--connection", help="connections")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="statistics")] = False,
@@ -339,7 +361,7 @@ def list_(
     daemon: Annotated[bool, typer.Option("--daemon", help="the sync daemons")] = False,
 ) -> None:
     """ipvsadm -L: list the table (addresses are always numeric)."""
-    chosen = _service(t, u, f)
+    key: ServiceKey | None = _service_key(t, u, f, six)
     if daemon:
         rows = _ask(ctx, "daemon")
         typer.echo(
@@ -348,16 +370,15 @@ def list_(
         return
     if checks:
         rows = _ask(ctx, "checks")
-        if chosen is not None:
-            wanted = list(parse_service_key(*chosen))
+        if key is not None:
+            wanted = list(key)
             rows = [row for row in rows if row["service"] == wanted]
         text = json.dumps(rows, indent=2) + "\n" if as_json else listing.format_checks(rows)
         typer.echo(text, nl=False)
         return
     layout = listing.ListFormat(stats, rate, thresholds, persistent_conn, exact)
-    flags = {"connection": connection, "service-address": chosen is not None, "timeout": timeout}
+    flags = {"connection": connection, "service-address": key is not None, "timeout": timeout}
     _check_list_options(flags, layout)
-    key: ServiceKey | None = parse_service_key(*chosen) if chosen else None
     if connection:
         pages = _conn_pages(ctx)
         if as_json:  # one snapshot with every page's entries

@@ -39,7 +39,7 @@ def _busy(stats: StatsDict) -> tuple[int, int, int]:
 
 def _service_name(svc: ServiceDict) -> str:
     if svc["protocol"] == "FWM":
-        return f"FWM  {svc['fwmark']}"
+        return f"FWM  {svc['fwmark']}" + (" IPv6" if svc["addr"] else "")
     return f"{svc['protocol']:<4} {addr_port(svc['addr'], svc['port'])}"
 
 

@@ -28,7 +28,8 @@ MTU_EXPIRES = 600.0  # net.ipv4.route.mtu_expires (ip_rt_mtu_expires), seconds
 PROTO_NUMBERS: dict[str, int] = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 PROTO_NAMES: dict[int, str] = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}
 
-# Service key: (protocol number, packed VIP, port) or (0, b"", fwmark) for fwmark services.
+# Service key: (protocol number, packed VIP, port), or (0, b"", fwmark) for IPv4 fwmark
+# services and (0, 16 zero bytes, fwmark) for IPv6 ones.
 ServiceKey = tuple[int, bytes, int]
 
 
@@ -179,8 +180,8 @@ class Service:
 
 
 def service_key(conf: ServiceConf) -> ServiceKey:
-    if conf.protocol == "fwm":
-        return (0, b"", conf.fwmark)
+    if conf.protocol == "fwm":  # (af, fwmark): an IPv6 one has the zero address "::"
+        return (0, pack_addr(conf.addr) if conf.addr else b"", conf.fwmark)
     return (PROTO_NUMBERS[conf.protocol], pack_addr(conf.addr), conf.port)
 
 
@@ -232,7 +233,8 @@ class ServiceTable:
             svc.conf = conf
             svc.netmask = pack_netmask(conf.netmask) if conf.netmask else svc.netmask
             self._reconcile_dests(svc, conf)
-        self.fwmarks = {key[2]: svc for key, svc in self.services.items() if not key[0]}
+        # IPv4 ones: ip_vs_svc_fwm_find matches the packet's family too.
+        self.fwmarks = {key[2]: svc for key, svc in self.services.items() if key[:2] == (0, b"")}
 
     def _reconcile_dests(self, svc: Service, conf: ServiceConf) -> None:
         wanted = {(pack_addr(d.addr), d.port): d for d in conf.dests}

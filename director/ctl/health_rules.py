@@ -105,6 +105,11 @@ def parse_words(verb: str, words: Sequence[str]) -> HealthOp:
         word, _, attached = words[index].partition("=")
         has_value = "=" in words[index]
         index += 1
+        if word in ("-6", "--ipv6") and not has_value:  # ipvsadm's -f MARK -6
+            if service is None or service[0] != "fwm" or service[1]:
+                raise ConfigError("-6 used before -f")
+            service = parse_service_key("fwm", str(service[2]), ipv6=True)
+            continue
         if word in SORRY_METHODS and verb == "set-health" and not has_value:
             _once(settings, "sorry_method", SORRY_METHODS[word], "-g/-i/-m")
             continue
@@ -173,7 +178,7 @@ def _addr_port(addr: str, port: int) -> str:
 def service_words(key: ServiceKey) -> list[str]:
     proto, addr, port = key
     if proto == "fwm":
-        return ["-f", str(port)]
+        return ["-f", str(port), "-6"] if addr else ["-f", str(port)]
     return [{"tcp": "-t", "udp": "-u"}[proto], _addr_port(addr, port)]
 
 

@@ -50,6 +50,7 @@ from director.ctl.ops import (
 from director.model.config import (
     DEFAULT_PERSISTENCE,
     DEFAULT_SCHEDULER,
+    FWM6_ADDR,
     MAX_WEIGHT,
     Config,
     ConfigError,
@@ -85,6 +86,7 @@ class RawArgs:
     u_threshold: str | None = None
     l_threshold: str | None = None
     tun_type: str | None = None
+    ipv6: bool = False  # -6: the -f service is an IPv6 one
     timeouts: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -168,11 +170,14 @@ def parse_addr_port(text: str, message: str) -> tuple[str, int | None]:
     return addr, parse_number(port_text, 0, 65535, message)
 
 
-def parse_service_key(kind: str, text: str) -> ServiceKey:
-    """-t/-u ADDR[:PORT] or -f MARK to a ServiceConf.key."""
+def parse_service_key(kind: str, text: str, ipv6: bool = False) -> ServiceKey:
+    """-t/-u ADDR[:PORT] or -f MARK [-6] to a ServiceConf.key; ``ipv6`` is ipvsadm's
+    ``-6``, which only a firewall-mark service takes (the others have an address)."""
+    if ipv6 and kind != "fwm":
+        raise ConfigError("-6 used before -f")
     if kind == "fwm":
         mark = parse_number(text, 1, MAX_FWMARK, f"invalid fwmark value `{text}' specified")
-        return ("fwm", "", mark)
+        return ("fwm", FWM6_ADDR if ipv6 else "", mark)
     addr, port = parse_addr_port(text, "illegal virtual server address[:port] specified")
     return (kind, addr, port or 0)
 
@@ -216,7 +221,7 @@ def _check_options(command: str, raw: RawArgs) -> None:
         raise ConfigError(f"unknown command '{command}'")
     required, optional = COMMAND_OPTIONS[command]
     for f in fields(raw):
-        if f.name == "timeouts":
+        if f.name in ("timeouts", "ipv6"):
             continue
         given = getattr(raw, f.name) not in (None, False)
         if not given and f.name in required:
@@ -227,6 +232,8 @@ def _check_options(command: str, raw: RawArgs) -> None:
             raise ConfigError(f"Illegal '{OPTNAMES[f.name]}' option with the '{command}' command")
     if raw.tun_type is not None and raw.method != "i":
         raise ConfigError("Tunnel options conflict with forward method")
+    if raw.ipv6 and (raw.service is None or raw.service[0] != "fwm"):
+        raise ConfigError("-6 used before -f")
 
 
 def _service_conf(key: ServiceKey, raw: RawArgs) -> ServiceConf:
@@ -236,7 +243,7 @@ def _service_conf(key: ServiceKey, raw: RawArgs) -> ServiceConf:
     flags = tuple(raw.sched_flags.split(",")) if raw.sched_flags else ()
     svc = ServiceConf(
         protocol=proto,
-        addr=addr if proto != "fwm" else "",
+        addr=addr,
         port=port if proto != "fwm" else 0,
         fwmark=port if proto == "fwm" else 0,
         scheduler=scheduler,
@@ -253,7 +260,7 @@ def _stub_service(key: ServiceKey) -> ServiceConf:
     """Enough of a service to check a real server against it before asking the daemon."""
     proto, addr, port = key
     if proto == "fwm":
-        return ServiceConf(protocol="fwm", fwmark=port)
+        return ServiceConf(protocol="fwm", addr=addr, fwmark=port)
     return ServiceConf(protocol=proto, addr=addr, port=port)
 
 
@@ -283,7 +290,7 @@ def build_op(command: str, raw: RawArgs) -> Op:
         )  # fmt: skip
         return SetTimeout(tcp=tcp, tcpfin=tcpfin, udp=udp)
     assert raw.service is not None
-    key = parse_service_key(*raw.service)
+    key = parse_service_key(*raw.service, ipv6=raw.ipv6)
     builders: dict[str, Callable[[], Op]] = {
         "add-service": lambda: AddService(_service_conf(key, raw)),
         "edit-service": lambda: EditService(_service_conf(key, raw)),
@@ -383,6 +390,8 @@ FLAG_SPELLINGS: dict[str, tuple[str, str | bool]] = {
     "--ipip": ("method", "i"),
     "-m": ("method", "m"),
     "--masquerading": ("method", "m"),
+    "-6": ("ipv6", True),
+    "--ipv6": ("ipv6", True),
     "-o": ("ops", True),
     "--ops": ("ops", True),
     "ops": ("ops", True),  # ipvsadm before 1.27 saved one-packet scheduling as a bare word
@@ -443,6 +452,8 @@ def parse_args(argv: Sequence[str]) -> Op:
             continue
         if word in FLAG_SPELLINGS and attached is None:
             target, flag = FLAG_SPELLINGS[word]
+            if target == "ipv6" and values.get("service", ("",))[0] != "fwm":
+                raise ConfigError("-6 used before -f")  # ipvsadm: -6 modifies a given -f
             _record(values, target, flag)
             continue
         if word.startswith("-") and word != "-":
@@ -535,9 +546,10 @@ def _addr_port(addr: str, port: int) -> str:
 
 
 def service_switch(svc: ServiceConf) -> str:
-    """``-t VIP:PORT``, ``-u VIP:PORT`` or ``-f MARK``, as ipvsadm-save names a service."""
+    """``-t VIP:PORT``, ``-u VIP:PORT``, ``-f MARK`` or ``-f MARK -6``, as ipvsadm-save
+    names a service (print_service_entry with FMT_RULE)."""
     if svc.protocol == "fwm":
-        return f"-f {svc.fwmark}"
+        return f"-f {svc.fwmark} -6" if svc.family == 6 else f"-f {svc.fwmark}"
     return f"{SERVICE_SWITCHES[svc.protocol]} {_addr_port(svc.addr, svc.port)}"
 
 
@@ -545,8 +557,7 @@ def _service_line(svc: ServiceConf) -> str:
     words = [f"-A {service_switch(svc)} -s {svc.scheduler}"]
     if svc.persistent is not None:
         words.append(f"-p {svc.persistent}")
-        family = 6 if ":" in svc.addr else 4
-        if svc.netmask != default_netmask(family):
+        if svc.netmask != default_netmask(svc.family):
             words.append(f"-M {svc.netmask}")
     if svc.ops:
         words.append("-o")

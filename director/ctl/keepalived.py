@@ -312,13 +312,53 @@ def _start_daemon_argv(conf: DaemonConf) -> list[str]:
     return argv
 
 
-def _service_words(node: Node, protocol: str) -> list[str] | None:
+def _family(addr: str) -> int:
+    return 6 if ":" in addr else 4
+
+
+def _fwmark_family(vs: Node, method: str, out: Translation) -> int:
+    """The address family of a ``virtual_server fwmark N`` (keepalived's
+    check/check_parser.c): ``ip_family inet|inet6`` (ip_family_handler), else that of
+    its first real server not tunnelled (rs_end_handler), else the form of
+    ``persistence_granularity`` (pgr_handler: a dotted mask is IPv4, a prefix length
+    IPv6), else that of its tunnelled real servers when they agree, IPv4 when they do
+    not (vs_end_handler)."""
+    for node in vs.blocks():
+        if node.keyword == "ip_family" and node.children is None:
+            word = _one(node)[0]
+            if word not in ("inet", "inet6"):
+                out.untranslated.append(f"{node.where}: ip_family {word}")
+                continue
+            return 6 if word == "inet6" else 4
+    servers = [rs.args[0] for rs in vs.blocks() if rs.keyword == "real_server" and rs.args]
+    if servers and method != "-i":
+        return _family(servers[0])
+    for node in vs.blocks():
+        if node.keyword == "persistence_granularity" and node.children is None:
+            return 4 if "." in _one(node)[0] else 6
+    families = {_family(addr) for addr in servers}
+    return families.pop() if len(families) == 1 else 4
+
+
+def _service_words(node: Node, protocol: str, method: str, out: Translation) -> list[str] | None:
     args = node.args
     if len(args) == 2 and args[0] == "fwmark":
-        return ["-f", args[1]]
+        six = _fwmark_family(node, method, out) == 6
+        return ["-f", args[1], "-6"] if six else ["-f", args[1]]
     if len(args) == 2 and args[0] != "group":
         return ["-u" if protocol == "UDP" else "-t", _addr_port(args[0], args[1])]
     return None
+
+
+def _vs_method(vs: Node) -> str:
+    """The virtual server's lb_kind as ipvsadm's switch (NAT when not given)."""
+    for node in vs.blocks():
+        if node.keyword in ("lb_kind", "lvs_method") and node.children is None:
+            word = _one(node)[0].upper()
+            if word not in METHODS:
+                raise _fail(node.file, node.line, f"{node.keyword}: NAT, DR or TUN, not {word}")
+            return METHODS[word]
+    return "-m"
 
 
 def _virtual_server(vs: Node, out: Translation) -> None:
@@ -327,7 +367,7 @@ def _virtual_server(vs: Node, out: Translation) -> None:
     if protocol not in ("TCP", "UDP"):
         out.untranslated.append(f"{settings['protocol'].where}: protocol {protocol}")
         return
-    service = _service_words(vs, protocol)
+    service = _service_words(vs, protocol, _vs_method(vs), out)
     if service is None:
         out.untranslated.append(f"{vs.where}: virtual_server {' '.join(vs.args)}")
         return
@@ -375,7 +415,7 @@ def _virtual_server(vs: Node, out: Translation) -> None:
             policy += [f"--{key.replace('_', '-')}", " ".join(node.args)]
         elif key == "virtualhost":
             host = _one(node)[0]
-        elif key in ("protocol", "alpha", "omega", "ha_suspend"):
+        elif key in ("protocol", "alpha", "omega", "ha_suspend", "ip_family"):
             if key in ("omega", "ha_suspend"):
                 out.untranslated.append(f"{node.where}: {key}")
         else:
@@ -390,6 +430,13 @@ def _virtual_server(vs: Node, out: Translation) -> None:
             _real_server(rs, service, method, interval, on_failure, host, out)
 
 
+def _service_family(service: list[str]) -> int:
+    """The family of a translated service: ``-f N -6`` or the VIP's."""
+    if service[0] == "-f":
+        return 6 if service[-1] == "-6" else 4
+    return 6 if service[1].startswith("[") else 4
+
+
 def _real_server(
     rs: Node,
     service: list[str],
@@ -401,6 +448,13 @@ def _real_server(
 ) -> None:
     if len(rs.args) != 2:
         raise _fail(rs.file, rs.line, "real_server takes an address and a port")
+    if method != "-i" and _family(rs.args[0]) != _service_family(service):
+        # check_parser.c rs_end_handler: only a tunnelled real server may differ.
+        out.untranslated.append(
+            f"{rs.where}: real_server {rs.args[0]}: address family of virtual server and "
+            "real server don't match (keepalived skips it)"
+        )
+        return
     server = ["-r", _addr_port(*rs.args)]
     add = ["add-server", *service, *server, method]
     checks: list[Node] = []

@@ -75,7 +75,7 @@ def addr_port(addr: str, port: int) -> str:
 def service_key(svc: ServiceDict) -> ServiceKey:
     """The ServiceConf.key of a listed service, to select it by -t/-u/-f."""
     if svc["protocol"] == "FWM":
-        return ("fwm", "", svc["fwmark"])
+        return ("fwm", svc["addr"], svc["fwmark"])
     return (svc["protocol"].lower(), svc["addr"], svc["port"])
 
 
@@ -84,9 +84,10 @@ def _is_v6(addr: str) -> bool:
 
 
 def _service_name(svc: ServiceDict) -> str:
-    """``TCP  vip:port`` (cut to 33 characters for IPv4) or ``FWM  mark``."""
+    """``TCP  vip:port`` (cut to 33 characters for IPv4), ``FWM  mark`` or
+    ``FWM  mark IPv6`` (print_service_entry's svc_name)."""
     if svc["protocol"] == "FWM":
-        return f"FWM  {svc['fwmark']}"
+        return f"FWM  {svc['fwmark']}" + (" IPv6" if _is_v6(svc["addr"]) else "")
     name = f"{svc['protocol']:<4} {addr_port(svc['addr'], svc['port'])}"
     return name if _is_v6(svc["addr"]) else name[:33]
 
@@ -305,7 +306,7 @@ def format_checks(rows: list[dict[str, Any]]) -> str:
         proto, vaddr, vport = row["service"]
         raddr, rport = row["server"]
         if proto == "fwm":
-            service = f"FWM  {vport}"
+            service = f"FWM  {vport}" + (" IPv6" if vaddr else "")
         else:
             service = f"{str(proto).upper():<4} {addr_port(vaddr, vport)}"
         check = f"{row['type']}{'+vip' if row['via_vip'] else ''}"

@@ -28,6 +28,7 @@ from typing import Any, TypeAlias
 from director.core.sched import scheduler_names
 from director.model.config import (
     DEFAULT_NETMASK,
+    FWM6_ADDR,
     MAX_WEIGHT,
     PROTOCOLS,
     Config,
@@ -38,7 +39,7 @@ from director.model.config import (
 
 ServiceKey: TypeAlias = tuple[
     str, str, int
-]  # ServiceConf.key: (proto, VIP, port) or ("fwm", "", mark)
+]  # ServiceConf.key: (proto, VIP, port) or ("fwm", "" | "::", mark)
 
 MAX_TIMEOUT = 86400 * 31  # ipvsadm's limit for -p and --set
 MAX_THRESHOLD = 2147483647  # INT_MAX, ipvsadm's limit for -x/-y
@@ -218,9 +219,9 @@ def check_service(svc: ServiceConf) -> ServiceConf:
         )
     if svc.protocol == "fwm":
         _check_range(svc.fwmark, 1, MAX_FWMARK, f"invalid fwmark value `{svc.fwmark}' specified")
-        if svc.addr or svc.port:
+        if svc.addr not in ("", FWM6_ADDR) or svc.port:
             raise ConfigError("a firewall-mark service has no address or port")
-        addr, family = "", 4
+        addr, family = svc.addr, svc.family
     else:
         addr = canonical_addr(svc.addr, "virtual server address")
         family = _version(addr)
@@ -259,8 +260,7 @@ def check_dest(svc: ServiceConf, dest: DestConf) -> DestConf:
     # harmless (it only ends an overload), so it is allowed here.
     if dest.u_threshold and dest.l_threshold > dest.u_threshold:
         raise ConfigError("lower threshold is higher than upper threshold")
-    svc_family = _version(svc.addr) if svc.addr else 4
-    if _version(addr) != svc_family and dest.method != "tunnel":
+    if _version(addr) != svc.family and dest.method != "tunnel":
         raise ConfigError("Different address family is allowed only for tunneling servers")
     port = dest.port
     if svc.protocol != "fwm" and dest.method in PORTLESS_METHODS:

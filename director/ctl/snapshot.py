@@ -45,7 +45,7 @@ class DestDict(TypedDict):
 
 class ServiceDict(TypedDict):
     protocol: str  # "TCP", "UDP", "FWM"
-    addr: str  # "" for fwmark services
+    addr: str  # "" for IPv4 fwmark services, "::" for IPv6 ones (-f MARK -6)
     port: int
     fwmark: int
     scheduler: str

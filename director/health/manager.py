@@ -201,7 +201,7 @@ class HealthManager:
 
 def _service_key(protocol: str, addr: str, port: int, fwmark: int) -> ServiceKey:
     if protocol == "FWM":
-        return ("fwm", "", fwmark)
+        return ("fwm", addr, fwmark)  # addr: "" or "::" (IPv6, -f MARK -6)
     return (protocol.lower(), addr, port)
 
 

@@ -27,6 +27,9 @@ PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "fwm")
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_PERSISTENCE = 360  # seconds, ipvsadm's bare -p
 DEFAULT_NETMASK = "255.255.255.255"
+# The address of an IPv6 firewall-mark service (ipvsadm's ``-f MARK -6``): the kernel keys
+# fwmark services by (af, fwmark) with a zero svc->addr; an IPv4 one keeps "" here.
+FWM6_ADDR = "::"
 MAX_WEIGHT = 2147483647  # the kernel takes any non-negative int
 
 
@@ -52,10 +55,15 @@ class DestConf:
 
 @dataclass(frozen=True, slots=True)
 class ServiceConf:
-    """One virtual service (ipvsadm -A): by protocol, VIP and port, or by fwmark."""
+    """One virtual service (ipvsadm -A): by protocol, VIP and port, or by fwmark.
+
+    A firewall-mark service has an address family too (``struct ip_vs_service``'s
+    ``af``; ipvsadm's ``-f MARK -6``): its ``addr`` is "" for IPv4 and ``FWM6_ADDR``
+    ("::", the zero address) for IPv6, so that ``-f 1`` and ``-f 1 -6`` are two services.
+    """
 
     protocol: str  # "tcp", "udp" or "fwm"
-    addr: str = ""  # VIP, empty for fwmark services
+    addr: str = ""  # VIP; "" (IPv4) or "::" (IPv6) for fwmark services
     port: int = 0
     fwmark: int = 0
     scheduler: str = DEFAULT_SCHEDULER
@@ -67,10 +75,16 @@ class ServiceConf:
 
     @property
     def key(self) -> tuple[str, str, int]:
-        """What identifies a service: (protocol, VIP, port) or ("fwm", "", mark)."""
+        """What identifies a service: (protocol, VIP, port), or ("fwm", "", mark) and
+        ("fwm", "::", mark) for IPv4 and IPv6 firewall-mark services."""
         if self.protocol == "fwm":
-            return ("fwm", "", self.fwmark)
+            return ("fwm", self.addr, self.fwmark)
         return (self.protocol, self.addr, self.port)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the service's address family (svc->af)."""
+        return 6 if ":" in self.addr else 4
 
 
 @dataclass(frozen=True, slots=True)

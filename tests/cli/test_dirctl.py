@@ -154,6 +154,11 @@ BAD: list[tuple[list[str], str]] = [
     (["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.9", "-w", "-3"], "illegal weight"),
     (["add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.2:80", "-m"], "already exists"),
     (["delete-service", "-u", "203.0.113.5:80"], "No such service"),
+    # ipvsadm 1.31: -6 modifies -f only (tests/ctl/oracle/ipvsadm_v6.out).
+    (["add-service", "-t", "203.0.113.5:80", "-6"], "-6 used before -f"),
+    (["list", "-n", "-6"], "-6 used before -f"),
+    (["list", "-n", "-f", "1", "-6"], "No such service"),
+    (["delete-server", "-f", "1", "-6", "-r", "[2001:db8:2::3]"], "illegal real server address"),
     (["set-timeout", "1", "2"], "Missing argument"),
     (["set-timeout", "-5", "0", "0"], "`-5' specified: a non-negative number of seconds"),
     (["set-timeout", "0", "0", "-1"], "`-1' specified: a non-negative number of seconds"),
