@@ -112,7 +112,9 @@ async def serve(name: str, host: str, ports: list[int], pad: int = 0) -> None:
             lambda: HttpNameProtocol(name, pad),
             host=host or None,
             port=port,
-            family=socket.AF_INET,
+            # Unbound, a socket for each family (0.0.0.0 and ::): the IPv6 labs' real
+            # servers answer over both.
+            family=socket.AF_UNSPEC,
             reuse_address=True,
             backlog=4096,
         )

@@ -4,7 +4,7 @@
 to try things in; ``down`` removes it; ``demo`` builds one, shows the seed example
 of SPEC §4 being balanced by the real daemon, and removes it again.  ``--kind`` and
 ``--method`` choose the DR, TUN (real servers behind a router) or mixed lab instead
-of the NAT one (see ``topology``).
+of the NAT one, and nat6, dr6 or tun6 the same over IPv6 (see ``topology``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,17 @@ SEED_RULES = """\
 -A -t 203.0.113.5:21 -s rr
 -a -t 203.0.113.5:21 -r 198.18.0.3:21 -m -w 1
 """
+# The same over IPv6 (the nat6 lab's addresses), in rules/ beside it.
+REPO_RULES6 = REPO_RULES.with_name("seed-nat6.rules")
+SEED_RULES6 = """\
+-A -t [2001:db8:1::100]:80 -s rr
+-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:80 -m -w 1
+-a -t [2001:db8:1::100]:80 -r [2001:db8:2::3]:8000 -m -w 1
+-A -t [2001:db8:1::100]:21 -s rr
+-a -t [2001:db8:1::100]:21 -r [2001:db8:2::3]:21 -m -w 1
+"""
+SEEDS: dict[str, tuple[Path, str]] = {"nat": (REPO_RULES, SEED_RULES),
+                                      "nat6": (REPO_RULES6, SEED_RULES6)}  # fmt: skip
 RUN_DIR = Path("/run/director-lab")
 METRICS_LISTEN = "127.0.0.1:9108"  # the director namespace's own loopback
 
@@ -89,11 +100,20 @@ def _kind_file(name: str) -> Path:
     return RUN_DIR / name / "kind"
 
 
+def _seed(kind: str, given: Path | None = None) -> str:
+    """SPEC §4's example for the NAT lab of ``kind`` (nat or nat6): ``given``, else the
+    repository's rules file, else the copy above."""
+    path, text = SEEDS[kind]
+    path = given or path
+    return path.read_text() if path.exists() else text
+
+
 def _rules_for(lab: topology.Lab) -> str:
-    """The rules a lab's daemon starts with: SPEC §4's example (rules/seed-nat.rules)
-    in the NAT lab, one service on port 80 over every real server in the others."""
-    if lab.kind == "nat":
-        return REPO_RULES.read_text() if REPO_RULES.exists() else SEED_RULES
+    """The rules a lab's daemon starts with: SPEC §4's example (rules/seed-nat.rules,
+    rules/seed-nat6.rules) in the NAT labs, one service on port 80 over every real
+    server in the others."""
+    if lab.kind in SEEDS:
+        return _seed(lab.kind)
     return lab.rules()
 
 
@@ -110,8 +130,8 @@ def up(
     kind: Annotated[
         str,
         typer.Option(
-            help="nat, dr, tun or mixed real servers, ecmp (three directors) or ha (two "
-            "directors, keepalived's VRRP)"
+            help="nat, dr, tun or mixed real servers, nat6, dr6 or tun6 (the same over "
+            "IPv6), ecmp (three directors) or ha (two directors, keepalived's VRRP)"
         ),
     ] = "nat",
 ) -> None:
@@ -153,7 +173,8 @@ def up(
             else:
                 rs = lab.real_servers[0]
                 typer.echo("no directord yet; the real servers answer directly:")
-                typer.echo(f"  ip netns exec {lab.client} curl http://{rs.addr}/")
+                url = f"http://{topology.addr_port(rs.addr, 80)}/"
+                typer.echo(f"  ip netns exec {lab.client} curl -g {url}")
                 typer.echo(f"`dirctl lab up{_named(name)} --daemon` adds directord with:")
                 typer.echo(_rules_for(lab), nl=False)
         except BaseException:
@@ -248,7 +269,7 @@ def _start_daemon(lab: topology.Lab, name: str) -> None:
             if done.returncode:
                 raise RuntimeError(f"dirctl restore: {done.stderr.strip()}")
     typer.echo(d.dirctl("list", "-n").stdout.rstrip())
-    typer.echo(f"try:\n  ip netns exec {lab.client} curl http://{lab.vip}/\n  {dirctl} list -n")
+    typer.echo(f"try:\n  ip netns exec {lab.client} curl -g {lab.url()}\n  {dirctl} list -n")
 
 
 @lab_app.command()
@@ -265,7 +286,7 @@ def _curl(lab: topology.Lab, url: str, timeout: float = 3.0) -> tuple[int, str, 
     start = time.monotonic()
     done = lab.run(
         lab.client,
-        ["curl", "-sS", "--max-time", str(timeout), url],
+        ["curl", "-sSg", "--max-time", str(timeout), url],  # -g: [IPv6] is no glob
         check=False,
         timeout=timeout + 5,
     )
@@ -300,7 +321,8 @@ def _stats_and_metrics(lab: topology.Lab, d: Daemon) -> None:
 
 
 DEMO_METHODS = ("nat", "dr", "tun", "mixed")
-OTHER_DEMOS = (ECMP, "ha")  # not part of "all": they need more than make demo installs
+IPV6_DEMOS = ("nat6", "dr6", "tun6")
+OTHER_DEMOS = (*IPV6_DEMOS, ECMP, "ha")  # not part of "all": IPv6 and labs of more
 
 
 @lab_app.command()
@@ -310,7 +332,8 @@ def demo(
     method: Annotated[
         str,
         typer.Option(
-            help="nat (SPEC §4's example), dr, tun, mixed, all of them, ecmp "
+            help="nat (SPEC §4's example), dr, tun, mixed, all of them, nat6, dr6, tun6 "
+            "(the same over IPv6), ecmp "
             "(three directors behind BGP; needs bird2 and exabgp) or ha (two directors, "
             "keepalived's VRRP; needs keepalived)"
         ),
@@ -335,40 +358,42 @@ def demo(
                 _demo_ecmp(requests)
             elif kind == HA:
                 _demo_ha(requests)
-            elif kind == "nat":
-                _demo_nat(requests, rules)
+            elif kind in SEEDS:
+                _demo_nat(requests, rules, kind)
             else:
                 _demo_method(kind, requests)
 
 
-def _demo_nat(requests: int, rules: Path | None) -> None:
-    rules_text = (rules or REPO_RULES).read_text() if (rules or REPO_RULES).exists() else SEED_RULES
-    lab = topology.build()
+def _demo_nat(requests: int, rules: Path | None, kind: str = "nat") -> None:
+    rules_text = _seed(kind, rules)
+    lab = topology.build(kind=kind)
     work = Path(tempfile.mkdtemp(prefix="director-demo-"))
     d = Daemon(lab, work, ["--metrics-listen", METRICS_LISTEN])
     try:
         _say(f"== lab {lab.prefix}: client {lab.client_addr} -> director (VIP {lab.vip})")
-        _say("   -> rs1 198.18.0.2, rs2 198.18.0.3 (backends on ports 80, 8000, 21)")
+        servers = ", ".join(f"{rs.name} {rs.addr}" for rs in lab.real_servers)
+        _say(f"   -> {servers} (backends on ports 80, 8000, 21)")
         topology.start_backends(lab)
         d.start()
         _say(f"== directord running in {lab.director} (pid {d.pid})")
-        _show("dirctl restore rules/seed-nat.rules", d.dirctl("restore", input=rules_text))
+        name = (rules or SEEDS[kind][0]).name
+        _show(f"dirctl restore rules/{name}", d.dirctl("restore", input=rules_text))
         _show("dirctl list -n", d.dirctl("list", "-n"))
 
-        _say(f"== {requests} requests from the client to http://{lab.vip}/")
+        _say(f"== {requests} requests from the client to {lab.url()}")
         answers: collections.Counter[str] = collections.Counter()
         for i in range(1, requests + 1):
-            code, text, _ = _curl(lab, f"http://{lab.vip}/")
+            code, text, _ = _curl(lab, lab.url())
             typer.echo(f"{i:3d}  {text if code == 0 else f'curl exit {code}: {text}'}")
             answers[text.split()[0] if code == 0 and text else "failed"] += 1
         typer.echo("     " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items())))
 
         _say("== port 21 goes to rs2")
-        code, text, _ = _curl(lab, f"http://{lab.vip}:21/")
-        typer.echo(f"$ curl http://{lab.vip}:21/  ->  {text}")
+        code, text, _ = _curl(lab, lab.url(21))
+        typer.echo(f"$ curl {lab.url(21)}  ->  {text}")
         _say("== any other port of the VIP is refused at once")
-        code, text, took = _curl(lab, f"http://{lab.vip}:23/")
-        typer.echo(f"$ curl http://{lab.vip}:23/  ->  exit {code} after {took:.3f} s: {text}")
+        code, text, took = _curl(lab, lab.url(23))
+        typer.echo(f"$ curl {lab.url(23)}  ->  exit {code} after {took:.3f} s: {text}")
 
         _show("dirctl list -n", d.dirctl("list", "-n"))
         _show("dirctl list -n -c", d.dirctl("list", "-n", "-c"))
@@ -404,7 +429,7 @@ def _demo_method(kind: str, requests: int) -> None:
         for rs in lab.real_servers:
             where = "behind the router" if rs.remote else "on the director's LAN"
             _say(f"   -> {rs.name} {rs.addr} ({rs.method.upper()}, {where})")
-        _say(f"   real servers need {REAL_SERVER_NEEDS[kind]}")
+        _say(f"   real servers need {REAL_SERVER_NEEDS[lab.method_kind]}")
         special = next((rs for rs in lab.real_servers if rs.method != "nat"), None)
         if special is not None:
             done = topology.realserver(lab, special, "status", check=False)
@@ -414,12 +439,12 @@ def _demo_method(kind: str, requests: int) -> None:
         _say(f"== directord running in {lab.director} (pid {d.pid})")
         _show("dirctl restore", d.dirctl("restore", input=lab.rules()))
         _show("dirctl list -n", d.dirctl("list", "-n"))
-        _say(f"== {requests} requests from the client to http://{lab.vip}/")
+        _say(f"== {requests} requests from the client to {lab.url()}")
         _say("   (DR and TUN servers answer from the VIP itself: the client's packet reached"
              " them unchanged)")  # fmt: skip
         answers: collections.Counter[str] = collections.Counter()
         for i in range(1, requests + 1):
-            code, text, _ = _curl(lab, f"http://{lab.vip}/")
+            code, text, _ = _curl(lab, lab.url())
             typer.echo(f"{i:3d}  {text if code == 0 else f'curl exit {code}: {text}'}")
             answers[text.split()[0] if code == 0 and text else "failed"] += 1
         typer.echo("     " + ", ".join(f"{k}: {v}" for k, v in sorted(answers.items())))

@@ -27,6 +27,16 @@ decapsulator where the kernel has no ``ipip``).  The mixed lab (``kind="mixed"``
 has one real server of each method: rs1 198.18.0.2 (NAT), rs2 198.18.0.3 (DR) and
 rs3 198.19.0.2 (TUN, behind the router).
 
+The IPv6 labs (``kind="nat6"``, ``"dr6"``, ``"tun6"``) are the same shapes, dual
+stack: every link keeps its IPv4 address and gets one of SPEC §3's IPv6 networks too
+(client 2001:db8:1::10/64, director 2001:db8:1::1/64 and VIP 2001:db8:1::100/128
+outside, 2001:db8:2::1/64 inside, real servers 2001:db8:2::2 and ::3, or behind the
+router 2001:db8:3::2 and ::3 with the router at 2001:db8:2::254 | 2001:db8:3::1), IPv6
+forwarding on in the director and the router only, and the lab's VIP is the IPv6 one.
+The IPv4 VIP stays on the director: a service of either family may use the same real
+servers (IPVS's mixed-family tunnels).  Addresses are added without duplicate address
+detection (``nodad``), usable at once.
+
 The VIP is put on the director's outside interface by the lab, as an administrator
 would for IPVS; the daemon never adds addresses.  Every namespace name starts with
 a per-run prefix so that parallel runs and tests do not collide, and teardown
@@ -41,6 +51,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +74,16 @@ BACKEND_PORTS: tuple[int, ...] = (80, 8000, 21)
 ROUTER_INSIDE = "198.18.0.254"
 ROUTER_REMOTE = "198.19.0.1"
 REMOTE_NET = "198.19.0.0/24"
+# The IPv6 side of the same links (SPEC §3), for the labs of kind nat6, dr6 and tun6.
+CLIENT_ADDR6 = "2001:db8:1::10"
+DIRECTOR_OUTSIDE6 = "2001:db8:1::1"
+VIP6 = "2001:db8:1::100"
+DIRECTOR_INSIDE6 = "2001:db8:2::1"
+ROUTER_INSIDE6 = "2001:db8:2::254"
+ROUTER_REMOTE6 = "2001:db8:3::1"
+REMOTE_NET6 = "2001:db8:3::/64"
+PREFIXLEN6 = 64
+IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection, usable at once
 # kind -> (name, address, method) of each real server
 KINDS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "nat": (("rs1", "198.18.0.2", "nat"), ("rs2", "198.18.0.3", "nat")),
@@ -70,8 +91,25 @@ KINDS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "tun": (("rs1", "198.19.0.2", "tun"), ("rs2", "198.19.0.3", "tun")),
     "mixed": (("rs1", "198.18.0.2", "nat"), ("rs2", "198.18.0.3", "dr"),
               ("rs3", "198.19.0.2", "tun")),
+    "nat6": (("rs1", "2001:db8:2::2", "nat"), ("rs2", "2001:db8:2::3", "nat")),
+    "dr6": (("rs1", "2001:db8:2::2", "dr"), ("rs2", "2001:db8:2::3", "dr")),
+    "tun6": (("rs1", "2001:db8:3::2", "tun"), ("rs2", "2001:db8:3::3", "tun")),
 }  # fmt: skip
 IPVSADM_FLAG = {"nat": "-m", "dr": "-g", "tun": "-i"}
+# The IPv4 address of each real server of an IPv6 lab (the same host, dual stack).
+ADDR4_OF: dict[str, str] = {
+    "2001:db8:2::2": "198.18.0.2",
+    "2001:db8:2::3": "198.18.0.3",
+    "2001:db8:3::2": "198.19.0.2",
+    "2001:db8:3::3": "198.19.0.3",
+}
+
+
+def addr_port(addr: str, port: int) -> str:
+    """``a.b.c.d:port`` or ``[v6]:port``, as ipvsadm and URLs write them."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 T = TypeVar("T")
 
 
@@ -90,7 +128,12 @@ class RealServerHost:
     @property
     def remote(self) -> bool:
         """Behind the router, on the remote (TUN) network."""
-        return not self.addr.startswith("198.18.")
+        return not self.addr.startswith(("198.18.", "2001:db8:2:"))
+
+    @property
+    def addr4(self) -> str:
+        """Its IPv4 address (an IPv6 lab's real servers have both)."""
+        return ADDR4_OF.get(self.addr, self.addr)
 
 
 @dataclass(slots=True)
@@ -115,14 +158,31 @@ class Lab:
             RealServerHost(name, addr, f"{prefix}-{name}", method)
             for name, addr, method in KINDS[kind]
         )
+        six = kind.endswith("6")
         return cls(
             prefix=prefix,
             client=f"{prefix}-client",
             director=f"{prefix}-director",
             real_servers=servers,
+            vip=VIP6 if six else VIP,
+            client_addr=CLIENT_ADDR6 if six else CLIENT_ADDR,
             kind=kind,
             router=f"{prefix}-router" if any(rs.remote for rs in servers) else None,
         )
+
+    @property
+    def family(self) -> int:
+        """6 for the IPv6 labs (nat6, dr6, tun6), else 4."""
+        return 6 if self.kind.endswith("6") else 4
+
+    @property
+    def method_kind(self) -> str:
+        """nat, dr, tun or mixed: the shape, whatever the family."""
+        return self.kind.removesuffix("6")
+
+    def url(self, port: int = 80, path: str = "/") -> str:
+        """``http://VIP:PORT/`` (``http://[VIP6]:PORT/`` in an IPv6 lab)."""
+        return f"http://{addr_port(self.vip, port)}{path}"
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -131,9 +191,10 @@ class Lab:
 
     def rules(self, port: int = 80, scheduler: str = "rr") -> str:
         """ipvsadm-save lines for one service on ``port`` over every real server."""
-        lines = [f"-A -t {self.vip}:{port} -s {scheduler}"]
+        vip = addr_port(self.vip, port)
+        lines = [f"-A -t {vip} -s {scheduler}"]
         lines += [
-            f"-a -t {self.vip}:{port} -r {rs.addr}:{port} {IPVSADM_FLAG[rs.method]} -w 1"
+            f"-a -t {vip} -r {addr_port(rs.addr, port)} {IPVSADM_FLAG[rs.method]} -w 1"
             for rs in self.real_servers
         ]
         return "\n".join(lines) + "\n"
@@ -262,14 +323,48 @@ def _build(lab: Lab) -> None:
 
     for rs in lab.real_servers:
         with NetNS(rs.netns) as ns:
-            _up(ns, "eth0", rs.addr, INSIDE_PREFIXLEN)
+            _up(ns, "eth0", rs.addr4, INSIDE_PREFIXLEN)
             ns.route(
                 "add", dst="0.0.0.0/0", gateway=ROUTER_REMOTE if rs.remote else DIRECTOR_INSIDE
             )
-    if lab.kind != "nat":
+    if lab.family == 6:
+        _build_ipv6(lab)
+    if lab.method_kind != "nat":
         # DR and TUN replies come back through the director with the VIP, one of its
         # own addresses, as source: without accept_local they are martians.
         set_sysctl(lab.director, "net.ipv4.conf.br0.accept_local", "1")
+
+
+def _addr6(ns: NetNS, ifname: str, addr: str, prefixlen: int = PREFIXLEN6) -> None:
+    idx = ns.link_lookup(ifname=ifname)[0]
+    ns.addr("add", index=idx, address=addr, prefixlen=prefixlen, flags=IFA_F_NODAD)
+
+
+def _build_ipv6(lab: Lab) -> None:
+    """The IPv6 side of an IPv6 lab's links (the module docstring's addresses)."""
+    from pyroute2 import NetNS
+
+    with NetNS(lab.client) as ns:
+        _addr6(ns, "eth0", CLIENT_ADDR6)
+        ns.route("add", dst="::/0", gateway=DIRECTOR_OUTSIDE6, family=socket.AF_INET6)
+    with NetNS(lab.director) as ns:
+        _addr6(ns, "ext0", DIRECTOR_OUTSIDE6)
+        _addr6(ns, "ext0", VIP6, 128)
+        _addr6(ns, "br0", DIRECTOR_INSIDE6)
+        if lab.router is not None:
+            ns.route("add", dst=REMOTE_NET6, gateway=ROUTER_INSIDE6, family=socket.AF_INET6)
+    set_sysctl(lab.director, "net.ipv6.conf.all.forwarding", "1")
+    if lab.router is not None:
+        with NetNS(lab.router) as ns:
+            _addr6(ns, "lan0", ROUTER_INSIDE6)
+            _addr6(ns, "br0", ROUTER_REMOTE6)
+            ns.route("add", dst="::/0", gateway=DIRECTOR_INSIDE6, family=socket.AF_INET6)
+        set_sysctl(lab.router, "net.ipv6.conf.all.forwarding", "1")
+    for rs in lab.real_servers:
+        with NetNS(rs.netns) as ns:
+            _addr6(ns, "eth0", rs.addr)
+            gateway = ROUTER_REMOTE6 if rs.remote else DIRECTOR_INSIDE6
+            ns.route("add", dst="::/0", gateway=gateway, family=socket.AF_INET6)
 
 
 def _build_router(lab: Lab, router: str) -> None:

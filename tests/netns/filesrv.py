@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import socket
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -47,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = functools.partial(Handler, directory=args.directory)
     ThreadingHTTPServer.allow_reuse_address = True
-    with ThreadingHTTPServer((args.bind, args.port), handler) as server:
+    server_class = ThreadingHTTPServer
+    if ":" in args.bind:  # --bind :: serves IPv6 (and IPv4, mapped)
+
+        class Server6(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_class = Server6
+    with server_class((args.bind, args.port), handler) as server:
         server.serve_forever()
     return 0
 

@@ -19,6 +19,7 @@ from director.lab.daemon import Daemon
 from director.lab.topology import Lab, RealServerHost
 
 SEED_RULES_FILE = Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules"
+SEED6_RULES_FILE = SEED_RULES_FILE.with_name("seed-nat6.rules")
 CURL_REFUSED = 7  # curl: "Failed to connect" (RST or ICMP unreachable)
 CURL_TIMEOUT = 28
 
@@ -177,7 +178,7 @@ def curl(lab: Lab, url: str, max_time: float = 5.0) -> CurlResult:
     start = time.monotonic()
     done = lab.run(
         lab.client,
-        ["curl", "-sS", "--max-time", str(max_time), url],
+        ["curl", "-sSg", "--max-time", str(max_time), url],  # -g: [IPv6] is no glob
         check=False,
         timeout=max_time + 10,
     )
@@ -250,9 +251,10 @@ def helper_argv(script: str, *args: str) -> list[str]:
 class FileServer:
     """``filesrv.py`` in a namespace: GET serves ``directory``, POST answers a SHA-256."""
 
-    def __init__(self, lab: Lab, ns: str, port: int, directory: Path) -> None:
+    def __init__(self, lab: Lab, ns: str, port: int, directory: Path, bind: str = "") -> None:
         self.lab, self.ns, self.port = lab, ns, port
         argv = helper_argv("filesrv.py", "--port", str(port), "--directory", str(directory))
+        argv += ["--bind", bind] if bind else []
         self.proc = subprocess.Popen(
             lab.exec_argv(ns, argv),
             stdin=subprocess.DEVNULL,

@@ -28,11 +28,13 @@ def ns_exec(ns: str, *argv: str) -> list[str]:
 class Listener:
     """``socat -u TCP-LISTEN:8080 -> file`` in namespace ``ns``, for one connection."""
 
-    def __init__(self, ns: str, outfile: Path, port: int = PORT, bind: str | None = None) -> None:
+    def __init__(
+        self, ns: str, outfile: Path, port: int = PORT, bind: str | None = None, six: bool = False
+    ) -> None:
         self.ns, self.outfile, self.port = ns, outfile, port
         address = f"TCP-LISTEN:{port},reuseaddr" + (f",bind={bind}" if bind else "")
         self.proc = subprocess.Popen(
-            ns_exec(ns, "timeout", "15", "socat", "-u", "-4", address,
+            ns_exec(ns, "timeout", "15", "socat", "-u", "-6" if six else "-4", address,
                     f"OPEN:{outfile},creat,trunc"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -71,9 +73,12 @@ class Listener:
 def send(
     client_ns: str, vip: str, data: bytes, port: int = PORT
 ) -> subprocess.CompletedProcess[bytes]:
-    """``socat -u STDIN TCP:VIP:PORT < data`` from the client (2 s at most, as ipvs.sh)."""
+    """``socat -u STDIN TCP:VIP:PORT < data`` from the client (2 s at most, as ipvs.sh);
+    ``-6`` and ``TCP6:[VIP]:PORT`` for an IPv6 VIP."""
+    target = f"TCP6:[{vip}]:{port}" if ":" in vip else f"TCP:{vip}:{port}"
+    family = "-6" if ":" in vip else "-4"
     return subprocess.run(
-        ns_exec(client_ns, "timeout", "2", "socat", "-u", "-4", "STDIN", f"TCP:{vip}:{port}"),
+        ns_exec(client_ns, "timeout", "2", "socat", "-u", family, "STDIN", target),
         input=data,
         capture_output=True,
         timeout=15,
@@ -84,7 +89,8 @@ def transfer(client_ns: str, server_ns: str, vip: str, workdir: Path, *,
              port: int = PORT, bind: str | None = None) -> tuple[bytes, bytes, str]:  # fmt: skip
     """Send 32 random bytes from the client to VIP:port; (sent, received, client's stderr)."""
     data = os.urandom(DATALEN)
-    listener = Listener(server_ns, workdir / f"received-{server_ns}-{port}", port, bind)
+    listener = Listener(server_ns, workdir / f"received-{server_ns}-{port}", port, bind,
+                        six=":" in vip)  # fmt: skip
     try:
         done = send(client_ns, vip, data, port)
         got = listener.received()
