@@ -145,6 +145,12 @@ def rules6_text() -> str:
     return rules_text(RULES6_FILE)
 
 
+def ipv6_available() -> bool:
+    """Whether this host has IPv6 at all (no /proc/sys/net/ipv6 with ipv6.disable=1):
+    without it the IPv6 hooks are left out, and the IPv4 ones work as before."""
+    return Path("/proc/sys/net/ipv6").is_dir()
+
+
 def ipv6_service(svc: ServiceConf) -> bool:
     """Whether ``svc`` is an IPv6 service: its VIP, or for a firewall-mark service
     (ipvsadm -f MARK -6) its persistence netmask, an IPv6 prefix length, not dotted."""
@@ -415,6 +421,7 @@ class Hooks:
     text: str = field(default_factory=rules_text)
     fast_text: str = field(default_factory=fast_rules_text)
     text6: str = field(default_factory=rules6_text)
+    ipv6: bool = field(default_factory=ipv6_available)  # the IPv6 hooks too
     # ipvsadm --set's figures the fast path's timeout policies get at install (the
     # daemon gives its rules file's); each sync gives its config's.
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -428,7 +435,8 @@ class Hooks:
     @property
     def sets(self) -> dict[str, str]:
         """The ipsets of this mode, by name: their type (the IPv6 ones: SETS6)."""
-        return SETS | SETS6 | FAST_SETS if self.fast else SETS | SETS6
+        sets = SETS | SETS6 if self.ipv6 else dict(SETS)
+        return sets | FAST_SETS if self.fast else sets
 
     def install(self) -> None:
         """Load the hooks.  Hooks a previous run left in place (on_stop = keep) are
@@ -456,14 +464,17 @@ class Hooks:
         for table, chain, rule in jumps:
             if not _iptables("-t", table, "-C", chain, *rule.split()):
                 _iptables("-t", table, "-I", chain, "1", *rule.split())
-        text6 = render6(self.text6, self.queue, self.mark, self.bypass,
-                        shard_patterns6(self.shards))  # fmt: skip
-        _, jumps6 = declared(text6)
-        _restore("\n".join(line for line in text6.splitlines() if not _JUMP.match(line)) + "\n",
-                 IPV6)  # fmt: skip
-        for table, chain, rule in jumps6:
-            if not _iptables("-t", table, "-C", chain, *rule.split(), tables=IPV6):
-                _iptables("-t", table, "-I", chain, "1", *rule.split(), tables=IPV6)
+        if self.ipv6:
+            text6 = render6(self.text6, self.queue, self.mark, self.bypass,
+                            shard_patterns6(self.shards))  # fmt: skip
+            _, jumps6 = declared(text6)
+            _restore("\n".join(line for line in text6.splitlines() if not _JUMP.match(line))
+                     + "\n", IPV6)  # fmt: skip
+            for table, chain, rule in jumps6:
+                if not _iptables("-t", table, "-C", chain, *rule.split(), tables=IPV6):
+                    _iptables("-t", table, "-I", chain, "1", *rule.split(), tables=IPV6)
+        else:
+            log.warning("this host has no IPv6: IPv6 services get no hooks")
         if not self.fast:
             _, own = render_fast(self.fast_text, self.queue)
             _remove_declared(own)
@@ -486,8 +497,9 @@ class Hooks:
             new = fast_shard_rules(shards, self.queue, self.bypass)
             text += ["*mangle", f":{SHARD_NEW} - [0:0]", *new, "COMMIT"]
         _restore("\n".join([*text, ""]))
-        rules6 = shard_rules6(shard_patterns6(shards), self.queue, self.bypass)
-        _restore("\n".join(["*filter", *declared_chains, *rules6, "COMMIT", ""]), IPV6)
+        if self.ipv6:
+            rules6 = shard_rules6(shard_patterns6(shards), self.queue, self.bypass)
+            _restore("\n".join(["*filter", *declared_chains, *rules6, "COMMIT", ""]), IPV6)
         self.shards = shards
 
     def remove(self) -> None:
@@ -495,7 +507,8 @@ class Hooks:
         _, own = render_fast(self.fast_text, self.queue)
         _remove_declared(own)  # first: its rules name sets and chains of both files
         _remove_declared(self.text)
-        _remove_declared(self.text6, IPV6)
+        if self.ipv6:
+            _remove_declared(self.text6, IPV6)
         _destroy_sets(SETS | SETS6 | FAST_SETS)
         _delete_policies()  # last: the CT rules that held them are gone
         _delete_acct_table()
@@ -520,6 +533,10 @@ class Hooks:
         wanted, marks = selection(config, self.fast)
         marks6 = marks6_of(config)
         marks -= marks6
+        if not self.ipv6:
+            wanted = {name: entries for name, entries in wanted.items() if name not in SETS6}
+            marks6 = set()
+            self._marks6 = marks6
         with IPSet() as ipset:
             for name, entries in wanted.items():
                 have = self._entries.pop(name, None)

@@ -112,10 +112,16 @@ class Worker:
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         self.raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # to learn the MTU it refuses
-        # IPv6: IPPROTO_RAW implies the header included (inet6_create sets hdrincl).
-        self.raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        self.raw6.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-        self.raw6.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        # IPv6: IPPROTO_RAW implies the header included (inet6_create sets hdrincl);
+        # none on a host without IPv6 (no IPv6 packet comes either).
+        self.raw6: socket.socket | None = None
+        try:
+            self.raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        except OSError as err:
+            log.warning("no IPv6 raw socket (%s): IPv6 packets are not sent", err)
+        else:
+            self.raw6.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            self.raw6.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
 
     def _setup(
         self,
@@ -237,7 +243,8 @@ class Worker:
             self.sock = None
         self.nfq.unbind()
         self.raw.close()
-        self.raw6.close()
+        if self.raw6 is not None:
+            self.raw6.close()
 
     def counters(self) -> dict[str, int]:
         """What passed this worker, for the metrics."""
@@ -353,6 +360,9 @@ class Worker:
         header included never fragments); an IPv6 one is counted (``send_90``: the core
         answered what did not fit its route with its own "packet too big")."""
         if data[0] >> 4 == 6:
+            if self.raw6 is None:
+                self.errors["send_no_ipv6"] += 1
+                return
             sock = self.raw6
             destination: tuple[str, int] = (socket.inet_ntop(socket.AF_INET6, data[24:40]), 0)
         else:
