@@ -159,18 +159,16 @@ def test_no_real_server_gets_icmp_port_unreachable():
     assert d.drops["no_dest"] == 1
 
 
-def test_ipv6_is_refused_for_a_method_that_does_not_carry_it():
-    """Director.check: NAT carries IPv6; DR does not yet (until its IPv6 transmitter
-    lands; then this wants another method it refuses)."""
-    import pytest
+def test_ipv6_is_taken_by_every_method():
+    """Director.check: NAT, DR and TUN carry IPv6 (ip_vs_nat_xmit_v6, ip_vs_dr_xmit_v6,
+    ip_vs_tunnel_xmit_v6), and a tunnel carries either family in either."""
 
-    from director.model.config import ConfigError
+    def six(method: str, rs: str = "2001:db8:2::2", vip: str = "2001:db8:1::100") -> Config:
+        dest = DestConf(rs, 80, method)
+        return Config(services=(ServiceConf("tcp", vip, 80, dests=(dest,)),))
 
-    def six(method: str) -> Config:
-        dest = DestConf("2001:db8:2::2", 80, method)
-        return Config(services=(ServiceConf("tcp", "2001:db8:1::100", 80, dests=(dest,)),))
-
-    with pytest.raises(ConfigError, match="2001:db8:1::100: IPv6 with forwarding method droute"):
-        Director.check(six("droute"))
-    Director.check(six("masq"))
+    for method in ("masq", "droute", "tunnel"):
+        Director.check(six(method))
+    Director.check(six("tunnel", rs="198.19.0.2"))
+    Director.check(six("tunnel", vip="203.0.113.5"))
     Director.check(SEED)  # IPv4: fine

@@ -1,7 +1,10 @@
-"""VS/DR, direct routing (ip_vs_dr_xmit).
+"""VS/DR, direct routing (ip_vs_dr_xmit and ip_vs_dr_xmit_v6).
 
 The IP packet is not changed at all: it is handed to the real server at layer 2, so
-only the Ethernet destination becomes the real server's MAC.  The real server owns
+only the Ethernet destination becomes the real server's MAC (found by ARP for IPv4,
+by neighbour discovery for IPv6: the shell's; the frame's EtherType is the packet's
+family, 0x0800 or 0x86DD).  A DR real server is of the service's family: the kernel
+forwards only tunnels across families (ip_vs_genl_set_cmd).  The real server owns
 the VIP on a device that does not answer ARP and replies to the client directly, so
 replies never come back through the director (the connection is IP_VS_CONN_F_NOOUTPUT
 and moves by the INPUT-ONLY state table).
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 @register
 class DirectRoute(Xmit):
     name = "droute"
+    families = frozenset((4, 6))
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
         route = out_route(conn, pkt)

@@ -1,18 +1,27 @@
 """The path-MTU check every transmitter makes before sending (ensure_mtu_is_adequate).
 
-A packet with DF set that does not fit the way to its real server is answered with
-ICMP fragmentation needed carrying the MTU that fits; the client's stack lowers its
-path MTU and sends again (RFC 1191).  Without DF the packet goes on and is fragmented
-on output, as the kernel's ip_fragment would (the shells use director.core.fragment).
-A GSO super-packet is never refused: the kernel cuts it into segments that fit
-(ensure_mtu_is_adequate skips skb_is_gso).
+IPv4: a packet with DF set that does not fit the way to its real server is answered
+with ICMP fragmentation needed carrying the MTU that fits; the client's stack lowers
+its path MTU and sends again (RFC 1191).  Without DF the packet goes on and is
+fragmented on output, as the kernel's ip_fragment would (the shells use
+director.core.fragment).
+
+IPv6: no router fragments (RFC 8200 §5), so any packet that does not fit is dropped
+and answered with ICMPv6 Packet Too Big carrying the MTU that fits (RFC 8201;
+__mtu_check_toobig_v6 and ``icmpv6_send(skb, ICMPV6_PKT_TOOBIG, 0, mtu)``).
+
+Either way a GSO super-packet is never refused: the kernel cuts it into segments that
+fit (both checks skip skb_is_gso).  An ICMP error being relayed (ip_vs_iph_icmp) gets
+no answer of its own: a too-big IPv4 one goes on to be fragmented, a too-big IPv6 one
+is dropped.  The packet's family is its version nibble, so the check serves the NAT,
+DR and TUN transmitters of either family alike.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from director.core.icmp import frag_needed
+from director.core.icmp import IPV6_MIN_MTU, frag_needed, hop_limit_exceeded, packet_too_big
 from director.core.packet import SKB_GSO, Packet
 from director.core.route import Route
 from director.core.xmit import DROP, SEND, Verdict
@@ -22,21 +31,59 @@ if TYPE_CHECKING:
 
 _IP_DF = 0x40  # in the first byte of the fragment field
 IP_DF = _IP_DF
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+MIN_TUNNEL_MTU = 68  # __ip_vs_get_out_rt's floor for a tunnel toward an IPv4 real server
+_IP6_HLIM = 7
 
 
 def too_big(pkt: Packet, mtu: int) -> Verdict | None:
-    """The ICMP answer if ``pkt`` needs more than ``mtu`` bytes and may not be fragmented."""
-    if pkt.length > mtu and pkt.buf[6] & _IP_DF and not pkt.skb_info & SKB_GSO:
-        return (SEND, frag_needed(pkt.buf, mtu))
+    """The answer if ``pkt`` needs more than ``mtu`` bytes and may not be fragmented on
+    the way (None: it goes on)."""
+    if pkt.length <= mtu or pkt.skb_info & SKB_GSO:
+        return None
+    buf = pkt.buf
+    if len(pkt.daddr) == 16:
+        if pkt.protocol == IPPROTO_ICMPV6:
+            return (DROP, "too_big")
+        return (SEND, packet_too_big(buf, mtu))
+    if buf[6] & _IP_DF and pkt.protocol != IPPROTO_ICMP:
+        return (SEND, frag_needed(buf, mtu))
     return None
 
 
+def decrement_hop_limit(pkt: Packet) -> Verdict | None:
+    """decrement_ttl for IPv6 (ip_vs_xmit.c): the hop limit less one, in place, or the
+    answer when it was 1 or 0: ICMPv6 time exceeded (hop limit), none to an ICMPv6
+    error being relayed (icmpv6_send answers no error with another).  IPv4 packets
+    keep their TTL here, as the director's IPv4 path always has."""
+    buf = pkt.buf
+    hlim = buf[_IP6_HLIM]
+    if hlim > 1:
+        buf[_IP6_HLIM] = hlim - 1
+        return None
+    if pkt.protocol == IPPROTO_ICMPV6:
+        return (DROP, "hop_limit")
+    return (SEND, hop_limit_exceeded(buf))
+
+
 def out_route(conn: Conn, pkt: Packet, overhead: int = 0) -> Route | Verdict:
-    """The prologue of the DR and TUN transmitters (__ip_vs_get_out_rt): the route
-    toward the real server, or the verdict when there is none (dropped as
-    ``no_route``) or the packet plus ``overhead`` bytes of encapsulation does not fit
-    its path MTU (ensure_mtu_is_adequate)."""
-    route = conn.dest.route
+    """The prologue of the DR and TUN transmitters (__ip_vs_get_out_rt and
+    __ip_vs_get_out_rt_v6): the route toward the real server, or the verdict when
+    there is none (dropped as ``no_route``), when an IPv6 packet's hop limit runs out
+    (decrement_ttl), when a tunnel's route is narrower than its outer header allows
+    (``overhead`` bytes of it: below 68 bytes toward an IPv4 real server, below
+    IPV6_MIN_MTU toward an IPv6 one, dropped as ``tunnel_mtu``), or when the packet
+    does not fit the path MTU less ``overhead`` (ensure_mtu_is_adequate)."""
+    dest = conn.dest
+    route = dest.route
     if route is None:
         return (DROP, "no_route")
-    return too_big(pkt, conn.dest.path_mtu(route) - overhead) or route
+    if len(pkt.daddr) == 16:
+        refused = decrement_hop_limit(pkt)
+        if refused is not None:
+            return refused
+    mtu = dest.path_mtu(route) - overhead
+    if overhead and mtu < (IPV6_MIN_MTU if len(dest.addr) == 16 else MIN_TUNNEL_MTU):
+        return (DROP, "tunnel_mtu")
+    return too_big(pkt, mtu) or route
