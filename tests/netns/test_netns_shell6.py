@@ -366,3 +366,27 @@ def test_a_dr_frame_finds_its_ipv6_neighbour_by_ndp(pair: tuple[Netns, Netns]) -
             listener.wait()
     assert sent.startswith("resolved True"), sent
     assert got.split() == ["direct6", CLIENT, "40002"], (got, err, sent)
+
+
+ROUTES = r"""
+import socket, sys
+from director.shell.netlink import Routes
+routes = Routes()
+for addr in sys.argv[1:]:
+    r = routes.lookup(addr)
+    print(socket.if_indextoname(r.ifindex), socket.inet_ntop(socket.AF_INET6, r.source),
+          r.mtu, r.onlink, r.local)
+routes.close()
+"""
+
+
+def test_routes_to_ipv6_real_servers(pair: tuple[Netns, Netns]) -> None:
+    """What the kernel's route says (as __ip_vs_get_out_rt_v6 asks it): the device,
+    the source the kernel picks, the MTU (the route's when it has one, else the
+    device's), on-link or through a gateway, the director's own address."""
+    d, _ = pair
+    d.ip("-6", "route", "add", "2001:db8:3::/64", "via", RS, "mtu", "1400")
+    got = d.python(ROUTES, RS, "2001:db8:3::5", VIP).splitlines()
+    assert got[0].split() == ["eth0", OWN, "1500", "True", "False"]
+    assert got[1].split() == ["eth0", OWN, "1400", "False", "False"]
+    assert got[2].split()[1:] == [VIP, "65536", "True", "True"]  # lo's MTU: local
