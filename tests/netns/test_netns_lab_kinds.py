@@ -47,7 +47,7 @@ def test_lab_kind_builds_and_teardown_by_name_removes_everything(kind: str) -> N
     assert not [pid for pid in pids if host.decap_running(int(pid))]
 
 
-@pytest.mark.parametrize("kind", ["nat6"])
+@pytest.mark.parametrize("kind", ["nat6", "dr6", "tun6"])
 def test_ipv6_lab_is_the_same_shape_dual_stack(kind: str) -> None:
     """nat6, dr6 and tun6: every real server answers the client over IPv6 and IPv4
     through the director's (and the router's) forwarding, which is on for IPv6 in the

@@ -1,0 +1,101 @@
+"""IPv6 end to end (issue 14) in the nat6, dr6 and tun6 labs, through the real daemon,
+ip6tables, NFQUEUE and real clients and servers.
+
+- the kernel IPVS selftest's check (tools/testing/selftests/net/netfilter/ipvs.sh: 32
+  random bytes from the client to VIP:8080 reach a socat listener on the real server
+  intact) with IPv6 addresses, for DR, NAT and TUN;
+- path MTU discovery through each method: the director's LAN toward the real servers
+  narrowed to 1400, a 2 MB upload arrives whole and the client's route cache holds the
+  path MTU to the VIP, 1400 for NAT and DR, 1400 - 40 for TUN (the outer IPv6 header,
+  ip_vs_xmit.c ip_vs_tunnel_xmit_v6 / __mtu_check_toobig_v6);
+
+The seed example over IPv6, persistence with -M 64 and save/restore of IPv6 rules are
+in test_netns_ipv6_nat.py (the nat6 lab alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labtools import FileServer, random_file, route_mtu
+from socat32 import PORT, need_socat, transfer
+
+from director.lab import topology
+from director.lab.daemon import Daemon
+
+UPLOAD = 2 << 20
+LAN_MTU = 1400
+FILE_PORT = 8088
+# The outer header a tunnel adds: IPv6's 40 bytes (IPv4 in IPv6 too), IPIP's 20.
+OUTER = {"tun": 40}
+
+
+@pytest.fixture(scope="module", params=["nat6"])
+def lab(request: pytest.FixtureRequest) -> Iterator[topology.Lab]:
+    """One IPv6 lab of each method (overrides conftest's NAT lab for this module)."""
+    built = topology.build(kind=request.param)
+    try:
+        yield built
+    finally:
+        topology.teardown(built)
+
+
+def _restore(d: Daemon, rules: str) -> None:
+    done = d.dirctl("restore", input=rules)
+    assert done.returncode == 0, done.stderr
+
+
+def _rules(lab: topology.Lab, vip: str, port: int) -> str:
+    """One service on ``vip``:``port`` over rs1 by the lab's method."""
+    rs1 = lab.real_servers[0]
+    flag = topology.IPVSADM_FLAG[rs1.method]
+    service = topology.addr_port(vip, port)
+    return (
+        f"-A -t {service} -s rr\n-a -t {service} -r {topology.addr_port(rs1.addr, port)} {flag}\n"
+    )
+
+
+def test_selftest_32_random_bytes_reach_the_real_server_intact(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    need_socat()
+    lab = daemon.lab
+    _restore(daemon, _rules(lab, lab.vip, PORT))
+    rs1 = lab.real_servers[0]
+    sent, got, client = transfer(lab.client, rs1.netns, lab.vip, tmp_path)
+    assert got == sent, f"{lab.kind}: the real server got {got.hex() or 'nothing'} ({client})"
+    stats = daemon.dirctl("list", "-n", "--stats").stdout
+    assert f"[{rs1.addr}]:{PORT}" in stats, stats
+
+
+def _upload(lab: topology.Lab, path: Path, url: str) -> tuple[int, str, str]:
+    done = lab.run(
+        lab.client,
+        ["curl", "-sSg", "--max-time", "20", "-H", "Expect:", "--data-binary", f"@{path}", url],
+        check=False, timeout=30,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_pmtu_discovery_through_a_narrower_lan(daemon: Daemon, tmp_path: Path) -> None:
+    """The client learns the MTU of the way on from the director's packet too big."""
+    lab = daemon.lab
+    rs1 = lab.real_servers[0]
+    _restore(daemon, _rules(lab, lab.vip, FILE_PORT))
+    digest = random_file(tmp_path / "upload", UPLOAD)
+    (tmp_path / "www").mkdir()
+    with FileServer(lab, rs1.netns, FILE_PORT, tmp_path / "www", bind="::"):
+        lab.run(lab.client, ["ip", "-6", "route", "flush", "cache"])
+        assert route_mtu(lab, lab.client, lab.vip) is None
+        lab.run(lab.director, ["ip", "link", "set", "br0", "mtu", str(LAN_MTU)])
+        try:
+            code, out, err = _upload(lab, tmp_path / "upload", lab.url(FILE_PORT))
+            assert code == 0, err
+            assert out.split() == [digest, str(UPLOAD)]
+            expected = LAN_MTU - OUTER.get(lab.method_kind, 0)
+            assert route_mtu(lab, lab.client, lab.vip) == expected
+        finally:
+            lab.run(lab.director, ["ip", "link", "set", "br0", "mtu", "1500"], check=False)
+            lab.run(lab.client, ["ip", "-6", "route", "flush", "cache"], check=False)
