@@ -11,6 +11,10 @@ the client to the VIP (or, for "direct", to rs1 itself):
 for every answer size of ``--body-size`` (by default tiny answers, the server's name,
 and 16 KiB ones), through
 * director NAT: the real directord in the director namespace with the seed rules;
+* director NAT over IPv6 (``director6``): the same service and servers with SPEC §3's
+  IPv6 addresses (rules/seed-nat6.rules' port 80), in the nat6 lab, from the client's
+  one IPv6 address (IPv6 clients are not spread: with ``--workers`` above 1 the case
+  reports the workers it left idle as an error);
 * HAProxy in TCP mode with as many threads (``nbthread``) as director has workers;
 * kernel nftables DNAT, ``numgen inc mod 2`` over the same two servers;
 * the NFQUEUE accept-only ceiling: the same kernel DNAT, and every packet of the
@@ -78,6 +82,13 @@ SEED_80 = "".join(
     [
         "-A -t 203.0.113.5:80 -s wlc\n",
         *(f"-a -t 203.0.113.5:80 -r {addr}:{port} -m -w 1\n" for addr, port in TARGETS),
+    ]
+)
+TARGETS6 = (("2001:db8:2::2", 80), ("2001:db8:2::3", 8000))  # the nat6 lab's, the same
+SEED6_80 = "".join(
+    [
+        "-A -t [2001:db8:1::100]:80 -s wlc\n",
+        *(f"-a -t [2001:db8:1::100]:80 -r [{addr}]:{port} -m -w 1\n" for addr, port in TARGETS6),
     ]
 )
 NGINX_PORTS = (80, 8000)  # every port a case sends to (TARGETS, and the DR/TUN labs' 80)
@@ -264,6 +275,7 @@ def nginx_conf(root: Path, rs: topology.RealServerHost) -> str:
         f"""
     server {{
         listen {port} backlog=4096;
+        listen [::]:{port} backlog=4096;
         root {root / str(port)};
         location / {{ try_files /body =404; }}
     }}"""
@@ -450,9 +462,9 @@ def client_spread(lab: Lab, work: Path, settings: Settings) -> Iterator[None]:
     one address would load one worker only: while the block runs, the client's
     connections leave from ``settings.clients`` in turn (the extra addresses on its
     eth0, so it answers ARP for them, and an SNAT table in its namespace), for every
-    case alike.  One address: nothing is changed."""
+    case alike.  One address, or the IPv6 lab: nothing is changed."""
     extra = [addr for addr in settings.clients if addr != lab.client_addr]
-    if not extra:
+    if not extra or lab.family == 6:
         yield
         return
     added: list[str] = []
@@ -617,6 +629,11 @@ def director_nat(
     return _director(lab, work / name, settings, SEED_80, setup)
 
 
+def director_nat6(lab: Lab, work: Path, settings: Settings) -> AbstractContextManager[Target]:
+    """director NAT over IPv6: the seed's port 80 service with the nat6 lab's addresses."""
+    return _director(lab, work / "director6", settings, SEED6_80)
+
+
 def director_lab_rules(lab: Lab, work: Path, settings: Settings) -> AbstractContextManager[Target]:
     """directord with one port-80 service over the lab's servers by their own method."""
     rules = lab.rules(port=80, scheduler="wlc")
@@ -649,7 +666,7 @@ def _director(
                 raise RuntimeError(f"dirctl {command[0]}: {done.stderr.strip()}")
         assert daemon.pid is not None
         # The supervisor, its daemon child and whatever workers that one starts.
-        yield Target(f"http://{lab.vip}/", (daemon.pid,))
+        yield Target(lab.url(), (daemon.pid,))
         if fast:
             return  # its new flows are queued from mangle PREROUTING, not DIRECTOR_SHARD_IN
         # Figures of N workers where one did all the work would be no such figures.
@@ -665,7 +682,8 @@ def _director(
 def _shard_queued(lab: Lab) -> dict[int, int]:
     """Requests the shard chain has sent to each worker's queue so far (its NFQUEUE
     rules' packet counters, by queue number: one queue per worker)."""
-    out = lab.run(lab.director, ["iptables", "-w", "-nvxL", SHARD_IN], check=False).stdout
+    program = "ip6tables" if lab.family == 6 else "iptables"
+    out = lab.run(lab.director, [program, "-w", "-nvxL", SHARD_IN], check=False).stdout
     queued: dict[int, int] = {}
     for line in out.splitlines():
         words = line.split()
@@ -681,6 +699,7 @@ CASES: dict[str, tuple[str, Setup]] = {
     "ceiling": ("NFQUEUE accept-only ceiling", nfqueue_ceiling),
     "haproxy": ("HAProxy tcp", haproxy),
     "director": ("director NAT", director_nat),
+    "director6": ("director NAT, IPv6", director_nat6),
     # The DoS defences on: secure_tcp always, drop_entry and drop_packet automatic (armed,
     # they act when memory runs short).  Always on, those two drop connections by design
     # (drop_packet one new connection in am_droprate; drop_entry half-open entries from a
@@ -711,7 +730,8 @@ CASES: dict[str, tuple[str, Setup]] = {
     "director-dr": ("director DR", director_lab_rules),
     "director-tun": ("director TUN (user decap)", director_lab_rules),
 }
-LAB_KIND = {"director-dr": "dr", "director-tun": "tun"}  # the others run in the NAT lab
+# the others run in the NAT lab
+LAB_KIND = {"director6": "nat6", "director-dr": "dr", "director-tun": "tun"}
 
 
 def title_of(key: str, settings: Settings) -> str:
@@ -956,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="director-bench-"))
     work.chmod(0o711)  # nginx's unprivileged workers pass through to their files
     try:
-        # One lab at a time: the NAT lab for most cases, then the DR and TUN labs.
+        # One lab at a time: the NAT lab for most cases, then the nat6, DR and TUN labs.
         for kind in dict.fromkeys(LAB_KIND.get(key, "nat") for key in chosen):
             keys = [key for key in chosen if LAB_KIND.get(key, "nat") == kind]
             errors += run_cases(kind, keys, figures, work, args, settings)
