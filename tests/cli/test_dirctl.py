@@ -258,3 +258,30 @@ def test_list_c_asks_page_after_page(target: Daemon, capsys: pytest.CaptureFixtu
     status, out, _ = run(capsys, "list", "-c", "--json")
     snap = json.loads(out)
     assert len(snap["conns"]) == count and "conns_next" not in snap
+
+
+SEED6 = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat6.rules").read_text()
+
+
+def test_ipv6_services_through_dirctl(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """The verbs with ipvsadm 1.31's IPv6 syntax: [IPv6]:PORT services and servers,
+    -f MARK -6 beside -f MARK, -M 64, which and list of one service."""
+    target.commit(load_rules(SEED6))
+    status, out, _ = run(capsys, "which", "tcp", "[2001:db8:1::10]:4000", "[2001:db8:1::100]:21")
+    assert (status, out) == (0, "[2001:db8:2::3]:21 masq\n")
+    for argv in (
+        ["add-service", "-f", "1", "-6", "-s", "rr", "-p", "300", "-M", "64"],
+        ["add-service", "-f", "1", "-s", "wlc"],
+        ["add-server", "-f", "1", "-6", "-r", "[2001:db8:2::2]:0", "-m"],
+    ):
+        assert run(capsys, *argv)[:1] == (0,), argv
+    status, out, _ = run(capsys, "list", "-n", "-f", "1", "-6")
+    assert (status, out.splitlines()[2:]) == (0, [
+        "FWM  1 IPv6 rr persistent 300 mask 64",
+        "  -> [2001:db8:2::2]:0            Masq    1      0          0         ",
+    ])  # fmt: skip
+    assert run(capsys, "list", "-n", "-f", "1")[1].splitlines()[2:] == ["FWM  1 wlc"]
+    saved = run(capsys, "save", "-n")[1]
+    assert "-A -f 1 -6 -s rr -p 300 -M 64\n-a -f 1 -6 -r [2001:db8:2::2]:0 -m -w 1\n" in saved
+    assert run(capsys, "delete-service", "-f", "1", "-6")[0] == 0
+    assert [s.key for s in target.config.services if s.protocol == "fwm"] == [("fwm", "", 1)]
