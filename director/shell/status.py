@@ -160,9 +160,10 @@ def _hostport(addr: str, port: int) -> str:
 
 
 def service_name(svc: Mapping[str, Any]) -> str:
-    """As ipvsadm -Ln names it: ``TCP  203.0.113.5:80`` (IPv6 in brackets), ``FWM  1``."""
+    """As ipvsadm -Ln names it (print_service_entry): ``TCP  203.0.113.5:80``, IPv6 in
+    brackets, ``FWM  1``, ``FWM  1 IPv6``."""
     if svc["protocol"] == "FWM":
-        return f"FWM  {svc['fwmark']}"
+        return f"FWM  {svc['fwmark']}" + (" IPv6" if ":" in svc["addr"] else "")
     return f"{svc['protocol']}  {_hostport(svc['addr'], svc['port'])}"
 
 

@@ -197,12 +197,14 @@ def test_a_listener_without_pages_serves_metrics_only() -> None:
 def test_ipv6_addresses_are_text_in_brackets(tmp_path: Path) -> None:
     d = make_daemon(
         settings_in(tmp_path),
-        "-A -t [2001:db8:1::100]:80 -s rr\n-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:8080 -m\n",
+        "-A -t [2001:db8:1::100]:80 -s rr\n-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:8080 -m\n"
+        "-A -f 1 -6 -s rr\n-a -f 1 -6 -r [2001:db8:2::3]:0 -m\n",
     )
     try:
         page = _parse(status.render(status.data(_sample(d))))
     finally:
         close(d)
     services = [r["data-service"] for r in page.rows if r.get("class") == "service"]
-    assert services == ["TCP  [2001:db8:1::100]:80"]
-    assert [r["data-dest"] for r in page.rows if "data-dest" in r] == ["[2001:db8:2::2]:8080"]
+    assert services == ["TCP  [2001:db8:1::100]:80", "FWM  1 IPv6"]
+    dests = [r["data-dest"] for r in page.rows if "data-dest" in r]
+    assert dests == ["[2001:db8:2::2]:8080", "[2001:db8:2::3]:0"]
