@@ -390,10 +390,10 @@ def _demo_nat(requests: int, rules: Path | None, kind: str = "nat") -> None:
 
         _say("== port 21 goes to rs2")
         code, text, _ = _curl(lab, lab.url(21))
-        typer.echo(f"$ curl {lab.url(21)}  ->  {text}")
+        typer.echo(f"$ curl -g {lab.url(21)}  ->  {text}")
         _say("== any other port of the VIP is refused at once")
         code, text, took = _curl(lab, lab.url(23))
-        typer.echo(f"$ curl {lab.url(23)}  ->  exit {code} after {took:.3f} s: {text}")
+        typer.echo(f"$ curl -g {lab.url(23)}  ->  exit {code} after {took:.3f} s: {text}")
 
         _show("dirctl list -n", d.dirctl("list", "-n"))
         _show("dirctl list -n -c", d.dirctl("list", "-n", "-c"))

@@ -5,6 +5,7 @@ real server, as ip_vs_sched_persist masks the client with ipv6_addr_prefix)."""
 from __future__ import annotations
 
 import collections
+import subprocess
 import textwrap
 from collections.abc import Iterator
 
@@ -88,3 +89,17 @@ def test_persistence_with_a_64_bit_mask_keeps_a_slash_64_on_one_server(
     assert templates[0].split()[3:5] == ["[2001:db8:1::]:0", vip], listed
     assert "TCP  [2001:db8:1::100]:80 rr persistent 300 mask 64\n" in daemon.dirctl(
         "list", "-n").stdout  # fmt: skip
+
+
+def test_lab_demo_nat6_balances_the_ipv6_seed() -> None:
+    """``dirctl lab demo --method nat6``: its own lab, SPEC §4's example over IPv6
+    through the real daemon, then nothing left behind."""
+    from director.lab.daemon import venv_program
+
+    argv = [venv_program("dirctl"), "lab", "demo", "--method", "nat6", "--requests", "4"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "dirctl restore rules/seed-nat6.rules" in done.stdout, done.stdout
+    assert "TCP  [2001:db8:1::100]:80 rr" in done.stdout, done.stdout
+    assert "     rs1: 2, rs2: 2\n" in done.stdout, done.stdout
+    assert f"$ curl -g http://[{topology.VIP6}]:21/  ->  {RS2_21}\n" in done.stdout
