@@ -59,10 +59,10 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     return ~s & 0xFFFF
 
 
-_M128 = (1 << 128) - 1
+ADDR6_MASK = (1 << 128) - 1  # an IPv6 address as an integer
 
 
-def _words(value: int) -> int:
+def word_sum(value: int) -> int:
     """The one's complement sum of the 16-bit words of ``value``, folded (0 only for 0),
     computed modulo 0xFFFF as ``internet_checksum`` is."""
     s = value % 0xFFFF
@@ -73,7 +73,7 @@ def adjust128(csum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3 for a 128-bit field (an IPv6 address: eight 16-bit words), as
     ip_vs_check_diff16 feeds csum_fold (net/netfilter/ipvs/ip_vs_proto_tcp.c,
     tcp_fast_csum_update for AF_INET6)."""
-    s = (~csum & 0xFFFF) + _words(~old & _M128) + _words(new)
+    s = (~csum & 0xFFFF) + word_sum(~old & ADDR6_MASK) + word_sum(new)
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -82,7 +82,7 @@ def adjust128(csum: int, old: int, new: int) -> int:
 def replace128_partial(seed: int, old: int, new: int) -> int:
     """``replace32_partial`` for an IPv6 address under a partial checksum's seed
     (tcp_partial_csum_update / udp_partial_csum_update for AF_INET6)."""
-    s = seed + _words(~old & _M128) + _words(new)
+    s = seed + word_sum(~old & ADDR6_MASK) + word_sum(new)
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return s

@@ -67,6 +67,15 @@ class Xmit:
         seed (``skb_info``: the queue's NFQA_SKB_INFO flags)."""
         return None
 
+    def fused_in6(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        """``fused_in`` for an IPv6 packet with no extension headers (the transport
+        header at 40).  By default every IPv6 packet takes the general path."""
+        return None
+
+    def fused_out6(self, conn: Conn, buf: bytearray) -> Verdict | None:
+        """``fused_out`` for an IPv6 packet with no extension headers."""
+        return None
+
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
         """An ICMP error from outside about a connection: by default it goes to the
         real server as it is, the way the connection's packets go (ip_vs_icmp_xmit)."""
