@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from dpkt.tcp import TH_SYN
 
+from director.core.xmit.dr import DirectRoute
 from director.ctl.dispatch import dispatch, dispatch_bytes
 from director.ctl.ipvsadm import format_save, load_rules, parse_line
 from director.ctl.protocol import (
@@ -92,10 +93,13 @@ def test_refused_change_commits_nothing(make_target: MakeTarget) -> None:
     )
 
 
-def test_a_configuration_the_data_plane_refuses_changes_nothing(make_target: MakeTarget) -> None:
-    """A forwarding method that does not carry IPv6 yet (Director.check: DR until its
-    IPv6 transmitter lands; pick another method it refuses then) is refused whole,
-    with one line."""
+def test_a_configuration_the_data_plane_refuses_changes_nothing(
+    make_target: MakeTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Director.check refuses (an address family a forwarding method does not
+    carry: every method carries both now, so DR is made IPv4-only for the test) is
+    refused whole, with one line, and nothing changes."""
+    monkeypatch.setattr(DirectRoute, "families", frozenset((4,)))
     target = make_target(SEED + "-A -t [2001:db8:1::100]:80 -s rr\n")
     before = (target.config, target.settings.rules.read_text())
     command, args = encode_op(parse_line("-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:80 -g"))
