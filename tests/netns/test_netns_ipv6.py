@@ -8,6 +8,8 @@ ip6tables, NFQUEUE and real clients and servers.
   narrowed to 1400, a 2 MB upload arrives whole and the client's route cache holds the
   path MTU to the VIP, 1400 for NAT and DR, 1400 - 40 for TUN (the outer IPv6 header,
   ip_vs_xmit.c ip_vs_tunnel_xmit_v6 / __mtu_check_toobig_v6);
+- a mixed-family tunnel: an IPv4 service whose real servers are IPv6 (IPv4 in IPv6,
+  as IPVS allows for tunnels only).
 
 The seed example over IPv6, persistence with -M 64 and save/restore of IPv6 rules are
 in test_netns_ipv6_nat.py (the nat6 lab alone).
@@ -32,7 +34,7 @@ FILE_PORT = 8088
 OUTER = {"tun": 40}
 
 
-@pytest.fixture(scope="module", params=["nat6"])
+@pytest.fixture(scope="module", params=["nat6", "dr6", "tun6"])
 def lab(request: pytest.FixtureRequest) -> Iterator[topology.Lab]:
     """One IPv6 lab of each method (overrides conftest's NAT lab for this module)."""
     built = topology.build(kind=request.param)
@@ -99,3 +101,23 @@ def test_pmtu_discovery_through_a_narrower_lan(daemon: Daemon, tmp_path: Path) -
         finally:
             lab.run(lab.director, ["ip", "link", "set", "br0", "mtu", "1500"], check=False)
             lab.run(lab.client, ["ip", "-6", "route", "flush", "cache"], check=False)
+
+
+@pytest.mark.parametrize("lab", ["tun6"], indirect=True)
+def test_mixed_family_tunnel_ipv4_service_ipv6_real_server(daemon: Daemon, tmp_path: Path) -> None:
+    """-t 203.0.113.5:8080 -r [2001:db8:3::2]:8080 -i: the IPv4 packet goes to the real
+    server inside IPv6 (IPVS's mixed-family tunnel, ip_vs_tunnel_xmit_v6 with an IPv4
+    inner packet); the real server, holding the IPv4 VIP too, answers the client directly."""
+    need_socat()
+    lab = daemon.lab
+    rs1 = lab.real_servers[0]
+    topology.realserver(lab, rs1, "up", "--vip", topology.VIP, "--vip", lab.vip,
+                        "--method", "tun", "-q")  # fmt: skip
+    try:
+        _restore(daemon, _rules(lab, topology.VIP, PORT))
+        listed = daemon.dirctl("list", "-n").stdout
+        assert f"  -> [{rs1.addr}]:{PORT}" in listed and "Tunnel" in listed, listed
+        sent, got, client = transfer(lab.client, rs1.netns, topology.VIP, tmp_path)
+        assert got == sent, f"the real server got {got.hex() or 'nothing'} ({client})"
+    finally:
+        topology.realserver(lab, rs1, "up", "--vip", lab.vip, "--method", "tun", "-q")

@@ -1,6 +1,7 @@
 """IPv6 end to end in the nat6 lab (issue 14): SPEC §4's seed example over IPv6
 (rules/seed-nat6.rules), persistence with ``-M 64`` (two clients of one /64 get one
-real server, as ip_vs_sched_persist masks the client with ipv6_addr_prefix)."""
+real server, as ip_vs_sched_persist masks the client with ipv6_addr_prefix), and a
+save/restore round trip of IPv6 rules through the daemon and its restart."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import collections
 import subprocess
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from labtools import CURL_REFUSED, SEED6_RULES_FILE, curl
+from labtools import CURL_REFUSED, SEED6_RULES_FILE, curl, running
 
 from director.lab import topology
 from director.lab.daemon import Daemon
@@ -103,3 +105,33 @@ def test_lab_demo_nat6_balances_the_ipv6_seed() -> None:
     assert "TCP  [2001:db8:1::100]:80 rr" in done.stdout, done.stdout
     assert "     rs1: 2, rs2: 2\n" in done.stdout, done.stdout
     assert f"$ curl -g http://[{topology.VIP6}]:21/  ->  {RS2_21}\n" in done.stdout
+
+
+RULES6 = """\
+-A -t [2001:db8:1::100]:80 -s rr
+-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:8080 -m -w 1
+-a -t [2001:db8:1::100]:80 -r [2001:db8:2::3]:80 -m -w 2
+-A -u [2001:db8:1::100]:53 -s sh -p 600 -M 64
+-a -u [2001:db8:1::100]:53 -r [2001:db8:2::2]:53 -g -w 1
+-A -f 1 -6 -s wlc -p 360
+-a -f 1 -6 -r [2001:db8:2::2]:0 -g -w 1
+-A -f 1 -s rr
+-A -t 203.0.113.5:8080 -s rr
+-a -t 203.0.113.5:8080 -r [2001:db8:2::3]:8080 -i -w 1 --tun-type ipip
+"""
+
+
+def test_save_and_restore_of_ipv6_rules_through_the_daemon(lab: Lab, tmp_path: Path) -> None:
+    """IPv6 services of each kind, an IPv6 fwmark service beside an IPv4 one of the
+    same mark and a mixed-family tunnel: ``dirctl save`` gives back what was restored,
+    and so does a new daemon started on the rules file the first one wrote."""
+    work = tmp_path / "director"
+    with running(Daemon(lab, work)) as d:
+        done = d.dirctl("restore", input=RULES6)
+        assert done.returncode == 0, done.stderr
+        assert d.dirctl("save").stdout == RULES6
+        listed = d.dirctl("list", "-n").stdout
+    assert "FWM  1 IPv6 wlc persistent 360\n" in listed, listed
+    with running(Daemon(lab, work)) as again:
+        assert again.dirctl("save").stdout == RULES6
+        assert again.dirctl("list", "-n").stdout == listed
