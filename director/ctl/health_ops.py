@@ -115,8 +115,8 @@ def validate_check(svc: ServiceConf, check: CheckConf) -> CheckConf:
         if check.dest is not None and 0 in ports:
             raise ConfigError("the real server has no port: give the check --port")
     if check.via_vip:
-        if svc.protocol != "tcp" or ":" in svc.addr:
-            raise ConfigError("--via-vip needs an IPv4 TCP service (a VIP and a port)")
+        if svc.protocol != "tcp":  # IPv4 or IPv6: the probe speaks both
+            raise ConfigError("--via-vip needs a TCP service (a VIP and a port)")
         for dest in svc.dests:
             if check.dest == dest.key and dest.method not in ("droute", "tunnel"):
                 raise ConfigError("--via-vip is for direct-routing and tunnelled real servers")

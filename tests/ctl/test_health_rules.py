@@ -53,6 +53,20 @@ def test_bad_lines_name_line_and_apply_nothing(line: str, reason: str) -> None:
     assert reason in str(err.value)
 
 
+def test_the_vip_path_probe_takes_ipv6_services() -> None:
+    """The probe speaks IPv6 (director/health/synprobe.py): an IPv6 DR server's check
+    may have it; a firewall-mark service, with no one VIP and port, may not."""
+    text = (
+        "-A -t [2001:db8:1::100]:80 -s rr\n-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:80 -g\n"
+        "# director-check -t [2001:db8:1::100]:80 --type tcp --via-vip\n"
+    )
+    (check,) = load_rules(text).health.checks
+    assert check.via_vip
+    assert load_rules(format_save(load_rules(text))) == load_rules(text)
+    with pytest.raises(ConfigError, match="needs a TCP service"):
+        load_rules("-A -f 7 -s rr\n-a -f 7 -r 198.18.0.3 -g\n# director-check -f 7 --via-vip\n")
+
+
 def test_deleting_a_server_deletes_its_check() -> None:
     config = load_rules(BASE + "# director-check -t 203.0.113.5:80 -r 198.18.0.2:80\n")
     after = restore(config, "-d -t 203.0.113.5:80 -r 198.18.0.2:80\n")

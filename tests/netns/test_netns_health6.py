@@ -1,5 +1,8 @@
-"""The VIP-path SYN probe over IPv6 (director/health/synprobe.py), between a director
-namespace and a real server namespace (one veth, 2001:db8:2::/64 and 198.18.0.0/24):
+"""Health checks over IPv6.  Through the real daemon in the dr6 lab: an HTTP check
+with the VIP-path probe takes out a DR real server that lost the IPv6 VIP from its lo
+and puts it back when the VIP is there again.  The VIP-path SYN probe on its own
+(director/health/synprobe.py), between a director namespace and a real server
+namespace (one veth, 2001:db8:2::/64 and 198.18.0.0/24):
 
 - DR: the IPv6 SYN in an Ethernet frame to the MAC NDP gives; a real server holding
   the VIP on lo answers SYN-ACK (healthy), one that lost it drops it (unhealthy);
@@ -10,14 +13,18 @@ namespace and a real server namespace (one veth, 2001:db8:2::/64 and 198.18.0.0/
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from director.lab import topology
-from director.lab.daemon import venv_program
+from director.lab.daemon import Daemon, venv_program
+
+LAB_KIND = "dr6"  # conftest's module-scoped lab
 
 VIP6, VIP4 = "2001:db8:1::100", "203.0.113.5"
 OWN6, RS6 = "2001:db8:2::1", "2001:db8:2::2"
@@ -115,3 +122,38 @@ def test_tun_probes_over_every_ipv6_tunnel(hosts: tuple[str, str]) -> None:
     assert "realserver up" in done.stdout
     cases = [(VIP6, RS6, "tunnel"), (VIP4, RS6, "tunnel"), (VIP6, RS4, "tunnel")]
     assert probe_with_listener(d, r, cases) == ["True", "True", "True"]
+
+
+def _states(d: Daemon) -> dict[str, str]:
+    done = d.dirctl("list", "--checks", "--json")
+    assert done.returncode == 0, done.stderr
+    return {f"[{r['server'][0]}]:{r['server'][1]}": r["state"] for r in json.loads(done.stdout)}
+
+
+def _wait_for(d: Daemon, server: str, state: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _states(d).get(server) == state:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{server} not {state} after {within}s: {_states(d)}")
+
+
+def test_the_daemon_checks_ipv6_dr_servers_through_the_vip(
+    lab: topology.Lab, daemon: Daemon
+) -> None:
+    vip = topology.addr_port(lab.vip, 80)
+    check = f"# director-check -t {vip} --type http --via-vip --interval 0.5 --timeout 0.4\n"
+    done = daemon.dirctl("restore", input=lab.rules() + check)
+    assert done.returncode == 0, done.stderr
+    rs1, rs2 = (f"[{rs.addr}]:80" for rs in lab.real_servers)
+    _wait_for(daemon, rs1, "up")
+    _wait_for(daemon, rs2, "up")
+    netns = lab.real_servers[0].netns
+    ns_run(netns, "ip", "addr", "del", f"{lab.vip}/128", "dev", "lo")  # rs1 lost the VIP
+    try:
+        _wait_for(daemon, rs1, "down")  # its own address still answers HTTP
+        assert _states(daemon)[rs2] == "up"
+    finally:
+        ns_run(netns, "ip", "addr", "add", f"{lab.vip}/128", "dev", "lo", "nodad")
+    _wait_for(daemon, rs1, "up")
