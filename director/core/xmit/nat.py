@@ -45,10 +45,9 @@ from director.core.checksum import (
     replace128_partial,
     word_sum,
 )
-from director.core.icmp import hop_limit_exceeded, packet_too_big
 from director.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO
-from director.core.xmit import ACCEPT, DROP, SEND, Verdict, Xmit, register
-from director.core.xmit.mtu import IP_DF, too_big
+from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
+from director.core.xmit.mtu import IP_DF, decrement_hop_limit, too_big
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -206,15 +205,6 @@ def rewrite_fused6(
     _U16.pack_into(buf, port_at, new & 0xFFFF)
 
 
-def _hop(buf: bytearray) -> bool:
-    """decrement_ttl for IPv6: the hop limit less one, or False if it was 1 or 0."""
-    hlim = buf[_IP6_HLIM]
-    if hlim <= 1:
-        return False
-    buf[_IP6_HLIM] = hlim - 1
-    return True
-
-
 def _icmp6_checksum(err: IcmpError) -> None:
     """ICMPv6's checksum covers the pseudo-header and the whole message: recomputed,
     as ip_vs_nat_icmp_v6 has it completed (CHECKSUM_PARTIAL over csum_ipv6_magic)."""
@@ -259,16 +249,14 @@ class Masquerade(Xmit):
 
     def _xmit_in6(self, conn: Conn, pkt: Packet) -> Verdict:
         """ip_vs_nat_xmit_v6: hop limit, path MTU, then the destination rewritten."""
-        buf = pkt.buf
-        if not _hop(buf):
-            return (SEND, hop_limit_exceeded(buf))
+        refused = decrement_hop_limit(pkt)
         route = conn.dest.route
-        if route is not None:
-            mtu = conn.dest.path_mtu(route)
-            if pkt.length > mtu and not pkt.skb_info & SKB_GSO:
-                return (SEND, packet_too_big(buf, mtu))
+        if refused is None and route is not None:
+            refused = too_big(pkt, conn.dest.path_mtu(route))
+        if refused is not None:
+            return refused
         rewrite6(pkt, IP6_DADDR, 2, conn.daddr, conn.dport)
-        return (SEND, buf)
+        return (SEND, pkt.buf)
 
     def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
         if len(pkt.saddr) == 16:
@@ -323,8 +311,9 @@ class Masquerade(Xmit):
         error's hop limit decremented first (ip_vs_icmp_xmit_v6's route lookup)."""
         buf = err.pkt.buf
         if len(err.pkt.daddr) == 16:
-            if not _hop(buf):
-                return (DROP, "hop_limit")  # icmpv6_send answers no error with one
+            refused = decrement_hop_limit(err.pkt)  # no error answers an error
+            if refused is not None:
+                return refused
             buf[IP6_DADDR : IP6_DADDR + 16] = conn.daddr
             buf[err.inner + IP6_SADDR : err.inner + IP6_SADDR + 16] = conn.daddr
             _U16.pack_into(buf, err.inner_l4, conn.dport)
