@@ -133,7 +133,8 @@ th{background:#e8e8e8}td.t,th.t{text-align:left}
 tr.service td{background:#dde6f0;font-weight:bold}
 tr.up td.state{background:#cfc}tr.down td.state{background:#f99}
 tr.unknown td.state{background:#eee}tr.sorry td.state{background:#fd8}
-td.error{color:#a00;white-space:normal;max-width:30em;text-align:left}
+td.wrap{white-space:normal;max-width:24em;text-align:left;overflow-wrap:anywhere}
+td.error{color:#a00}
 .off{color:#888}.on{color:#a00;font-weight:bold}
 """
 
@@ -206,8 +207,8 @@ def _service_rows(svc: Mapping[str, Any]) -> Iterable[str]:
             + _cell("weight", dest["weight"])
             + _cell("conf_weight", dest.get("conf_weight", dest["weight"]))
             + _cell("state", state or "-", "t state")
-            + _cell("check", _check_text(dest.get("check")), "t")
-            + _cell("last_error", error, "error")
+            + _cell("check", _check_text(dest.get("check")), "wrap")
+            + _cell("last_error", error, "wrap error")
             + _cell("activeconns", dest["activeconns"])
             + _cell("inactconns", dest["inactconns"])
             + _stats_cells(dest["stats"])

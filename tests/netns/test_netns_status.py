@@ -3,8 +3,8 @@ WebDriver by chromedriver inside the lab's director namespace (tests/netns/webdr
 loads ``/`` of the real daemon's --metrics-listen with the seed's lab behind it.  What
 it shows is checked against ``dirctl list --json`` (and ``list --checks``), it is seen
 to reload itself and show the traffic sent meanwhile, a check's Host header, command and
-error text reach it as text (no element of theirs in the document), and a screenshot is
-kept (its path is printed)."""
+error text reach it as text (no element of theirs in the document), the sync daemon
+that runs is shown, and a screenshot is kept (its path is printed)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ const rows = sel => [...document.querySelectorAll(sel)].map(tr => {
   return row;
 });
 return {dests: rows('tr.dest'), services: rows('tr.service'),
+        sync: [...document.querySelectorAll('#sync tr[data-sync]')].map(
+          tr => [...tr.cells].map(td => td.textContent)),
         injected: document.querySelectorAll('script, img, [onerror]').length,
         loaded: performance.timeOrigin};
 """
@@ -190,6 +192,8 @@ def test_the_page_shows_what_dirctl_lists_and_refreshes_after_traffic(
 ) -> None:
     d, lab = status_daemon, status_daemon.lab
     _wait_down(d, "198.18.0.3:8000")  # its check's program does not exist
+    done = d.dirctl("start-daemon", "master", "--mcast-interface", "br0", "--syncid", "7")
+    assert done.returncode == 0, done.stderr
     assert browser.ask(open=f"http://{METRICS}/") is None
     first = _agree(d, browser)
     assert set(_shown(first)[1]) == {"TCP  203.0.113.5:80", "TCP  203.0.113.5:21"}
@@ -219,6 +223,10 @@ def test_the_page_shows_what_dirctl_lists_and_refreshes_after_traffic(
         page = browser.ask(eval=ROWS)
     assert page["loaded"] != first["loaded"], "the page did not reload itself"
     assert int(_shown(page)[1]["TCP  203.0.113.5:80"]["conns"]) == before + N
+    # The sync daemon (started before the traffic, so in this sample) as ipvsadm -L
+    # --daemon lists it.
+    assert "master sync daemon (mcast=br0, syncid=7" in d.dirctl("list", "--daemon").stdout
+    assert page["sync"] == [["master", "br0", "7"]]
     _agree(d, browser)
 
     shot = tmp_path_factory.mktemp("status-page") / "status.png"
