@@ -54,27 +54,35 @@ def rows(
     """The services as ``list --json`` has them, each real server with its health
     (state, check, last error) and the weight the operator configured beside the
     weight in force; the totals; the sync daemons that run.  Reads the services and
-    real servers only (never a connection entry)."""
-    configured = {(svc.key, dest.key): dest.weight for svc in config.services for dest in svc.dests}
-    services = []
+    real servers only (never a connection entry).
+
+    Only health makes the two weights differ (a failed check quiesces,
+    director.health.effective), so the configuration is read for checked real servers
+    and sorry servers alone: the tick pays little beyond ``service_dict``."""
+    touched = bool(health.states) or bool(config.health.policies)
+    configured = {svc.key: svc for svc in config.services} if touched else {}
+    services: list[dict[str, Any]] = []
     for svc in director.services:
-        row: dict[str, Any] = dict(service_dict(svc))
+        row: dict[str, Any] = dict(service_dict(svc))  # fresh dicts: ours to add to
         skey = svc.conf.key
-        dests = []
         for dest in row["dests"]:
-            key = (skey, (dest["addr"], dest["port"]))
-            dest = dict(dest)
-            dest["conf_weight"] = configured.get(key, dest["weight"])
-            state = health.dest_state(*key)
-            if state is not None:
-                dest["state"] = state
-            check = health.states.get(key)
-            target = health.targets.get(key)
+            dest["conf_weight"] = dest["weight"]
+            if not touched:
+                continue
+            dkey = (dest["addr"], dest["port"])
+            state = health.dest_state(skey, dkey)
+            if state is None:
+                continue
+            dest["state"] = state
+            conf = configured.get(skey)
+            dest["conf_weight"] = next(
+                (d.weight for d in (conf.dests if conf else ()) if d.key == dkey), dest["weight"]
+            )
+            check = health.states.get((skey, dkey))
+            target = health.targets.get((skey, dkey))
             if check is not None and target is not None:
                 dest["check"] = _check(target.check.kind, target.check, target.addr, target.port)
                 dest["last_error"] = check.last_error
-            dests.append(dest)
-        row["dests"] = dests
         services.append(row)
     return {
         "services": services,
