@@ -389,7 +389,8 @@ def list_(
             typer.echo(listing.format_json(snapshot), nl=False)
         else:  # printed as they come: a million entries never sit in memory at once
             for number, page in enumerate(pages):
-                typer.echo(listing.format_conns(page, header=number == 0), nl=False)
+                text = listing.format_conns(page, header=number == 0, persistent=persistent_conn)
+                typer.echo(text, nl=False)
         return
     snapshot = _ask(ctx, "list", {"conns": False})
     service = listing.find_service(snapshot, key) if key else None

@@ -272,13 +272,14 @@ def _conn_row(conn: ConnDict) -> str:
     )
 
 
-def format_conns(snapshot: Snapshot, *, header: bool = True) -> str:
+def format_conns(snapshot: Snapshot, *, header: bool = True, persistent: bool = False) -> str:
     """``ipvsadm -L -n -c``: the connection table with expiry as mm:ss (the header
-    once, then the rows of each page the daemon answers)."""
-    lines = [
-        "IPVS connection entries",
-        f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination",
-    ]
+    once, then the rows of each page the daemon answers).  With ``persistent``
+    (``--persistent-conn``) the header has list_conn's persistence-engine columns;
+    the rows are the same, print_conn's without a pe name (director has no engine)."""
+    columns = f"pro expire {'state':<11} {'source':<18} {'virtual':<18} "
+    columns += f"{'destination':<18} {'pe name':<16} pe_data" if persistent else "destination"
+    lines = ["IPVS connection entries", columns]
     if not header:
         lines = []
     lines.extend(_conn_row(conn) for conn in snapshot["conns"])

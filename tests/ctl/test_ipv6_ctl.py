@@ -184,6 +184,11 @@ def test_connection_listing_of_ipv6_entries() -> None:
     snap["conns"] = _conns(text)
     assert len(snap["conns"]) == 8
     assert format_conns(snap) == text
+    # --persistent-conn: list_conn's header with the pe columns, print_conn's same rows
+    # (listed a second later: the expiry column is that listing's).
+    text = printed("-L -n -c --persistent-conn")
+    snap["conns"] = _conns(text)
+    assert format_conns(snap, persistent=True) == text
 
 
 def test_dash_6_only_modifies_a_fwmark_service() -> None:
