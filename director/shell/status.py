@@ -32,6 +32,7 @@ from director.core.engine import Director
 from director.ctl.report import service_dict, stats_dict
 from director.health.manager import HealthManager
 from director.model.config import Config
+from director.model.health import CheckConf
 from director.shell.metrics import Sample
 from director.shell.sync import SyncDaemon
 
@@ -81,7 +82,7 @@ def rows(
             check = health.states.get((skey, dkey))
             target = health.targets.get((skey, dkey))
             if check is not None and target is not None:
-                dest["check"] = _check(target.check.kind, target.check, target.addr, target.port)
+                dest["check"] = _check(target.check, target.addr, target.port)
                 dest["last_error"] = check.last_error
         services.append(row)
     return {
@@ -92,7 +93,10 @@ def rows(
     }
 
 
-def _check(kind: str, check: Any, addr: str, port: int) -> dict[str, Any]:
+def _check(check: CheckConf, addr: str, port: int) -> dict[str, Any]:
+    """What the page says of a check: its type and target, and the operator's text
+    (HTTP path and Host header, the misc command)."""
+    kind = check.kind
     shown: dict[str, Any] = {"type": kind, "target": [addr, port]}
     if kind in ("http", "https"):
         shown["path"] = check.path

@@ -208,3 +208,18 @@ def test_ipv6_addresses_are_text_in_brackets(tmp_path: Path) -> None:
     assert services == ["TCP  [2001:db8:1::100]:80", "FWM  1 IPv6"]
     dests = [r["data-dest"] for r in page.rows if "data-dest" in r]
     assert dests == ["[2001:db8:2::2]:8080", "[2001:db8:2::3]:0"]
+
+
+def test_a_view_reads_the_published_sample_not_the_live_tables(daemon: Daemon) -> None:
+    """What the page shows changes when the loop publishes, not when the tables do."""
+    server = MetricsServer("127.0.0.1:9", status.PAGES)  # never started: its routes only
+    server.publish(_sample(daemon))
+    app = _routes(make_wsgi_app(server.registry), server.pages, lambda: server.collector.sample)
+    web = daemon.director.services.lookup(6, bytes([203, 0, 113, 5]), 80, 0)
+    assert web is not None
+    web.stats.conns = 12345
+    daemon.commit(replace(daemon.config, services=()))  # every service gone, live
+    assert len(json.loads(_get(app, "/status.json")[2])["services"]) == 2
+    assert b"12345" not in _get(app, "/")[2]
+    server.publish(_sample(daemon))
+    assert json.loads(_get(app, "/status.json")[2])["services"] == []
