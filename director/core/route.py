@@ -3,7 +3,11 @@
 path, the path MTU, and whether the real server is the director itself.
 
 The shell fills it in from netlink when the configuration changes and when routes or
-addresses change; the core only reads it.
+addresses change; the core only reads it.  Addresses are of the real server's family,
+packed (4 bytes for IPv4, 16 for IPv6, as __ip_vs_get_out_rt and
+__ip_vs_get_out_rt_v6 return them): ``source`` is the outer source of a tunnel toward
+the real server, ``Frame.nexthop`` the address whose neighbour (ARP or NDP) takes a
+DR frame.
 """
 
 from __future__ import annotations
