@@ -36,6 +36,7 @@ from director.core.persist import new_template
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service
 from director.core.sysctl import Sysctls
 from director.core.xmit import KERNEL_NAT, bind_xmit
+from director.model.config import Config
 
 if TYPE_CHECKING:
     from director.core.engine import Director
@@ -524,6 +525,24 @@ def pack_conn(conn: Conn) -> bytes:
         0, conn.protocol, SYNC_V4.size, conn_flags(conn), conn.state, conn.cport, conn.vport,
         conn.dport, fwmark(conn), int(conn.timeout), caddr, conn.vaddr, conn.daddr,
     )  # fmt: skip
+
+
+MIXED_FAMILY = "the sync protocol cannot carry mixed-family services"
+
+
+def mixed_family(config: Config) -> str | None:
+    """Why a sync daemon and ``config`` exclude each other, or None: a real server of
+    another family than its service's, which no entry can say (the kernel refuses to
+    start a sync daemon while any exists, ip_vs_genl_new_daemon, and to add one while
+    a sync daemon runs, ip_vs_genl_set_cmd: both -EINVAL).  A firewall-mark service
+    has no address to compare."""
+    for svc in config.services:
+        if not svc.addr:
+            continue
+        for dest in svc.dests:
+            if (":" in dest.addr) != (":" in svc.addr):
+                return f"{MIXED_FAMILY} ({dest.addr} in {svc.protocol.upper()} {svc.addr})"
+    return None
 
 
 def syncable(conn: Conn, version: int) -> bool:

@@ -44,6 +44,7 @@ from director.core import conn_dump, estimator, proto_tcp
 from director.core.conn import COLLECT_SLICE
 from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
 from director.core.shard import MAX_WORKERS, Shards, dotted
+from director.core.sync import mixed_family as sync_mixed_family
 from director.core.sysctl import Sysctls
 from director.core.xmit import unreachable
 from director.ctl.ipvsadm import format_save, load_rules
@@ -450,6 +451,7 @@ class Daemon:
         self.sync = SyncDaemon(self.director, self._sync_deliver)
         self.sync.on_master = self._sync_master
         self.sync.on_backup = self._sync_backup
+        self.sync.config = lambda: self._config
         if self.metrics is not None:
             self.metrics.registry.register(self.health.collector)
             self.metrics.registry.register(self.sync.collector)
@@ -468,6 +470,9 @@ class Daemon:
         # A real server with no route is no reason to refuse (IPVS takes it): it is
         # shown unreachable until netlink announces a way to it.
         self.director.check(self.health.worst(config))
+        mixed = sync_mixed_family(config) if self.sync.state else None
+        if mixed is not None:
+            raise ConfigError(f"{mixed}: a sync daemon runs")
         effective = self.health.effective(config)
         slots = self.slots.assign(effective)
         try:

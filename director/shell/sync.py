@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from director.core import sync
 from director.core.engine import Director
 from director.core.sync import SyncConn
-from director.model.config import ConfigError
+from director.model.config import Config, ConfigError
 from director.model.sync import DaemonConf
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,9 @@ class SyncDaemon:
         # Set by the daemon: the other workers' sync state follows ours.
         self.on_master: Callable[[DaemonConf | None], None] = lambda conf: None
         self.on_backup: Callable[[bool], None] = lambda running: None
+        # Set by the daemon: the configuration in force, which a sync daemon refuses
+        # if it has mixed-family services (sync.mixed_family).
+        self.config: Callable[[], Config] = Config
         self.peer_counts: dict[str, int] = {}
         self.collector = SyncCollector(self)
         self._published: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] = ((), ())
@@ -252,6 +255,9 @@ class SyncDaemon:
         OSError if the interface or the sockets fail."""
         if (conf.state == "master" and self.sender) or (conf.state == "backup" and self.receiver):
             raise ConfigError("Daemon has already run")
+        mixed = sync.mixed_family(self.config())
+        if mixed is not None:
+            raise ConfigError(mixed)
         size = self.director.sysctls.sync_sock_size
         if conf.state == "master":
             self.sender = Sender(conf, self.director, size)
