@@ -231,3 +231,58 @@ def test_an_ipv6_client_in_an_ipv4_tunnel_hears_packet_too_big():
     action, data = d.hook_in(bytearray(error), 1.0)
     assert action == SEND
     assert bytes(data) == bytes(icmp6(VIP6, CLIENT6, 2, 0, request[:556], 1380, 64, flow=0))
+
+
+@pytest.mark.parametrize(
+    ("vip", "rs", "source", "hlen"),
+    [(VIP6, "2001:db8:4::2", SOURCE6, 40), (VIP, "2001:db8:4::2", SOURCE6, 40),
+     (VIP6, "198.19.0.2", "198.18.0.1", 20)],
+    ids=["6in6", "4in6", "6in4"],
+)  # fmt: skip
+def test_path_mtu_discovery_through_the_tunnel_the_director_sent(vip, rs, source, hlen):
+    """What the tunnel transmitter sent, quoted back by a router past the director
+    with a smaller MTU (1400), is looked through: the client hears 1400 less the
+    outer header about its own request, in its own family, and its next packet of
+    that size fits the tunnel."""
+    d = Director()
+    service = ServiceConf("tcp", vip, 80, dests=(DestConf(rs, 80, "tunnel"),))
+    d.configure(Config(services=(service,)))
+    (dest,) = next(iter(d.services)).dests
+    v6_outer = ":" in rs
+    src = a6(source) if v6_outer else socket.inet_aton(source)
+    dest.route = Route(ifindex=3, source=src, mtu=1500, onlink=False)
+    client6 = ":" in vip
+    if client6:
+        request = tcp6(CLIENT6, vip, 40000, 80, SYN, b"y" * 1300)
+    else:
+        request = bytearray(_df(bytes(tcp(CLIENT, vip, 40000, 80, SYN, b"y" * 1300))))
+    action, tunnelled = d.hook_in(bytearray(request), 1.0)
+    assert action == SEND
+    if v6_outer:
+        error = icmp6(PATH_ROUTER6, source, 2, 0, bytes(tunnelled)[:1232], 1400)
+    else:
+        error = bytearray(bytes(dpkt.ip.IP(
+            src=socket.inet_aton("198.18.0.254"), dst=src, p=1,
+            data=dpkt.icmp.ICMP(type=3, code=4,
+                                data=dpkt.icmp.ICMP.Unreach(mtu=1400, data=bytes(tunnelled)[:548])),
+        )))  # fmt: skip
+    action, answer = d.hook_in(error, 1.1)
+    assert action == SEND
+    inner_quote = bytes(tunnelled)[hlen:]
+    if client6:
+        told = icmp6(vip, CLIENT6, 2, 0, inner_quote[: (1232 if v6_outer else 548) - hlen],
+                     1400 - hlen, 64, flow=0)  # fmt: skip
+        assert bytes(answer) == bytes(told)
+    else:
+        got = dpkt.ip.IP(bytes(answer))
+        assert (got.data.type, got.data.code, got.data.data.mtu) == (3, 4, 1400 - hlen)
+        assert bytes(got.data.data.data) == inner_quote[:28]
+    assert dest.route is not None and dest.path_mtu(dest.route) == 1400
+    # The client's next packet of 1400 - hlen bytes fits the tunnel: sent.
+    size = 1400 - hlen - (60 if client6 else 40)
+    if client6:
+        fits = tcp6(CLIENT6, vip, 40000, 80, ACK, b"z" * size)
+    else:
+        fits = bytearray(_df(bytes(tcp(CLIENT, vip, 40000, 80, ACK, b"z" * size))))
+    action, data = d.hook_in(fits, 1.2)
+    assert action == SEND and len(data) == 1400
