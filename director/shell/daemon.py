@@ -439,8 +439,9 @@ class Daemon:
         # Exceptions the loop caught and went on after, by where they happened.
         self.loop_errors: Counter[str] = Counter()
         self._hooks_stale = False  # a health hand-off could not sync them: retry
+        self.watch = status.Watch()  # when the status page was last asked for
         self.metrics = (
-            MetricsServer(settings.metrics_listen, status.PAGES)
+            MetricsServer(settings.metrics_listen, status.pages(self.watch))
             if settings.metrics_listen
             else None
         )
@@ -955,9 +956,9 @@ class Daemon:
             self.board.sync()
         fast = None if self.follower is None else self.follower.report()
         sample = take_sample(self.director, workers[0].errors, self.loop_errors, queues, fast)
-        sample = replace(
-            sample, status=status.rows(self.director, self._config, self.health, self.sync)
-        )
+        if self.watch.watched(time.monotonic()):
+            rows = status.rows(self.director, self._config, self.health, self.sync)
+            sample = replace(sample, status=rows)
         peer_sync: Counter[str] = Counter()
         for report in reports:
             peer_sync.update(report.get("sync", {}))

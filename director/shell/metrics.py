@@ -100,9 +100,9 @@ class Sample:
     # The fast path's follower of conntrack (Follower.report), summed over the workers;
     # empty in every-packet mode.
     fast_path: tuple[tuple[str, int], ...] = ()
-    # What the status page adds (director.shell.status.rows): the services in
-    # ``list --json``'s shape with health and configured weights, the sync daemons;
-    # built afresh each tick and never changed after, like the rest of the sample.
+    # What the status page adds while it is watched (director.shell.status.rows): the
+    # services in ``list --json``'s shape with health and configured weights, the sync
+    # daemons; built afresh each tick and never changed after, like the rest.
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -505,8 +505,9 @@ class _Server6(WSGIServer):
     address_family = socket.AF_INET6
 
 
-# A page of the sample other than /metrics (director.shell.status): headers and body.
-Page = Callable[[Sample], tuple[list[tuple[str, str]], bytes]]
+# A page other than /metrics (director.shell.status): its headers and body, from the
+# latest sample (a function that returns the one published last).
+Page = Callable[[Callable[[], Sample]], tuple[list[tuple[str, str]], bytes]]
 
 
 def _routes(app: Any, pages: Mapping[str, Page], sample: Callable[[], Sample]) -> Any:
@@ -523,7 +524,7 @@ def _routes(app: Any, pages: Mapping[str, Page], sample: Callable[[], Sample]) -
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
             return [b"director: read-only\n"]
-        headers, body = page(sample())
+        headers, body = page(sample)
         start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
 

@@ -8,12 +8,12 @@ entries against the cap, drops by reason, queue drops, the DoS defences, worker
 restarts, the sync daemons).
 
 The data comes from the metrics ``Sample`` (director.shell.metrics), which the
-daemon's loop builds once a tick and publishes by one reference assignment: the loop
-adds ``rows()`` to it, the services and real servers in ``dirctl list --json``'s
-shape (``director.ctl.report``) with health and the configured weights, built afresh
-each tick and never changed after.  A page view only reads the sample it finds: it
-never walks the connection table, never touches the core, and changes nothing (GET
-and HEAD only; there is no control through HTTP).
+daemon's loop builds once a tick and publishes by one reference assignment: while
+the page is watched (``Watch``) the loop adds ``rows()`` to it, the services and real
+servers in ``dirctl list --json``'s shape (``director.ctl.report``) with health and
+the configured weights, built afresh each tick and never changed after.  A page view
+only reads the sample it finds: it never walks the connection table, never touches
+the core, and changes nothing (GET and HEAD only; there is no control through HTTP).
 
 The page has no external assets (inline CSS, a meta refresh), a Content-Security-
 Policy that forbids loading any, and every text it prints goes through
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -315,7 +317,35 @@ HEADERS = [
 ]
 
 Headers = list[tuple[str, str]]
-Page = Callable[[Sample], tuple[Headers, bytes]]
+Page = Callable[[Callable[[], Sample]], tuple[Headers, bytes]]
+
+WATCHED = 10.0  # seconds after a view during which the loop keeps adding the rows
+WAIT = 3.0  # at most this long the first view after a while waits for them
+
+
+class Watch:
+    """When the page was last asked for (time.monotonic()): the HTTP thread sets it,
+    the loop reads it and adds ``rows()`` to its sample only while the page is
+    watched, so a page nobody looks at costs the tick nothing.  One float, assigned
+    whole."""
+
+    def __init__(self) -> None:
+        self.asked = -math.inf
+
+    def watched(self, now: float) -> bool:
+        return now - self.asked < WATCHED
+
+    def sample(self, latest: Callable[[], Sample]) -> Sample:
+        """The latest sample, with the rows in: the first view after a while waits
+        for the loop's next tick (at most ``WAIT``; a stuck loop gets a page without
+        services, and its restarts and errors)."""
+        self.asked = time.monotonic()
+        sample = latest()
+        deadline = self.asked + WAIT
+        while not sample.status and time.monotonic() < deadline:
+            time.sleep(0.05)
+            sample = latest()
+        return sample
 
 
 def html_page(sample: Sample) -> tuple[Headers, bytes]:
@@ -327,4 +357,9 @@ def json_page(sample: Sample) -> tuple[Headers, bytes]:
     return [("Content-Type", "application/json"), *HEADERS], body
 
 
-PAGES: dict[str, Page] = {"/": html_page, "/status.json": json_page}
+def pages(watch: Watch) -> dict[str, Page]:
+    """The listener's routes besides /metrics, each of the latest watched sample."""
+    return {
+        "/": lambda latest: html_page(watch.sample(latest)),
+        "/status.json": lambda latest: json_page(watch.sample(latest)),
+    }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -168,7 +169,9 @@ def _get(app: Any, path: str, method: str = "GET") -> tuple[str, dict[str, str],
 
 
 def test_the_listener_serves_the_page_and_json_of_the_published_sample(daemon: Daemon) -> None:
-    server = MetricsServer("127.0.0.1:9", status.PAGES)  # never started: its routes only
+    server = MetricsServer(
+        "127.0.0.1:9", status.pages(status.Watch())
+    )  # never started: its routes only
     server.publish(_sample(daemon))
     app = _routes(make_wsgi_app(server.registry), server.pages, lambda: server.collector.sample)
     line, headers, body = _get(app, "/")
@@ -212,7 +215,9 @@ def test_ipv6_addresses_are_text_in_brackets(tmp_path: Path) -> None:
 
 def test_a_view_reads_the_published_sample_not_the_live_tables(daemon: Daemon) -> None:
     """What the page shows changes when the loop publishes, not when the tables do."""
-    server = MetricsServer("127.0.0.1:9", status.PAGES)  # never started: its routes only
+    server = MetricsServer(
+        "127.0.0.1:9", status.pages(status.Watch())
+    )  # never started: its routes only
     server.publish(_sample(daemon))
     app = _routes(make_wsgi_app(server.registry), server.pages, lambda: server.collector.sample)
     web = daemon.director.services.lookup(6, bytes([203, 0, 113, 5]), 80, 0)
@@ -223,3 +228,20 @@ def test_a_view_reads_the_published_sample_not_the_live_tables(daemon: Daemon) -
     assert b"12345" not in _get(app, "/")[2]
     server.publish(_sample(daemon))
     assert json.loads(_get(app, "/status.json")[2])["services"] == []
+
+
+def test_the_rows_come_while_the_page_is_watched_and_a_first_view_waits_for_them(
+    daemon: Daemon,
+) -> None:
+    watch = status.Watch()
+    assert not watch.watched(time.monotonic())  # nobody looked: the tick adds nothing
+    bare, full = take_sample(daemon.director, {}), _sample(daemon)
+    published = [bare, bare, full]  # the loop's next ticks
+    seen = watch.sample(lambda: published.pop(0) if len(published) > 1 else published[0])
+    assert seen is full
+    assert watch.watched(time.monotonic())
+    assert not watch.watched(time.monotonic() + status.WATCHED)
+    # A loop that publishes no rows (stuck): the view is given what there is.
+    start = time.monotonic()
+    assert watch.sample(lambda: bare) is bare
+    assert status.WAIT <= time.monotonic() - start < status.WAIT + 2
