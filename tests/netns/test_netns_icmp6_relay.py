@@ -1,10 +1,12 @@
-"""ICMPv6 errors relayed through VS/NAT in the nat6 lab (issue 14), through the real
-daemon, ip6tables and NFQUEUE: a packet too big about the VIP's reply, sent to the
-VIP from outside, reaches the NAT real server rewritten (ip_vs_in_icmp_v6 ->
+"""ICMPv6 errors relayed through VS/NAT both ways in the nat6 lab (issue 14), through the
+real daemon, ip6tables and NFQUEUE.  Inward, a packet too big about the VIP's reply,
+sent to the VIP from outside, reaches the NAT real server rewritten (ip_vs_in_icmp_v6 ->
 ip_vs_icmp_xmit_v6 -> ip_vs_nat_icmp_v6, net/netfilter/ipvs/ip_vs_core.c and
 ip_vs_xmit.c): the real server's own stack takes it as an error about its own reply
 (udpv6_err finds its socket by the quoted, rewritten addresses and ports) and caches
-the path MTU toward the client, which it could not if the quote still named the VIP."""
+the path MTU toward the client, which it could not if the quote still named the VIP.
+Outward, the real server's port unreachable reaches the client from the VIP, about
+the VIP's port (ip_vs_out_icmp_v6)."""
 
 from __future__ import annotations
 
@@ -87,3 +89,38 @@ def test_packet_too_big_from_outside_reaches_the_nat_real_server(daemon: Daemon)
             server.stdin.close()
         server.wait(timeout=10)
         lab.run(rs1.netns, ["ip", "-6", "route", "flush", "cache"], check=False)
+
+
+# A connected UDP socket hears of the ICMPv6 port unreachable about its datagram as
+# ECONNREFUSED, if the error names the VIP and port it sent to.
+REFUSED = """
+import socket, sys
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.connect((sys.argv[1], int(sys.argv[2])))
+u.send(b"q")
+try:
+    u.recv(100)
+    print("answer")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("silence")
+"""
+
+
+def test_port_unreachable_from_the_nat_real_server_reaches_the_client_from_the_vip(
+    daemon: Daemon,
+) -> None:
+    """ip_vs_out_icmp_v6 / handle_response_icmp: the real server's error about the
+    client's datagram to RS:5301 comes from the VIP about VIP:5300, so the client's
+    connected socket (to the VIP) takes it."""
+    lab = daemon.lab
+    rs1 = lab.real_servers[0]
+    service = f"-u [{lab.vip}]:{PORT}"
+    rules = f"-A {service} -s rr\n-a {service} -r [{rs1.addr}]:{RS_PORT} -m\n"
+    done = daemon.dirctl("restore", input=rules)
+    assert done.returncode == 0, done.stderr
+    # Nothing listens on the real server's port: its stack answers port unreachable.
+    out = lab.run(lab.client, [sys.executable, "-c", REFUSED, lab.vip, str(PORT)]).stdout
+    assert out.split() == ["refused"]
