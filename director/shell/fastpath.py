@@ -52,9 +52,12 @@ Tuple4 = tuple[bytes, int, bytes, int]  # source address, port, destination addr
 
 
 def annotate(director: Director, slots: Mapping[SlotKey, int], on: bool) -> None:
-    """Give each NAT real server of a TCP or UDP service its fast mark (0 when off)."""
+    """Give each NAT real server of a fast service its fast mark (0 when off): a TCP
+    or UDP service of an IPv4 VIP with a port, as netfilter.fast_service (the others'
+    opening packets reach the worker at LOCAL_IN, where a mark would drop them)."""
     for svc in director.services:
-        fast = on and svc.key[0] in FAST_PROTOCOLS
+        proto, addr, port = svc.key
+        fast = on and proto in FAST_PROTOCOLS and len(addr) == 4 and bool(port)
         for dest in svc.dests:
             slot = slots.get((svc.key, dest.addr, dest.port)) if fast else None
             dest.fast_mark = fast_mark(slot) if slot is not None and dest.method == "masq" else 0

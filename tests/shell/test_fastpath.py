@@ -8,7 +8,8 @@ import socket
 
 from director.core.engine import Director
 from director.ctl.ipvsadm import load_rules
-from director.shell.fastpath import Accounting
+from director.shell.board import Slots
+from director.shell.fastpath import Accounting, annotate
 from tests.core.packets import RS1, RS2, VIP
 
 M1, M2 = 0x4C000001, 0x4C000002
@@ -77,3 +78,21 @@ def test_readings_come_every_two_seconds() -> None:
     for now in (0.0, 0.5, 1.9, 2.0, 3.0, 4.1):
         acct.tick(now)
     assert len(readings) == 3  # the estimator's 2 s (ip_vs_est.c)
+
+
+def test_only_the_fast_services_real_servers_get_a_fast_mark() -> None:
+    """Those of an IPv4 TCP or UDP service with a port, as netfilter.fast_service says:
+    an IPv6 service's and a port-zero one's keep the every-packet path (a mark would
+    have their opening packets dropped at LOCAL_IN, which is where they arrive)."""
+    config = load_rules(
+        f"-A -t {VIP}:80 -s rr\n-a -t {VIP}:80 -r {RS1}:80 -m\n"
+        f"-A -t {VIP}:0 -s rr -p 60\n-a -t {VIP}:0 -r {RS2} -m\n"
+        "-A -t [2001:db8:1::100]:80 -s rr\n-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:80 -m\n"
+    )
+    d = Director()
+    d.configure(config)
+    annotate(d, Slots().assign(config), on=True)
+    marks = {(svc.key[2], len(svc.key[1])): [dest.fast_mark for dest in svc.dests]
+             for svc in d.services}  # fmt: skip
+    assert marks[(80, 4)][0] & 0xFF000000 == 0x4C000000
+    assert marks[(0, 4)] == [0] and marks[(80, 16)] == [0]
