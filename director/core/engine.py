@@ -561,13 +561,12 @@ class Director:
                         self.verdicts[VERDICT_NAMES[verdict[0]]] += 1
                         return verdict
                 return self._out_general(buf, now, conn, skb_info)
-            if vihl >> 4 == 6 and not skb_info & SKB_CSUMNOTREADY:
+            if vihl >> 4 == 6:
                 return self._out_fused6(buf, now, skb_info)
         return self._out_general(buf, now, _LOOKUP, skb_info)
 
     def _out_fused6(self, buf: bytearray, now: float, skb_info: int) -> Verdict:
-        """hook_out's fused path for an IPv6 reply without extension headers (and with
-        its whole checksum: a partial one takes the general path)."""
+        """hook_out's fused path for an IPv6 reply without extension headers."""
         if len(buf) < 48:
             return self._out_general(buf, now, _LOOKUP, skb_info)
         plen, protocol, src_hi, src_lo, dst_hi, dst_lo, sport, dport = _FUSED6.unpack_from(buf)
@@ -596,7 +595,7 @@ class Director:
             timeout = proto.timeouts[0]
         else:
             return self._out_general(buf, now, conn, skb_info)
-        verdict = conn.xmit.fused_out6(conn, buf)
+        verdict = conn.xmit.fused_out6(conn, buf, skb_info)
         if verdict is None:
             return self._out_general(buf, now, conn, skb_info)
         for stats in (conn.dest.stats, conn.svc.stats, self.totals):  # ip_vs_out_stats

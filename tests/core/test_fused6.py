@@ -15,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from director.core.engine import Director
-from director.core.packet import SKB_CSUMNOTREADY
+from director.core.packet import SKB_CSUMNOTREADY, SKB_GSO
 from director.core.route import Route
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, FIN, RST, SYN
 from tests.core.packets6 import CLIENT6, HOP, RS6_1, RS6_2, VIP6, a6, options, tcp6, udp6
 from tests.core.test_fused import same, state
+from tests.core.test_golden6 import seed6
 
 PSH = dpkt.tcp.TH_PUSH
 RS6_SELF = "2001:db8:2::1"
@@ -127,7 +128,7 @@ def test_fused_and_general_paths_agree_on_everything_for_ipv6(flows, steps):
             if kind == "in":
                 va, vb = fused.hook_in(a, now), general.hook_in(b, now)
             else:
-                info = SKB_CSUMNOTREADY if kind == "partial" else 0
+                info = SKB_CSUMNOTREADY | (SKB_GSO if value & 2 else 0) if kind == "partial" else 0
                 va, vb = fused.hook_out(a, now, info), general.hook_out(b, now, info)
             assert same(va, vb), (va, vb)
             assert a == b
@@ -149,4 +150,9 @@ def test_an_established_ipv6_flow_takes_the_fused_path():
     assert bytes(data) == bytes(tcp6(CLIENT6, RS6_2, 40000, 8080, ACK | PSH, b"x", hlim=60))
     _, data = d.hook_out(tcp6(RS6_2, CLIENT6, 8080, 40000, ACK, b"y"), 2.0)
     assert bytes(data) == bytes(tcp6(VIP6, CLIENT6, 80, 40000, ACK, b"y"))
+    # A reply with a partial checksum (not GSO) leaves with its whole checksum.
+    reply = tcp6(RS6_2, CLIENT6, 8080, 40000, ACK, b"z")
+    reply[56:58] = seed6(a6(RS6_2), a6(CLIENT6), 6, len(reply) - 40).to_bytes(2, "big")
+    _, data = d.hook_out(reply, 2.0, SKB_CSUMNOTREADY)
+    assert bytes(data) == bytes(tcp6(VIP6, CLIENT6, 80, 40000, ACK, b"z"))
     assert calls == []

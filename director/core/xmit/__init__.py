@@ -72,8 +72,10 @@ class Xmit:
         header at 40).  By default every IPv6 packet takes the general path."""
         return None
 
-    def fused_out6(self, conn: Conn, buf: bytearray) -> Verdict | None:
-        """``fused_out`` for an IPv6 packet with no extension headers."""
+    def fused_out6(self, conn: Conn, buf: bytearray, skb_info: int) -> Verdict | None:
+        """``fused_out`` for an IPv6 packet with no extension headers, its transport
+        checksum perhaps the kernel's partial seed (``skb_info``: the queue's
+        NFQA_SKB_INFO flags)."""
         return None
 
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:

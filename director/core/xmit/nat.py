@@ -167,16 +167,26 @@ def rewrite6(pkt: Packet, addr_at: int, port_at: int, new_addr: bytes, new_port:
     csum_at = l4 + (_UDP_CSUM if udp else _TCP_CSUM)
     csum = _U16.unpack_from(buf, csum_at)[0]
     if pkt.skb_info & SKB_CSUMNOTREADY:
-        _U16.pack_into(buf, csum_at, replace128_partial(csum, old, new))
-        if not pkt.skb_info & SKB_GSO:
-            full = internet_checksum(memoryview(buf)[l4 : pkt.length])
-            _U16.pack_into(buf, csum_at, full or 0xFFFF)
+        _partial6(buf, csum_at, csum, old, new, l4, pkt.length, pkt.skb_info)
         return
     if udp and not csum:
         csum = ipv6_pseudo_sum(buf, IPPROTO_UDP, l4, pkt.length)  # the field is 0 now
     else:
         csum = adjust16(adjust128(csum, old, new), old_port, new_port)
     _U16.pack_into(buf, csum_at, (csum or 0xFFFF) if udp else csum)
+
+
+def _partial6(
+    buf: bytearray, csum_at: int, seed: int, old: int, new: int, l4: int, length: int,
+    skb_info: int,
+) -> None:  # fmt: skip
+    """The partial seed at ``csum_at`` follows the address (tcp_partial_csum_update for
+    AF_INET6); a packet that is not GSO leaves with its checksum completed from it,
+    as ``rewrite_partial`` has it for IPv4."""
+    _U16.pack_into(buf, csum_at, replace128_partial(seed, old, new))
+    if not skb_info & SKB_GSO:
+        full = internet_checksum(memoryview(buf)[l4:length])
+        _U16.pack_into(buf, csum_at, full or 0xFFFF)
 
 
 def rewrite_fused6(
@@ -292,8 +302,16 @@ class Masquerade(Xmit):
         rewrite_fused6(buf, protocol, IP6_DADDR, 42, conn.vkey, conn.dkey)
         return (SEND, buf)
 
-    def fused_out6(self, conn: Conn, buf: bytearray) -> Verdict | None:
+    def fused_out6(self, conn: Conn, buf: bytearray, skb_info: int) -> Verdict | None:
         protocol = buf[6]
+        if skb_info & SKB_CSUMNOTREADY:
+            csum_at = 40 + (_UDP_CSUM if protocol == IPPROTO_UDP else _TCP_CSUM)
+            old = conn.dkey >> 16
+            seed = _U16.unpack_from(buf, csum_at)[0]
+            buf[IP6_SADDR : IP6_SADDR + 16] = conn.vaddr
+            _U16.pack_into(buf, 40, conn.vport)
+            _partial6(buf, csum_at, seed, old, conn.vkey >> 16, 40, len(buf), skb_info)
+            return (ACCEPT, buf)
         if protocol == IPPROTO_UDP and not buf[46] | buf[47]:
             return None
         rewrite_fused6(buf, protocol, IP6_SADDR, 40, conn.dkey, conn.vkey)
