@@ -659,8 +659,9 @@ class Director:
 
     def _icmp_tunnel(self, err: IcmpError, now: float) -> Verdict:
         """ip_vs_in_icmp's "ICMP for IPIP": an error about a packet the director
-        tunnelled to a real server quotes the client's request (not reversed).  The
-        client hears of it from the VIP, quoting its own request.  Fragmentation
+        tunnelled to a real server quotes the client's request (not reversed); an
+        ICMPv6 one with a wrong checksum is dropped, as ip_vs_in_icmp checks it for
+        tunnels.  The client hears of it from the VIP, quoting its own request.  Fragmentation
         needed (packet too big) teaches the real server's path MTU (ipv4_update_pmtu,
         kept apart from the route so a route lookup does not forget it); a client not
         doing path MTU discovery (IPv4 without DF) hears nothing; one that does is
@@ -683,6 +684,8 @@ class Director:
         buf = err.pkt.buf
         at = err.pkt.l4
         outer6 = len(err.pkt.saddr) == 16
+        if outer6 and ipv6_pseudo_sum(buf, IPPROTO_ICMPV6, at, err.pkt.length):
+            return self._count((DROP, "icmp_checksum"))  # checked for tunnels too
         client6 = len(err.inner_saddr) == 16
         icmp = (buf[at], buf[at + 1])
         if outer6 != client6:

@@ -186,6 +186,10 @@ def test_packet_too_big_about_an_ipv6_tunnel_reaches_the_client_less_40():
     error = icmp6(PATH_ROUTER6, SOURCE6, 1, 3, _tunnelled6(request, "2001:db8:4::2", 41)[:200])
     action, data = d.hook_in(error, 2.0)
     assert bytes(data) == bytes(icmp6(VIP6, CLIENT6, 1, 3, request[:160], 0, 64, flow=0))
+    # A wrong checksum: dropped (ip_vs_in_icmp checks it for tunnels as for NAT).
+    bad = icmp6(PATH_ROUTER6, SOURCE6, 1, 3, _tunnelled6(request, "2001:db8:4::2", 41)[:200])
+    bad[42] ^= 0xFF
+    assert d.hook_in(bad, 2.5) == (DROP, "icmp_checksum")
     # An error about a tunnel to another real server is none of this connection's.
     error = icmp6(
         PATH_ROUTER6, SOURCE6, 2, 0, _tunnelled6(request, "2001:db8:4::3", 41)[:200], 1400
