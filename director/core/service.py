@@ -190,7 +190,10 @@ class ServiceTable:
 
     def __init__(self) -> None:
         self.services: dict[ServiceKey, Service] = {}
+        # Firewall-mark services by mark, one table per family: ip_vs_svc_fwm_find
+        # matches the packet's family, so an IPv6 packet never meets an IPv4 service.
         self.fwmarks: dict[int, Service] = {}
+        self.fwmarks6: dict[int, Service] = {}
         # Real servers removed from their service but still referenced by connections
         # (the kernel's dest_trash): kept so counters stay right until they drain.
         self.trash: list[Dest] = []
@@ -202,9 +205,10 @@ class ServiceTable:
         return len(self.services)
 
     def lookup(self, protocol: int, vaddr: bytes, vport: int, mark: int = 0) -> Service | None:
-        """Firewall-mark services first, then (protocol, VIP, port), then port-zero."""
-        if mark and self.fwmarks:
-            svc = self.fwmarks.get(mark)
+        """Firewall-mark services of the packet's family (by the VIP's length) first,
+        then (protocol, VIP, port), then port-zero."""
+        if mark:
+            svc = (self.fwmarks6 if len(vaddr) == 16 else self.fwmarks).get(mark)
             if svc is not None:
                 return svc
         svc = self.services.get((protocol, vaddr, vport))
@@ -233,8 +237,9 @@ class ServiceTable:
             svc.conf = conf
             svc.netmask = pack_netmask(conf.netmask) if conf.netmask else svc.netmask
             self._reconcile_dests(svc, conf)
-        # IPv4 ones: ip_vs_svc_fwm_find matches the packet's family too.
         self.fwmarks = {key[2]: svc for key, svc in self.services.items() if key[:2] == (0, b"")}
+        self.fwmarks6 = {key[2]: svc for key, svc in self.services.items()
+                         if not key[0] and len(key[1]) == 16}  # fmt: skip
 
     def _reconcile_dests(self, svc: Service, conf: ServiceConf) -> None:
         wanted = {(pack_addr(d.addr), d.port): d for d in conf.dests}

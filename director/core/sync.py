@@ -534,14 +534,14 @@ def mixed_family(config: Config) -> str | None:
     """Why a sync daemon and ``config`` exclude each other, or None: a real server of
     another family than its service's, which no entry can say (the kernel refuses to
     start a sync daemon while any exists, ip_vs_genl_new_daemon, and to add one while
-    a sync daemon runs, ip_vs_genl_set_cmd: both -EINVAL).  A firewall-mark service
-    has no address to compare."""
+    a sync daemon runs, ip_vs_genl_set_cmd: both -EINVAL).  A firewall-mark service is
+    of its own family (-f MARK -6: IPv6)."""
     for svc in config.services:
-        if not svc.addr:
-            continue
         for dest in svc.dests:
-            if (":" in dest.addr) != (":" in svc.addr):
-                return f"{MIXED_FAMILY} ({dest.addr} in {svc.protocol.upper()} {svc.addr})"
+            if (":" in dest.addr) != (svc.family == 6):
+                where = f"FWM {svc.fwmark}" if svc.protocol == "fwm" else (
+                    f"{svc.protocol.upper()} {svc.addr}")  # fmt: skip
+                return f"{MIXED_FAMILY} ({dest.addr} in {where})"
     return None
 
 

@@ -94,7 +94,7 @@ CONFIG6 = Config(
         ServiceConf("tcp", VIP6, 80, scheduler="rr", persistent=300, netmask="64",
                     dests=(DestConf("2001:db8:2::2", 80, "masq"),
                            DestConf("2001:db8:2::3", 8000, "masq"))),
-        ServiceConf("fwm", fwmark=7, scheduler="rr", persistent=60, netmask="128",
+        ServiceConf("fwm", "::", fwmark=7, scheduler="rr", persistent=60, netmask="128",
                     dests=(DestConf("2001:db8:2::4", 0, "droute"),)),
         ServiceConf("tcp", VIP, 8080, scheduler="rr",
                     dests=(DestConf("2001:db8:3::2", 8080, "tunnel"),)),

@@ -377,7 +377,7 @@ def test_an_ipv6_fwmark_template_is_found_again():
     nf_inet_addr fwmark = { .ip = htonl(svc->fwmark) }``, for IPv6 the mark followed by
     12 zero bytes: the key a template is filed under (its own addresses) is the key the
     next connection looks it up by."""
-    d = make(ServiceConf("fwm", fwmark=7, scheduler="rr", persistent=60,
+    d = make(ServiceConf("fwm", "::", fwmark=7, scheduler="rr", persistent=60,
                          dests=(DestConf("2001:db8:2::2", 0, "masq"),)))  # fmt: skip
     (svc,) = d.services
     key = template_key(svc, _v6_packet("2001:db8:1::10"))

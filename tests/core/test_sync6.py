@@ -120,7 +120,7 @@ def test_an_ipv6_template_is_filed_where_persistence_looks_for_it():
 def test_an_ipv6_fwmark_template_carries_the_mark_in_its_first_word():
     """The kernel's fwmark template has vaddr ``{ .ip = htonl(svc->fwmark) }``: 7 then 12
     zero bytes.  The backup files it where its own persistence looks it up."""
-    d = director(ServiceConf("fwm", fwmark=7, scheduler="rr", persistent=300, netmask="128",
+    d = director(ServiceConf("fwm", "::", fwmark=7, scheduler="rr", persistent=300, netmask="128",
                              dests=(DestConf("2001:db8:2::2", 0, "droute"),)))  # fmt: skip
     mark = be(7, 4) + bytes(12)
     template = entry_v6(flags=IP_VS_CONN_F_TEMPLATE, cport=0, state=0, vport=0, dport=0,

@@ -35,7 +35,10 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 def test_mixed_family_names_the_first_mixed_server() -> None:
     assert mixed_family(load_rules(PLAIN)) is None
-    assert mixed_family(load_rules("-A -f 7 -s rr\n-a -f 7 -r [2001:db8:2::2]:0 -i\n")) is None
+    fwm6 = "-A -f 7 -6 -s rr\n-a -f 7 -6 -r [2001:db8:2::2]:0 -g\n"
+    assert mixed_family(load_rules(fwm6)) is None  # an IPv6 firewall-mark service
+    fwm4 = mixed_family(load_rules("-A -f 7 -s rr\n-a -f 7 -r [2001:db8:2::2]:0 -i\n"))
+    assert fwm4 is not None and fwm4.endswith("(2001:db8:2::2 in FWM 7)")
     message = mixed_family(load_rules(MIXED))
     assert message is not None and "2001:db8:3::2 in TCP 203.0.113.5" in message
     assert "\n" not in message
