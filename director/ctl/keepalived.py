@@ -317,25 +317,25 @@ def _family(addr: str) -> int:
 
 
 def _fwmark_family(vs: Node, method: str, out: Translation) -> int:
-    """The address family of a ``virtual_server fwmark N`` (keepalived's
-    check/check_parser.c): ``ip_family inet|inet6`` (ip_family_handler), else that of
-    its first real server not tunnelled (rs_end_handler), else the form of
-    ``persistence_granularity`` (pgr_handler: a dotted mask is IPv4, a prefix length
-    IPv6), else that of its tunnelled real servers when they agree, IPv4 when they do
-    not (vs_end_handler)."""
+    """The address family of a ``virtual_server fwmark N``, as keepalived's
+    check/check_parser.c settles it while it reads the block in order: the first of
+    ``ip_family inet|inet6`` (ip_family_handler), ``persistence_granularity`` (pgr_handler:
+    a dotted mask is IPv4, a prefix length IPv6) and a real server not tunnelled
+    (rs_end_handler) decides; failing all three, its tunnelled real servers' family
+    when they agree, else IPv4 (vs_end_handler)."""
+    servers: list[str] = []
     for node in vs.blocks():
         if node.keyword == "ip_family" and node.children is None:
             word = _one(node)[0]
-            if word not in ("inet", "inet6"):
-                out.untranslated.append(f"{node.where}: ip_family {word}")
-                continue
-            return 6 if word == "inet6" else 4
-    servers = [rs.args[0] for rs in vs.blocks() if rs.keyword == "real_server" and rs.args]
-    if servers and method != "-i":
-        return _family(servers[0])
-    for node in vs.blocks():
-        if node.keyword == "persistence_granularity" and node.children is None:
+            if word in ("inet", "inet6"):
+                return 6 if word == "inet6" else 4
+            out.untranslated.append(f"{node.where}: ip_family {word}")
+        elif node.keyword == "persistence_granularity" and node.children is None:
             return 4 if "." in _one(node)[0] else 6
+        elif node.keyword == "real_server" and node.args:
+            if method != "-i":
+                return _family(node.args[0])
+            servers.append(node.args[0])
     families = {_family(addr) for addr in servers}
     return families.pop() if len(families) == 1 else 4
 

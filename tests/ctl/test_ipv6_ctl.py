@@ -290,3 +290,28 @@ def test_health_check_lines_of_an_ipv6_fwmark_service() -> None:
     saved = format_save(config)
     assert "# director-check -f 1 -6 -r '[2001:db8:2::2]:0' --type tcp --port 80\n" in saved
     assert load_rules(saved) == config
+
+
+@pytest.mark.parametrize(
+    ("block", "six"),
+    [
+        ("ip_family inet6\n lb_kind DR\n real_server 2001:db8:2::2 0 {\n }", True),
+        ("lb_kind DR\n real_server 2001:db8:2::2 0 {\n }", True),
+        ("lb_kind DR\n persistence_granularity 64\n real_server 198.18.0.2 0 {\n }", True),
+        ("lb_kind DR\n real_server 198.18.0.2 0 {\n }\n persistence_granularity 64", False),
+        ("lb_kind TUN\n real_server 2001:db8:2::2 0 {\n }\n real_server 198.18.0.2 0 {\n }",
+         False),
+        ("lb_kind TUN\n real_server 2001:db8:3::2 0 {\n }", True),
+    ],
+)  # fmt: skip
+def test_family_of_a_keepalived_fwmark_service(tmp_path: Path, block: str, six: bool) -> None:
+    """check_parser.c: whichever of ip_family, persistence_granularity and a real server
+    not tunnelled comes first settles it (ip_family_handler, pgr_handler,
+    rs_end_handler); with tunnelled real servers only, theirs if they agree, else IPv4
+    (vs_end_handler)."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(f"virtual_server fwmark 5 {{\n {block}\n}}\n")
+    result = keepalived.translate(keepalived.parse_file(conf))
+    add = result.commands[0][1]
+    assert add[:3] == ["add-service", "-f", "5"]
+    assert (add[3:4] == ["-6"]) == six, add
