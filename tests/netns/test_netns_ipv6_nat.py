@@ -135,3 +135,34 @@ def test_save_and_restore_of_ipv6_rules_through_the_daemon(lab: Lab, tmp_path: P
     with running(Daemon(lab, work)) as again:
         assert again.dirctl("save").stdout == RULES6
         assert again.dirctl("list", "-n").stdout == listed
+
+
+def test_ipv6_fwmark_service_spans_two_ports_apart_from_the_ipv4_one(daemon: Daemon) -> None:
+    """-f 7 -6 over both IPv6 servers beside an IPv4 -f 7 over rs1's IPv4 address: the
+    client's IPv6 packets marked 7 by ip6tables go to the IPv6 service only
+    (ip_vs_svc_fwm_find matches the family), on each port they were sent to."""
+    lab = daemon.lab
+    mark = ["-t", "mangle", "-A", "PREROUTING", "-d", f"{lab.vip}/128", "-p", "tcp",
+            "-m", "multiport", "--dports", "80,21", "-j", "MARK", "--set-mark", "7"]  # fmt: skip
+    lab.run(lab.director, ["ip6tables", *mark])
+    try:
+        done = daemon.dirctl("restore", input=textwrap.dedent("""\
+            -A -f 7 -s rr
+            -a -f 7 -r 198.18.0.2 -m
+            -A -f 7 -6 -s rr
+            -a -f 7 -6 -r [2001:db8:2::2]:0 -m
+            -a -f 7 -6 -r [2001:db8:2::3]:0 -m
+            """))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        answers = collections.Counter(curl(lab, lab.url(port)).body for port in (80, 80, 21, 21))
+        assert set(answers) == {
+            "rs1 2001:db8:2::2:80", "rs2 2001:db8:2::3:80",
+            "rs1 2001:db8:2::2:21", "rs2 2001:db8:2::3:21",
+        }, answers  # fmt: skip
+        stats = daemon.dirctl("list", "-n", "--stats").stdout
+        lines = stats.splitlines()
+        six = next(line for line in lines if line.startswith("FWM  7 IPv6 "))
+        four = next(line for line in lines if line.startswith("FWM  7 ") and "IPv6" not in line)
+        assert (six.split()[3], four.split()[2]) == ("4", "0"), stats  # the Conns column
+    finally:
+        lab.run(lab.director, ["ip6tables", *["-D" if a == "-A" else a for a in mark]])
