@@ -18,6 +18,8 @@ from director.core.route import Frame, Route
 from director.core.xmit import DIRECT, Verdict, Xmit, register
 from director.core.xmit.mtu import IP_DF, out_route
 
+_IP6_HLIM = 7
+
 if TYPE_CHECKING:
     from director.core.conn import Conn
     from director.core.packet import Packet
@@ -39,6 +41,17 @@ class DirectRoute(Xmit):
         route = dest.route
         if route is None or (length > dest.path_mtu(route) and buf[6] & IP_DF):
             return None
+        return (DIRECT, Frame(buf, dest.addr, route.ifindex))  # conn.daddr
+
+    def fused_in6(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        """``xmit_in`` for the fused path: the hop limit less one and the frame; what
+        needs an answer (a hop limit of 1, a packet too big) takes the general path."""
+        hlim = buf[_IP6_HLIM]
+        dest = conn.dest
+        route = dest.route
+        if hlim <= 1 or route is None or length > dest.path_mtu(route):
+            return None
+        buf[_IP6_HLIM] = hlim - 1
         return (DIRECT, Frame(buf, dest.addr, route.ifindex))  # conn.daddr
 
     def unreachable(self, route: Route | None) -> str | None:

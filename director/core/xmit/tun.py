@@ -51,6 +51,7 @@ MAX_IP_LEN = 65535
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _OUTER6 = struct.Struct("!IHBB16s16s")  # version/class/flow, payload length, nexthdr, hops
 _IP_DF = 0x4000
+_IP6_HLIM = 7
 INET_ECN_MASK = 0x03
 INET_ECN_ECT_0 = 0x02
 INET_ECN_CE = 0x03
@@ -133,6 +134,26 @@ class Tunnel(Xmit):
             or too_long(length, daddr)
         ):
             return None
+        return (SEND, encapsulate(buf, route.source, daddr))
+
+    def fused_in6(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        """``xmit_in`` for the fused path and an IPv6 packet: the hop limit less one,
+        then the tunnel packet; what needs an answer or a refusal (a hop limit of 1,
+        a packet too big, a route too narrow) takes the general path."""
+        hlim = buf[_IP6_HLIM]
+        dest = conn.dest
+        route = dest.route
+        if hlim <= 1 or route is None:
+            return None
+        daddr = dest.addr  # conn.daddr
+        mtu = dest.path_mtu(route) - tunnel_hlen(daddr)
+        if (
+            length > mtu
+            or mtu < (IPV6_MIN_MTU if len(daddr) == 16 else MIN_TUNNEL_MTU)
+            or too_long(length, daddr)
+        ):
+            return None
+        buf[_IP6_HLIM] = hlim - 1
         return (SEND, encapsulate(buf, route.source, daddr))
 
     def unreachable(self, route: Route | None) -> str | None:
