@@ -152,9 +152,9 @@ def ipv6_available() -> bool:
 
 
 def ipv6_service(svc: ServiceConf) -> bool:
-    """Whether ``svc`` is an IPv6 service: its VIP, or for a firewall-mark service
-    (ipvsadm -f MARK -6) its persistence netmask, an IPv6 prefix length, not dotted."""
-    return ":" in svc.addr if svc.addr else "." not in svc.netmask
+    """Whether ``svc`` is an IPv6 service: its VIP is, or for a firewall-mark service
+    (ipvsadm -f MARK -6) its address is FWM6_ADDR ("::", the service's af)."""
+    return ":" in svc.addr
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,10 +94,10 @@ def test_ipv6_addresses_go_to_the_inet6_twins() -> None:
 
 
 def test_ipv6_firewall_mark_services_go_to_ip6tables() -> None:
-    """A firewall-mark service's family shows in its netmask: dotted for IPv4, a
-    prefix length for IPv6 (ipvsadm -f 7 -6: -M is a prefix length)."""
+    """A firewall-mark service's family is its address's: "" for IPv4, "::" for IPv6
+    (ipvsadm -f 8 -6, as the rules file gives it)."""
     v4 = ServiceConf(protocol="fwm", fwmark=7)
-    v6 = ServiceConf(protocol="fwm", fwmark=8, netmask="128")
+    (v6,) = load_rules("-A -f 8 -6 -s rr\n").services
     assert not ipv6_service(v4) and ipv6_service(v6)
     assert ipv6_service(ServiceConf(protocol="tcp", addr="2001:db8:1::100", port=80))
     from director.model.config import Config
