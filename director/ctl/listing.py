@@ -15,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
 from director.model.config import METHOD_WORDS
 
 ServiceKey = tuple[str, str, int]
+# ipvsadm's addrport_to_anyname without -n: (address, port, "tcp" | "udp") -> text.
+Names = Callable[[str, int, str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +35,16 @@ class ListFormat:
     thresholds: bool = False
     persistent_conn: bool = False
     exact: bool = False
+    tun_info: bool = False
+    # --nosort: services in configuration order (the kernel's is its hash table's,
+    # keyed by a kernel pointer too), real servers newest first as the kernel's.
+    nosort: bool = False
+    names: Names | None = field(default=None, compare=False)  # None: numeric (-n)
 
     @property
     def layout(self) -> str:
-        """ipvsadm picks the first of stats, rate, thresholds, persistent-conn."""
-        for name in ("stats", "rate", "thresholds", "persistent_conn"):
+        """ipvsadm picks the first of stats, rate, thresholds, persistent-conn, tun-info."""
+        for name in ("stats", "rate", "thresholds", "persistent_conn", "tun_info"):
             if getattr(self, name):
                 return name
         return "plain"
@@ -83,17 +90,27 @@ def _is_v6(addr: str) -> bool:
     return ":" in addr
 
 
-def _service_name(svc: ServiceDict) -> str:
+def _proto(svc: ServiceDict) -> str:
+    """The protocol whose service names name the ports (ipvsadm gives -f TCP's)."""
+    return "udp" if svc["protocol"] == "UDP" else "tcp"
+
+
+def _any_name(addr: str, port: int, proto: str, names: Names | None) -> str:
+    return addr_port(addr, port) if names is None else names(addr, port, proto)
+
+
+def _service_name(svc: ServiceDict, names: Names | None = None) -> str:
     """``TCP  vip:port`` (cut to 33 characters for IPv4), ``FWM  mark`` or
     ``FWM  mark IPv6`` (print_service_entry's svc_name)."""
     if svc["protocol"] == "FWM":
         return f"FWM  {svc['fwmark']}" + (" IPv6" if _is_v6(svc["addr"]) else "")
-    name = f"{svc['protocol']:<4} {addr_port(svc['addr'], svc['port'])}"
+    vname = _any_name(svc["addr"], svc["port"], _proto(svc), names)
+    name = f"{svc['protocol']:<4} {vname}"
     return name if _is_v6(svc["addr"]) else name[:33]
 
 
-def _dest_name(dest: DestDict) -> str:
-    name = addr_port(dest["addr"], dest["port"])
+def _dest_name(dest: DestDict, proto: str = "tcp", names: Names | None = None) -> str:
+    name = _any_name(dest["addr"], dest["port"], proto, names)
     return name if _is_v6(dest["addr"]) else name[:28]
 
 
@@ -132,6 +149,8 @@ _TITLES: dict[str, str] = {
     f"{'ActiveConn':<10} {'InActConn':<10}\n  -> RemoteAddress:Port\n",
     "persistent_conn": f"{'Prot LocalAddress:Port':<33} {'Weight':<9} {'PersistConn':<11} "
     f"{'ActiveConn':<10} {'InActConn':<10}\n  -> RemoteAddress:Port\n",
+    "tun_info": "Prot LocalAddress:Port Scheduler Flags\n"
+    "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n",
 }
 
 _STATS_KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
@@ -144,9 +163,9 @@ def _figures(stats: StatsDict, keys: tuple[str, ...]) -> list[int]:
     return [int(values.get(key, 0)) for key in keys]
 
 
-def _service_settings(svc: ServiceDict) -> str:
+def _service_settings(svc: ServiceDict, names: Names | None = None) -> str:
     """``name sched (flags) persistent N mask M ops``, ipvsadm's plain service line."""
-    words = [_service_name(svc), svc["scheduler"]]
+    words = [_service_name(svc, names), svc["scheduler"]]
     if svc["sched_flags"]:
         words.append(f"({','.join(svc['sched_flags'])})")
     if svc["persistent"] is not None:
@@ -163,8 +182,8 @@ def _service_row(svc: ServiceDict, fmt: ListFormat) -> str:
     if fmt.layout in ("stats", "rate"):
         keys = _STATS_KEYS if fmt.layout == "stats" else _RATE_KEYS
         numbers = "".join(largenum(n, fmt.exact) for n in _figures(svc["stats"], keys))
-        return f"{_service_name(svc):<33}{numbers}"
-    return _service_settings(svc)
+        return f"{_service_name(svc, fmt.names):<33}{numbers}"
+    return _service_settings(svc, fmt.names)
 
 
 # Health and route markers after ipvsadm's last column, so its columns stay where
@@ -212,19 +231,38 @@ def _persistent_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
     )
 
 
+def _tun_info_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
+    """--tun-info: fwd_tun_info's column, ``ipip`` for a tunnel (director's only
+    tunnel type), ``n/a`` for the other methods."""
+    word = METHOD_WORDS.get(dest["method"], dest["method"])
+    info = "ipip" if dest["method"] == "tunnel" else "n/a"
+    return (
+        f"  -> {name:<28} {word:<7} {info:<13} {dest['weight']:<6} "
+        f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
+    )
+
+
 _DEST_ROWS: dict[str, Callable[[str, DestDict, ListFormat], str]] = {
     "plain": _plain_dest,
     "stats": _stats_dest,
     "rate": _rate_dest,
     "thresholds": _thresholds_dest,
     "persistent_conn": _persistent_dest,
+    "tun_info": _tun_info_dest,
 }
+
+
+def _dests(svc: ServiceDict, fmt: ListFormat) -> list[DestDict]:
+    """Sorted as ipvs_cmp_dests; --nosort: as the snapshot has them, newest first like
+    the kernel's list (list_add_rcu at the head)."""
+    return list(svc["dests"]) if fmt.nosort else sorted(svc["dests"], key=_dest_order)
 
 
 def _service_block(svc: ServiceDict, fmt: ListFormat) -> list[str]:
     lines = [_service_row(svc, fmt)]
     row = _DEST_ROWS[fmt.layout]
-    lines.extend(row(_dest_name(d), d, fmt) for d in sorted(svc["dests"], key=_dest_order))
+    proto = _proto(svc)
+    lines.extend(row(_dest_name(d, proto, fmt.names), d, fmt) for d in _dests(svc, fmt))
     return lines
 
 
@@ -248,7 +286,9 @@ def format_list(
         lines.append(
             f"IP Virtual Server version {snapshot['version']} (size={snapshot['conn_tab_size']})"
         )
-        services = sorted(snapshot["services"], key=_service_order)
+        services = list(snapshot["services"])
+        if not fmt.nosort:
+            services.sort(key=_service_order)
     else:
         services = [service]
     text = "".join(f"{line}\n" for line in lines) + _TITLES[fmt.layout]
@@ -261,18 +301,25 @@ def _expire(seconds: float) -> str:
     return f"{whole // 60:02d}:{whole % 60:02d}"
 
 
-def _conn_row(conn: ConnDict) -> str:
+def _conn_row(conn: ConnDict, names: Names | None = None) -> str:
     # Carried by conntrack on the kernel fast path: not a column of ipvsadm's.
     kernel = " [kernel]" if conn.get("fast") else ""
+    proto = conn["protocol"].lower()
     return (
         f"{conn['protocol']:<3} {_expire(conn['expires']):<6} {conn['state']:<11} "
-        f"{addr_port(conn['caddr'], conn['cport']):<18} "
-        f"{addr_port(conn['vaddr'], conn['vport']):<18} "
-        f"{addr_port(conn['daddr'], conn['dport'])}{kernel}"
+        f"{_any_name(conn['caddr'], conn['cport'], proto, names):<18} "
+        f"{_any_name(conn['vaddr'], conn['vport'], proto, names):<18} "
+        f"{_any_name(conn['daddr'], conn['dport'], proto, names)}{kernel}"
     )
 
 
-def format_conns(snapshot: Snapshot, *, header: bool = True, persistent: bool = False) -> str:
+def format_conns(
+    snapshot: Snapshot,
+    *,
+    header: bool = True,
+    persistent: bool = False,
+    names: Names | None = None,
+) -> str:
     """``ipvsadm -L -n -c``: the connection table with expiry as mm:ss (the header
     once, then the rows of each page the daemon answers).  With ``persistent``
     (``--persistent-conn``) the header has list_conn's persistence-engine columns;
@@ -282,7 +329,7 @@ def format_conns(snapshot: Snapshot, *, header: bool = True, persistent: bool = 
     lines = ["IPVS connection entries", columns]
     if not header:
         lines = []
-    lines.extend(_conn_row(conn) for conn in snapshot["conns"])
+    lines.extend(_conn_row(conn, names) for conn in snapshot["conns"])
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -337,3 +384,41 @@ def format_daemon(confs: list[dict[str, Any]]) -> str:
                 line += f", ttl={conf['mcast_ttl']}"
             lines.append(line + ")\n")
     return "".join(lines)
+
+
+# ipvsadm-save's switch for each method (fwd_switch): the local node is saved as -g.
+_RULE_SWITCHES = {"masq": "-m", "tunnel": "-i", "droute": "-g", "local": "-g"}
+
+
+def _rule_service(svc: ServiceDict, names: Names | None) -> str:
+    """print_service_entry's svc_name with FMT_RULE: ``-t VIP:PORT``, ``-f MARK [-6]``."""
+    if svc["protocol"] == "FWM":
+        return f"-f {svc['fwmark']}" + (" -6" if _is_v6(svc["addr"]) else "")
+    switch = "-u" if svc["protocol"] == "UDP" else "-t"
+    return f"{switch} {_any_name(svc['addr'], svc['port'], _proto(svc), names)}"
+
+
+def format_rules(snapshot: Snapshot, names: Names | None = None) -> str:
+    """``ipvsadm -S [-n]`` (``ipvsadm-save``) of a snapshot: sorted as the list is,
+    ``-A`` with -s, -p, -M (when not the family's full mask), -o and -b, then each
+    real server as ``-a ... -r ADDR:PORT -g|-i|-m -w W`` with ``--tun-type ipip`` after
+    a tunnel's weight; no thresholds and no timeouts, as ipvsadm-save prints none."""
+    lines: list[str] = []
+    for svc in sorted(snapshot["services"], key=_service_order):
+        name = _rule_service(svc, names)
+        words = [f"-A {name} -s {svc['scheduler']}"]
+        if svc["persistent"] is not None:
+            words.append(f"-p {svc['persistent']}")
+            default = "128" if _is_v6(svc["addr"]) else "255.255.255.255"
+            if svc["netmask"] != default:
+                words.append(f"-M {svc['netmask']}")
+        if svc["ops"]:
+            words.append("-o")
+        if svc["sched_flags"]:
+            words.append(f"-b {','.join(svc['sched_flags'])}")
+        lines.append(" ".join(words))
+        for dest in sorted(svc["dests"], key=_dest_order):
+            dname = _any_name(dest["addr"], dest["port"], _proto(svc), names)
+            line = f"-a {name} -r {dname} {_RULE_SWITCHES[dest['method']]} -w {dest['weight']}"
+            lines.append(line + (" --tun-type ipip" if dest["method"] == "tunnel" else ""))
+    return "".join(f"{line}\n" for line in lines)
