@@ -43,7 +43,7 @@ from typing import Any, get_type_hints
 from director.core import conn_dump, estimator, proto_tcp
 from director.core.conn import COLLECT_SLICE
 from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
-from director.core.shard import MAX_WORKERS, Shards, dotted
+from director.core.shard import MAX_WORKERS, Shards, dotted, hex6
 from director.core.sync import mixed_family as sync_mixed_family
 from director.core.sysctl import Sysctls
 from director.core.xmit import unreachable
@@ -80,6 +80,12 @@ from director.shell.sync import apply as sync_apply
 from director.shell.worker import Worker, queue_sample
 
 log = logging.getLogger("directord")
+
+
+def _shard_bits(shards: Shards) -> str:
+    """The shard bits of both families, for the log: ``0.0.0.3 (IPv6 ::3)``."""
+    return f"{dotted(shards.mask)} (IPv6 {hex6(shards.mask6)})"
+
 
 EXIT_OK = 0
 EXIT_SETUP = 1  # could not install hooks, bind the queue or open the socket
@@ -542,7 +548,8 @@ class Daemon:
         self.shards = shards
         self._follow_shards(shards)
         log.info("clients sharded by the address bits %s now (persistence netmasks "
-                 "changed): %d entries moved", dotted(shards.mask), len(entries))  # fmt: skip
+                 "changed): %d entries moved; IPv6 ones by %s", dotted(shards.mask), len(entries),
+                 hex6(shards.mask6))  # fmt: skip
 
     def _follow_shards(self, shards: Shards | None) -> None:
         """Every worker's conntrack events for its clients under ``shards`` (fast path)."""
@@ -867,7 +874,7 @@ class Daemon:
         }
         self.peers = [Peer(index, fd, init) for index in range(1, count)]
         log.info("%d workers, clients sharded by the address bits %s", count,
-                 dotted(self.shards.mask))  # fmt: skip
+                 _shard_bits(self.shards))  # fmt: skip
 
     def _restart_peer(self, peer: Peer) -> None:
         """A worker died or stopped answering: a new process in its place, with the
