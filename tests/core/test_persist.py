@@ -15,6 +15,7 @@ from director.core.xmit import DROP, SEND
 from director.ctl.ipvsadm import load_rules
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, FIN, RS1, RS2, SYN, VIP, tcp, udp
+from tests.core.packets6 import tcp6
 
 OTHER = "203.0.113.11"
 NEIGHBOUR = "203.0.113.200"  # same /24 as CLIENT, for -M 255.255.255.0
@@ -386,3 +387,22 @@ def test_an_ipv6_fwmark_template_is_found_again():
     assert first is not None and first.in_key == key
     assert d._template(svc, _v6_packet("2001:db8:1::10", 40001), 1.0) is first
     assert len(d.conns.templates) == 1
+
+
+def test_minus_m_64_through_the_hook_keeps_a_slash_64_on_one_server():
+    """The whole path: rr would alternate, but every client of 2001:db8:1::/64 comes
+    through one template to one real server; a client of another /64 is scheduled
+    afresh (rr's next)."""
+    d = make(ServiceConf("tcp", VIP6, 80, scheduler="rr", persistent=60, netmask="64",
+                         dests=nat(("2001:db8:2::2", 80), ("2001:db8:2::3", 80))))  # fmt: skip
+
+    def server(client: str, port: int) -> bytes:
+        action, data = d.hook_in(tcp6(client, VIP6, port, 80, SYN), 1.0)
+        assert action == SEND and isinstance(data, bytearray)
+        return bytes(data[24:40])
+
+    first = server("2001:db8:1::10", 40000)
+    for i, client in enumerate(("2001:db8:1::11", "2001:db8:1:0:aaaa::1", "2001:db8:1::10")):
+        assert server(client, 40001 + i) == first
+    assert server("2001:db8:1:1::10", 40000) != first
+    assert len(d.conns.templates) == 2

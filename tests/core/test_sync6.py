@@ -26,6 +26,7 @@ from director.core.route import Route
 from director.core.sync import SyncConn, decode
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, SYN, VIP, tcp
+from tests.core.packets6 import tcp6
 
 IP_VS_CONN_F_MASQ = 0x0000
 IP_VS_CONN_F_SYNC = 0x0020
@@ -185,3 +186,20 @@ def test_a_mixed_family_connection_is_not_synced():
         for flags in (SYN, ACK, ACK):
             d.hook_in(tcp(CLIENT, VIP, 40000, 80, flags), 1.0)
         assert len([c for data in m.take(5.0) for c in decode(data).conns]) == expected
+
+
+def test_an_ipv6_connection_is_synced_from_the_packet_path():
+    """ip_vs_sync_conn from ip_vs_in: an IPv6 NAT connection's third packet (the sync
+    threshold) sends it, with its template, as 72-byte entries."""
+    d = director()
+    m = sync.Master(0, 1472, d.sysctls)
+    d.set_sync(sync.IP_VS_STATE_MASTER, m)
+    for i, flags in enumerate((SYN, ACK, ACK)):
+        d.hook_in(tcp6("2001:db8:1::10", "2001:db8:1::100", 40000, 80, flags), float(i))
+    data = m.take(10.0)
+    conns = [c for message in data for c in decode(message).conns]
+    assert {(c.af, c.caddr, c.flags & IP_VS_CONN_F_TEMPLATE) for c in conns} == {
+        (6, C6, 0),
+        (6, a6("2001:db8:1::"), IP_VS_CONN_F_TEMPLATE),
+    }
+    assert all(layout_v6(message, 8)["size"] == 72 for message in data)
