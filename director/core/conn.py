@@ -164,7 +164,9 @@ class Conn:
         # IP_VS_CONN_F_INACTIVE); replies never cross the director for DR and TUN.
         self.inactive = True
         self.nooutput = xmit.nooutput
-        self.control: Template | None = None  # the template it was made through
+        # The template it was made through, or the control connection of an
+        # application helper's data connection (ip_vs_control_add).
+        self.control: Controller | None = None
         self.in_pkts = 0  # packets from the client (todrop_entry looks at it)
         # The sync daemon's: IP_VS_CONN_F_SYNC, old_state, sync_endtime (director.core.sync).
         self.sync = 0
@@ -224,11 +226,18 @@ class Conn:
             self.control.state |= CTPL_ASSURED
 
 
-class Template(Conn):
+class Controller(Conn):
+    """An entry other connections may be controlled by (ip_vs_control_add): a
+    template, or an application helper's control connection (director.core.app)."""
+
+    __slots__ = ("n_control",)
+
+
+class Template(Controller):
     """A persistence template (IP_VS_CONN_F_TEMPLATE): an entry without client port
     that the connections made through it are controlled by."""
 
-    __slots__ = ("n_control",)
+    __slots__ = ()
 
     template = True
 
@@ -289,6 +298,7 @@ class ConnTable:
         self._oldest: Conn | None = None
         self._newest: Conn | None = None
         self.templates: dict[InKey, Template] = {}
+        self.no_cport: set[Conn] = set()  # entries without client port yet
         self.in_tab = InView(self)
         self.out_tab = OutView(self)
         self._wheel: dict[int, list[Conn]] = {}
@@ -344,32 +354,20 @@ class ConnTable:
         ckey = client_key(protocol, caddr, cport)
         return self.out_get(ckey, int.from_bytes(daddr, "big") << 16 | dport)
 
-    def add(self, conn: Conn, control: Template | None = None) -> None:
+    def add(self, conn: Conn, control: Controller | None = None, no_cport: bool = False) -> None:
         """Hash a new connection (ip_vs_conn_hash), bind it to its real server
-        (ip_vs_bind_dest) and, if it was made through a template, put it under that
-        template's control (ip_vs_control_add)."""
+        (ip_vs_bind_dest) and, if it was made through a template (or by a helper's
+        control connection), put it under its control (ip_vs_control_add).
+        ``no_cport``: an entry whose client port is not known yet
+        (IP_VS_CONN_F_NO_CPORT, client port 0): ``fill_cport`` gives it one."""
         dest = conn.dest
         if isinstance(conn, Template):
             self.templates[conn.in_key] = conn
             dest.persistconns += 1
         else:
-            buckets = self._buckets
-            h = _hash(conn.ckey)
-            i = h & self._low
-            if i < self._split:
-                i = h & (self._low << 1 | 1)
-            conn.next = buckets[i]
-            buckets[i] = conn
-            newest = self._newest
-            conn.older = newest
-            if newest is None:
-                self._oldest = conn
-            else:
-                newest.newer = conn
-            self._newest = conn
-            self._count += 1
-            if self._count > len(buckets):
-                self._grow()
+            if no_cport:
+                self.no_cport.add(conn)
+            self._link(conn)
             dest.inactconns += 1
             if control is not None:
                 conn.control = control
@@ -377,6 +375,46 @@ class ConnTable:
         if dest.u_threshold and dest.activeconns + dest.inactconns >= dest.u_threshold:
             dest.overloaded = True
         self._file(conn, int(conn.expires))
+
+    def _link(self, conn: Conn) -> None:
+        """Put a connection in its bucket and at the newest end of the order."""
+        buckets = self._buckets
+        h = _hash(conn.ckey)
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn.next = buckets[i]
+        buckets[i] = conn
+        newest = self._newest
+        conn.older = newest
+        if newest is None:
+            self._oldest = conn
+        else:
+            newest.newer = conn
+        self._newest = conn
+        self._count += 1
+        if self._count > len(buckets):
+            self._grow()
+
+    def find_no_cport(self, protocol: int, caddr: bytes, cport: int, vaddr: bytes,
+                      vport: int) -> Conn | None:  # fmt: skip
+        """ip_vs_conn_in_get's second look, "if (!cp && no_cport_conns)": the entry
+        of a client with port 0 for this virtual port, its client port filled in
+        from the packet (ip_vs_conn_fill_cport, which ip_vs_nat_xmit calls)."""
+        if not self.no_cport:
+            return None
+        conn = self.find_in(protocol, caddr, 0, vaddr, vport)
+        if conn is None or conn not in self.no_cport:
+            return None
+        self.fill_cport(conn, cport)
+        return conn
+
+    def fill_cport(self, conn: Conn, cport: int) -> None:
+        """ip_vs_conn_fill_cport: unhash, set the client port, hash again."""
+        self.no_cport.discard(conn)
+        self._unhash(conn)
+        conn.ckey = conn.ckey >> 16 << 16 | cport
+        self._link(conn)
 
     def _grow(self) -> None:
         """Linear hashing's split: the next bucket not yet split shares its entries,
@@ -450,6 +488,8 @@ class ConnTable:
         else:
             if not self._unhash(conn):
                 return
+            if self.no_cport:
+                self.no_cport.discard(conn)
             if conn.inactive:
                 dest.inactconns -= 1
             else:

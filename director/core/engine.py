@@ -17,7 +17,9 @@ import struct
 from collections import Counter
 from enum import Enum
 
+from director.core import app_ftp as _app_ftp  # noqa: F401  (registers the helper)
 from director.core import persist, proto_tcp
+from director.core.app import AppTable, new_conn
 from director.core.checksum import ipv6_pseudo_sum
 from director.core.conn import V6_KEY, Conn, ConnProtocol, ConnTable, Template
 from director.core.defense import Defense
@@ -159,6 +161,9 @@ class Director:
         self.sync_state = 0
         self.sync_master: Master | None = None
         self.backup_only = False
+        # The application helpers in force (director.core.app): none until the daemon
+        # loads them (app.configure), as no ip_vs_ftp is loaded until modprobe.
+        self.apps = AppTable()
 
     # -- control ---------------------------------------------------------------
 
@@ -470,6 +475,11 @@ class Director:
             conn = self.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
         else:
             conn = found
+        if conn is None and self.conns.no_cport:
+            # A helper's data connection waiting for its client's port.
+            conn = self.conns.find_no_cport(
+                pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport
+            )
         if conn is not None and self._is_new_conn(pkt) and self._resched(conn):
             self.conns.remove(conn)  # a template is never here: it holds no such entry
             conn = None
@@ -776,7 +786,8 @@ class Director:
             xmit = bind_xmit(dest)
         except KeyError:
             return (DROP, "unsupported_method")
-        conn = Conn(
+        conn = new_conn(
+            self,
             self.protocols[pkt.protocol],
             pkt.protocol,
             pkt.saddr,

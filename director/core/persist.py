@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from director.core.xmit import Xmit
 
 
+FTPPORT = 21  # ip_vs_core.c's FTPPORT, fixed whatever ports= the FTP helper watches
+
+
 class IpTemplateProtocol:
     """Firewall-mark templates have protocol 0 (IPPROTO_IP); they only show "NONE"."""
 
@@ -61,7 +64,10 @@ def template_key(svc: Service, pkt: Packet) -> InKey:
         # first word, the rest of an IPv6 address zero.
         return (0, snet, 0, port.to_bytes(4, "big").ljust(len(snet), b"\0"), 0)
     if port and pkt.dport == port:
-        return (proto, snet, 0, pkt.daddr, pkt.dport)
+        # "FTP template: <protocol, caddr, 0, vaddr, 0, daddr, 0>": a service on
+        # port 21 shares its clients' templates with the VIP's port-zero service,
+        # which takes their data connections (ip_vs_sched_persist, FTPPORT).
+        return (proto, snet, 0, pkt.daddr, 0 if port == FTPPORT else pkt.dport)
     return (proto, snet, 0, pkt.daddr, 0)
 
 
