@@ -204,3 +204,13 @@ def test_tun_info_nosort_and_edit_server_defaults(ipvsadm: Ipvsadm) -> None:
                 assert _block(got.stdout, service) == _block(capture.stdout, service)
             continue
         assert seen == (capture.stdout, capture.stderr, capture.status), capture.argv
+
+
+def test_sync_daemon_commands(ipvsadm: Ipvsadm) -> None:
+    """vm_daemon.out (job ipvsadm_daemon.sh), captured from ipvsadm 1.31 (kernel 6.1) in
+    the IPVS VM: --start-daemon and --stop-daemon with their options, -L --daemon, and
+    their refusals, against director's sync daemon on the director namespace's lo."""
+    for capture in _transcript("vm_daemon.out"):
+        got = ipvsadm(capture.program, *capture.argv)
+        seen = (got.stdout, got.stderr, got.returncode)
+        assert seen == (capture.stdout, capture.stderr, capture.status), capture.argv
