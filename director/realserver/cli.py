@@ -17,7 +17,7 @@ import typer
 from director.realserver import host, plan
 
 realserver_app = typer.Typer(
-    help="Prepare this host as a DR or TUN real server (VIP, ARP, rp_filter, IPIP).",
+    help="Prepare this host as a DR or TUN real server (VIP, ARP, rp_filter, tunnels).",
     no_args_is_help=True,
 )
 
@@ -40,7 +40,8 @@ def _fail(err: host.HostError) -> typer.Exit:
 @realserver_app.command()
 def up(
     vip: Annotated[
-        list[str], typer.Option("--vip", metavar="ADDR", help="a VIP to serve (repeatable)")
+        list[str],
+        typer.Option("--vip", metavar="ADDR", help="a VIP to serve, IPv4 or IPv6 (repeatable)"),
     ],
     method: Annotated[str, typer.Option("--method", metavar="dr|tun", help="forwarding method")],
     decap: Annotated[
@@ -48,7 +49,7 @@ def up(
         typer.Option(
             "--decap",
             metavar="auto|kernel|userspace",
-            help="TUN: kernel ipip (if loaded) or the userspace decapsulator",
+            help="TUN: kernel ipip (if loaded; IPv4 VIPs only) or the userspace decapsulator",
         ),
     ] = "auto",
     state_dir: StateRoot = host.DEFAULT_STATE_ROOT,
