@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shlex
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from director.ctl.ipvsadm_cmdline import (
     Command,
     IpvsadmError,
     KernelRefused,
+    Names,
     Unsupported,
     kernel_or_own,
     parse,
@@ -247,17 +247,25 @@ def op_line(op: Op) -> str:
     return f"--set {op.tcp} {op.tcpfin} {op.udp}"
 
 
-def restore_text(text: str, prog: str, names: Any) -> str:
+def restore_words(line: str) -> list[str]:
+    """config_stream_read's words of one line: split at spaces, tabs and CRs (no
+    quoting), a word ``ipvsadm`` dropped, nothing from a ``#`` on (its stated rule)."""
+    return [word for word in line.split("#", 1)[0].split() if word != "ipvsadm"]
+
+
+def restore_text(text: str, prog: str, names: Names) -> str:
     """Every line of an ipvsadm -R input parsed as ipvsadm's command line, as the
-    daemon's restore text; IpvsadmError for the first bad line (nothing applied)."""
+    daemon's restore text; IpvsadmError for the first bad line (nothing applied).
+    director's own ``# director-check`` / ``# director-health`` lines (dirctl save
+    --checks) go to the daemon as they are."""
     lines: list[str] = []
     for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
+        if line.strip().startswith("# director-"):
+            lines.append(line.strip())
             continue
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise IpvsadmError(str(exc), 2) from None
+        words = restore_words(line)
+        if not words:
+            continue
         cmd = parse(words, prog=prog, names=names)
         if cmd.command == "restore":  # restore_table: "avoid infinite loop"
             raise IpvsadmError(f"Try `{prog} -h' or '{prog} --help' for more information.", 255)

@@ -42,10 +42,17 @@ def test_op_line_is_the_same_op_to_the_daemon(line: str) -> None:
     assert parse_line(op_line(op)) == op
 
 
-def test_restore_text_skips_blank_and_comment_lines() -> None:
-    text = "# saved\n\n-At 203.0.113.5:80 -s rr\n  \n-a -t 203.0.113.5:80 -r 198.18.0.2 -m\n"
+def test_restore_text_reads_lines_as_config_stream_read() -> None:
+    """Words split at blanks, a word "ipvsadm" dropped, nothing from a '#' on
+    (config_stream.c's rule), blank lines skipped; director's own check lines kept."""
+    text = (
+        "# saved\n\n-At 203.0.113.5:80 -s rr\n  \n"
+        "ipvsadm -a -t 203.0.113.5:80\t-r 198.18.0.2 -m  # the first one\n"
+        "# director-check -t 203.0.113.5:80 --type tcp\n"
+    )
     assert restore_text(text, "ipvsadm", NUMERIC) == (
         "-A -t 203.0.113.5:80 -s rr\n-a -t 203.0.113.5:80 -r 198.18.0.2:80 -m -w 1\n"
+        "# director-check -t 203.0.113.5:80 --type tcp\n"
     )
 
 

@@ -214,3 +214,21 @@ def test_sync_daemon_commands(ipvsadm: Ipvsadm) -> None:
         got = ipvsadm(capture.program, *capture.argv)
         seen = (got.stdout, got.stderr, got.returncode)
         assert seen == (capture.stdout, capture.stderr, capture.status), capture.argv
+
+
+def test_restore_keeps_directors_check_lines(ipvsadm: Ipvsadm, daemon: Daemon) -> None:
+    """A file of dirctl save --checks restored through ipvsadm-restore keeps its health
+    checks: the ``# director-check`` lines go to the daemon's restore as they are (to
+    ipvsadm they are comments)."""
+    for args in (
+        ("add-service", "-t", "203.0.113.5:80", "-s", "rr"),
+        ("add-server", "-t", "203.0.113.5:80", "-r", "198.18.0.2:80", "-m"),
+        ("add-check", "-t", "203.0.113.5:80", "--type", "tcp", "--interval", "30"),
+    ):
+        assert daemon.dirctl(*args).returncode == 0
+    saved = daemon.dirctl("save", "--checks").stdout
+    assert "# director-check " in saved
+    assert ipvsadm("ipvsadm", "-C").returncode == 0
+    done = ipvsadm("ipvsadm-restore", stdin=saved)
+    assert (done.stderr, done.returncode) == ("", 0)
+    assert daemon.dirctl("save", "--checks").stdout == saved
