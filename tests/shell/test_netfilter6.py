@@ -70,9 +70,10 @@ def test_the_ipv6_file_is_filled_in() -> None:
     assert "@" not in text
     assert "-A DIRECTOR_OUT -m mark --mark 0x1d1 -j CT --notrack" in text
     assert "-A DIRECTOR_SHARD_IN -j NFQUEUE --queue-num 10" in text
-    # ICMPv6 errors (types 1-3, as ip_vs_in_icmp_v6 takes) go to the ICMP shard
+    # ICMPv6 errors (every type below 128: ip_vs_in_icmp_v6 takes any whose
+    # ICMPV6_INFOMSG_MASK bit is clear, net/netfilter/ipvs/ip_vs_core.c) go to the ICMP shard
     # chain, neighbour discovery (133-137) never to a queue.
-    assert "--u32 6>>24=58&&40>>24=1:3 -j DIRECTOR_SHARD_ICMP" in text
+    assert "--u32 6>>24=58&&40>>24=0:127 -j DIRECTOR_SHARD_ICMP" in text
     assert "--u32 6>>24=58&&40>>24=133:137 -j RETURN" in text
     assert text.index("133:137") < text.index("director-vip6 dst -j DIRECTOR_SHARD_IN")
 
