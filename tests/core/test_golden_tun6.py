@@ -32,6 +32,8 @@ import socket
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from director.core.conn import Conn
 from director.core.engine import Director
@@ -40,6 +42,7 @@ from director.core.route import Frame, Route
 from director.core.service import Dest
 from director.core.xmit import DIRECT, DROP, SEND, Verdict, bind_xmit
 from director.core.xmit.dr import ethernet_frame
+from director.core.xmit.tun import encapsulate
 from director.ctl.ops import AddServer, AddService, EditServer, apply
 from director.model.config import Config, ConfigError, DestConf, ServiceConf
 from tests.core.packets import ACK, CLIENT, SYN, VIP, tcp
@@ -338,3 +341,46 @@ def test_a_relayed_ipv4_icmp_error_with_df_too_big_goes_on() -> None:
     action, packet = conn.xmit.xmit_in(conn, pkt)
     assert action == SEND
     assert isinstance(packet, bytearray) and bytes(packet[20:]) == bytes(buf)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    inner6=st.booleans(),
+    outer6=st.booleans(),
+    dsfield=st.integers(0, 255),
+    hops=st.integers(2, 255),
+    size=st.integers(0, 1400),
+)
+def test_any_packet_is_carried_whole_in_either_family(
+    inner6: bool, outer6: bool, dsfield: int, hops: int, size: int
+) -> None:
+    """encapsulate, for every pair of families: dpkt reads the outer header back with
+    the lengths, next header and hop limit the kernel writes, and the inner packet
+    whole behind it; the outer TOS or traffic class is the inner one with CE made
+    ECT(0) (INET_ECN_encapsulate); an IPv4 outer header's checksum is dpkt's own."""
+    if inner6:
+        inner = tcp6(data=b"p" * size, hlim=hops, fc=dsfield)
+    else:
+        ip = dpkt.ip.IP(bytes(tcp(CLIENT, VIP, 40000, 8080, ACK, b"p" * size)))
+        ip.tos, ip.ttl, ip.sum = dsfield, hops, 0
+        inner = bytearray(bytes(ip))
+    source, destination = (DIRECTOR6, a6(RS6_REMOTE)) if outer6 else (
+        DIRECTOR4, socket.inet_aton(RS_REMOTE))  # fmt: skip
+    packet = encapsulate(bytearray(inner), source, destination)
+    expected_ds = dsfield & 0xFC | 2 if dsfield & 3 == 3 else dsfield
+    nxt = 41 if inner6 else 4
+    if outer6:
+        outer6_ = dpkt.ip6.IP6(bytes(packet))
+        assert (outer6_.nxt, outer6_.plen, outer6_.hlim, outer6_.fc, outer6_.flow) == (
+            nxt, len(inner), hops, expected_ds, 0)  # fmt: skip
+        assert (outer6_.src, outer6_.dst) == (source, destination)
+        assert bytes(packet[40:]) == bytes(inner)
+    else:
+        outer4 = dpkt.ip.IP(bytes(packet))
+        assert (outer4.p, outer4.len, outer4.ttl, outer4.tos) == (
+            nxt, 20 + len(inner), hops, expected_ds)  # fmt: skip
+        assert outer4.df == (0 if inner6 else dpkt.ip.IP(bytes(inner)).df)
+        check = dpkt.ip.IP(bytes(packet))
+        check.sum = 0
+        assert bytes(check)[:20] == bytes(packet[:20])  # dpkt's checksum is ours
+        assert bytes(packet[20:]) == bytes(inner)
