@@ -193,6 +193,11 @@ SHARD_CHAINS = (SHARD_IN, SHARD_FWD, SHARD_ICMP)
 _QUOTED_IPIP = "0>>22&0x3C@16>>16&0xFF=4"
 _QUOTED_DST = "0>>22&0x3C@24"
 _QUOTED_INNER_SRC = "0>>22&0x3C@40"
+# A mixed-family tunnel's (an IPv6 client's request in IPv4, protocol 41): the IPv6
+# client's address 8 bytes into the inner header, bytes 36-51 from the ICMP header.
+_QUOTED_6IN4 = "0>>22&0x3C@16>>16&0xFF=41"
+_ICMP_AT = "0>>22&0x3C@"
+_QUOTED_6IN4_SRC = 8 + 20 + 8
 
 
 def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
@@ -216,8 +221,17 @@ def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
             f"&{mask:#x}={addr:#x} {to(worker)}"
         )
         rules.append(
-            f"-A {SHARD_ICMP} -m u32 ! --u32 {_QUOTED_IPIP} "
+            f"-A {SHARD_ICMP} -m u32 ! --u32 {_QUOTED_IPIP} -m u32 ! --u32 {_QUOTED_6IN4} "
             f"-m u32 --u32 {_QUOTED_DST}&{mask:#x}={addr:#x} {to(worker)}"
+        )
+    # An IPv6 client's request the director tunnelled in IPv4 (a mixed-family pool):
+    # by the IPv6 client's bits (Shards.patterns6).
+    for addr, mask, worker in shards.patterns6():
+        if not mask:
+            break
+        rules.append(
+            f"-A {SHARD_ICMP} -m u32 --u32 {_QUOTED_6IN4}&&"
+            f"{_u32_words(_QUOTED_6IN4_SRC, addr, mask, _ICMP_AT)} {to(worker)}"
         )
     # What no pattern took (one worker; an ICMP error quoting too little to tell):
     # worker 0, which passes on what it does not know.
@@ -229,36 +243,45 @@ def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
 # The same for an ICMPv6 error (its fixed header 40 bytes, the quoted packet 8 bytes
 # into the ICMPv6 header, at 48): the quoted next header (byte 6 of it), its
 # destination (bytes 24-39), and when it is IPv6-in-IPv6 (41: a TUN request) the source
-# of the packet inside (its bytes 8-23, after the director's 40-byte outer header).
+# of the packet inside (its bytes 8-23, after the director's 40-byte outer header);
+# an IPv4 client's request in IPv6 (next header 4, a mixed-family pool): its source,
+# bytes 12-15 of the inner IPv4 header.
 _QUOTED6_NEXT = 48 + 6
 _QUOTED6_DST = 48 + 24
 _QUOTED6_INNER_SRC = 48 + 40 + 8
+_QUOTED6_INNER_SRC4 = 48 + 40 + 12
 IPPROTO_IPV6 = 41
+IPPROTO_IPIP = 4
 Pattern6 = tuple[int, int, int]  # IPv6 address, mask (128-bit integers), worker
 
 
-def _u32_words(at: int, addr: int, mask: int) -> str:
-    """u32 tests that the 16 bytes at ``at`` ANDed with ``mask`` equal ``addr``: one
-    per 32-bit word of the mask that has bits set."""
+def _u32_words(at: int, addr: int, mask: int, base: str = "") -> str:
+    """u32 tests that the 16 bytes at ``at`` (after ``base``, a u32 location) ANDed
+    with ``mask`` equal ``addr``: one per 32-bit word of the mask that has bits set."""
     tests = []
     for word in range(4):
         shift = 96 - 32 * word
         part = mask >> shift & 0xFFFFFFFF
         if part:
-            tests.append(f"{at + 4 * word}&{part:#x}={addr >> shift & part:#x}")
+            tests.append(f"{base}{at + 4 * word}&{part:#x}={addr >> shift & part:#x}")
     return "&&".join(tests)
 
 
-def shard_rules6(patterns: Iterable[Pattern6], queue: int, bypass: bool = False) -> list[str]:
+def shard_rules6(patterns: Iterable[Pattern6], queue: int, bypass: bool = False,
+                 patterns4: Iterable[Pattern6] = ()) -> list[str]:  # fmt: skip
     """The IPv6 shard chains' rules (ip6tables): as ``shard_rules``, with the IPv6
     clients' patterns (address, mask, worker; director/core/shard.py), requests by
-    source, NAT replies by destination, ICMPv6 errors by the client they quote."""
+    source, NAT replies by destination, ICMPv6 errors by the client they quote; an
+    error quoting an IPv4 client's request tunnelled in IPv6 by the IPv4 clients'
+    patterns (``patterns4``, Shards.patterns)."""
     tail = " --queue-bypass" if bypass else ""
 
     def to(worker: int, reply: bool = False) -> str:
         number = worker_queue(queue, worker) + (1 if reply else 0)
         return f"-j NFQUEUE --queue-num {number}{tail}"
 
+    tunnelled = f"{_QUOTED6_NEXT}>>24={IPPROTO_IPV6}"
+    mixed = f"{_QUOTED6_NEXT}>>24={IPPROTO_IPIP}"
     rules: list[str] = []
     for addr, mask, worker in patterns:
         if not mask:
@@ -266,14 +289,20 @@ def shard_rules6(patterns: Iterable[Pattern6], queue: int, bypass: bool = False)
         where = f"{hex6(addr)}/{hex6(mask)}"
         rules.append(f"-A {SHARD_IN} -s {where} {to(worker)}")
         rules.append(f"-A {SHARD_FWD} -d {where} {to(worker, reply=True)}")
-        tunnelled = f"{_QUOTED6_NEXT}>>24={IPPROTO_IPV6}"
         rules.append(
             f"-A {SHARD_ICMP} -m u32 --u32 {tunnelled}&&"
             f"{_u32_words(_QUOTED6_INNER_SRC, addr, mask)} {to(worker)}"
         )
         rules.append(
-            f"-A {SHARD_ICMP} -m u32 ! --u32 {tunnelled} "
+            f"-A {SHARD_ICMP} -m u32 ! --u32 {tunnelled} -m u32 ! --u32 {mixed} "
             f"-m u32 --u32 {_u32_words(_QUOTED6_DST, addr, mask)} {to(worker)}"
+        )
+    for addr, mask, worker in patterns4:
+        if not mask:
+            break
+        rules.append(
+            f"-A {SHARD_ICMP} -m u32 --u32 {mixed}&&{_QUOTED6_INNER_SRC4}&{mask:#x}={addr:#x} "
+            f"{to(worker)}"
         )
     rules += [f"-A {SHARD_IN} {to(0)}", f"-A {SHARD_FWD} {to(0, reply=True)}",
               f"-A {SHARD_ICMP} {to(0)}"]  # fmt: skip
@@ -336,11 +365,17 @@ def render_fast(fast_text: str, queue: int, bypass: bool = False,
     return spliced, "\n".join(own) + "\n"
 
 
-def render6(text: str, queue: int, mark: int, bypass: bool = False,
-            patterns: Iterable[Pattern6] = ()) -> str:  # fmt: skip
+def render6(
+    text: str,
+    queue: int,
+    mark: int,
+    bypass: bool = False,
+    patterns: Iterable[Pattern6] = (),
+    patterns4: Iterable[Pattern6] = (),
+) -> str:
     """director6.rules filled in (no fast path: IPv6 services take the every-packet
     path)."""
-    rules = shard_rules6(patterns, queue, bypass)
+    rules = shard_rules6(patterns, queue, bypass, patterns4)
     return text.replace("@SHARD_RULES@", "\n".join(rules)).replace("@MARK@", hex(mark))
 
 
@@ -466,7 +501,7 @@ class Hooks:
                 _iptables("-t", table, "-I", chain, "1", *rule.split())
         if self.ipv6:
             text6 = render6(self.text6, self.queue, self.mark, self.bypass,
-                            shard_patterns6(self.shards))  # fmt: skip
+                            shard_patterns6(self.shards), list(self.shards.patterns()))  # fmt: skip
             _, jumps6 = declared(text6)
             _restore("\n".join(line for line in text6.splitlines() if not _JUMP.match(line))
                      + "\n", IPV6)  # fmt: skip
@@ -498,7 +533,8 @@ class Hooks:
             text += ["*mangle", f":{SHARD_NEW} - [0:0]", *new, "COMMIT"]
         _restore("\n".join([*text, ""]))
         if self.ipv6:
-            rules6 = shard_rules6(shard_patterns6(shards), self.queue, self.bypass)
+            rules6 = shard_rules6(shard_patterns6(shards), self.queue, self.bypass,
+                                  list(shards.patterns()))  # fmt: skip
             _restore("\n".join(["*filter", *declared_chains, *rules6, "COMMIT", ""]), IPV6)
         self.shards = shards
 

@@ -133,6 +133,7 @@ def test_hooks_of_both_families_installed_once_and_removed_whole(
     assert f"-A DIRECTOR_SHARD_IN -s ::1/::1 -j NFQUEUE --queue-num {QUEUE + 2}" in v6
     assert f"-A DIRECTOR_SHARD_FWD -d ::1/::1 -j NFQUEUE --queue-num {QUEUE + 3}" in v6
     assert f'--u32 "0x54&0x1=0x1" -j NFQUEUE --queue-num {QUEUE + 2}' in v6
+    assert f'--u32 "0x36>>0x18=0x4&&0x64&0x1=0x1" -j NFQUEUE --queue-num {QUEUE + 2}' in v6
     assert f"-A DIRECTOR_SHARD_FWD -j NFQUEUE --queue-num {QUEUE + 1}" in v6
     # The inet6 sets hold the IPv6 VIP and NAT real servers (not the DR one), the
     # IPv4 ones the IPv4 ones only.

@@ -48,8 +48,8 @@ def test_two_workers_by_the_clients_last_bit() -> None:
         f"-A DIRECTOR_SHARD_FWD -d ::/::1 -j NFQUEUE --queue-num 11{tail}",
         f"-A DIRECTOR_SHARD_ICMP -m u32 --u32 54>>24=41&&108&0x1=0x0"
         f" -j NFQUEUE --queue-num 10{tail}",
-        f"-A DIRECTOR_SHARD_ICMP -m u32 ! --u32 54>>24=41 -m u32 --u32 84&0x1=0x0"
-        f" -j NFQUEUE --queue-num 10{tail}",
+        f"-A DIRECTOR_SHARD_ICMP -m u32 ! --u32 54>>24=41 -m u32 ! --u32 54>>24=4"
+        f" -m u32 --u32 84&0x1=0x0 -j NFQUEUE --queue-num 10{tail}",
     ]
     assert rules[4] == f"-A DIRECTOR_SHARD_IN -s ::1/::1 -j NFQUEUE --queue-num 12{tail}"
     assert rules[-3:] == [
@@ -57,6 +57,22 @@ def test_two_workers_by_the_clients_last_bit() -> None:
         f"-A DIRECTOR_SHARD_FWD -j NFQUEUE --queue-num 11{tail}",
         f"-A DIRECTOR_SHARD_ICMP -j NFQUEUE --queue-num 10{tail}",
     ]
+
+
+def test_an_ipv4_client_tunnelled_in_ipv6_is_found_by_its_own_bits() -> None:
+    """A mixed-family pool's request (next header 4, RFC 2473): the IPv4 client's source
+    12 bytes into the inner IPv4 header (RFC 791), behind the 40-byte outer header:
+    byte 48 + 40 + 12 = 100."""
+    shards = Shards(2, (8,), (0,))
+    rules = shard_rules6(shard_patterns6(shards), QUEUE, patterns4=list(shards.patterns()))
+    assert (
+        "-A DIRECTOR_SHARD_ICMP -m u32 --u32 54>>24=4&&100&0x100=0x0 -j NFQUEUE --queue-num 10"
+        in rules
+    )
+    assert (
+        "-A DIRECTOR_SHARD_ICMP -m u32 --u32 54>>24=4&&100&0x100=0x100 -j NFQUEUE --queue-num 12"
+        in rules
+    )
 
 
 def test_a_mask_across_words_tests_each_word() -> None:

@@ -99,12 +99,24 @@ def test_the_icmp_rules_read_the_quoted_packet() -> None:
     RFC 791): byte 9 of that header is its protocol (IPIP is 4), bytes 16-19 its
     destination, and an IPIP packet's inner source is 20 + 12 bytes further."""
     icmp = chain("\n".join(shard_rules(Shards(2, (8,)), 0)), SHARD_ICMP)
-    ipip = "0>>22&0x3C@16>>16&0xFF=4"
+    ipip, sixin4 = "0>>22&0x3C@16>>16&0xFF=4", "0>>22&0x3C@16>>16&0xFF=41"
     assert icmp[0] == (f"-m u32 --u32 {ipip}&&0>>22&0x3C@40&0x100=0x0 -j NFQUEUE --queue-num 0")
     assert icmp[1] == (
-        f"-m u32 ! --u32 {ipip} -m u32 --u32 0>>22&0x3C@24&0x100=0x0 -j NFQUEUE --queue-num 0"
+        f"-m u32 ! --u32 {ipip} -m u32 ! --u32 {sixin4} -m u32 --u32 0>>22&0x3C@24&0x100=0x0"
+        " -j NFQUEUE --queue-num 0"
     )
     assert icmp[2].endswith("&0x100=0x100 -j NFQUEUE --queue-num 2")
+
+
+def test_an_ipv6_client_tunnelled_in_ipv4_is_found_by_its_own_bits() -> None:
+    """A mixed-family pool's request (protocol 41, RFC 4213): the IPv6 client's source
+    8 bytes into the inner IPv6 header (RFC 8200 §3), behind the director's 20-byte
+    outer header: bytes 36-51 after the ICMP header; its last word at 48."""
+    icmp = chain("\n".join(shard_rules(Shards(2, (8,), (0,)), 0)), SHARD_ICMP)
+    sixin4 = "0>>22&0x3C@16>>16&0xFF=41"
+    assert f"-m u32 --u32 {sixin4}&&0>>22&0x3C@48&0x1=0x0 -j NFQUEUE --queue-num 0" in icmp
+    assert f"-m u32 --u32 {sixin4}&&0>>22&0x3C@48&0x1=0x1 -j NFQUEUE --queue-num 2" in icmp
+    assert icmp[-1] == "-j NFQUEUE --queue-num 0"
 
 
 def test_four_workers_with_a_slash_24_netmask() -> None:
