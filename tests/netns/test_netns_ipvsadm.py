@@ -15,13 +15,18 @@ installs it), so its messages name ``ipvsadm`` as the captured ones do.
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import socket
 import subprocess
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from labtools import SEED_RULES_FILE, hold
 
+from director.lab import topology
 from director.lab.daemon import Daemon, venv_program
 
 LAB_KIND = "nat6"  # conftest's module lab: dual stack, 2001:db8:2::/64 behind it
@@ -232,3 +237,52 @@ def test_restore_keeps_directors_check_lines(ipvsadm: Ipvsadm, daemon: Daemon) -
     done = ipvsadm("ipvsadm-restore", stdin=saved)
     assert (done.stderr, done.returncode) == ("", 0)
     assert daemon.dirctl("save", "--checks").stdout == saved
+
+
+# print_conn's row: "%-3s %-6s %-11s %-18s %-18s %s" (ipvsadm.c), expiry as mm:ss;
+# the nat6 lab's client reaches the IPv6 VIP.
+CONN_ROW = re.compile(
+    r"TCP (\d\d:\d\d)  ESTABLISHED \[(2001:db8:1::10)\]:(\w+) +\[(2001:db8:1::100)\]:(\w+) +"
+    r"\[(2001:db8:2::2)\]:(\w+)"
+)
+SIX = "-A -t [2001:db8:1::100]:80 -s rr\n-a -t [2001:db8:1::100]:80 -r [2001:db8:2::2]:80 -m\n"
+
+
+def _print_conn(expire: str, src: str, vip: str, dest: str) -> str:
+    return f"{'TCP':<3} {expire:<6} {'ESTABLISHED':<11} {src:<18} {vip:<18} {dest}"
+
+
+def _service_name(port: int) -> str:
+    try:
+        return socket.getservbyport(port, "tcp")
+    except OSError:
+        return str(port)
+
+
+def test_connections_numeric_and_named(ipvsadm: Ipvsadm, lab: topology.Lab) -> None:
+    """-Lcn and -Lc of a held IPv6 connection, the services restored by ipvsadm-restore
+    from rules/seed-nat.rules (its '#' lines comments) and two IPv6 lines: list_conn's
+    header as captured from ipvsadm 1.31 in the IPVS VM, each row as print_conn formats
+    it, numeric with -n, with /etc/services' names of the ports without (getservbyport,
+    as ipvsadm; the addresses have no reverse name)."""
+    done = ipvsadm("ipvsadm-restore", stdin=SEED_RULES_FILE.read_text() + SIX)
+    assert (done.stderr, done.returncode) == ("", 0)
+    header = next(c for c in _transcript() if c.argv == ["-Lcn"]).stdout
+    with ExitStack() as held:
+        hold(lab, lab.client_addr, held)
+        numeric = ipvsadm("ipvsadm", "-Lcn").stdout
+        named = ipvsadm("ipvsadm", "-Lc").stdout
+    cport = 0
+    for text, names in ((numeric, False), (named, True)):
+        assert text.startswith(header), text
+        rows = text[len(header) :].splitlines()
+        assert len(rows) == 1, text
+        found = CONN_ROW.fullmatch(rows[0])
+        assert found is not None, rows
+        expire, caddr, client_port, vaddr, _, daddr, _ = found.groups()
+        cport = cport or int(client_port)
+        shown = [_service_name(p) if names else str(p) for p in (cport, 80, 80)]
+        assert rows[0] == _print_conn(
+            expire, f"[{caddr}]:{shown[0]}", f"[{vaddr}]:{shown[1]}", f"[{daddr}]:{shown[2]}"
+        )
+    assert ":http " in named and ":80 " in numeric
