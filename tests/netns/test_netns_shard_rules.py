@@ -175,6 +175,10 @@ else:
     if "inner" in job:  # IPIP: the director's outer header, the client's packet inside
         inner = iphdr(job["inner"], job["qdst"], 6, 28) + tcp
         quoted = iphdr(job["qsrc"], job["qdst"], 4, 20 + len(inner)) + inner
+    if "inner6" in job:  # IPv6 in IPv4 (41): an IPv6 client's request, a mixed pool
+        six = [socket.inet_pton(socket.AF_INET6, a) for a in (job["inner6"], "2001:db8:1::100")]
+        inner = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + six[0] + six[1] + tcp
+        quoted = iphdr(job["qsrc"], job["qdst"], 41, 20 + len(inner)) + inner
     body = struct.pack("!BBHHH", 3, 4, 0, 0, 1400) + quoted
     icmp = body[:2] + struct.pack("!H", csum(body)) + body[4:]
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -236,6 +240,23 @@ def test_an_icmp_error_about_a_tunnelled_request_goes_to_the_worker_of_the_inner
     send(director, kind="icmp", src=router, dst=OWN, qsrc=OWN, qdst=RS, inner=client)
     worker = int(client.rsplit(".", 1)[1]) & 1
     assert queue_of(before, counters(director)) == ("DIRECTOR_SHARD_ICMP", QUEUE + 2 * worker)
+
+
+@pytest.mark.parametrize("client", ["2001:db8:1::10", "2001:db8:1::11"])
+def test_an_icmp_error_about_a_request_tunnelled_across_families_goes_by_its_client(
+    namespaces: list[Netns], client: str
+) -> None:
+    """A mixed-family pool: the error quotes the director's IPv4 packet carrying an IPv6
+    client's request (protocol 41); the worker is the IPv6 client's, by its own bits
+    (its last one here), not by the IPv4 addresses around it."""
+    ns = new(namespaces)
+    for addr in (OWN, EVEN_ROUTER):
+        ns.ip("addr", "add", f"{addr}/32", "dev", "lo")
+    hooks(ns, Shards(2, (1,), (0,)))  # IPv4 clients by another bit than IPv6 ones
+    before = counters(ns)
+    send(ns, kind="icmp", src=EVEN_ROUTER, dst=OWN, qsrc=OWN, qdst=RS, inner6=client)
+    worker = int(client.rsplit(":", 1)[1], 16) & 1
+    assert queue_of(before, counters(ns)) == ("DIRECTOR_SHARD_ICMP", QUEUE + 2 * worker)
 
 
 def test_nat_replies_go_to_the_worker_of_their_destination(
