@@ -596,8 +596,9 @@ def sysctl(
         list[str] | None, typer.Argument(help="NAME=VALUE to set; none to show all")
     ] = None,
 ) -> None:
-    """IPVS's sysctls (expire_nodest_conn, expire_quiescent_template, sloppy_tcp,
-    conn_reuse_mode), kept by the daemon: show them, or set some (all or none)."""
+    """IPVS's sysctls (expire_nodest_conn, sloppy_tcp, schedule_icmp, nat_icmp_send,
+    pmtu_disc, run_estimation...), kept by the daemon: show them, or set some (all or
+    none)."""
     changes: dict[str, str] = {}
     for item in assignments or []:
         name, sep, value = item.partition("=")

@@ -637,11 +637,29 @@ class Director:
         else:
             conn = found
         if conn is None:
+            if self.sysctls.nat_icmp_send:
+                return self._nat_icmp_send(pkt)
             return self._pass("no_conn")
         self._count_out(conn, pkt.length)
         conn.proto.transition(conn, OUTPUT, pkt.tcp_flags)
         conn.expires = now + conn.timeout
         return self._count(conn.xmit.xmit_out(conn, pkt))
+
+    def _nat_icmp_send(self, pkt: Packet) -> Verdict:
+        """nat_icmp_send: ip_vs_out_hook's answer to a packet from a NAT real server's
+        address and port (ip_vs_has_real_service) that belongs to no connection: ICMP
+        port unreachable back to the real server, the packet dropped; a TCP reset is
+        left to go on.  The error's source is the director's address on the route
+        toward the real server (icmp_send's choice for a forwarded packet)."""
+        dest = self.services.real_service(pkt.protocol, pkt.saddr, pkt.sport)
+        if dest is None or pkt.tcp_flags & TH_RST:
+            return self._pass("no_conn")
+        if dest.route is None:
+            return self._count((DROP, "nat_icmp_send"))  # icmp_send finds no route
+        source = dest.route.source
+        if len(pkt.saddr) == 16:
+            return self._count((SEND, port_unreachable6(pkt.buf, source)))
+        return self._count((SEND, port_unreachable(pkt.buf, source)))
 
     def _icmp_in(self, buf: bytearray, mark: int, now: float) -> Verdict:
         """ip_vs_in_icmp / ip_vs_in_icmp_v6: an error from outside about a connection
@@ -661,11 +679,35 @@ class Director:
             err.inner_sport,
         )  # fmt: skip
         if conn is None:
-            return self._pass("icmp_no_conn")
+            if not self.sysctls.schedule_icmp:
+                return self._pass("icmp_no_conn")
+            scheduled = self._schedule_icmp(err, mark, now)
+            if not isinstance(scheduled, Conn):
+                return scheduled
+            conn = scheduled
         if not _icmp6_checksum_ok(conn, err):
             return self._count((DROP, "icmp_checksum"))
         self._count_in(conn, err.pkt.length)
         return self._count(conn.xmit.icmp_in(conn, err))
+
+    def _schedule_icmp(self, err: IcmpError, mark: int, now: float) -> Conn | Verdict:
+        """schedule_icmp: ip_vs_in_icmp's ip_vs_try_to_schedule on the quoted header read
+        reversed (IP_VS_HDR_INVERSE): the client's connection to the VIP is scheduled as
+        its own packet would be (tcp_conn_schedule asks for no SYN of an ICMP error) and
+        the error goes to the real server chosen.  Not a service's: it goes on to the
+        local stack; no real server: dropped, with no answer (ip_vs_leave answers no
+        ICMP error)."""
+        svc = self.services.lookup(err.inner_protocol, err.inner_saddr, err.inner_sport, mark)
+        if svc is None:
+            return self._pass("icmp_no_conn")
+        probe = Packet(
+            err.pkt.buf, err.inner_protocol, err.inner_daddr, err.inner_saddr, err.inner_dport,
+            err.inner_sport, err.inner_l4, err.pkt.length, 0, mark,
+        )  # fmt: skip
+        scheduled = self._schedule(svc, probe, now, icmp=True)
+        if isinstance(scheduled, tuple):
+            return self._count(scheduled)
+        return scheduled
 
     def _icmp_tunnel(self, err: IcmpError, now: float) -> Verdict:
         """ip_vs_in_icmp's "ICMP for IPIP": an error about a packet the director
@@ -761,9 +803,12 @@ class Director:
             stats.outpkts += 1
             stats.outbytes += length
 
-    def _schedule(self, svc: Service, pkt: Packet, now: float) -> Conn | Verdict:
+    def _schedule(
+        self, svc: Service, pkt: Packet, now: float, icmp: bool = False
+    ) -> Conn | Verdict:
         """ip_vs_schedule (and ip_vs_sched_persist for persistent services), or
-        ip_vs_leave's ICMP port unreachable when no real server is left."""
+        ip_vs_leave's ICMP port unreachable when no real server is left (a drop for
+        an ICMP error being scheduled, ``icmp``)."""
         if self.defense.drop_rate and self.defense.todrop():
             return (DROP, "defense_drop_packet")
         if self.conn_limit and len(self.conns) + len(self.conns.templates) >= self.conn_limit:
@@ -778,6 +823,8 @@ class Director:
         else:
             dest = svc.scheduler.schedule(svc, pkt, now)
         if dest is None:
+            if icmp:
+                return (DROP, "no_dest")
             self.drops["no_dest"] += 1
             if len(pkt.daddr) == 16:
                 return (SEND, port_unreachable6(pkt.buf))

@@ -121,8 +121,11 @@ def all_stats(director: Director) -> Iterator[Stats]:
 
 
 def estimate(director: Director, timer: RateTimer, now: float) -> bool:
-    """Step every estimator if the timer is due; True when it did."""
-    if not timer.due(now):
+    """Step every estimator if the timer is due; True when it did.  With the sysctl
+    run_estimation off the timer goes on but no step is taken (ip_vs_estimation_kthread
+    ticks only ``if (sysctl_run_estimation(ipvs) && ...)``): the rates stay as they
+    were, and the first step once it is back sees everything counted since."""
+    if not timer.due(now) or not director.sysctls.run_estimation:
         return False
     for stats in all_stats(director):
         stats.est.step(stats.counts())

@@ -17,18 +17,22 @@ ICMP_FRAG_NEEDED = 4
 
 
 def unreachable(
-    original: bytes | bytearray, code: int, mtu: int = 0, type_: int = ICMP_DEST_UNREACH
+    original: bytes | bytearray,
+    code: int,
+    mtu: int = 0,
+    type_: int = ICMP_DEST_UNREACH,
+    source: bytes | None = None,
 ) -> bytearray:
     """ICMP destination unreachable about ``original`` (RFC 792; RFC 1812 4.3.2.3: the
     offending IP header and the first 8 bytes of its payload), from the address the
-    client tried to reach back to the client.  ``mtu`` goes in the next-hop MTU field
-    of fragmentation-needed messages (RFC 1191)."""
+    client tried to reach (or ``source``) back to the client.  ``mtu`` goes in the
+    next-hop MTU field of fragmentation-needed messages (RFC 1191)."""
     ihl = (original[0] & 0x0F) * 4
     quoted = bytes(original[: ihl + 8])
     unreach = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=quoted)
     icmp = dpkt.icmp.ICMP(type=type_, code=code, data=unreach)
     ip = dpkt.ip.IP(
-        src=bytes(original[16:20]),
+        src=bytes(original[16:20]) if source is None else source,
         dst=bytes(original[12:16]),
         p=dpkt.ip.IP_PROTO_ICMP,
         ttl=64,
@@ -37,8 +41,8 @@ def unreachable(
     return bytearray(bytes(ip))
 
 
-def port_unreachable(original: bytes | bytearray) -> bytearray:
-    return unreachable(original, ICMP_PORT_UNREACH)
+def port_unreachable(original: bytes | bytearray, source: bytes | None = None) -> bytearray:
+    return unreachable(original, ICMP_PORT_UNREACH, source=source)
 
 
 def frag_needed(original: bytes | bytearray, mtu: int) -> bytearray:
@@ -54,16 +58,23 @@ IPV6_MIN_MTU = 1280
 _ICMPV6_HOP_LIMIT = 64  # net.ipv6.conf.*.hop_limit's default, the route's hop limit
 
 
-def icmp6_error(original: bytes | bytearray, type_: int, code: int, info: int = 0) -> bytearray:
+def icmp6_error(
+    original: bytes | bytearray,
+    type_: int,
+    code: int,
+    info: int = 0,
+    source: bytes | None = None,
+) -> bytearray:
     """icmp6_send (net/ipv6/icmp.c): an ICMPv6 error about the IPv6 packet
     ``original`` from the address it was sent to (an address of the director: the
-    VIP) back to its source, quoting as much of it as keeps the whole error within
-    IPV6_MIN_MTU (RFC 4443 2.4 (c)); ``info`` is the 32-bit field after the checksum
-    (the MTU of a packet too big).  The checksum covers the pseudo-header."""
+    VIP), or from ``source``, back to its source, quoting as much of it as keeps the
+    whole error within IPV6_MIN_MTU (RFC 4443 2.4 (c)); ``info`` is the 32-bit field
+    after the checksum (the MTU of a packet too big).  The checksum covers the
+    pseudo-header."""
     quoted = bytes(original[: IPV6_MIN_MTU - 40 - 8])
     icmp = dpkt.icmp6.ICMP6(type=type_, code=code, data=info.to_bytes(4, "big") + quoted)
     ip = dpkt.ip6.IP6(
-        src=bytes(original[24:40]),
+        src=bytes(original[24:40]) if source is None else source,
         dst=bytes(original[8:24]),
         nxt=dpkt.ip.IP_PROTO_ICMP6,
         hlim=_ICMPV6_HOP_LIMIT,
@@ -73,9 +84,9 @@ def icmp6_error(original: bytes | bytearray, type_: int, code: int, info: int = 
     return bytearray(bytes(ip))
 
 
-def port_unreachable6(original: bytes | bytearray) -> bytearray:
+def port_unreachable6(original: bytes | bytearray, source: bytes | None = None) -> bytearray:
     """ip_vs_leave for an IPv6 service: ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH."""
-    return icmp6_error(original, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH)
+    return icmp6_error(original, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, source=source)
 
 
 def packet_too_big(original: bytes | bytearray, mtu: int) -> bytearray:

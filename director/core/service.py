@@ -197,6 +197,9 @@ class ServiceTable:
         # Real servers removed from their service but still referenced by connections
         # (the kernel's dest_trash): kept so counters stay right until they drain.
         self.trash: list[Dest] = []
+        # NAT real servers by (protocol, address, port), protocol 0 for a firewall-mark
+        # service's (any protocol): the kernel's rs_table, which holds only MASQ ones.
+        self.real_services: dict[tuple[int, bytes, int], Dest] = {}
 
     def __iter__(self) -> Iterator[Service]:
         return iter(self.services.values())
@@ -240,6 +243,18 @@ class ServiceTable:
         self.fwmarks = {key[2]: svc for key, svc in self.services.items() if key[:2] == (0, b"")}
         self.fwmarks6 = {key[2]: svc for key, svc in self.services.items()
                          if not key[0] and len(key[1]) == 16}  # fmt: skip
+        self.real_services = {
+            (svc.protocol, dest.addr, dest.port): dest
+            for svc in self.services.values()
+            for dest in svc.dests
+            if dest.method == "masq"
+        }
+
+    def real_service(self, protocol: int, addr: bytes, port: int) -> Dest | None:
+        """ip_vs_has_real_service: the NAT real server at this address and port of a
+        service of this protocol or of a firewall-mark service, if any."""
+        found = self.real_services.get((protocol, addr, port))
+        return found if found is not None else self.real_services.get((0, addr, port))
 
     def _reconcile_dests(self, svc: Service, conf: ServiceConf) -> None:
         wanted = {(pack_addr(d.addr), d.port): d for d in conf.dests}

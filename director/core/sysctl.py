@@ -58,6 +58,31 @@ class Sysctls:
     # While the backup daemon runs, the director does not balance (its packets go on to
     # the local stack): a backup that only keeps the master's connections.
     backup_only: bool = False
+    # An ICMP error from outside that finds no connection is scheduled as the packet it
+    # quotes would be, and goes to the real server chosen (ip_vs_in_icmp): for
+    # directors behind ECMP, where an error may reach one that never saw the flow.
+    schedule_icmp: bool = False
+    # A VIP's packet of a protocol IPVS does not handle (IPIP, GRE...) is marked so
+    # that what the kernel decapsulates from it is not balanced again (ip_vs_in_hook's
+    # ipvs_property): a director that is also a real server.
+    ignore_tunneled: bool = False
+    # A DF packet that does not fit a tunnel is answered with fragmentation needed; off,
+    # an IPv4 packet is tunnelled without DF and fragmented (ensure_mtu_is_adequate).
+    pmtu_disc: bool = True
+    # A NAT real server's TCP or UDP packet that belongs to no connection is answered
+    # with ICMP port unreachable and dropped (ip_vs_out_hook), a TCP reset excepted.
+    nat_icmp_send: bool = False
+    # No real server left for a firewall-mark service: the packet goes on to the
+    # address it was sent to, not refused (ip_vs_leave: transparent cache clusters).
+    cache_bypass: bool = False
+    # The kernel keeps conntrack entries for IPVS's connections.  director's own
+    # connection table is the only one in every-packet mode (its hooks NOTRACK the
+    # VIPs' traffic, and its NAT sends the rewritten packets itself), so this stays 0:
+    # stateful firewall rules see the fast services' flows with --fast-path kernel.
+    conntrack: bool = False
+    # The rate estimator runs every 2 s (ip_vs_est.c); off, the rates stay as they were
+    # and the first step after it is back counts everything since (not accurate).
+    run_estimation: bool = True
 
     def as_dict(self) -> dict[str, int | bool]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -68,9 +93,11 @@ class Sysctls:
             raise ValueError(f"unknown setting {name!r}")
         current = getattr(self, name)
         if isinstance(current, bool):
-            if value not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+            if value not in _TRUE + _FALSE:
                 raise ValueError(f"{name} takes 0 or 1, not {value!r}")
-            setattr(self, name, value in ("1", "true", "yes", "on"))
+            if name in FIXED and (value in _TRUE) != FIXED[name][0]:
+                raise ValueError(f"{name} takes only {int(FIXED[name][0])}: {FIXED[name][1]}")
+            setattr(self, name, value in _TRUE)
         else:
             low, high = RANGES[name]
             if not value.isdigit() or not low <= int(value) <= high:
@@ -91,6 +118,8 @@ class Sysctls:
         return trial
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 INT_MAX = 2**31 - 1
 RANGES: dict[str, tuple[int, int]] = {
     "conn_reuse_mode": (0, 3),
@@ -109,4 +138,13 @@ RANGES: dict[str, tuple[int, int]] = {
     "sync_version": (0, 1),
     "sync_qlen_max": (1, INT_MAX),
     "sync_sock_size": (0, INT_MAX),
+}
+
+# Settings a userspace director holds at one value, and why (the one-line refusal).
+FIXED: dict[str, tuple[bool, str]] = {
+    "conntrack": (
+        False,
+        "director keeps its connections in its own table, not conntrack's "
+        "(--fast-path kernel hands the fast services' flows to conntrack)",
+    ),
 }
