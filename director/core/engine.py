@@ -192,8 +192,11 @@ class Director:
             self.sync_master.sysctls = self._sysctls
 
     def _tune(self) -> None:
+        pmtu_disc = self._sysctls.pmtu_disc
         for svc in self.services:
             svc.scheduler.tune(self._sysctls)
+            for dest in svc.dests:
+                dest.pmtu_disc = pmtu_disc
 
     @staticmethod
     def check(config: Config) -> None:

@@ -93,6 +93,9 @@ class Dest:
     # Its firewall mark on the kernel fast path (director.core.xmit.kernel), set by the
     # shell; 0: its packets pass the worker (every-packet path).
     fast_mark: int = 0
+    # The sysctl pmtu_disc, which the director copies here (Director._tune) for the
+    # tunnel transmitter, which reads it with every packet as ip_vs_tunnel_xmit does.
+    pmtu_disc: bool = True
     # Address and port as one integer, which the connection entries to this port share
     # (Conn.dkey) rather than each holding its own.
     dkey: int = field(init=False, default=0, repr=False)

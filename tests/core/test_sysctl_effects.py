@@ -179,6 +179,78 @@ def test_nat_icmp_send_answers_udp_and_firewall_mark_real_servers() -> None:
     assert action == SEND and bytes(data) == _port_unreachable_to_rs(bytes(stray))
 
 
+# -- pmtu_disc (ip_vs_xmit.c: ensure_mtu_is_adequate "if ((rt_mode &
+#    IP_VS_RT_MODE_TUNNEL) && !sysctl_pmtu_disc(ipvs)) return true;", and
+#    ip_vs_tunnel_xmit "dfp = sysctl_pmtu_disc(ipvs) ? &df : NULL")
+
+RS_REMOTE = "198.19.0.2"
+
+
+def _tun(**sysctls: str) -> Director:
+    svc = ServiceConf("tcp", VIP, 80, dests=(DestConf(RS_REMOTE, 80, "tunnel"),))
+    d = director(svc, **sysctls)
+    assert d.hook_in(_df(tcp(CLIENT, VIP, 40000, 80, SYN)), 0.0)[0] == SEND
+    return d
+
+
+def _df(raw: bytearray) -> bytearray:
+    ip = dpkt.ip.IP(bytes(raw))
+    ip.df = 1
+    ip.sum = 0
+    return bytearray(bytes(ip))
+
+
+def _outer(inner: bytes, df: bool) -> bytes:
+    """RFC 2003's outer header as ip_vs_tunnel_xmit writes it (TOS and TTL the inner
+    ones, id 0 for the raw socket to fill, protocol 4), DF as given."""
+    ip = dpkt.ip.IP(tos=inner[1], id=0, ttl=inner[8], p=4, src=socket.inet_aton(SOURCE),
+                    dst=socket.inet_aton(RS_REMOTE), data=inner)  # fmt: skip
+    ip.df = int(df)
+    return bytes(ip)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
+def test_pmtu_disc_on_a_df_packet_too_big_for_the_tunnel_is_answered(fused: bool) -> None:
+    d = _tun()
+    d.fused = fused
+    big = _df(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1480))  # 1520 bytes, 1480 fit
+    action, packet = d.hook_in(bytearray(big), 1.0)
+    assert action == SEND
+    icmp = dpkt.ip.IP(bytes(packet))
+    assert (icmp.data.type, icmp.data.code, icmp.data.data.mtu) == (3, 4, 1480)
+    fits = _df(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 100))
+    assert d.hook_in(bytearray(fits), 1.0) == (SEND, bytearray(_outer(bytes(fits), True)))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
+def test_pmtu_disc_off_the_tunnel_carries_it_without_df_to_be_fragmented(fused: bool) -> None:
+    """The outer header has no DF whatever the client's says, and a packet too big for
+    the tunnel goes on whole (the worker's send fragments it, as ip_fragment would)."""
+    d = _tun(pmtu_disc="0")
+    d.fused = fused
+    for size in (100, 1480):
+        inner = _df(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * size))
+        assert d.hook_in(bytearray(inner), 1.0) == (SEND, bytearray(_outer(bytes(inner), False)))
+
+
+def test_pmtu_disc_set_at_run_time_reaches_the_real_servers_of_every_service() -> None:
+    d = _tun()
+    d.sysctls = d.sysctls.updated({"pmtu_disc": "0"})
+    inner = _df(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1480))
+    assert d.hook_in(bytearray(inner), 1.0)[1] == bytearray(_outer(bytes(inner), False))
+
+
+def test_pmtu_disc_off_leaves_nat_and_dr_answering() -> None:
+    """Only IP_VS_RT_MODE_TUNNEL skips the check: NAT still answers too big."""
+    d = director(nat(), pmtu_disc="0")
+    for svc in d.services:
+        for dest in svc.dests:
+            dest.route = Route(ifindex=3, source=socket.inet_aton(SOURCE), mtu=1000)
+    d.hook_in(_df(tcp(CLIENT, VIP, 40000, 80, SYN)), 0.0)
+    action, packet = d.hook_in(_df(tcp(CLIENT, VIP, 40000, 80, ACK, b"y" * 1200)), 1.0)
+    assert action == SEND and dpkt.ip.IP(bytes(packet)).data.data.mtu == 1000
+
+
 # -- run_estimation (ip_vs_est.c ip_vs_estimation_kthread: "if
 #    (sysctl_run_estimation(ipvs) && kd->tick_len[row]) ip_vs_tick_estimation(kd, row)")
 

@@ -74,7 +74,11 @@ def out_route(conn: Conn, pkt: Packet, overhead: int = 0) -> Route | Verdict:
     (decrement_ttl), when a tunnel's route is narrower than its outer header allows
     (``overhead`` bytes of it: below 68 bytes toward an IPv4 real server, below
     IPV6_MIN_MTU toward an IPv6 one, dropped as ``tunnel_mtu``), or when the packet
-    does not fit the path MTU less ``overhead`` (ensure_mtu_is_adequate)."""
+    does not fit the path MTU less ``overhead`` (ensure_mtu_is_adequate; with the
+    sysctl pmtu_disc off, an IPv4 packet into an IPv4 tunnel goes on to be fragmented:
+    "If we're going to tunnel the packet and pmtu discovery is disabled, we'll just
+    fragment it anyway".  Into an IPv6 tunnel it is still answered: the worker sends
+    no IPv6 fragments)."""
     dest = conn.dest
     route = dest.route
     if route is None:
@@ -86,4 +90,6 @@ def out_route(conn: Conn, pkt: Packet, overhead: int = 0) -> Route | Verdict:
     mtu = dest.path_mtu(route) - overhead
     if overhead and mtu < (IPV6_MIN_MTU if len(dest.addr) == 16 else MIN_TUNNEL_MTU):
         return (DROP, "tunnel_mtu")
+    if overhead and not dest.pmtu_disc and len(pkt.daddr) == 4 == len(dest.addr):
+        return route
     return too_big(pkt, mtu) or route

@@ -16,7 +16,8 @@ packet's version and the real server address's length:
   normal mode); the IPv6 flow label is 0;
 - its TTL or hop limit is the inner one;
 - an IPv4 outer header copies DF from an IPv4 packet (the kernel's default, sysctl
-  pmtu_disc=1) and never sets it over an IPv6 one (``*df = 0``);
+  pmtu_disc=1; with it 0, ip_vs_tunnel_xmit passes no ``dfp`` and DF stays clear) and
+  never sets it over an IPv6 one (``*df = 0``);
 - its source is the director's address on the route toward the real server.
 
 The path MTU the packet must fit is the route's less the outer header, 20 bytes for
@@ -70,9 +71,12 @@ def ecn_encapsulate(dsfield: int) -> int:
     return dsfield
 
 
-def encapsulate(inner: bytearray, source: bytes, destination: bytes) -> bytearray:
+def encapsulate(
+    inner: bytearray, source: bytes, destination: bytes, pmtu_disc: bool = True
+) -> bytearray:
     """The tunnel packet carrying ``inner`` (IPv4 or IPv6) from ``source`` to
-    ``destination`` (both of the real server's family).
+    ``destination`` (both of the real server's family), DF copied from an IPv4
+    ``inner`` unless ``pmtu_disc`` (the sysctl) is off.
 
     The IPv4 identification is left 0: the kernel picks one when the raw socket sends
     it (IP_HDRINCL fills a zero id), as ip_select_ident does for the kernel's tunnel.
@@ -86,7 +90,7 @@ def encapsulate(inner: bytearray, source: bytes, destination: bytes) -> bytearra
         protocol = IPPROTO_IPIP
         dsfield = inner[1]
         ttl = inner[8]
-        df = (inner[6] << 8 | inner[7]) & _IP_DF
+        df = (inner[6] << 8 | inner[7]) & _IP_DF if pmtu_disc else 0
     dsfield = ecn_encapsulate(dsfield)
     if len(destination) == 16:
         first = 6 << 28 | dsfield << 20  # ipv6_change_dsfield(iph, 0, dsfield); flow label 0
@@ -119,7 +123,7 @@ class Tunnel(Xmit):
             return route
         if too_long(pkt.length, daddr):  # no DF, and no room left for the header
             return (DROP, "too_big_to_encapsulate")
-        return (SEND, encapsulate(pkt.buf, route.source, daddr))
+        return (SEND, encapsulate(pkt.buf, route.source, daddr, conn.dest.pmtu_disc))
 
     def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
         dest = conn.dest
@@ -134,7 +138,7 @@ class Tunnel(Xmit):
             or too_long(length, daddr)
         ):
             return None
-        return (SEND, encapsulate(buf, route.source, daddr))
+        return (SEND, encapsulate(buf, route.source, daddr, dest.pmtu_disc))
 
     def fused_in6(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
         """``xmit_in`` for the fused path and an IPv6 packet: the hop limit less one,
