@@ -62,19 +62,12 @@ class Sysctls:
     # quotes would be, and goes to the real server chosen (ip_vs_in_icmp): for
     # directors behind ECMP, where an error may reach one that never saw the flow.
     schedule_icmp: bool = False
-    # A VIP's packet of a protocol IPVS does not handle (IPIP, GRE...) is marked so
-    # that what the kernel decapsulates from it is not balanced again (ip_vs_in_hook's
-    # ipvs_property): a director that is also a real server.
-    ignore_tunneled: bool = False
     # A DF packet that does not fit a tunnel is answered with fragmentation needed; off,
     # an IPv4 packet is tunnelled without DF and fragmented (ensure_mtu_is_adequate).
     pmtu_disc: bool = True
     # A NAT real server's TCP or UDP packet that belongs to no connection is answered
     # with ICMP port unreachable and dropped (ip_vs_out_hook), a TCP reset excepted.
     nat_icmp_send: bool = False
-    # No real server left for a firewall-mark service: the packet goes on to the
-    # address it was sent to, not refused (ip_vs_leave: transparent cache clusters).
-    cache_bypass: bool = False
     # The kernel keeps conntrack entries for IPVS's connections.  director's own
     # connection table is the only one in every-packet mode (its hooks NOTRACK the
     # VIPs' traffic, and its NAT sends the rewritten packets itself), so this stays 0:

@@ -225,6 +225,22 @@ def test_sysctl_shows_sets_and_refuses_all_or_nothing(
     assert target.director.sysctls.sloppy_tcp is False
 
 
+def test_sysctl_shows_the_kernels_defaults_of_the_packet_settings_and_sets_them(
+    target: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ipvs-sysctl.rst's defaults; conntrack=1 is refused in one line, changing nothing."""
+    status, out, _ = run(capsys, "sysctl")
+    for line in ("schedule_icmp = 0", "pmtu_disc = 1", "nat_icmp_send = 0", "conntrack = 0",
+                 "run_estimation = 1"):  # fmt: skip
+        assert line in out.splitlines(), line
+    status, out, _ = run(capsys, "sysctl", "schedule_icmp=1", "pmtu_disc=0")
+    assert status == 0 and "schedule_icmp = 1" in out and "pmtu_disc = 0" in out
+    assert target.director.sysctls.pmtu_disc is False
+    status, _, err = run(capsys, "sysctl", "nat_icmp_send=1", "conntrack=1")
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "conntrack" in err
+    assert target.director.sysctls.nat_icmp_send is False
+
+
 def test_which_prints_the_server_or_says_none(
     target: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:

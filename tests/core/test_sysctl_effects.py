@@ -288,5 +288,4 @@ def test_the_kernels_defaults() -> None:
     to 1, the others to 0 (schedule_icmp's is ip_vs_control_net_init_sysctl's 0)."""
     s = Sysctls()
     assert (s.pmtu_disc, s.run_estimation) == (True, True)
-    assert not any((s.schedule_icmp, s.ignore_tunneled, s.nat_icmp_send, s.cache_bypass,
-                    s.conntrack))  # fmt: skip
+    assert not any((s.schedule_icmp, s.nat_icmp_send, s.conntrack))
