@@ -7,6 +7,13 @@ Templates come first, so the connections they control can be tied to them again.
 Entries whose service or real server is gone are left out (and counted).  The same
 dumps carry entries from one worker to another when the shards change
 (director.shell.daemon).
+
+An application helper's control connection (director.core.app) carries its helper's
+word and its sequence adjustments (``app``: app_data, in_seq, out_seq and their
+flags), so the packets after a restart keep their numbers moved as before; its data
+connections name it as their controller, and one still waiting for its client's port
+says so (``no_cport``).  Controllers (templates, control connections) are dumped
+before what they control: templates first, connections oldest first.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from director.core.conn import Conn, Template
+from director.core.app import AppConn, new_conn
+from director.core.conn import Conn, Controller
 from director.core.engine import Director
 from director.core.persist import new_template
 from director.core.proto_tcp import STATE_ACTIVE
@@ -46,7 +54,18 @@ def _entry(conn: Conn, now: float) -> dict[str, Any]:
         "timeout": conn.timeout,
         "nooutput": conn.nooutput,
         "control": None if control is None else _key(control),
+        "control_template": control is None or control.template,
+        **_app_state(conn),
     }
+
+
+def _app_state(conn: Conn) -> dict[str, Any]:
+    if not isinstance(conn, AppConn):
+        return {}
+    return {
+        "app": [conn.app.name, conn.app_data, list(conn.in_seq), list(conn.out_seq),
+                conn.seq_flags],
+    }  # fmt: skip
 
 
 def _key(conn: Conn) -> list[Any]:
@@ -61,7 +80,11 @@ def dump(
     conns = director.conns
     templates = [t for t in conns.templates.values() if only is None or only(t)]
     entries = [_entry(t, now) for t in templates]
-    entries += [_entry(c, now) for c in conns.in_tab.values() if only is None or only(c)]
+    for c in conns.in_tab.values():
+        if only is None or only(c):
+            entry = _entry(c, now)
+            entry["no_cport"] = c in conns.no_cport
+            entries.append(entry)
     return {"format": FORMAT, "conns": entries}
 
 
@@ -81,7 +104,7 @@ def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int
     if data.get("format") != FORMAT:
         raise ValueError(f"unknown connection dump format {data.get('format')!r}")
     restored = skipped = 0
-    templates: dict[tuple[Any, ...], Template] = {}
+    controllers: dict[tuple[Any, ...], Controller] = {}
     for entry in data["conns"]:
         found = _find(director, entry)
         if found is None:
@@ -89,14 +112,17 @@ def load(director: Director, data: dict[str, Any], now: float) -> tuple[int, int
             continue
         svc, dest = found
         conn = _rebuild(director, entry, svc, dest, now)
-        control = templates.get(tuple(entry["control"])) if entry["control"] else None
-        director.conns.add(conn, control)
+        control = None
+        if entry["control"]:
+            is_template = entry.get("control_template", True)
+            control = controllers.get((is_template, *entry["control"]))
+        director.conns.add(conn, control, no_cport=entry.get("no_cport", False))
         if not conn.template and conn.protocol == 6 and STATE_ACTIVE[conn.state]:
             dest.inactconns -= 1  # add() counts a new connection inactive
             dest.activeconns += 1
             conn.inactive = False
-        if isinstance(conn, Template):
-            templates[tuple(_key(conn))] = conn
+        if isinstance(conn, Controller):
+            controllers[(conn.template, *_key(conn))] = conn
         restored += 1
     return restored, skipped
 
@@ -124,12 +150,18 @@ def _rebuild(
                             bind_xmit(dest), now)  # fmt: skip
         conn.state = entry["state"]  # NONE or ASSURED
     else:
-        conn = Conn(
-            director.protocols[protocol], protocol, caddr, entry["cport"], vaddr,
+        conn = new_conn(
+            director, director.protocols[protocol], protocol, caddr, entry["cport"], vaddr,
             entry["vport"], svc, dest, bind_xmit(dest), dport=entry["dport"],
         )  # fmt: skip
         conn.state = entry["state"]
         conn.nooutput = entry["nooutput"]
+        state = entry.get("app")
+        if isinstance(conn, AppConn) and state is not None and state[0] == conn.app.name:
+            conn.app_data = state[1]
+            conn.in_seq = (state[2][0], state[2][1], state[2][2])
+            conn.out_seq = (state[3][0], state[3][1], state[3][2])
+            conn.seq_flags = state[4]
     conn.timeout = entry["timeout"]
     conn.expires = now + entry["ttl"]
     return conn

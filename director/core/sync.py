@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from director.core import proto_tcp
+from director.core.app import AppConn, new_conn
 from director.core.conn import Conn
 from director.core.persist import new_template
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service
@@ -493,6 +494,10 @@ def conn_flags(conn: Conn) -> int:
         flags |= F_TEMPLATE
     if conn.sync & 1:
         flags |= F_SYNC
+    if isinstance(conn, AppConn):
+        flags |= conn.seq_flags  # IP_VS_CONN_F_IN_SEQ / OUT_SEQ
+    elif not conn.cport and conn.control is not None and not conn.control.template:
+        flags |= F_NO_CPORT  # a helper's data connection waiting for its client's port
     return flags
 
 
@@ -503,17 +508,24 @@ def fwmark(conn: Conn) -> int:
 
 
 def from_conn(conn: Conn) -> SyncConn:
-    """The wire entry of a connection or template (ip_vs_sync_conn's copy)."""
+    """The wire entry of a connection or template (ip_vs_sync_conn's copy), with the
+    SEQ option (IPVS_OPT_SEQ_DATA: in_seq, out_seq) of a helper's connection whose
+    sequence numbers are moved."""
+    seqs = (conn.in_seq, conn.out_seq) if isinstance(conn, AppConn) and conn.seq_flags else None
     return SyncConn(
         conn.protocol, conn_flags(conn), conn.state, conn.caddr, conn.cport, conn.vaddr,
         conn.vport, conn.daddr, conn.dport, fwmark(conn), int(conn.timeout),
+        seqs[0] if seqs else None, seqs[1] if seqs else None,
     )  # fmt: skip
 
 
 def pack_conn(conn: Conn) -> bytes:
     """encode_entry(from_conn(conn)) in one step, for the packet path: an entry of
     ours carries no options (no sequence adjustment, no persistence engine).  An IPv6
-    connection is a struct ip_vs_sync_v6 of 72 bytes, type STYPE_F_INET6."""
+    connection is a struct ip_vs_sync_v6 of 72 bytes, type STYPE_F_INET6.  A helper's
+    connection with moved sequence numbers takes encode_entry, with its SEQ option."""
+    if isinstance(conn, AppConn) and conn.seq_flags:
+        return encode_entry(from_conn(conn))
     caddr = conn.caddr
     if len(caddr) == 16:
         return SYNC_V6.pack(
@@ -760,6 +772,7 @@ def proc_conn(director: Director, conn: SyncConn, now: float) -> str:
             elif inactive != cp.inactive:
                 _activity(cp, inactive)
         cp.state = conn.state
+        _seqs(cp, conn)
     else:
         found = find_dest(director, conn)
         if found is None:
@@ -774,12 +787,14 @@ def proc_conn(director: Director, conn: SyncConn, now: float) -> str:
             cp.state = conn.state
             table.add(cp)
         else:
-            cp = Conn(
-                director.protocols[conn.protocol], conn.protocol, conn.caddr, conn.cport,
-                conn.vaddr, conn.vport, svc, dest, bind_xmit(dest), dport=conn.dport,
+            cp = new_conn(
+                director, director.protocols[conn.protocol], conn.protocol, conn.caddr,
+                conn.cport, conn.vaddr, conn.vport, svc, dest, bind_xmit(dest),
+                dport=conn.dport,
             )  # fmt: skip
             cp.state = conn.state
-            table.add(cp)  # counted inactive
+            _seqs(cp, conn)
+            table.add(cp, no_cport=bool(conn.flags & F_NO_CPORT))  # counted inactive
             active = (
                 proto_tcp.STATE_ACTIVE[conn.state]
                 if conn.protocol == IPPROTO_TCP
@@ -799,6 +814,17 @@ def proc_conn(director: Director, conn: SyncConn, now: float) -> str:
     cp.expires = now + timeout
     _set(cp, _endtime(cp), conn.state)
     return outcome
+
+
+def _seqs(cp: Conn, conn: SyncConn) -> None:
+    """ip_vs_proc_conn's "if (opt) cp->in_seq = opt->in_seq..." with the SEQ flags of
+    the entry (F_BACKUP_UPD_MASK), on a connection bound to a helper here."""
+    if not isinstance(cp, AppConn):
+        return
+    cp.seq_flags = conn.flags & F_SEQ_MASK
+    if conn.in_seq is not None and conn.out_seq is not None:
+        cp.in_seq = conn.in_seq
+        cp.out_seq = conn.out_seq
 
 
 def _activity(conn: Conn, inactive: bool) -> None:

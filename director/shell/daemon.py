@@ -133,12 +133,16 @@ class Settings:
     # "kernel": the first packet of a NAT flow is scheduled here, conntrack carries the
     # rest (director.shell.fastpath); "off": every packet passes a worker, as in IPVS.
     fast_path: str = "off"
+    # The FTP helper's ports (ip_vs_ftp's ports=, comma-separated; "" = no helper): NAT
+    # connections to a virtual port among them have their PASV/PORT handled.
+    ftp_ports: str = "21"
 
     def check(self) -> None:
         try:
             Sysctls().updated(self.sysctl)
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
+        ftp_port_list(self.ftp_ports)
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers must be 1 to {MAX_WORKERS}")
         if not 0 <= self.queue_num <= 65536 - 2 * self.workers:
@@ -197,6 +201,8 @@ SETTING_HELP: dict[str, tuple[str, str]] = {  # field: (metavar, help)
     "fast_path": ("", "kernel: NAT flows are scheduled by their first packet and carried by "
                   "conntrack from then on (README: the kernel fast path); off: every packet "
                   "passes a worker"),
+    "ftp_ports": ("PORT,...", "the FTP helper's ports (ip_vs_ftp's ports=): PASV, EPSV, "
+                  "PORT and EPRT of NAT services on them are handled; '' turns it off"),
     "workers": ("N", f"worker processes, each serving a shard of clients on two queues "
                 f"(at most {MAX_WORKERS}; the default is one per CPU)"),
 }  # fmt: skip
@@ -279,6 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     option("conn_table_memory", type=int)
     option("workers", type=int)
     option("fast_path", choices=FAST_PATHS)
+    option("ftp_ports")
     parser.add_argument(
         "--no-supervise",
         dest="supervise",
@@ -292,6 +299,20 @@ def _parser() -> argparse.ArgumentParser:
         help="remove the hooks a daemon stopped with --on-stop keep left, and exit",
     )
     return parser
+
+
+def ftp_port_list(text: str) -> tuple[int, ...]:
+    """``ftp_ports`` as ports (ip_vs_ftp's module_param_array ports, at most
+    IP_VS_APP_MAX_PORTS = 8), or ConfigError saying why not."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if len(words) > 8:
+        raise ConfigError("ftp_ports: at most 8 ports (IP_VS_APP_MAX_PORTS)")
+    ports: list[int] = []
+    for word in words:
+        if not word.isdigit() or not 0 < int(word) < 65536:
+            raise ConfigError(f"ftp_ports: {word!r} is not a port")
+        ports.append(int(word))
+    return tuple(dict.fromkeys(ports))
 
 
 def parse_settings(argv: list[str]) -> Settings:
@@ -413,7 +434,8 @@ class Daemon:
         except ValueError as err:
             raise ConfigError(f"sysctl: {err}") from None
         limit = table_share(settings.conn_table_memory, settings.workers)
-        self.director = build_director(settings.tcp_timeouts, sysctls, limit)
+        ftp_ports = ftp_port_list(settings.ftp_ports)
+        self.director = build_director(settings.tcp_timeouts, sysctls, limit, ftp_ports)
         # The other workers (--workers N: worker 0 is this process), the shards of
         # clients between them, the board their counters meet on and its slots.
         self.shards = Shards()
@@ -436,6 +458,7 @@ class Daemon:
                 mark=settings.send_mark,
                 bypass=settings.queue_policy == "bypass",
                 fast=settings.fast_path == "kernel",
+                app_ports=frozenset(ftp_ports),
             )
         )
         self.routes = routes if routes is not None else Routes()
@@ -871,6 +894,7 @@ class Daemon:
             "conn_table_memory": settings.conn_table_memory,
             "fast": settings.fast_path == "kernel",
             "shards": self.shards,
+            "ftp_ports": ftp_port_list(settings.ftp_ports),
         }
         self.peers = [Peer(index, fd, init) for index in range(1, count)]
         log.info("%d workers, clients sharded by the address bits %s", count,

@@ -460,6 +460,9 @@ class Hooks:
     # ipvsadm --set's figures the fast path's timeout policies get at install (the
     # daemon gives its rules file's); each sync gives its config's.
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # The application helpers' TCP ports (the FTP helper's): their NAT real servers'
+    # every port is queued (director-rs-any), for the data connections.
+    app_ports: frozenset[int] = frozenset()
     _entries: dict[str, set[Entry]] = field(default_factory=dict)
     _marks: set[int] | None = None  # None: the chain's contents are not known
     _marks6: set[int] | None = None  # the same of the IPv6 chain
@@ -566,7 +569,7 @@ class Hooks:
             self._timeouts = None
             _set_policies(config.timeouts)
             self._timeouts = self.timeouts = config.timeouts
-        wanted, marks = selection(config, self.fast)
+        wanted, marks = selection(config, self.fast, self.app_ports)
         marks6 = marks6_of(config)
         marks -= marks6
         if not self.ipv6:
@@ -682,14 +685,21 @@ def _destroy_sets(names: dict[str, str]) -> None:
                     ipset.destroy(spare)
 
 
-def selection(config: Config, fast: bool = False) -> tuple[dict[str, set[Entry]], set[int]]:
+def selection(
+    config: Config, fast: bool = False, app_ports: frozenset[int] = frozenset()
+) -> tuple[dict[str, set[Entry]], set[int]]:
     """What the hooks must select for ``config`` (the table the core runs): each
     ipset's entries (the VIPs, the NAT real servers whose replies come back through
     FORWARD) and the firewall marks of the fwmark services.
 
     ``fast`` (--fast-path kernel): the fast services (``fast_service``) in director-fast,
     their NAT real servers in director-fast-rs and not in director-rs or
-    director-rs-any (their replies are conntrack's, not the worker's)."""
+    director-rs-any (their replies are conntrack's, not the worker's).
+
+    ``app_ports``: the TCP ports an application helper watches (the FTP helper's).  The
+    NAT real servers of a TCP service on one of them go in director-rs-any: the
+    data connections the helper makes leave them from other ports (a passive one's,
+    20 for an active one), as ip_vs_out sees every forwarded packet."""
     names = SETS | SETS6 | FAST_SETS if fast else SETS | SETS6
     wanted: dict[str, set[Entry]] = {name: set() for name in names}
     marks: set[int] = set()
@@ -714,7 +724,7 @@ def selection(config: Config, fast: bool = False) -> tuple[dict[str, set[Entry]]
             if on_fast_path:
                 wanted[FAST_RS_SET].add((dest.addr, proto, port))
                 continue
-            if not port:
+            if not port or (proto == IPPROTO_TCP and svc.port in app_ports):
                 add(RS_ANY_SET, (dest.addr, 0, 0))
             for protocol in (proto,) if proto else (IPPROTO_TCP, IPPROTO_UDP):
                 if port:

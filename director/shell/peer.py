@@ -50,7 +50,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
-from director.core import conn_dump, proto_tcp, sync
+from director.core import app, conn_dump, proto_tcp, sync
 from director.core.conn import COLLECT_SLICE, CONN_BYTES, PAGE, Conn
 from director.core.engine import Director
 from director.core.service import PROTO_NUMBERS, pack_addr
@@ -76,9 +76,16 @@ TICK = 1.0
 PR_SET_PDEATHSIG = 1
 
 
-def build_director(tcp_timeouts: dict[str, int], sysctls: Sysctls, conn_limit: int) -> Director:
-    """A Director with the daemon's settings: TCP timeouts, sysctls, table cap."""
+def build_director(
+    tcp_timeouts: dict[str, int],
+    sysctls: Sysctls,
+    conn_limit: int,
+    ftp_ports: tuple[int, ...] = (),
+) -> Director:
+    """A Director with the daemon's settings: TCP timeouts, sysctls, table cap, the
+    FTP helper's ports (none: no helper)."""
     director = Director()
+    app.configure(director, "ftp", ftp_ports)
     director.conn_limit = conn_limit
     for state, seconds in tcp_timeouts.items():
         director.tcp.timeouts[proto_tcp.STATE_NAMES.index(state.upper())] = seconds
@@ -157,7 +164,10 @@ class PeerWorker:
         self.index: int = init["index"]
         workers: int = init["workers"]
         self.director = build_director(
-            init["tcp_timeouts"], init["sysctls"], table_share(init["conn_table_memory"], workers)
+            init["tcp_timeouts"],
+            init["sysctls"],
+            table_share(init["conn_table_memory"], workers),
+            init.get("ftp_ports", ()),
         )
         self.memory_cap = (init["conn_table_memory"] << 20) // workers
         self.neighbours = Neighbours()

@@ -10,12 +10,14 @@ computing every checksum itself.
 
 from __future__ import annotations
 
+import json
 import socket
+import struct
 
 import dpkt
 import pytest
 
-from director.core import app
+from director.core import app, conn_dump, sync
 from director.core.app import AppConn, fix_ack_seq, fix_seq, seq_update
 from director.core.app_ftp import FTP_EPSV, get_addrport
 from director.core.engine import Director
@@ -294,3 +296,57 @@ def test_seq_arithmetic_wraps() -> None:
     assert fix_ack_seq(vseq, 2) == 0xFFFFFFFF
     # Not after the last resized packet: no new deltas (a retransmission).
     assert seq_update(vseq, True, 0xFFFFFFE0, 5) == vseq
+
+
+def _after_pasv() -> tuple[Director, bytes]:
+    d = director()
+    established(d)
+    reply = b"227 Entering Passive Mode (198,18,0,2,195,80)\r\n"
+    pasv(d, reply)
+    return d, reply
+
+
+def test_restart_dump_keeps_the_deltas_and_the_waiting_data_connection() -> None:
+    """The restart table dump (director.core.conn_dump, through JSON as the daemon
+    writes it) carries cp->in_seq / out_seq and app_data: after a load the real
+    server's next packet still gets seq + 1, the client's ack - 1, and the passive
+    data entry still waits for its client's port under its control connection."""
+    d, reply = _after_pasv()
+    dumped = json.loads(json.dumps(conn_dump.dump(d, 2.0)))
+    fresh = director()
+    assert conn_dump.load(fresh, dumped, 10.0) == (2, 0)
+    ctl = fresh.conns.find_in(6, socket.inet_aton(CLIENT), 40000, socket.inet_aton(VIP), 21)
+    assert isinstance(ctl, AppConn) and ctl.out_seq == (SSEQ, 1, 0) and ctl.n_control == 1
+    after = SSEQ + len(reply)
+    more = seg(RS1, CLIENT, 21, 40000, after, CSEQ + 6, data=b"150 x\r\n")
+    assert fresh.hook_out(more, 11.0) == (ACCEPT, seg(VIP, CLIENT, 21, 40000, after + 1,
+                                                      CSEQ + 6, data=b"150 x\r\n"))  # fmt: skip
+    ack = seg(CLIENT, VIP, 40000, 21, CSEQ + 6, after + 8, ACK)
+    assert fresh.hook_in(ack, 11.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 6, after + 7,
+                                                  ACK))  # fmt: skip
+    syn = seg(CLIENT, VIP, 40001, 50000, 7000, 0, SYN)
+    assert fresh.hook_in(syn, 11.0) == (SEND, seg(CLIENT, RS1, 40001, 50000, 7000, 0, SYN))
+
+
+def test_sync_carries_the_seq_option_to_the_backup() -> None:
+    """ip_vs_sync_conn sends a connection with IP_VS_CONN_F_OUT_SEQ with its SEQ option
+    (IPVS_OPT_SEQ_DATA: in_seq then out_seq, struct ip_vs_seq each); the backup's
+    ip_vs_proc_conn takes it, so after a failover the numbers stay moved."""
+    d, reply = _after_pasv()
+    ctl = d.conns.find_in(6, socket.inet_aton(CLIENT), 40000, socket.inet_aton(VIP), 21)
+    assert isinstance(ctl, AppConn)
+    entry = sync.pack_conn(ctl)
+    assert len(entry) == 36 + 2 + 24  # struct ip_vs_sync_v4 and the option
+    assert entry[36:38] == bytes((sync.OPT_SEQ_DATA, 24))
+    assert entry[38:62] == struct.pack("!6I", 0, 0, 0, SSEQ, 1, 0)
+    assert struct.unpack_from("!I", entry, 4)[0] & sync.F_OUT_SEQ
+    decoded = sync.decode(sync.encode([sync.from_conn(ctl)])[0])
+    backup = director()
+    for conn in decoded.conns:
+        assert sync.proc_conn(backup, conn, 5.0) == "new"
+    got = backup.conns.find_in(6, socket.inet_aton(CLIENT), 40000, socket.inet_aton(VIP), 21)
+    assert isinstance(got, AppConn) and got.out_seq == (SSEQ, 1, 0)
+    after = SSEQ + len(reply)
+    more = seg(RS1, CLIENT, 21, 40000, after, CSEQ + 6, data=b"150 x\r\n")
+    assert backup.hook_out(more, 6.0) == (ACCEPT, seg(VIP, CLIENT, 21, 40000, after + 1,
+                                                      CSEQ + 6, data=b"150 x\r\n"))  # fmt: skip
