@@ -88,6 +88,8 @@ class Sample:
     verdicts: tuple[tuple[str, int], ...] = ()
     drops: tuple[tuple[str, int], ...] = ()
     passes: tuple[tuple[str, int], ...] = ()
+    # What the application helpers did and left alone (director.core.app), by name.
+    app_events: tuple[tuple[str, int], ...] = ()
     restarts: int = 0
     defenses: tuple[tuple[str, int], ...] = ()  # 1 while a defence is active
     drop_rate: int = 0
@@ -185,6 +187,7 @@ def take_sample(
         verdicts=tuple(sorted(director.verdicts.items())),
         drops=tuple(sorted(director.drops.items())),
         passes=tuple(sorted(director.passes.items())),
+        app_events=tuple(sorted(director.apps.counters.items())),
         restarts=restarts(),
         defenses=(
             ("drop_entry", int(director.defense.drop_entry)),
@@ -229,6 +232,7 @@ def add_reports(sample: Sample, reports: Iterable[Mapping[str, Any]]) -> Sample:
         verdicts=summed(sample.verdicts, "verdicts"),
         drops=summed(sample.drops, "drops"),
         passes=summed(sample.passes, "passes"),
+        app_events=summed(sample.app_events, "app_events"),
         defenses=defenses,
         drop_rate=max([sample.drop_rate, *(r["drop_rate"] for r in reports)]),
         conn_limit=sample.conn_limit + sum(r["conn_limit"] for r in reports),
@@ -372,6 +376,15 @@ class DirectorCollector(Collector):
                 labels=["reason"],
             ),
             sample.passes,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "director_app_events",
+                "What the application helpers (ip_vs_ftp) did with control connections' "
+                "packets, and the lines they left alone (ftp_partial, ftp_foreign).",
+                labels=["event"],
+            ),
+            sample.app_events,
         )
         yield _labelled(
             GaugeMetricFamily(

@@ -254,6 +254,7 @@ class PeerWorker:
             "verdicts": dict(director.verdicts),
             "drops": dict(director.drops),
             "passes": dict(director.passes),
+            "app_events": dict(director.apps.counters),
             "defenses": {
                 "drop_entry": int(defense.drop_entry),
                 "drop_packet": int(bool(defense.drop_rate)),

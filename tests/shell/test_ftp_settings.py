@@ -56,3 +56,32 @@ def test_a_helper_ports_nat_real_servers_are_queued_on_every_port() -> None:
     assert ("198.18.0.3", 6, 80) in wanted[RS_SET]
     wanted, _ = selection(config)
     assert wanted[RS_ANY_SET] == set()
+
+
+def test_what_the_helper_left_alone_is_a_metric() -> None:
+    """A 227 cut by the end of its segment (ip_vs_ftp_get_addrport's partial match, -1)
+    is counted and exported as director_app_events{event="ftp_partial"}, summed over
+    the workers' reports."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from director.shell.metrics import DirectorCollector, add_reports, take_sample
+    from tests.core.test_app_ftp import director, established, pasv
+
+    d = director()
+    established(d)
+    pasv(d, b"227 Entering Passive Mode (198,18,0,2,1")
+    sample = add_reports(take_sample(d, {}), [{"app_events": {"ftp_partial": 2},
+                                               **_empty_report()}])  # fmt: skip
+    collector = DirectorCollector()
+    collector.publish(sample)
+    family = next(f for f in collector.collect() if f.name == "director_app_events")
+    assert isinstance(family, CounterMetricFamily)
+    assert [(s.labels, s.value) for s in family.samples if s.name.endswith("_total")] == [
+        ({"event": "ftp_partial"}, 3)
+    ]
+
+
+def _empty_report() -> dict[str, object]:
+    return {"conn_entries": 0, "verdicts": {}, "drops": {}, "passes": {}, "defenses": {},
+            "drop_rate": 0, "conn_limit": 0, "worker_errors": {}, "loop_errors": {},
+            "queues": ()}  # fmt: skip
