@@ -350,3 +350,51 @@ def test_sync_carries_the_seq_option_to_the_backup() -> None:
     more = seg(RS1, CLIENT, 21, 40000, after, CSEQ + 6, data=b"150 x\r\n")
     assert backup.hook_out(more, 6.0) == (ACCEPT, seg(VIP, CLIENT, 21, 40000, after + 1,
                                                       CSEQ + 6, data=b"150 x\r\n"))  # fmt: skip
+
+
+def seg6(src: str, dst: str, sport: int, dport: int, seq: int, ack: int,
+         flags: int = ACK | PSH, data: bytes = b"") -> bytearray:  # fmt: skip
+    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, data=data)
+    ip = dpkt.ip6.IP6(src=socket.inet_pton(socket.AF_INET6, src),
+                      dst=socket.inet_pton(socket.AF_INET6, dst), nxt=6, hlim=61, data=tcp,
+                      plen=len(bytes(tcp)))  # fmt: skip
+    return bytearray(bytes(ip))
+
+
+def test_ipv6_epsv_and_eprt() -> None:
+    """IPv6 (ip_vs_ftp_in): PASV is IPv4's only ("cp->af == AF_INET &&"), EPSV and
+    "EPSV 2" set passive mode, the 229 reply makes the entry to VIP6:port; EPRT
+    |2|addr|port| makes the active entry from port 20, |1| is another family's,
+    refused."""
+    from tests.core.packets6 import CLIENT6, RS6_1, VIP6
+
+    def a6(text: str) -> bytes:
+        return socket.inet_pton(socket.AF_INET6, text)
+
+    d = Director()
+    d.configure(Config(services=(ServiceConf("tcp", VIP6, 21, scheduler="rr",
+                                             dests=(DestConf(RS6_1, 21, "masq"),)),)))  # fmt: skip
+    app.configure(d, "ftp", (21,))
+    assert d.hook_in(seg6(CLIENT6, VIP6, 40000, 21, CSEQ - 1, 0, SYN), 0.0)[0] == SEND
+    d.hook_out(seg6(RS6_1, CLIENT6, 21, 40000, SSEQ - 1, CSEQ, SYN | ACK), 0.0)
+    d.hook_in(seg6(CLIENT6, VIP6, 40000, 21, CSEQ, SSEQ), 0.0)
+    conn = d.conns.find_in(6, a6(CLIENT6), 40000, a6(VIP6), 21)
+    assert isinstance(conn, AppConn) and conn.state == ESTABLISHED
+    d.hook_in(seg6(CLIENT6, VIP6, 40000, 21, CSEQ, SSEQ, data=b"PASV\r\n"), 1.0)
+    assert conn.app_data == 0  # not for IPv6
+    d.hook_in(seg6(CLIENT6, VIP6, 40000, 21, CSEQ + 6, SSEQ, data=b"EPSV 2\r\n"), 1.0)
+    assert conn.app_data == FTP_EPSV
+    reply = b"229 Entering Extended Passive Mode (|||50001|)\r\n"
+    out = d.hook_out(seg6(RS6_1, CLIENT6, 21, 40000, SSEQ, CSEQ + 14, data=reply), 1.0)
+    assert out == (ACCEPT, seg6(VIP6, CLIENT6, 21, 40000, SSEQ, CSEQ + 14, data=reply))
+    assert d.conns.find_in(6, a6(CLIENT6), 0, a6(VIP6), 50001) is not None
+    bad = b"EPRT |1|203.0.113.10|40001|\r\n"
+    d.hook_in(seg6(CLIENT6, VIP6, 40000, 21, CSEQ + 14, SSEQ + len(reply), data=bad), 2.0)
+    assert d.apps.counters["ftp_partial"] == 1
+    good = f"EPRT |2|{CLIENT6}|40001|\r\n".encode()
+    cmd = seg6(CLIENT6, VIP6, 40000, 21, CSEQ + 14 + len(bad), SSEQ + len(reply), data=good)
+    assert d.hook_in(cmd, 2.0)[0] == SEND
+    data = d.conns.find_in(6, a6(CLIENT6), 40001, a6(VIP6), 20)
+    assert data is not None and data.dport == 20 and data.control is conn
+    syn = seg6(RS6_1, CLIENT6, 20, 40001, 3000, 0, SYN)
+    assert d.hook_out(syn, 2.0) == (ACCEPT, seg6(VIP6, CLIENT6, 20, 40001, 3000, 0, SYN))
