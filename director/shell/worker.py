@@ -143,6 +143,10 @@ class Worker:
         self.packets = self.gso_packets = self.partial_packets = 0
         self.verdicts = self.verdict_sends = 0
         self.sock: socket.socket | None = None
+        # The identification of the datagrams it fragments itself whose id is 0 (a
+        # tunnel's outer header): the raw socket would fill one per fragment
+        # (ip_select_ident), and fragments of differing ids never reassemble.
+        self._ident = int.from_bytes(os.urandom(2), "big")
         self._heads = VerdictHeads(queue)
         self._parse = PacketParser().parse
         self._buffer = bytearray(RECV_SIZE)
@@ -374,6 +378,9 @@ class Worker:
         except OSError as err:
             failed = err
         too_big = failed.errno == errno.EMSGSIZE and sock is self.raw
+        if too_big and not data[4] | data[5]:
+            self._ident = (self._ident + 1) & 0xFFFF or 1
+            data[4:6] = self._ident.to_bytes(2, "big")  # fragment() sums each header anew
         pieces = fragment(data, reported_mtu(sock)) if too_big else []
         if not pieces:
             if failed.errno == errno.EMSGSIZE and sock is self.raw6:
