@@ -171,6 +171,28 @@ def get_addrport(
     return 1, addr, hport, start, s
 
 
+def _passive_command(data: bytes, v6: bool) -> int | None:
+    """ip_vs_ftp_in's scan, "while (data <= data_limit - 6)": at the first place in the
+    payload where "PASV\r\n" (IPv4 only) or "EPSV" then a space or CR starts, the
+    mode it sets (FTP_PASV, FTP_EPSV, or 0 for an "EPSV <proto>" of another family or
+    cut short, which ends the scan all the same); None when there is none.  Found
+    with bytes.find, not byte by byte: a large segment costs no Python loop."""
+    lower = data.lower()
+    last = len(data) - 6
+    pasv = lower.find(b"pasv\r\n", 0, last + 6) if not v6 else -1
+    at = lower.find(b"epsv", 0, (pasv if pasv >= 0 else last) + 4)
+    while 0 <= at <= last and lower[at + 4] not in b" \r":
+        at = lower.find(b"epsv", at + 1, (pasv if pasv >= 0 else last) + 4)
+    if at < 0 or at > last:
+        return FTP_PASV if pasv >= 0 else None
+    if data[at + 4] == 0x20:
+        if at > len(data) - 7 or data[at + 6] != 0x0D:
+            return 0
+        if data[at + 5] != (0x32 if v6 else 0x31):
+            return 0
+    return FTP_EPSV
+
+
 @register
 class Ftp(App):
     """ip_vs_ftp: pkt_out is ip_vs_ftp_out, pkt_in ip_vs_ftp_in."""
@@ -242,23 +264,11 @@ class Ftp(App):
             return APP_OK, 0
         data = bytes(pkt.buf[start:limit])
         v6 = len(conn.caddr) == 16
-        at = 0
-        size = len(data)
-        while at <= size - 6:
-            word = data[at : at + 6].lower()
-            if not v6 and word == b"pasv\r\n":
-                conn.app_data = FTP_PASV  # Passive mode on
-                return APP_OK, 0
-            if word[:4] == b"epsv" and word[4] in b" \r":
-                if word[4] == 0x20:
-                    proto = data[at + 5]
-                    if at > size - 7 or data[at + 6] != 0x0D:
-                        return APP_OK, 0
-                    if proto != (0x32 if v6 else 0x31):
-                        return APP_OK, 0
-                conn.app_data = FTP_EPSV  # Extended Passive mode on
-                return APP_OK, 0
-            at += 1
+        mode = _passive_command(data, v6)
+        if mode is not None:
+            if mode:
+                conn.app_data = mode  # (Extended) Passive mode on
+            return APP_OK, 0
         family = 6 if v6 else 4
         found = 0
         if not v6:

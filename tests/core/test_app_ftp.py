@@ -16,10 +16,12 @@ import struct
 
 import dpkt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from director.core import app, conn_dump, sync
 from director.core.app import AppConn, fix_ack_seq, fix_seq, seq_update
-from director.core.app_ftp import FTP_EPSV, get_addrport
+from director.core.app_ftp import FTP_EPSV, _passive_command, get_addrport
 from director.core.engine import Director
 from director.core.proto_tcp import ESTABLISHED, LISTEN
 from director.core.xmit import ACCEPT, SEND
@@ -398,3 +400,31 @@ def test_ipv6_epsv_and_eprt() -> None:
     assert data is not None and data.dport == 20 and data.control is conn
     syn = seg6(RS6_1, CLIENT6, 20, 40001, 3000, 0, SYN)
     assert d.hook_out(syn, 2.0) == (ACCEPT, seg6(VIP6, CLIENT6, 20, 40001, 3000, 0, SYN))
+
+
+def _kernel_scan(data: bytes, v6: bool) -> int | None:
+    """ip_vs_ftp_in's loop as the kernel writes it, byte by byte."""
+    at = 0
+    while at <= len(data) - 6:
+        if not v6 and data[at : at + 6].lower() == b"pasv\r\n":
+            return 1
+        if data[at : at + 4].lower() == b"epsv" and data[at + 4] in b" \r":
+            if data[at + 4] == 0x20:
+                if at > len(data) - 7 or data[at + 6] != 0x0D:
+                    return 0
+                if data[at + 5] != (0x32 if v6 else 0x31):
+                    return 0
+            return 3
+        at += 1
+    return None
+
+
+@given(
+    st.lists(st.sampled_from([b"PASV\r\n", b"pasv", b"EPSV", b"epsv ", b"EPSV\r", b"EPSV 1\r",
+                              b"EPSV 2\r", b"\r\n", b"x", b" ", b"1", b"2"]), max_size=8),
+    st.booleans(),
+)  # fmt: skip
+def test_the_command_scan_finds_what_the_kernels_loop_finds(parts: list[bytes], v6: bool) -> None:
+    """_passive_command (bytes.find) against the loop of ip_vs_ftp_in it replaces."""
+    data = b"".join(parts)
+    assert _passive_command(data, v6) == _kernel_scan(data, v6)
