@@ -92,6 +92,13 @@ Masq = Annotated[bool, typer.Option("-m", "--masquerading", help="NAT")]
 Weight = Annotated[str | None, typer.Option("-w", "--weight", help="weight (default 1)")]
 Upper = Annotated[str | None, typer.Option("-x", "--u-threshold", help="upper conn threshold")]
 Lower = Annotated[str | None, typer.Option("-y", "--l-threshold", help="lower conn threshold")]
+TunType = Annotated[
+    str | None, typer.Option("--tun-type", help="with -i: ipip (default), gue or gre")
+]
+TunPort = Annotated[str | None, typer.Option("--tun-port", help="GUE's UDP destination port")]
+TunNocsum = Annotated[bool, typer.Option("--tun-nocsum", help="tunnel without checksum")]
+TunCsum = Annotated[bool, typer.Option("--tun-csum", help="tunnel with checksum")]
+TunRemcsum = Annotated[bool, typer.Option("--tun-remcsum", help="GUE with remote checksum offload")]
 
 
 def _service(t: str | None, u: str | None, f: str | None) -> tuple[str, str] | None:
@@ -236,9 +243,16 @@ def _server_verb(command: str, doc: str) -> None:
         w: Weight = None,
         x: Upper = None,
         y: Lower = None,
+        tun_type: TunType = None,
+        tun_port: TunPort = None,
+        tun_nocsum: TunNocsum = False,
+        tun_csum: TunCsum = False,
+        tun_remcsum: TunRemcsum = False,
     ) -> None:
         raw = RawArgs(_service(t, u, f), real_server=r, method=_method(g, i, m), ipv6=six)
         raw.weight, raw.u_threshold, raw.l_threshold = w, x, y
+        raw.tun_type, raw.tun_port = tun_type, tun_port
+        raw.tun_nocsum, raw.tun_csum, raw.tun_remcsum = tun_nocsum, tun_csum, tun_remcsum
         _change(ctx, command, raw)
 
     verb.__doc__ = doc
@@ -355,6 +369,7 @@ def list_(
         bool, typer.Option("--persistent-conn", help="persistent connections")
     ] = False,
     timeout: Annotated[bool, typer.Option("--timeout", help="timeouts")] = False,
+    tun_info: Annotated[bool, typer.Option("--tun-info", help="tunnel information")] = False,
     exact: Annotated[bool, typer.Option("--exact", help="exact numbers")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the snapshot as JSON")] = False,
     checks: Annotated[bool, typer.Option("--checks", help="health checks and states")] = False,
@@ -376,7 +391,7 @@ def list_(
         text = json.dumps(rows, indent=2) + "\n" if as_json else listing.format_checks(rows)
         typer.echo(text, nl=False)
         return
-    layout = listing.ListFormat(stats, rate, thresholds, persistent_conn, exact)
+    layout = listing.ListFormat(stats, rate, thresholds, persistent_conn, exact, tun_info)
     flags = {"connection": connection, "service-address": key is not None, "timeout": timeout}
     _check_list_options(flags, layout)
     if connection:

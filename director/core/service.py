@@ -96,6 +96,11 @@ class Dest:
     # The sysctl pmtu_disc, which the director copies here (Director._tune) for the
     # tunnel transmitter, which reads it with every packet as ip_vs_tunnel_xmit does.
     pmtu_disc: bool = True
+    # VS/TUN's encapsulation (dest->tun_type, tun_port, tun_flags): "ipip", "gue" or
+    # "gre"; GUE's UDP destination port; "nocsum", "csum" or "remcsum".
+    tun_type: str = "ipip"
+    tun_port: int = 0
+    tun_flags: str = "nocsum"
     # Address and port as one integer, which the connection entries to this port share
     # (Conn.dkey) rather than each holding its own.
     dkey: int = field(init=False, default=0, repr=False)
@@ -128,11 +133,15 @@ class Dest:
         self.pmtu_expires = now + MTU_EXPIRES
 
     def update(self, conf: DestConf) -> None:
-        """ipvsadm -e: change weight, method and thresholds in place (__ip_vs_update_dest)."""
+        """ipvsadm -e: change weight, method, thresholds and tunnel in place
+        (__ip_vs_update_dest)."""
         self.method = conf.method
         self.weight = conf.weight
         self.u_threshold = conf.u_threshold
         self.l_threshold = conf.l_threshold
+        self.tun_type = conf.tun_type
+        self.tun_port = conf.tun_port
+        self.tun_flags = conf.tun_flags
         if not self.u_threshold or self.conns < self.u_threshold:
             self.overloaded = False
 

@@ -50,8 +50,11 @@ from director.ctl.ops import (
 from director.model.config import (
     DEFAULT_PERSISTENCE,
     DEFAULT_SCHEDULER,
+    DEFAULT_TUN_FLAGS,
+    DEFAULT_TUN_TYPE,
     FWM6_ADDR,
     MAX_WEIGHT,
+    TUN_TYPES,
     Config,
     ConfigError,
     DestConf,
@@ -86,6 +89,10 @@ class RawArgs:
     u_threshold: str | None = None
     l_threshold: str | None = None
     tun_type: str | None = None
+    tun_port: str | None = None
+    tun_nocsum: bool = False
+    tun_csum: bool = False
+    tun_remcsum: bool = False
     ipv6: bool = False  # -6: the -f service is an IPv6 one
     timeouts: tuple[str, ...] = field(default_factory=tuple)
 
@@ -104,10 +111,27 @@ OPTNAMES: dict[str, str] = {
     "u_threshold": "u-threshold",
     "l_threshold": "l-threshold",
     "tun_type": "tun-type",
+    "tun_port": "tun-port",
+    "tun_nocsum": "tun-nocsum",
+    "tun_csum": "tun-csum",
+    "tun_remcsum": "tun-remcsum",
 }
 
 _SERVICE_SETTINGS = frozenset({"scheduler", "persistent", "netmask", "sched_flags", "ops"})
-_SERVER_SETTINGS = frozenset({"method", "weight", "u_threshold", "l_threshold", "tun_type"})
+# The tunnel options (ipvsadm's tunopts[], in its order) and the encapsulation flag
+# each checksum option sets.
+TUN_OPTIONS: tuple[str, ...] = ("tun_port", "tun_nocsum", "tun_csum", "tun_remcsum")
+TUN_FLAG_OPTIONS: dict[str, str] = {
+    "tun_nocsum": "nocsum",
+    "tun_csum": "csum",
+    "tun_remcsum": "remcsum",
+}
+# ipvsadm 1.31's tunnel_types_v_options over TUN_OPTIONS: '+' compulsory, 'x' illegal,
+# '1' at most one of them.
+TUNNEL_TYPES_V_OPTIONS: dict[str, str] = {"ipip": "xxxx", "gue": "+111", "gre": "x11x"}
+_SERVER_SETTINGS = frozenset(
+    {"method", "weight", "u_threshold", "l_threshold", "tun_type", *TUN_OPTIONS}
+)
 _NONE: frozenset[str] = frozenset()
 
 # ipvsadm's commands_v_options table, reduced to what director supports:
@@ -203,13 +227,62 @@ def parse_method(letter: str | None) -> str | None:
     return METHOD_LETTERS[letter]
 
 
-def parse_tun_type(text: str | None) -> None:
-    """--tun-type: only ipip, the default, which ipvsadm 1.31's save prints for -i."""
-    if text is None or text == "ipip":
-        return
-    if text in ("gue", "gre"):
-        raise ConfigError(f"tunnel type `{text}' is not supported")
+def parse_tun_type(text: str | None) -> str | None:
+    """--tun-type: ipip (the default), gue or gre (ipvsadm's parse_tun_type)."""
+    if text is None or text in TUN_TYPES:
+        return text
     raise ConfigError("illegal tunnel type specified")
+
+
+def tunnel_opt_check(tun_type: str, given: Sequence[str]) -> None:
+    """ipvsadm's tunnel_opt_check: the tunnel options ``given`` (RawArgs field names)
+    against the tunnel type's row of TUNNEL_TYPES_V_OPTIONS, with ipvsadm's words."""
+    last: str | None = None
+    for name, rule in zip(TUN_OPTIONS, TUNNEL_TYPES_V_OPTIONS[tun_type], strict=True):
+        if name not in given:
+            if rule == "+":
+                raise ConfigError(
+                    f"You need to supply the '{OPTNAMES[name]}' option for the "
+                    f"'{tun_type}' tunnel type"
+                )
+            continue
+        if rule == "x":
+            raise ConfigError(
+                f"Illegal '{OPTNAMES[name]}' option with the '{tun_type}' tunnel type"
+            )
+        if rule == "1":
+            if last is not None:
+                raise ConfigError(
+                    f"The option '{OPTNAMES[name]}' conflicts with the '{OPTNAMES[last]}' "
+                    f"option in the '{tun_type}' tunnel type"
+                )
+            last = name
+
+
+def _tun_given(raw: RawArgs) -> list[str]:
+    return [name for name in TUN_OPTIONS if getattr(raw, name) not in (None, False)]
+
+
+def parse_tunnel(raw: RawArgs) -> tuple[str | None, int | None, str | None]:
+    """--tun-type, --tun-port and the checksum option as given (None where absent),
+    checked as ipvsadm checks them: with --tun-type, its row of the table; without, a
+    port or checksum option alone (dirctl edit-server changing the current tunnel)."""
+    tun_type = parse_tun_type(raw.tun_type)
+    given = _tun_given(raw)
+    if tun_type is not None:
+        tunnel_opt_check(tun_type, given)
+    else:
+        flags = [name for name in given if name in TUN_FLAG_OPTIONS]
+        if len(flags) > 1:
+            raise ConfigError(
+                f"The option '{OPTNAMES[flags[1]]}' conflicts with the "
+                f"'{OPTNAMES[flags[0]]}' option"
+            )
+    port = None
+    if raw.tun_port is not None:
+        port = parse_number(raw.tun_port, 1, 65535, "illegal tunnel port specified")
+    flag = next((TUN_FLAG_OPTIONS[n] for n in given if n in TUN_FLAG_OPTIONS), None)
+    return tun_type, port, flag
 
 
 # --- options -> operation -----------------------------------------------------------
@@ -230,7 +303,10 @@ def _check_options(command: str, raw: RawArgs) -> None:
             )
         if given and f.name not in required | optional:
             raise ConfigError(f"Illegal '{OPTNAMES[f.name]}' option with the '{command}' command")
-    if raw.tun_type is not None and raw.method != "i":
+    # Tunnel options only with -i; dirctl edit-server without a method keeps the current
+    # one, which ops.check_dest then holds them against.
+    method = raw.method or ("i" if command == "edit-server" else "g")
+    if (raw.tun_type is not None or _tun_given(raw)) and method != "i":
         raise ConfigError("Tunnel options conflict with forward method")
     if raw.ipv6 and (raw.service is None or raw.service[0] != "fwm"):
         raise ConfigError("-6 used before -f")
@@ -303,7 +379,7 @@ def build_op(command: str, raw: RawArgs) -> Op:
 
 
 def _add_server(key: ServiceKey, raw: RawArgs) -> AddServer:
-    parse_tun_type(raw.tun_type)
+    tun_type, tun_port, tun_flags = parse_tunnel(raw)
     addr, port = _server(key, raw)
     weight, upper, lower = _dest_numbers(raw)
     dest = DestConf(
@@ -313,17 +389,20 @@ def _add_server(key: ServiceKey, raw: RawArgs) -> AddServer:
         weight=1 if weight is None else weight,
         u_threshold=upper or 0,
         l_threshold=lower or 0,
+        tun_type=tun_type or DEFAULT_TUN_TYPE,
+        tun_port=tun_port or 0,
+        tun_flags=tun_flags or DEFAULT_TUN_FLAGS,
     )
     check_dest(_stub_service(key), dest)
     return AddServer(key, dest)
 
 
 def _edit_server(key: ServiceKey, raw: RawArgs) -> EditServer:
-    parse_tun_type(raw.tun_type)
+    tun_type, tun_port, tun_flags = parse_tunnel(raw)
     addr, port = _server(key, raw)
     weight, upper, lower = _dest_numbers(raw)
     method = parse_method(raw.method)
-    return EditServer(key, addr, port, method, weight, upper, lower)
+    return EditServer(key, addr, port, method, weight, upper, lower, tun_type, tun_port, tun_flags)
 
 
 def _dest_numbers(raw: RawArgs) -> tuple[int | None, int | None, int | None]:
@@ -380,6 +459,7 @@ VALUE_SPELLINGS: dict[str, str] = {
     "-y": "l_threshold",
     "--l-threshold": "l_threshold",
     "--tun-type": "tun_type",
+    "--tun-port": "tun_port",
 }
 
 # Options without a value: spelling -> (RawArgs field, value it sets).
@@ -392,6 +472,9 @@ FLAG_SPELLINGS: dict[str, tuple[str, str | bool]] = {
     "--masquerading": ("method", "m"),
     "-6": ("ipv6", True),
     "--ipv6": ("ipv6", True),
+    "--tun-nocsum": ("tun_nocsum", True),
+    "--tun-csum": ("tun_csum", True),
+    "--tun-remcsum": ("tun_remcsum", True),
     "-o": ("ops", True),
     "--ops": ("ops", True),
     "ops": ("ops", True),  # ipvsadm before 1.27 saved one-packet scheduling as a bare word
@@ -572,12 +655,23 @@ def _dest_line(svc: ServiceConf, dest: DestConf) -> str:
         f"{METHOD_SWITCHES[dest.method]} -w {dest.weight}",
     ]
     if dest.method == "tunnel":
-        words.append("--tun-type ipip")
+        words.append(tunnel_words(dest))
     if dest.u_threshold:
         words.append(f"-x {dest.u_threshold}")
     if dest.l_threshold:
         words.append(f"-y {dest.l_threshold}")
     return " ".join(words)
+
+
+def tunnel_words(dest: DestConf) -> str:
+    """What ipvsadm 1.31's print_tunnel_rule prints after ``-w`` for a tunnel:
+    ``--tun-type ipip``, ``--tun-type gue --tun-port PORT --tun-FLAGS``,
+    ``--tun-type gre --tun-FLAGS`` (the checksum option always, --tun-nocsum too)."""
+    if dest.tun_type == "gue":
+        return f"--tun-type gue --tun-port {dest.tun_port} --tun-{dest.tun_flags}"
+    if dest.tun_type == "gre":
+        return f"--tun-type gre --tun-{dest.tun_flags}"
+    return f"--tun-type {dest.tun_type}"
 
 
 def format_save(config: Config, *, checks: bool = True) -> str:

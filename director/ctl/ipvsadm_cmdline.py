@@ -19,7 +19,7 @@ too for what the kernel refuses (``KernelRefused``, raised by the shell when the
 refuses a change, and here for the one kernel check ipvsadm lets through and director
 does not make the same way: a lower threshold above the upper one, ERANGE).
 
-What director does not have (``--pe``, ``--sctp-service``, GUE and GRE tunnels) is
+What director does not have (``--pe``, ``--sctp-service``) is
 parsed and checked as ipvsadm does, then refused with one line and status 2
 (``Unsupported``).
 """
@@ -586,8 +586,10 @@ def _option(state: _State, token: Token, names: Names) -> None:
     elif tag == "tun-port":
         _number(arg, 1, 65535, "illegal tunnel port specified")
         state.tun_options.add(tag)
+        raw.tun_port = arg
     elif tag in TUN_OPTIONS:
         state.tun_options.add(tag)
+        setattr(raw, tag.replace("-", "_"), True)
 
 
 # --mcast-interface and the other daemon options: (low, high, parse_daemon's key, message).
@@ -690,10 +692,6 @@ def _unsupported(cmd: Command) -> None:
         raise Unsupported("SCTP services (--sctp-service) are not supported by director")
     if cmd.pe is not None:
         raise Unsupported(f"persistence engine `{cmd.pe}' (--pe) is not supported by director")
-    if cmd.tun_type != "ipip":
-        raise Unsupported(
-            f"tunnel type `{cmd.tun_type}' is not supported by director (--tun-type ipip only)"
-        )
 
 
 # ipvsadm's command names -> build_op's (director.ctl.ipvsadm.COMMAND_OPTIONS).
@@ -723,6 +721,8 @@ def _build(cmd: Command) -> Op | None:
         raw.weight = raw.weight if raw.weight is not None else "1"
         raw.u_threshold = raw.u_threshold or "0"
         raw.l_threshold = raw.l_threshold or "0"
+        if raw.method == "i":
+            raw.tun_type = raw.tun_type or "ipip"  # a whole destination: ipip by default
     if cmd.command in ("add-server", "edit-server"):
         upper, lower = int(raw.u_threshold or 0), int(raw.l_threshold or 0)
         if lower > upper:  # ip_vs_ctl.c ip_vs_check_dest... : -ERANGE

@@ -29,7 +29,7 @@ from director.ctl.health_ops import apply_health
 from director.ctl.health_rules import parse_words
 from director.ctl.ipvsadm import format_save, parse_args
 from director.ctl.ops import apply
-from director.model.config import Config, ConfigError
+from director.model.config import TUN_FLAGS, TUN_TYPES, Config, ConfigError
 from director.model.sync import DaemonConf, parse_daemon
 
 MAX_INCLUDE_DEPTH = 8
@@ -350,14 +350,49 @@ def _service_words(node: Node, protocol: str, method: str, out: Translation) -> 
     return None
 
 
+def _lb_kind(node: Node) -> tuple[str, list[str]]:
+    """``lb_kind NAT|DR|TUN [type ipip|gue|gre] [port N] [nocsum|csum|remcsum]`` as
+    ipvsadm's switch and tunnel options, read as keepalived's svr_forwarding_handler
+    reads it (check_parser.c), with its checks: a GUE tunnel needs a port and only it
+    has one, IPIP has no checksum option, GRE no remote checksum."""
+    if not node.args:
+        raise _fail(node.file, node.line, f"{node.keyword} takes a value")
+    word = node.args[0].upper()
+    if word not in METHODS:
+        raise _fail(node.file, node.line, f"{node.keyword}: NAT, DR or TUN, not {word}")
+    tun_type, port, csum = "ipip", "", "nocsum"
+    rest = iter(node.args[1:])
+    for option in rest:
+        if option in ("type", "port"):
+            value = next(rest, None)
+            if value is None:
+                raise _fail(node.file, node.line, f"{node.keyword}: {option} takes a value")
+            if option == "type" and value not in TUN_TYPES:
+                raise _fail(node.file, node.line, f"Unknown tunnel type {value}")
+            if option == "port" and not (value.isdigit() and 1 <= int(value) <= 65535):
+                raise _fail(node.file, node.line, f"Invalid gue tunnel port {value}")
+            tun_type, port = (value, port) if option == "type" else (tun_type, value)
+        elif option in TUN_FLAGS:
+            csum = option
+        else:
+            raise _fail(node.file, node.line, f"Invalid tunnel option {option}")
+    if (tun_type == "gue") != bool(port):
+        raise _fail(node.file, node.line, "gue tunnels require port, otherwise cannot have port.")
+    if tun_type == "ipip" and csum != "nocsum":
+        raise _fail(node.file, node.line, "ipip tunnels do not support checksum option.")
+    if tun_type == "gre" and csum == "remcsum":
+        raise _fail(node.file, node.line, "gre tunnels do not support remote checksum option.")
+    if word != "TUN" or len(node.args) == 1:
+        return METHODS[word], []
+    tunnel = ["--tun-type", tun_type] + (["--tun-port", port] if port else [])
+    return METHODS[word], tunnel + ([] if tun_type == "ipip" else [f"--tun-{csum}"])
+
+
 def _vs_method(vs: Node) -> str:
     """The virtual server's lb_kind as ipvsadm's switch (NAT when not given)."""
     for node in vs.blocks():
         if node.keyword in ("lb_kind", "lvs_method") and node.children is None:
-            word = _one(node)[0].upper()
-            if word not in METHODS:
-                raise _fail(node.file, node.line, f"{node.keyword}: NAT, DR or TUN, not {word}")
-            return METHODS[word]
+            return _lb_kind(node)[0]
     return "-m"
 
 
@@ -373,6 +408,7 @@ def _virtual_server(vs: Node, out: Translation) -> None:
         return
     add = ["add-service", *service]
     method = "-m"
+    tunnel: list[str] = []  # lb_kind TUN's tunnel options, for its real servers
     interval: str | None = None
     on_failure = "remove"  # keepalived removes a failed real server unless inhibit_on_failure
     policy: list[str] = []
@@ -389,10 +425,7 @@ def _virtual_server(vs: Node, out: Translation) -> None:
                 out.untranslated.append(f"{node.where}: {key} {sched}")
             add += ["-s", sched]
         elif key in ("lb_kind", "lvs_method"):
-            word = _one(node)[0].upper()
-            if word not in METHODS:
-                raise _fail(node.file, node.line, f"{key}: NAT, DR or TUN, not {word}")
-            method = METHODS[word]
+            method, tunnel = _lb_kind(node)
         elif key == "persistence_timeout":
             add += ["-p", str(_int(node))]
         elif key == "persistence_granularity":
@@ -427,7 +460,7 @@ def _virtual_server(vs: Node, out: Translation) -> None:
         out.commands.append((vs.where, ["set-health", *service, *policy]))
     for rs in vs.blocks():
         if rs.keyword == "real_server" and rs.children is not None:
-            _real_server(rs, service, method, interval, on_failure, host, out)
+            _real_server(rs, service, [method, *tunnel], interval, on_failure, host, out)
 
 
 def _service_family(service: list[str]) -> int:
@@ -440,12 +473,19 @@ def _service_family(service: list[str]) -> int:
 def _real_server(
     rs: Node,
     service: list[str],
-    method: str,
+    forwarding: list[str],
     interval: str | None,
     on_failure: str,
     host: str,
     out: Translation,
 ) -> None:
+    """One real_server block; ``forwarding``: its virtual server's switch and tunnel
+    options, which an lb_kind of its own replaces (rs_forwarding_handler)."""
+    for node in rs.blocks():
+        if node.keyword in ("lb_kind", "lvs_method") and node.children is None:
+            method, tunnel = _lb_kind(node)
+            forwarding = [method, *tunnel]
+    method = forwarding[0]
     if len(rs.args) != 2:
         raise _fail(rs.file, rs.line, "real_server takes an address and a port")
     if method != "-i" and _family(rs.args[0]) != _service_family(service):
@@ -456,7 +496,7 @@ def _real_server(
         )
         return
     server = ["-r", _addr_port(*rs.args)]
-    add = ["add-server", *service, *server, method]
+    add = ["add-server", *service, *server, *forwarding]
     checks: list[Node] = []
     for node in rs.blocks():
         key = node.keyword
@@ -472,7 +512,7 @@ def _real_server(
             on_failure = "quiesce"
         elif key == "delay_loop":
             interval = _seconds(node)
-        else:
+        elif key not in ("lb_kind", "lvs_method"):
             out.untranslated.append(f"{node.where}: {key}")
     out.commands.append((rs.where, add))
     for extra in checks[1:]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from director.ctl.snapshot import ConnDict, DestDict, ServiceDict, Snapshot, StatsDict
-from director.model.config import METHOD_WORDS
+from director.model.config import DEFAULT_TUN_FLAGS, DEFAULT_TUN_TYPE, METHOD_WORDS
 
 ServiceKey = tuple[str, str, int]
 # ipvsadm's addrport_to_anyname without -n: (address, port, "tcp" | "udp") -> text.
@@ -231,13 +231,28 @@ def _persistent_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
     )
 
 
+# ipvsadm's tunflags[], the encapsulation flags as --tun-info shows them.
+TUN_INFO_FLAGS: dict[str, str] = {"nocsum": "-c", "csum": "+c", "remcsum": "r+c"}
+
+
+def tun_info(dest: DestDict) -> str:
+    """ipvsadm 1.31's fwd_tun_info: ``ipip``, ``gue:PORT:FLAGS``, ``gre:FLAGS`` for a
+    tunnel (FLAGS ``-c``, ``+c`` or ``r+c``), ``n/a`` for the other methods."""
+    if dest["method"] != "tunnel":
+        return "n/a"
+    tun_type = dest.get("tun_type", DEFAULT_TUN_TYPE)
+    flags = TUN_INFO_FLAGS[dest.get("tun_flags", DEFAULT_TUN_FLAGS)]
+    if tun_type == "gue":
+        return f"gue:{dest.get('tun_port', 0)}:{flags}"
+    if tun_type == "gre":
+        return f"gre:{flags}"
+    return tun_type
+
+
 def _tun_info_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
-    """--tun-info: fwd_tun_info's column, ``ipip`` for a tunnel (director's only
-    tunnel type), ``n/a`` for the other methods."""
     word = METHOD_WORDS.get(dest["method"], dest["method"])
-    info = "ipip" if dest["method"] == "tunnel" else "n/a"
     return (
-        f"  -> {name:<28} {word:<7} {info:<13} {dest['weight']:<6} "
+        f"  -> {name:<28} {word:<7} {tun_info(dest):<13} {dest['weight']:<6} "
         f"{dest['activeconns']:<10} {dest['inactconns']:<10}"
     )
 

@@ -28,9 +28,13 @@ from typing import Any, TypeAlias
 from director.core.sched import scheduler_names
 from director.model.config import (
     DEFAULT_NETMASK,
+    DEFAULT_TUN_FLAGS,
+    DEFAULT_TUN_TYPE,
     FWM6_ADDR,
     MAX_WEIGHT,
     PROTOCOLS,
+    TUN_FLAGS,
+    TUN_TYPES,
     Config,
     ConfigError,
     DestConf,
@@ -115,6 +119,9 @@ class EditServer:
     weight: int | None = None
     u_threshold: int | None = None
     l_threshold: int | None = None
+    tun_type: str | None = None
+    tun_port: int | None = None
+    tun_flags: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +269,38 @@ def check_dest(svc: ServiceConf, dest: DestConf) -> DestConf:
         raise ConfigError("lower threshold is higher than upper threshold")
     if _version(addr) != svc.family and dest.method != "tunnel":
         raise ConfigError("Different address family is allowed only for tunneling servers")
+    _check_tunnel(dest)
     port = dest.port
     if svc.protocol != "fwm" and dest.method in PORTLESS_METHODS:
         port = svc.port
     return replace(dest, addr=addr, port=port)
+
+
+def _check_tunnel(dest: DestConf) -> None:
+    """The tunnel settings: the defaults for a method other than VS/TUN (ipvsadm:
+    "Tunnel options conflict with forward method"); a GUE tunnel needs its UDP port
+    (ip_vs_new_dest and ip_vs_edit_dest refuse a zero one); GRE has no port and no
+    remote checksum offload, IPIP neither a port nor a checksum option (ipvsadm's
+    tunnel_types_v_options)."""
+    if dest.tun_type not in TUN_TYPES:
+        raise ConfigError("illegal tunnel type specified")
+    if dest.tun_flags not in TUN_FLAGS:
+        raise ConfigError(f"illegal tunnel flags {dest.tun_flags!r}")
+    _check_range(dest.tun_port, 0, 65535, "illegal tunnel port specified")
+    if dest.method != "tunnel":
+        if (dest.tun_type, dest.tun_port, dest.tun_flags) != (
+            DEFAULT_TUN_TYPE, 0, DEFAULT_TUN_FLAGS,
+        ):  # fmt: skip
+            raise ConfigError("Tunnel options conflict with forward method")
+        return
+    if dest.tun_type == "gue" and not dest.tun_port:
+        raise ConfigError("You need to supply the 'tun-port' option for the 'gue' tunnel type")
+    if dest.tun_type != "gue" and dest.tun_port:
+        raise ConfigError(f"Illegal 'tun-port' option with the '{dest.tun_type}' tunnel type")
+    if dest.tun_type == "gre" and dest.tun_flags == "remcsum":
+        raise ConfigError("Illegal 'tun-remcsum' option with the 'gre' tunnel type")
+    if dest.tun_type == "ipip" and dest.tun_flags != DEFAULT_TUN_FLAGS:
+        raise ConfigError(f"Illegal 'tun-{dest.tun_flags}' option with the 'ipip' tunnel type")
 
 
 # --- lookups ------------------------------------------------------------------------
@@ -338,13 +373,15 @@ def _edit_server(config: Config, op: EditServer) -> Config:
         port = svc.port  # ipvsadm looks a DR/TUN server up by the service port
     at = _find_dest(svc, op.addr, port)
     current = svc.dests[at]
+    method = current.method if op.method is None else op.method
     edited = DestConf(
         addr=current.addr,
         port=current.port,
-        method=current.method if op.method is None else op.method,
+        method=method,
         weight=current.weight if op.weight is None else op.weight,
         u_threshold=current.u_threshold if op.u_threshold is None else op.u_threshold,
         l_threshold=current.l_threshold if op.l_threshold is None else op.l_threshold,
+        **_edited_tunnel(current, method, op),
     )
     dest = check_dest(svc, edited)
     if dest.key != current.key and any(d.key == dest.key for d in svc.dests):
@@ -352,6 +389,25 @@ def _edit_server(config: Config, op: EditServer) -> Config:
     dests = list(svc.dests)
     dests[at] = dest  # same position: edit keeps the kernel's list order
     return _with_service(config, index, replace(svc, dests=tuple(dests)))
+
+
+def _edited_tunnel(current: DestConf, method: str, op: EditServer) -> dict[str, Any]:
+    """The tunnel settings after an edit: a new --tun-type brings its own port and
+    checksum option (or their defaults); without one, what is given changes the
+    current tunnel; a server leaving VS/TUN with no tunnel option given drops them."""
+    if op.tun_type is not None:
+        return {
+            "tun_type": op.tun_type,
+            "tun_port": op.tun_port or 0,
+            "tun_flags": op.tun_flags or DEFAULT_TUN_FLAGS,
+        }
+    if method != "tunnel" and op.tun_port is None and op.tun_flags is None:
+        return {}
+    return {
+        "tun_type": current.tun_type,
+        "tun_port": current.tun_port if op.tun_port is None else op.tun_port,
+        "tun_flags": current.tun_flags if op.tun_flags is None else op.tun_flags,
+    }
 
 
 def _delete_server(config: Config, op: DeleteServer) -> Config:

@@ -54,6 +54,10 @@ def dest_dict(dest: Dest) -> DestDict:
         persistconns=dest.persistconns,
         stats=stats_dict(dest.stats),
     )
+    if row["method"] == "tunnel":
+        row["tun_type"] = dest.tun_type
+        row["tun_port"] = dest.tun_port
+        row["tun_flags"] = dest.tun_flags
     reason = unreachable(dest)
     if reason is not None:
         row["unreachable"] = reason

@@ -41,6 +41,11 @@ class DestDict(TypedDict):
     # Why the director cannot deliver to it now ("no route", ...), for a DR or TUN
     # real server the route lookup found no usable way to; absent when it can.
     unreachable: NotRequired[str]
+    # VS/TUN's encapsulation, for a tunnel only: "ipip", "gue" or "gre"; GUE's UDP
+    # port (0 otherwise); "nocsum", "csum" or "remcsum".
+    tun_type: NotRequired[str]
+    tun_port: NotRequired[int]
+    tun_flags: NotRequired[str]
 
 
 class ServiceDict(TypedDict):

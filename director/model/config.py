@@ -24,6 +24,16 @@ METHOD_WORDS: dict[str, str] = {
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "fwm")
 
+# Tunnel types of a VS/TUN real server, by the names ipvsadm 1.31 gives them, in the
+# kernel's order (IP_VS_CONN_F_TUNNEL_TYPE_IPIP, _GUE, _GRE: the index is the number
+# the kernel keeps in dest->tun_type), and its encapsulation flags by the names
+# ipvsadm lists them under (tunflags[]: IP_VS_TUNNEL_ENCAP_FLAG_NOCSUM 0, _CSUM 1<<0,
+# _REMCSUM 1<<1, the value its bits).
+TUN_TYPES: tuple[str, ...] = ("ipip", "gue", "gre")
+TUN_FLAGS: dict[str, int] = {"nocsum": 0, "csum": 1, "remcsum": 2}
+DEFAULT_TUN_TYPE = "ipip"
+DEFAULT_TUN_FLAGS = "nocsum"
+
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_PERSISTENCE = 360  # seconds, ipvsadm's bare -p
 DEFAULT_NETMASK = "255.255.255.255"
@@ -47,6 +57,11 @@ class DestConf:
     weight: int = 1
     u_threshold: int = 0  # -x, 0 = no limit
     l_threshold: int = 0  # -y
+    # VS/TUN's encapsulation (ipvsadm --tun-type, --tun-port, --tun-nocsum/--tun-csum/
+    # --tun-remcsum): the defaults for every other method, as the kernel keeps them.
+    tun_type: str = DEFAULT_TUN_TYPE
+    tun_port: int = 0  # GUE's UDP destination port; 0 for IPIP and GRE
+    tun_flags: str = DEFAULT_TUN_FLAGS
 
     @property
     def key(self) -> tuple[str, int]:

@@ -106,7 +106,7 @@ BAD_LINES: list[tuple[str, str]] = [
     ("-a -t 203.0.113.5:80 -r 198.18.0.2 -x -1", "illegal u_threshold specified"),
     ("-a -t 203.0.113.5:80 -r 198.18.0.2 -m -g", "multiple 'forwarding-method' options specified"),
     ("-a -t 203.0.113.5:80 -r 198.18.0.2 -m --tun-type ipip", "Tunnel options conflict"),
-    ("-a -t 203.0.113.5:80 -r 198.18.0.2 -i --tun-type gue", "not supported"),
+    ("-a -t 203.0.113.5:80 -r 198.18.0.2 -i --tun-type gue", "You need to supply the 'tun-port'"),
     ("--set 1 2", "--set option requires 3 timeout values"),
     ("-L -n", "invalid option `-L'"),
     ("-t 203.0.113.5:80", "no command given"),

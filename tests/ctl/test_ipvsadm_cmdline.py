@@ -139,13 +139,8 @@ PARSED_BY_IPVSADM = [c for c in TRANSCRIPT if c.program == "ipvsadm" and c.argv]
 def test_transcript_command_lines(capture: Capture) -> None:
     """Each command line of vm_ipvsadm_cli.out, captured from ipvsadm 1.31 (kernel 6.1)
     in the IPVS VM: where ipvsadm refused it itself (status 2, popt's 255), the same
-    words and status; where it went on, the parser takes it, but GUE and GRE tunnels,
-    which director does not have (status 2, one line)."""
+    words and status; where it went on, the parser takes it."""
     got = _outcome(capture.argv)
-    if "--tun-type" in capture.argv and capture.status == 0:
-        assert isinstance(got, Unsupported) and got.status == 2
-        assert "\n" not in got.message
-        return
     if isinstance(got, IpvsadmError) and not isinstance(got, KernelRefused):
         assert (got.message + "\n", got.status) == (capture.stderr, capture.status)
     elif isinstance(got, KernelRefused):  # the kernel's words, ipvsadm's 255
@@ -300,13 +295,36 @@ def test_unsupported_options_are_one_line_status_2() -> None:
     for line in [
         "-A --sctp-service 203.0.113.5:80",
         "-A -t 203.0.113.5:80 --pe sip",
-        "-a -t 203.0.113.5:80 -r 198.18.0.2 -i --tun-type gre",
-        "-a -t 203.0.113.5:80 -r 198.18.0.2 -i --tun-type gue --tun-port 6080",
     ]:
         with pytest.raises(Unsupported) as caught:
             parse(line.split())
         assert caught.value.status == 2 and "\n" not in caught.value.message
         assert "not supported by director" in caught.value.message
+
+
+def test_tunnel_types_parse_to_the_destination_the_kernel_keeps() -> None:
+    """ipvsadm 1.31's GUE and GRE options (vm_ipvsadm_cli.out: -a ... -i --tun-type gue
+    --tun-port 6080 --tun-nocsum, --tun-type gre --tun-csum) build the real server with
+    that tunnel; -e sends a whole destination, so -e -i alone makes it IPIP again (the
+    VM: ``-e ... -i`` after ``--tun-type gre`` saved ``--tun-type ipip``)."""
+    gue = parse(
+        shlex.split(
+            "-a -t 203.0.113.7:80 -r 198.18.0.3 -i --tun-type gue --tun-port 6080 --tun-nocsum"
+        )
+    ).op
+    assert isinstance(gue, AddServer)
+    assert (gue.dest.tun_type, gue.dest.tun_port, gue.dest.tun_flags) == ("gue", 6080, "nocsum")
+    gre = parse(shlex.split("-a -t 203.0.113.7:80 -r 198.18.0.4 -i --tun-type gre --tun-csum")).op
+    assert isinstance(gre, AddServer)
+    assert (gre.dest.tun_type, gre.dest.tun_port, gre.dest.tun_flags) == ("gre", 0, "csum")
+    edit = parse(shlex.split("-e -t 203.0.113.7:80 -r 198.18.0.3 -i")).op
+    assert isinstance(edit, EditServer) and edit.tun_type == "ipip"
+    remcsum = parse(
+        shlex.split(
+            "-a -t 203.0.113.7:80 -r 198.18.0.3 -i --tun-type gue --tun-port 1 --tun-remcsum"
+        )
+    ).op
+    assert isinstance(remcsum, AddServer) and remcsum.dest.tun_flags == "remcsum"
 
 
 def test_ipvsadm_save_lines_parse_to_the_daemons_ops() -> None:

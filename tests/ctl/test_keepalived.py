@@ -231,3 +231,47 @@ def test_dirctl_dry_run_prints_the_sync_commands_and_bad_values_exit_2(
     assert run(["import-keepalived", "--dry-run", str(conf)]) == 2
     err = capsys.readouterr().err
     assert err == f"dirctl: {conf}:2: lvs_sync_daemon: ttl must be 1 to 255, not '0'\n"
+
+
+# --- lb_kind TUN's tunnel types (check_parser.c svr_forwarding_handler) ---------------
+
+
+def test_lb_kind_tun_with_a_tunnel_type(tmp_path: Path) -> None:
+    """``lb_kind TUN type gue port 6080 csum`` on the virtual server gives its real
+    servers that tunnel; a real server's own ``lb_kind TUN type gre`` replaces it."""
+    result = translate_text(
+        tmp_path,
+        "virtual_server 203.0.113.7 80 {\n  lb_algo rr\n  lb_kind TUN type gue port 6080 csum\n"
+        "  real_server 198.18.0.3 80 {\n  }\n"
+        "  real_server 198.18.0.4 80 {\n    lb_kind TUN type gre\n  }\n}\n",
+    )
+    assert keepalived.as_commands(result).splitlines()[1:] == [
+        "dirctl add-server -t 203.0.113.7:80 -r 198.18.0.3:80 -i --tun-type gue --tun-port 6080 "
+        "--tun-csum",
+        "dirctl add-server -t 203.0.113.7:80 -r 198.18.0.4:80 -i --tun-type gre --tun-nocsum",
+    ]
+    assert result.untranslated == []
+    assert keepalived.as_rules(result).splitlines()[1:] == [
+        "-a -t 203.0.113.7:80 -r 198.18.0.3:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum",
+        "-a -t 203.0.113.7:80 -r 198.18.0.4:80 -i -w 1 --tun-type gre --tun-nocsum",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("TUN type gue", "gue tunnels require port, otherwise cannot have port."),
+        ("TUN type gre port 1", "gue tunnels require port, otherwise cannot have port."),
+        ("TUN type ipip csum", "ipip tunnels do not support checksum option."),
+        ("TUN type gre remcsum", "gre tunnels do not support remote checksum option."),
+        ("TUN type vxlan", "Unknown tunnel type vxlan"),
+        ("TUN type gue port 0", "Invalid gue tunnel port 0"),
+        ("TUN fast", "Invalid tunnel option fast"),
+    ],
+)
+def test_bad_tunnel_options_name_the_line(tmp_path: Path, kind: str, reason: str) -> None:
+    """keepalived's own words for a tunnel it refuses (svr_forwarding_handler)."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(f"virtual_server 203.0.113.7 80 {{\n  lb_kind {kind}\n}}\n")
+    with pytest.raises(ConfigError, match=f"^{conf}:2: {reason}$"):
+        keepalived.translate(keepalived.parse_file(conf))
