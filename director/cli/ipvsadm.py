@@ -238,6 +238,12 @@ def op_line(op: Op) -> str:
         for switch, value in (("-w", op.weight), ("-x", op.u_threshold), ("-y", op.l_threshold)):
             if value is not None:
                 words.append(f"{switch} {value}")
+        if op.tun_type is not None:
+            words.append(f"--tun-type {op.tun_type}")
+        if op.tun_port is not None:
+            words.append(f"--tun-port {op.tun_port}")
+        if op.tun_flags is not None:
+            words.append(f"--tun-{op.tun_flags}")
         return " ".join(words)
     if isinstance(op, DeleteServer):
         return f"-d {service_switch(_stub(op.key))} -r {_addr_port(op.addr, op.port)}"

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from director.ctl.listing import tunnel_rule
 from director.ctl.ops import (
     MAX_FWMARK,
     MAX_THRESHOLD,
@@ -664,14 +665,8 @@ def _dest_line(svc: ServiceConf, dest: DestConf) -> str:
 
 
 def tunnel_words(dest: DestConf) -> str:
-    """What ipvsadm 1.31's print_tunnel_rule prints after ``-w`` for a tunnel:
-    ``--tun-type ipip``, ``--tun-type gue --tun-port PORT --tun-FLAGS``,
-    ``--tun-type gre --tun-FLAGS`` (the checksum option always, --tun-nocsum too)."""
-    if dest.tun_type == "gue":
-        return f"--tun-type gue --tun-port {dest.tun_port} --tun-{dest.tun_flags}"
-    if dest.tun_type == "gre":
-        return f"--tun-type gre --tun-{dest.tun_flags}"
-    return f"--tun-type {dest.tun_type}"
+    """The tunnel's words of a saved ``-a`` line (listing.tunnel_rule)."""
+    return tunnel_rule(dest.tun_type, dest.tun_port, dest.tun_flags)
 
 
 def format_save(config: Config, *, checks: bool = True) -> str:

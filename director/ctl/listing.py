@@ -249,6 +249,17 @@ def tun_info(dest: DestDict) -> str:
     return tun_type
 
 
+def tunnel_rule(tun_type: str, tun_port: int, tun_flags: str) -> str:
+    """What ipvsadm 1.31's print_tunnel_rule prints after a tunnel's ``-w``:
+    ``--tun-type ipip``, ``--tun-type gue --tun-port PORT --tun-FLAGS``,
+    ``--tun-type gre --tun-FLAGS`` (the checksum option always, --tun-nocsum too)."""
+    if tun_type == "gue":
+        return f"--tun-type gue --tun-port {tun_port} --tun-{tun_flags}"
+    if tun_type == "gre":
+        return f"--tun-type gre --tun-{tun_flags}"
+    return f"--tun-type {tun_type}"
+
+
 def _tun_info_dest(name: str, dest: DestDict, fmt: ListFormat) -> str:
     word = METHOD_WORDS.get(dest["method"], dest["method"])
     return (
@@ -416,7 +427,7 @@ def _rule_service(svc: ServiceDict, names: Names | None) -> str:
 def format_rules(snapshot: Snapshot, names: Names | None = None) -> str:
     """``ipvsadm -S [-n]`` (``ipvsadm-save``) of a snapshot: sorted as the list is,
     ``-A`` with -s, -p, -M (when not the family's full mask), -o and -b, then each
-    real server as ``-a ... -r ADDR:PORT -g|-i|-m -w W`` with ``--tun-type ipip`` after
+    real server as ``-a ... -r ADDR:PORT -g|-i|-m -w W`` with its tunnel_rule after
     a tunnel's weight; no thresholds and no timeouts, as ipvsadm-save prints none."""
     lines: list[str] = []
     for svc in sorted(snapshot["services"], key=_service_order):
@@ -435,5 +446,11 @@ def format_rules(snapshot: Snapshot, names: Names | None = None) -> str:
         for dest in sorted(svc["dests"], key=_dest_order):
             dname = _any_name(dest["addr"], dest["port"], _proto(svc), names)
             line = f"-a {name} -r {dname} {_RULE_SWITCHES[dest['method']]} -w {dest['weight']}"
-            lines.append(line + (" --tun-type ipip" if dest["method"] == "tunnel" else ""))
+            if dest["method"] == "tunnel":
+                line += " " + tunnel_rule(
+                    dest.get("tun_type", DEFAULT_TUN_TYPE),
+                    dest.get("tun_port", 0),
+                    dest.get("tun_flags", DEFAULT_TUN_FLAGS),
+                )
+            lines.append(line)
     return "".join(f"{line}\n" for line in lines)
