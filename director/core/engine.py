@@ -161,6 +161,9 @@ class Director:
         self.sync_state = 0
         self.sync_master: Master | None = None
         self.backup_only = False
+        # The director's own addresses, which the shell keeps (cache_bypass sends on
+        # only what is addressed elsewhere); None: not known, nothing is bypassed.
+        self.local_addrs: frozenset[bytes] | None = None
         # The application helpers in force (director.core.app): none until the daemon
         # loads them (app.configure), as no ip_vs_ftp is loaded until modprobe.
         self.apps = AppTable()
@@ -795,7 +798,10 @@ class Director:
     # -- helpers -----------------------------------------------------------------
 
     def _count_in(self, conn: Conn, length: int) -> None:
-        """ip_vs_in_stats: whole IP packets, per real server, service and in total."""
+        """ip_vs_in_stats: whole IP packets, per real server, service and in total;
+        none for a cache_bypass entry, which has no real server."""
+        if conn.dest.port == 0 and conn.dest is conn.svc.bypass_dest:
+            return
         for stats in (conn.dest.stats, conn.svc.stats, self.totals):
             stats.inpkts += 1
             stats.inbytes += length
@@ -828,6 +834,8 @@ class Director:
         if dest is None:
             if icmp:
                 return (DROP, "no_dest")
+            if self.sysctls.cache_bypass and not svc.protocol and self._bypassable(pkt.daddr):
+                return self._bypass(svc, pkt, now)
             self.drops["no_dest"] += 1
             if len(pkt.daddr) == 16:
                 return (SEND, port_unreachable6(pkt.buf))
@@ -863,6 +871,32 @@ class Director:
         dest.stats.conns += 1
         svc.stats.conns += 1
         self.totals.conns += 1
+        return conn
+
+    def _bypassable(self, daddr: bytes) -> bool:
+        """ip_vs_addr_is_unicast: a unicast address that is not the director's own
+        (``local_addrs``; while the shell has not said, none is bypassed)."""
+        local = self.local_addrs
+        if local is None or daddr in local or not any(daddr):
+            return False
+        if len(daddr) == 16:
+            return daddr[0] != 0xFF  # not multicast
+        return daddr[0] < 224 and daddr[0] != 127  # not multicast, broadcast, loopback
+
+    def _bypass(self, svc: Service, pkt: Packet, now: float) -> Conn:
+        """ip_vs_leave's cache_bypass entry (IP_VS_CONN_F_BYPASS): no real server (the
+        service's ``bypass_dest``, 0.0.0.0:0), no connection counted (ip_vs_conn_new,
+        not ip_vs_schedule's ip_vs_conn_stats); its packets go on to their own
+        destination (ip_vs_bypass_xmit) for as long as the entry lives, a real
+        server added meanwhile or not."""
+        dest = svc.bypass_dest
+        conn = Conn(
+            self.protocols[pkt.protocol], pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr,
+            pkt.dport, svc, dest, bind_xmit(dest), dport=0,
+        )  # fmt: skip
+        conn.expires = now + conn.timeout
+        if not (svc.conf.ops and pkt.protocol == IPPROTO_UDP):  # IP_VS_CONN_F_ONE_PACKET
+            self.conns.add(conn)
         return conn
 
     def _template(self, svc: Service, pkt: Packet, now: float) -> Template | None:

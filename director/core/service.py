@@ -168,11 +168,16 @@ class Service:
     # VIP and port as one integer, which its connection entries share (Conn.vkey); none
     # for a firewall-mark service.
     vkey: int = field(init=False, default=-1, repr=False)
+    # The real server of its cache_bypass entries (director.core.xmit.bypass): none,
+    # 0.0.0.0:0 (or :: for IPv6), in no list of real servers.
+    bypass_dest: Dest = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         proto, addr, port = self.key
         if proto:
             self.vkey = int.from_bytes(addr, "big") << 16 | port
+        zero = bytes(16 if len(addr) == 16 else 4)
+        self.bypass_dest = Dest(addr=zero, port=0, method="bypass", service=self.key)
 
     @property
     def protocol(self) -> int:

@@ -68,6 +68,10 @@ class Sysctls:
     # A NAT real server's TCP or UDP packet that belongs to no connection is answered
     # with ICMP port unreachable and dropped (ip_vs_out_hook), a TCP reset excepted.
     nat_icmp_send: bool = False
+    # No real server left for a firewall-mark service: a packet to an address not the
+    # director's goes on there, its connection with it (ip_vs_leave, ip_vs_bypass_xmit:
+    # transparent cache clusters).
+    cache_bypass: bool = False
     # The kernel keeps conntrack entries for IPVS's connections.  director's own
     # connection table is the only one in every-packet mode (its hooks NOTRACK the
     # VIPs' traffic, and its NAT sends the rewritten packets itself), so this stays 0:

@@ -611,6 +611,7 @@ class Daemon:
         and log the real servers that became unreachable or reachable again."""
         dests = [d for svc in self.director.services for d in svc.dests]
         self.routes.annotate(dests)
+        self.director.local_addrs = self.routes.local_addresses()
         now = {(d.addr, d.method): unreachable(d) for d in dests}
         for (addr, method), reason in now.items():
             if reason != self._unreachable.get((addr, method)):

@@ -98,6 +98,22 @@ class Routes:
         for dest in dests:
             dest.route = self.lookup(unpack_addr(dest.addr))
 
+    def local_addresses(self) -> frozenset[bytes] | None:
+        """The host's own addresses, of every family (cache_bypass sends on only what
+        is addressed elsewhere): read again whenever netlink says an address, link or
+        route changed."""
+        found: set[bytes] = set()
+        try:
+            for msg in self.ipr.get_addr():
+                for name in ("IFA_LOCAL", "IFA_ADDRESS"):
+                    addr = msg.get_attr(name)
+                    if addr:
+                        found.add(pack_addr(addr))
+        except Exception as err:  # netlink refused: none bypassed rather than a guess
+            log.warning("cannot list the host's addresses: %s", err)
+            return None
+        return frozenset(found)
+
 
 @dataclass
 class Neighbours:

@@ -208,6 +208,7 @@ class PeerWorker:
         fastpath.annotate(self.director, slots, self.fast)
         self.board.bind(self.director, slots)
         self.routes.annotate(d for svc in self.director.services for d in svc.dests)
+        self.director.local_addrs = self.routes.local_addresses()
 
     def set_sysctls(self, sysctls: Sysctls) -> None:
         self.director.sysctls = sysctls
@@ -334,6 +335,7 @@ class PeerWorker:
         if self.neighbours.routes_changed:
             self.neighbours.routes_changed = False
             self.routes.annotate(d for svc in self.director.services for d in svc.dests)
+        self.director.local_addrs = self.routes.local_addresses()
 
     def _tick(self, now: float) -> None:
         director = self.director

@@ -289,3 +289,69 @@ def test_the_kernels_defaults() -> None:
     s = Sysctls()
     assert (s.pmtu_disc, s.run_estimation) == (True, True)
     assert not any((s.schedule_icmp, s.nat_icmp_send, s.conntrack))
+
+
+# -- cache_bypass (ip_vs_leave: "if (sysctl_cache_bypass(ipvs) && svc->fwmark &&
+#    !(iph->hdr_flags & (IP_VS_HDR_INVERSE | IP_VS_HDR_ICMP)) &&
+#    ip_vs_addr_is_unicast(net, svc->af, &iph->daddr))", ip_vs_bypass_xmit)
+
+ORIGIN = "198.51.100.80"  # an origin server the transparent cache stands in front of
+MARK = 7
+
+
+def _cache(*dests: str, **sysctls: str) -> Director:
+    conf = ServiceConf("fwm", "", 0, fwmark=MARK,
+                       dests=tuple(DestConf(rs, 0, "droute") for rs in dests))  # fmt: skip
+    d = director(conf, **sysctls)
+    d.local_addrs = frozenset({socket.inet_aton(VIP), socket.inet_aton(SOURCE)})
+    return d
+
+
+def _is_port_unreachable(verdict: tuple[int, object]) -> bool:
+    action, data = verdict
+    if action != SEND or not isinstance(data, bytearray):
+        return False
+    icmp = dpkt.ip.IP(bytes(data)).data
+    return (icmp.type, icmp.code) == (3, 3)
+
+
+def test_cache_bypass_off_no_cache_left_is_port_unreachable() -> None:
+    d = _cache()
+    assert _is_port_unreachable(d.hook_in(tcp(CLIENT, ORIGIN, 40000, 80, SYN), 0.0, MARK))
+
+
+def test_cache_bypass_on_the_flow_goes_on_to_its_origin_server_unchanged() -> None:
+    """The entry has no real server (0.0.0.0:0) and counts nothing (ip_vs_in_stats
+    needs a cp->dest); the flow stays bypassed when a cache comes back, while a new
+    client is scheduled to it."""
+    d = _cache(cache_bypass="1")
+    syn = tcp(CLIENT, ORIGIN, 40000, 80, SYN)
+    assert d.hook_in(bytearray(syn), 0.0, MARK) == (SEND, syn)
+    (conn,) = d.conns
+    assert (conn.daddr, conn.dport) == (bytes(4), 0)
+    svc = next(iter(d.services))
+    assert (svc.stats.conns, svc.stats.inpkts, d.totals.inpkts) == (0, 0, 0)
+    conf = ServiceConf("fwm", "", 0, fwmark=MARK, dests=(DestConf(RS1, 0, "droute"),))
+    d.configure(Config(services=(conf,)))
+    for dest in svc.dests:
+        dest.route = Route(ifindex=3, source=socket.inet_aton(SOURCE), mtu=1500)
+    ack = tcp(CLIENT, ORIGIN, 40000, 80, ACK, b"GET /")
+    assert d.hook_in(bytearray(ack), 1.0, MARK) == (SEND, ack)
+    assert d.hook_in(tcp("203.0.113.11", ORIGIN, 40000, 80, SYN), 1.0, MARK)[0] == DIRECT
+    assert svc.dests[0].stats.conns == 1 and svc.stats.inpkts == 1
+
+
+def test_cache_bypass_leaves_local_destinations_and_other_services_refused() -> None:
+    """A destination of the director's own is no RTN_UNICAST one; one not known yet
+    (no addresses from the shell) is not bypassed either; only firewall-mark services
+    bypass (svc->fwmark)."""
+    d = _cache(cache_bypass="1")
+    assert _is_port_unreachable(d.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0, MARK))
+    group = udp(CLIENT, "239.1.1.1", 5000, 53, b"q")
+    assert d.hook_in(bytearray(group), 0.0, MARK) != (SEND, group)  # not unicast
+    d.local_addrs = None
+    assert _is_port_unreachable(d.hook_in(tcp(CLIENT, ORIGIN, 40000, 80, SYN), 0.0, MARK))
+    plain = director(ServiceConf("tcp", VIP, 80, dests=()), cache_bypass="1")
+    plain.local_addrs = frozenset()
+    assert _is_port_unreachable(plain.hook_in(tcp(CLIENT, VIP, 40000, 80, SYN), 0.0))
+    assert len(d.conns) == len(plain.conns) == 0
