@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,20 +50,24 @@ auth.add_anonymous(sys.argv[1], perm="elradfmw")
 FTPHandler.authorizer = auth
 FTPHandler.active_dtp = Port20
 FTPHandler.passive_ports = range(50000, 50010)
-server = FTPServer(("0.0.0.0", 21), FTPHandler)
+server = FTPServer((sys.argv[2], 21), FTPHandler)
 print("listening", flush=True)
 server.serve_forever(timeout=0.2)
 """
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[topology.Lab, Path]]:
-    built = topology.build(kind="nat")
+@contextmanager
+def ftp_lab(
+    tmp_path_factory: pytest.TempPathFactory, kind: str
+) -> Iterator[tuple[topology.Lab, Path]]:
+    """A NAT lab (``kind``: nat or nat6) with the FTP server on its first real server."""
+    built = topology.build(kind=kind)
     root = tmp_path_factory.mktemp("ftp")
     (root / "blob").write_bytes(hashlib.sha256(b"ftp").digest() * (SIZE // 32))
     rs = built.real_servers[0]
     server = subprocess.Popen(
-        built.exec_argv(rs.netns, [sys.executable, "-c", SERVER, str(root)]),
+        built.exec_argv(rs.netns, [sys.executable, "-c", SERVER, str(root),
+                                   "::" if built.family == 6 else "0.0.0.0"]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
@@ -74,9 +79,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[topology.Lab
         topology.teardown(built)
 
 
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[topology.Lab, Path]]:
+    with ftp_lab(tmp_path_factory, "nat") as built:
+        yield built
+
+
 def rules(lab: topology.Lab) -> str:
     rs = lab.real_servers[0]
-    return f"-A -t {lab.vip}:21 -s rr\n-a -t {lab.vip}:21 -r {rs.addr}:21 -m\n"
+    vip, rip = topology.addr_port(lab.vip, 21), topology.addr_port(rs.addr, 21)
+    return f"-A -t {vip} -s rr\n-a -t {vip} -r {rip} -m\n"
 
 
 def curl(lab: topology.Lab, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
@@ -174,3 +186,28 @@ def test_transfer_survives_a_restart(lab: tuple[topology.Lab, Path], tmp_path: P
         cleanup = Daemon(built, tmp_path / "cleanup")
         cleanup.start()
         cleanup.stop()
+
+
+@pytest.fixture(scope="module")
+def lab6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[topology.Lab, Path]]:
+    with ftp_lab(tmp_path_factory, "nat6") as built:
+        yield built
+
+
+@pytest.mark.parametrize("mode", ["epsv", "eprt"])
+def test_download_ipv6(lab6: tuple[topology.Lab, Path], tmp_path: Path, mode: str) -> None:
+    """IPv6 (the nat6 lab): EPSV's 229 names only the port, the client connects to
+    [VIP6]:port through the entry; EPRT |2|client|port| lets the server's data
+    connection from port 20 through, leaving as [VIP6]:20 (ip_vs_ftp_in for AF_INET6)."""
+    built, root = lab6
+    with running(Daemon(built, tmp_path / "director")) as d:
+        assert d.dirctl("restore", input=rules(built)).returncode == 0
+        args = ("-P", "-") if mode == "eprt" else ()
+        got = curl(built, "-g", *args, f"ftp://[{built.vip}]/blob")
+        assert got.returncode == 0, got.stderr.decode()
+        assert digest(got.stdout) == digest((root / "blob").read_bytes())
+        listed = d.dirctl("list", "-n", "-c").stdout
+        data_port = "]:20" if mode == "eprt" else "]:5000"
+        lines = [line for line in listed.splitlines() if data_port in line
+                 and built.real_servers[0].addr in line]  # fmt: skip
+        assert lines and "LISTEN" not in lines[0], listed
