@@ -2,9 +2,10 @@
 IPVS uses them).
 
 Crafted with dpkt, the project's packet model: these are not the per-packet fast path,
-only answers to a connection that cannot be scheduled (ip_vs_leave: port unreachable)
-or to a packet too big for the way to its real server (ensure_mtu_is_adequate:
-fragmentation needed, carrying the MTU that fits).
+only answers to a connection that cannot be scheduled (ip_vs_leave: port unreachable),
+to a packet too big for the way to its real server (ensure_mtu_is_adequate:
+fragmentation needed, carrying the MTU that fits) or to one whose TTL runs out on the
+way (decrement_ttl: time exceeded).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import dpkt
 ICMP_DEST_UNREACH = 3
 ICMP_PORT_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
+ICMP_TIME_EXCEEDED = 11
+ICMP_EXC_TTL = 0  # a code of ICMP_TIME_EXCEEDED
 
 
 def unreachable(
@@ -26,7 +29,9 @@ def unreachable(
     """ICMP destination unreachable about ``original`` (RFC 792; RFC 1812 4.3.2.3: the
     offending IP header and the first 8 bytes of its payload), from the address the
     client tried to reach (or ``source``) back to the client.  ``mtu`` goes in the
-    next-hop MTU field of fragmentation-needed messages (RFC 1191)."""
+    next-hop MTU field of fragmentation-needed messages (RFC 1191); another ``type_``
+    with the same layout (time exceeded: its 32 bits after the checksum unused, zero)
+    is built here too."""
     ihl = (original[0] & 0x0F) * 4
     quoted = bytes(original[: ihl + 8])
     unreach = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=quoted)
@@ -47,6 +52,13 @@ def port_unreachable(original: bytes | bytearray, source: bytes | None = None) -
 
 def frag_needed(original: bytes | bytearray, mtu: int) -> bytearray:
     return unreachable(original, ICMP_FRAG_NEEDED, mtu)
+
+
+def ttl_exceeded(original: bytes | bytearray) -> bytearray:
+    """decrement_ttl (net/netfilter/ipvs/ip_vs_xmit.c) for IPv4:
+    ``icmp_send(skb, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, 0)``, from the VIP the packet
+    was sent to (icmp_send's source on a local input route)."""
+    return unreachable(original, ICMP_EXC_TTL, type_=ICMP_TIME_EXCEEDED)
 
 
 ICMPV6_DEST_UNREACH = 1

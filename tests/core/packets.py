@@ -24,13 +24,14 @@ def tcp(
     flags: int = dpkt.tcp.TH_ACK,
     data: bytes = b"",
     opts: bytes = b"",
+    ttl: int = 61,
 ) -> bytearray:
     seg = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000, data=data)
     ip = dpkt.ip.IP(
         src=socket.inet_aton(src),
         dst=socket.inet_aton(dst),
         p=dpkt.ip.IP_PROTO_TCP,
-        ttl=61,
+        ttl=ttl,
         id=4242,
         opts=opts,
         data=seg,
@@ -41,14 +42,20 @@ def tcp(
 
 
 def udp(
-    src: str, dst: str, sport: int, dport: int, data: bytes = b"", csum: bool = True
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    data: bytes = b"",
+    csum: bool = True,
+    ttl: int = 61,
 ) -> bytearray:
     dgram = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
     ip = dpkt.ip.IP(
         src=socket.inet_aton(src),
         dst=socket.inet_aton(dst),
         p=dpkt.ip.IP_PROTO_UDP,
-        ttl=61,
+        ttl=ttl,
         id=4242,
         data=dgram,
     )

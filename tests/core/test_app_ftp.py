@@ -5,7 +5,9 @@ vs_fix_ack_seq, vs_seq_update), the data connections ip_vs_ftp_out / ip_vs_ftp_i
 make, and what ip_vs_ftp_get_addrport leaves alone.
 
 Every expected packet is built by dpkt from the fields the kernel would write, dpkt
-computing every checksum itself.
+computing every checksum itself; a request sent on to the real server is one hop older
+(TTL 61 -> 60: ip_vs_nat_xmit's __ip_vs_get_out_rt calls decrement_ttl,
+net/netfilter/ipvs/ip_vs_xmit.c).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ SSEQ = 5000  # the real server's
 
 
 def seg(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int = ACK | PSH,
-        data: bytes = b"") -> bytearray:  # fmt: skip
+        data: bytes = b"", ttl: int = 61) -> bytearray:  # fmt: skip
     tcp = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, data=data)
-    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, ttl=61, id=7,
+    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, ttl=ttl, id=7,
                     data=tcp)  # fmt: skip
     return bytearray(bytes(ip))
 
@@ -72,7 +74,7 @@ def pasv(d: Director, reply: bytes, cseq: int = CSEQ, sseq: int = SSEQ,
     director moved it back), then the server's ``reply``: the reply's verdict."""
     cmd = seg(CLIENT, VIP, 40000, 21, cseq, sseq if seen is None else seen, data=b"PASV\r\n")
     verdict = d.hook_in(cmd, 1.0)
-    assert verdict == (SEND, seg(CLIENT, RS1, 40000, 21, cseq, sseq, data=b"PASV\r\n"))
+    assert verdict == (SEND, seg(CLIENT, RS1, 40000, 21, cseq, sseq, data=b"PASV\r\n", ttl=60))
     return d.hook_out(seg(RS1, CLIENT, 21, 40000, sseq, cseq + 6, data=reply), 1.0)
 
 
@@ -95,11 +97,12 @@ def test_pasv_reply_names_the_vip_and_moves_later_sequence_numbers_both_ways() -
     # The client acknowledges what it got (one byte more than the server sent).
     ack = seg(CLIENT, VIP, 40000, 21, CSEQ + 6, after + 1 + len(more), ACK)
     assert d.hook_in(ack, 2.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 6,
-                                             after + len(more), ACK))  # fmt: skip
+                                             after + len(more), ACK, ttl=60))  # fmt: skip
     # An acknowledgement of the 227 reply's first bytes only (not past init_seq + delta)
     # takes previous_delta, 0.
     early = seg(CLIENT, VIP, 40000, 21, CSEQ + 6, SSEQ + 1, ACK)
-    assert d.hook_in(early, 2.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 6, SSEQ + 1, ACK))
+    assert d.hook_in(early, 2.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 6, SSEQ + 1, ACK,
+                                               ttl=60))  # fmt: skip
     assert d.apps.counters["ftp_pasv"] == 1
 
 
@@ -116,7 +119,7 @@ def test_pasv_makes_the_data_connection_the_client_opens_to_the_vip() -> None:
     assert data.dport == 50000 and conn.n_control == 1
     assert data.timeout == d.tcp.timeouts[LISTEN]
     syn = seg(CLIENT, VIP, 40001, 50000, 7000, 0, SYN)
-    assert d.hook_in(syn, 2.0) == (SEND, seg(CLIENT, RS1, 40001, 50000, 7000, 0, SYN))
+    assert d.hook_in(syn, 2.0) == (SEND, seg(CLIENT, RS1, 40001, 50000, 7000, 0, SYN, ttl=60))
     assert data.cport == 40001 and not d.conns.no_cport
     synack = seg(RS1, CLIENT, 50000, 40001, 9000, 7001, SYN | ACK)
     assert d.hook_out(synack, 2.0) == (ACCEPT, seg(VIP, CLIENT, 50000, 40001, 9000, 7001,
@@ -137,14 +140,15 @@ def test_port_is_left_as_it_is_and_opens_the_way_from_port_20() -> None:
     conn = established(d)
     cmd = b"PORT 203,0,113,10,156,65\r\n"
     verdict = d.hook_in(seg(CLIENT, VIP, 40000, 21, CSEQ, SSEQ, data=cmd), 1.0)
-    assert verdict == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ, SSEQ, data=cmd))
+    assert verdict == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ, SSEQ, data=cmd, ttl=60))
     data = d.conns.find_in(6, socket.inet_aton(CLIENT), 40001, socket.inet_aton(VIP), 20)
     assert data is not None and data.control is conn and data.dport == 20
     assert data.state == LISTEN
     syn = seg(RS1, CLIENT, 20, 40001, 3000, 0, SYN)
     assert d.hook_out(syn, 1.0) == (ACCEPT, seg(VIP, CLIENT, 20, 40001, 3000, 0, SYN))
     synack = seg(CLIENT, VIP, 40001, 20, 8000, 3001, SYN | ACK)
-    assert d.hook_in(synack, 1.0) == (SEND, seg(CLIENT, RS1, 40001, 20, 8000, 3001, SYN | ACK))
+    assert d.hook_in(synack, 1.0) == (SEND, seg(CLIENT, RS1, 40001, 20, 8000, 3001, SYN | ACK,
+                                                ttl=60))  # fmt: skip
     assert d.apps.counters["ftp_port"] == 1
     assert conn.in_seq == conn.out_seq == (0, 0, 0)
 
@@ -181,7 +185,8 @@ def test_two_resized_replies_add_their_deltas() -> None:
     assert d.hook_out(later, 2.0) == (ACCEPT, seg(VIP, CLIENT, 21, 40000, s3 + 2, CSEQ + 12,
                                                   data=b"226 ok\r\n"))  # fmt: skip
     ack = seg(CLIENT, VIP, 40000, 21, CSEQ + 12, s3 + 2 + 8, ACK)
-    assert d.hook_in(ack, 2.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 12, s3 + 8, ACK))
+    assert d.hook_in(ack, 2.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 12, s3 + 8, ACK,
+                                             ttl=60))  # fmt: skip
 
 
 HOSTILE = [

@@ -2,7 +2,10 @@
 
 Expected packets are built by dpkt from the fields the kernel's NAT handlers would
 write (ip_vs_nat_xmit / tcp_dnat_handler / tcp_snat_handler), with dpkt computing every
-checksum itself.
+checksum itself.  A request leaves one hop older (TTL 61 -> 60: ip_vs_nat_xmit's
+__ip_vs_get_out_rt calls decrement_ttl, net/netfilter/ipvs/ip_vs_xmit.c); a reply keeps
+its TTL (handle_response in ip_vs_core.c does not touch it: the kernel's ip_forward
+took the reply's hop before the FORWARD hook that queues it).
 """
 
 from __future__ import annotations
@@ -74,25 +77,25 @@ IN_CASES = [
         "tcp syn, DNAT with port translation",
         tcp(CLIENT, VIP, 40000, 80, SYN),
         SEND,
-        tcp(CLIENT, RS2, 40000, 8000, SYN),
+        tcp(CLIENT, RS2, 40000, 8000, SYN, ttl=60),
     ),
     (
         "tcp syn with payload and IP options",
         tcp(CLIENT, VIP, 40001, 80, SYN, b"hello", opts=b"\x01\x01\x01\x00"),
         SEND,
-        tcp(CLIENT, RS2, 40001, 8000, SYN, b"hello", opts=b"\x01\x01\x01\x00"),
+        tcp(CLIENT, RS2, 40001, 8000, SYN, b"hello", opts=b"\x01\x01\x01\x00", ttl=60),
     ),
     (
         "udp, DNAT with port translation",
         udp(CLIENT, VIP, 5000, 53, b"query"),
         SEND,
-        udp(CLIENT, RS1, 5000, 5353, b"query"),
+        udp(CLIENT, RS1, 5000, 5353, b"query", ttl=60),
     ),
     (
         "udp without checksum keeps none",
         udp(CLIENT, VIP, 5001, 53, b"q", csum=False),
         SEND,
-        udp(CLIENT, RS1, 5001, 5353, b"q", csum=False),
+        udp(CLIENT, RS1, 5001, 5353, b"q", csum=False, ttl=60),
     ),
     (
         "ack without a connection goes to the local stack",

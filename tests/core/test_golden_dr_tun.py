@@ -1,7 +1,9 @@
 """Golden cases for VS/DR, VS/TUN and the path-MTU answer.
 
-DR: the frame carries the packet byte for byte; only the Ethernet header is new.
-TUN: the outer header is written out field by field from RFC 2003 and the kernel's
+DR: the frame carries the packet one hop older (its TTL less one, as
+__ip_vs_get_out_rt's decrement_ttl in net/netfilter/ipvs/ip_vs_xmit.c has it); only
+the Ethernet header is new.  TUN: the inner packet is one hop older too, and the
+outer header is written out field by field from RFC 2003 and the kernel's
 ip_vs_tunnel_xmit (TOS and TTL from the inner header, DF copied, protocol 4, the
 route's source address), with dpkt computing its checksum independently.
 """
@@ -47,11 +49,14 @@ def with_df(raw: bytearray) -> bytearray:
     return bytearray(bytes(ip))
 
 
-def test_dr_leaves_the_packet_alone_and_names_the_next_hop():
+def test_dr_hands_the_packet_on_one_hop_older_and_names_the_next_hop():
+    """ip_vs_dr_xmit: __ip_vs_get_out_rt's decrement_ttl (ip_decrease_ttl), then the
+    packet as it is: TTL 61 leaves as 60, its header checksum following."""
     request = tcp(CLIENT, VIP, 40000, 8080, SYN, b"hello")
     action, frame = director("droute", RS_LAN).hook_in(bytearray(request), 1.0)
     assert action == DIRECT
-    assert frame == Frame(request, socket.inet_aton(RS_LAN), 3)
+    expected = tcp(CLIENT, VIP, 40000, 8080, SYN, b"hello", ttl=60)
+    assert frame == Frame(expected, socket.inet_aton(RS_LAN), 3)
 
 
 def test_dr_frame_changes_only_the_ethernet_header():
@@ -64,14 +69,19 @@ def test_dr_frame_changes_only_the_ethernet_header():
 
 
 def test_tun_outer_header_is_exact():
-    inner = tcp(CLIENT, VIP, 40000, 8080, SYN, b"x" * 10)
-    inner[1] = 0xB8  # DSCP EF: must be copied to the outer header
-    inner_df = with_df(inner)
-    inner_df[1] = 0xB8
-    inner_df[10:12] = b"\x00\x00"
-    inner_df = bytearray(bytes(dpkt.ip.IP(bytes(inner_df))))  # dpkt redoes the checksum
-    action, packet = director("tunnel", RS_REMOTE).hook_in(bytearray(inner_df), 1.0)
+    """The inner TTL 61 is 60 inside and out: decrement_ttl (__ip_vs_get_out_rt) runs
+    before ip_vs_prepare_tunneled_skb copies it to the outer header."""
+
+    def inner(ttl: int) -> bytearray:
+        raw = with_df(tcp(CLIENT, VIP, 40000, 8080, SYN, b"x" * 10, ttl=ttl))
+        raw[1] = 0xB8  # DSCP EF: must be copied to the outer header
+        raw[10:12] = b"\x00\x00"
+        return bytearray(bytes(dpkt.ip.IP(bytes(raw))))  # dpkt redoes the checksum
+
+    action, packet = director("tunnel", RS_REMOTE).hook_in(inner(61), 1.0)
     assert action == SEND
+    inner_df = inner(60)
+    assert inner_df[8] == 60
     expected = dpkt.ip.IP(
         v=4,
         hl=5,
@@ -104,7 +114,10 @@ def test_tun_too_big_with_df_gets_frag_needed_with_mtu_less_tunnel():
     assert (socket.inet_ntoa(icmp.src), socket.inet_ntoa(icmp.dst)) == (VIP, CLIENT)
     assert (icmp.data.type, icmp.data.code) == (3, 4)
     assert icmp.data.data.mtu == 1480
-    assert bytes(icmp.data.data.data) == bytes(big[:28])
+    # ensure_mtu_is_adequate's icmp_send quotes the packet decrement_ttl has already
+    # made one hop older (TTL 60, its checksum following)
+    assert bytes(icmp.data.data.data) == bytes(with_df(tcp(CLIENT, VIP, 40000, 8080, ACK,
+                                                           b"y" * 1480, ttl=60))[:28])  # fmt: skip
 
 
 def test_dr_too_big_with_df_gets_frag_needed_with_the_mtu():

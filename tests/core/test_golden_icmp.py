@@ -20,11 +20,13 @@ from tests.core.packets import ACK, CLIENT, RS2, SYN, VIP, tcp, udp
 ROUTER = "203.0.113.1"
 
 
-def icmp_error(src: str, dst: str, quoted: bytes, type_: int, code: int, mtu: int = 0) -> bytes:
+def icmp_error(
+    src: str, dst: str, quoted: bytes, type_: int, code: int, mtu: int = 0, ttl: int = 50
+) -> bytes:
     body = dpkt.icmp.ICMP.Unreach(mtu=mtu, data=quoted[:28])
     icmp = dpkt.icmp.ICMP(type=type_, code=code, data=body)
     return bytes(
-        dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=1, ttl=50, data=icmp)
+        dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=1, ttl=ttl, data=icmp)
     )
 
 
@@ -51,6 +53,8 @@ def nat_director(method: str = "masq") -> Director:
 
 
 def test_frag_needed_from_outside_is_rewritten_to_the_real_server():
+    """ip_vs_icmp_xmit: __ip_vs_get_out_rt's decrement_ttl (the error's TTL 50 leaves
+    as 49), then ip_vs_nat_icmp's rewrite of the outer destination and the quote."""
     d = nat_director()
     # The VIP's reply, as the client's router saw it: VIP:80 -> client:40000.
     reply = bytes(tcp(VIP, CLIENT, 80, 40000, ACK, b"x" * 100))
@@ -61,7 +65,7 @@ def test_frag_needed_from_outside_is_rewritten_to_the_real_server():
     quoted[12:16] = socket.inet_aton(RS2)  # the quoted source becomes the real server
     quoted[20:22] = (8000).to_bytes(2, "big")  # and its port the real server's port
     resum(quoted)
-    expected = icmp_error(ROUTER, RS2, bytes(quoted), 3, 4, mtu=1280)
+    expected = icmp_error(ROUTER, RS2, bytes(quoted), 3, 4, mtu=1280, ttl=49)
     assert bytes(data) == expected
 
 
@@ -84,12 +88,16 @@ def test_port_unreachable_from_a_nat_real_server_comes_from_the_vip():
     assert next(iter(d.services)).stats.outpkts == 1
 
 
-def test_dr_icmp_error_goes_as_it_is():
+def test_dr_icmp_error_goes_as_it_is_one_hop_older():
+    """ip_vs_icmp_xmit hands a DR connection's error to ip_vs_dr_xmit, whose
+    __ip_vs_get_out_rt takes a hop (decrement_ttl): TTL 50 leaves as 49, else as it is."""
     d = nat_director("droute")
-    error = icmp_error(ROUTER, VIP, bytes(tcp(VIP, CLIENT, 80, 40000, ACK)), 11, 0)
+    quoted = bytes(tcp(VIP, CLIENT, 80, 40000, ACK))
+    error = icmp_error(ROUTER, VIP, quoted, 11, 0)
     action, frame = d.hook_in(bytearray(error), 1.0)
     assert action == DIRECT
-    assert isinstance(frame, Frame) and bytes(frame.packet) == error
+    assert isinstance(frame, Frame)
+    assert bytes(frame.packet) == icmp_error(ROUTER, VIP, quoted, 11, 0, ttl=49)
 
 
 def test_icmp_for_no_connection_and_echo_pass_to_the_local_stack():

@@ -210,17 +210,21 @@ def test_hop_limit_one_gets_time_exceeded() -> None:
 
 def test_ipv4_service_with_an_ipv6_real_server_tunnels_ipv4_in_ipv6() -> None:
     """The whole hook: an IPv4 client's SYN to an IPv4 VIP, scheduled to an IPv6 real
-    server: next header 4, traffic class the TOS, hop limit the TTL (61, the IPv4
-    packet's, which the director's IPv4 path does not decrement)."""
-    inner = tcp(CLIENT, VIP, 40000, 8080, SYN, b"hello")
-    inner[1] = 0x28
-    inner[10:12] = b"\0\0"
-    inner = bytearray(bytes(dpkt.ip.IP(bytes(inner))))
+    server: next header 4, traffic class the TOS, hop limit the TTL: 60, the IPv4
+    packet's 61 less the hop __ip_vs_get_out_rt's decrement_ttl takes before
+    ip_vs_prepare_tunneled_skb reads it (net/netfilter/ipvs/ip_vs_xmit.c)."""
+
+    def inner(ttl: int) -> bytearray:
+        raw = tcp(CLIENT, VIP, 40000, 8080, SYN, b"hello", ttl=ttl)
+        raw[1] = 0x28
+        raw[10:12] = b"\0\0"
+        return bytearray(bytes(dpkt.ip.IP(bytes(raw))))
+
     d = director(VIP, "tunnel", RS6_REMOTE)
-    action, packet = d.hook_in(bytearray(inner), 1.0)
+    action, packet = d.hook_in(inner(61), 1.0)
     assert action == SEND
     assert isinstance(packet, bytearray)
-    assert bytes(packet) == outer6(bytes(inner), 4, 0x28, 61, RS6_REMOTE)
+    assert bytes(packet) == outer6(bytes(inner(60)), 4, 0x28, 60, RS6_REMOTE)
     (conn,) = d.conns
     assert (conn.caddr, conn.daddr) == (socket.inet_aton(CLIENT), a6(RS6_REMOTE))
 

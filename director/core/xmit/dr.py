@@ -7,7 +7,8 @@ family, 0x0800 or 0x86DD).  A DR real server is of the service's family: the ker
 forwards only tunnels across families (ip_vs_genl_set_cmd).  The real server owns
 the VIP on a device that does not answer ARP and replies to the client directly, so
 replies never come back through the director (the connection is IP_VS_CONN_F_NOOUTPUT
-and moves by the INPUT-ONLY state table).
+and moves by the INPUT-ONLY state table).  The one change to the packet is the hop
+it loses: TTL or hop limit less one (__ip_vs_get_out_rt's decrement_ttl).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from director.core.route import Frame, Route
 from director.core.xmit import DIRECT, Verdict, Xmit, register
-from director.core.xmit.mtu import IP_DF, out_route
+from director.core.xmit.mtu import IP_DF, ip_decrease_ttl, out_route
 
 _IP6_HLIM = 7
 
@@ -39,8 +40,9 @@ class DirectRoute(Xmit):
     def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
         dest = conn.dest
         route = dest.route
-        if route is None or (length > dest.path_mtu(route) and buf[6] & IP_DF):
+        if buf[8] <= 1 or route is None or (length > dest.path_mtu(route) and buf[6] & IP_DF):
             return None
+        ip_decrease_ttl(buf)
         return (DIRECT, Frame(buf, dest.addr, route.ifindex))  # conn.daddr
 
     def fused_in6(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:

@@ -47,7 +47,13 @@ from director.core.checksum import (
 )
 from director.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO
 from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
-from director.core.xmit.mtu import IP_DF, decrement_hop_limit, too_big
+from director.core.xmit.mtu import (
+    IP_DF,
+    TTL_DEC_WORDS,
+    decrement_hop_limit,
+    decrement_ttl,
+    too_big,
+)
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -118,21 +124,24 @@ def rewrite_partial(
 
 
 def rewrite_fused(
-    buf: bytearray, protocol: int, addr_at: int, port_at: int, old: int, new: int
-) -> None:
+    buf: bytearray, protocol: int, addr_at: int, port_at: int, old: int, new: int,
+    ip_words: int = 0,
+) -> None:  # fmt: skip
     """``rewrite`` for a packet with a 20-byte IP header whose address at ``addr_at``
     and port at ``port_at`` (counted from the start of the packet) are ``old``
     (address << 16 | port, as Conn keeps them), made ``new``, with one RFC 1624 sum
     per checksum over every word that changes: one's complement addition is
     associative, and folding the carries of the whole sum gives the same 16 bits as
     folding after each word, including the same choice between the two zeros
-    (tests/core/test_fused.py checks it against ``rewrite`` and a full recompute)."""
+    (tests/core/test_fused.py checks it against ``rewrite`` and a full recompute).
+    ``ip_words`` is the sum of further changes to the IP header's words alone (the
+    TTL's: TTL_DEC_WORDS), folded in with the address's."""
     old_addr = old >> 16
     new_addr = new >> 16
     words = (
         (~old_addr >> 16 & 0xFFFF) + (~old_addr & 0xFFFF) + (new_addr >> 16) + (new_addr & 0xFFFF)
     )
-    s = (~_U16.unpack_from(buf, _IP_CSUM)[0] & 0xFFFF) + words
+    s = (~_U16.unpack_from(buf, _IP_CSUM)[0] & 0xFFFF) + words + ip_words
     s = (s & 0xFFFF) + (s >> 16)
     _U16.pack_into(buf, _IP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF)
     _U32.pack_into(buf, addr_at, new_addr)
@@ -247,13 +256,16 @@ class Masquerade(Xmit):
     families = frozenset((4, 6))
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
+        """ip_vs_nat_xmit: TTL (__ip_vs_get_out_rt's decrement_ttl), path MTU, then the
+        destination rewritten."""
         if len(pkt.daddr) == 16:
             return self._xmit_in6(conn, pkt)
+        refused = decrement_ttl(pkt)
         route = conn.dest.route
-        if route is not None:
+        if refused is None and route is not None:
             refused = too_big(pkt, conn.dest.path_mtu(route))
-            if refused is not None:
-                return refused
+        if refused is not None:
+            return refused
         rewrite(pkt, 16, 2, conn.daddr, conn.dport)
         return (SEND, pkt.buf)
 
@@ -269,6 +281,9 @@ class Masquerade(Xmit):
         return (SEND, pkt.buf)
 
     def xmit_out(self, conn: Conn, pkt: Packet) -> Verdict:
+        """handle_response (ip_vs_core.c): the source becomes the VIP.  The TTL is not
+        IPVS's to touch here: a reply is forwarded by the kernel (ip_forward has taken
+        its hop before the FORWARD hook), and handle_response only reroutes it."""
         if len(pkt.saddr) == 16:
             rewrite6(pkt, IP6_SADDR, 0, conn.vaddr, conn.vport)
             return (ACCEPT, pkt.buf)
@@ -278,9 +293,11 @@ class Masquerade(Xmit):
     def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
         dest = conn.dest
         route = dest.route
-        if route is not None and length > dest.path_mtu(route) and buf[6] & IP_DF:
+        ttl = buf[8]
+        if ttl <= 1 or (route is not None and length > dest.path_mtu(route) and buf[6] & IP_DF):
             return None
-        rewrite_fused(buf, buf[9], 16, 22, conn.vkey, conn.dkey)
+        buf[8] = ttl - 1  # decrement_ttl, its checksum change in the address's sum
+        rewrite_fused(buf, buf[9], 16, 22, conn.vkey, conn.dkey, TTL_DEC_WORDS)
         return (SEND, buf)
 
     def fused_out(self, conn: Conn, buf: bytearray) -> Verdict | None:
@@ -325,13 +342,15 @@ class Masquerade(Xmit):
     def icmp_in(self, conn: Conn, err: IcmpError) -> Verdict:
         """ip_vs_nat_icmp, inward: the error about VIP:vport -> client is made about
         RIP:rport -> client and sent to the real server.  The quoted transport
-        checksum is left alone, as the kernel leaves it.  IPv6: ip_vs_nat_icmp_v6, the
-        error's hop limit decremented first (ip_vs_icmp_xmit_v6's route lookup)."""
+        checksum is left alone, as the kernel leaves it.  The error's TTL or hop limit
+        is decremented first (ip_vs_icmp_xmit's and ip_vs_icmp_xmit_v6's
+        __ip_vs_get_out_rt: decrement_ttl); one that runs out is dropped unanswered.
+        IPv6: ip_vs_nat_icmp_v6."""
         buf = err.pkt.buf
+        refused = decrement_ttl(err.pkt)  # no error answers an error
+        if refused is not None:
+            return refused
         if len(err.pkt.daddr) == 16:
-            refused = decrement_hop_limit(err.pkt)  # no error answers an error
-            if refused is not None:
-                return refused
             buf[IP6_DADDR : IP6_DADDR + 16] = conn.daddr
             buf[err.inner + IP6_SADDR : err.inner + IP6_SADDR + 16] = conn.daddr
             _U16.pack_into(buf, err.inner_l4, conn.dport)

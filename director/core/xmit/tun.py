@@ -14,7 +14,8 @@ packet's version and the real server address's length:
 - its TOS (IPv4) or traffic class (IPv6) is the inner DSCP with the inner ECN
   field, except that CE inside gives ECT(0) outside (INET_ECN_encapsulate, RFC 6040's
   normal mode); the IPv6 flow label is 0;
-- its TTL or hop limit is the inner one;
+- its TTL or hop limit is the inner one, after the inner packet has lost its hop
+  (__ip_vs_get_out_rt's decrement_ttl, before ip_vs_prepare_tunneled_skb reads it);
 - an IPv4 outer header copies DF from an IPv4 packet (the kernel's default, sysctl
   pmtu_disc=1; with it 0, ip_vs_tunnel_xmit passes no ``dfp`` and DF stays clear) and
   never sets it over an IPv6 one (``*df = 0``);
@@ -41,7 +42,7 @@ from director.core.icmp import IPV6_MIN_MTU
 from director.core.packet import SKB_CSUMNOTREADY
 from director.core.route import Route
 from director.core.xmit import DROP, SEND, Verdict, Xmit, register
-from director.core.xmit.mtu import IP_DF, MIN_TUNNEL_MTU, out_route
+from director.core.xmit.mtu import IP_DF, MIN_TUNNEL_MTU, ip_decrease_ttl, out_route
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -289,7 +290,7 @@ class Tunnel(Xmit):
         dest = conn.dest
         route = dest.route
         daddr = dest.addr  # conn.daddr
-        if route is None:
+        if route is None or buf[8] <= 1:
             return None
         encap = encap_hlen(dest.tun_type, dest.tun_flags)
         mtu = dest.path_mtu(route) - tunnel_hlen(daddr) - encap
@@ -299,6 +300,7 @@ class Tunnel(Xmit):
             or too_long(length, daddr, encap)
         ):
             return None
+        ip_decrease_ttl(buf)
         return (
             SEND,
             encapsulate(buf, route.source, daddr, dest.pmtu_disc, dest.tun_type, dest.tun_port,
