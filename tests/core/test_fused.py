@@ -157,6 +157,10 @@ def variant(raw: bytearray, kind: int, at: int, value: int) -> bytearray:
         raw[26:28] = b"\x00\x00"
     elif kind == 6:  # a fragment
         raw[6] |= 0x20
+    elif kind == 7 and len(raw) >= 20:  # TTL 1 or 0: decrement_ttl's time exceeded
+        raw[8] = at % 2
+        struct.pack_into("!H", raw, 10, 0)
+        struct.pack_into("!H", raw, 10, dpkt.in_cksum(bytes(raw[:20])))
     return raw
 
 
@@ -182,7 +186,7 @@ STEP = st.tuples(
     st.integers(0, 1),
     FLAGS,
     st.sampled_from((0, 1, 100, 590, 1400)),
-    st.sampled_from((0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6)),
+    st.sampled_from((0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7)),
     st.integers(0, 1500),
     st.integers(0, 255),
     st.sampled_from((0.0, 0.0, 0.5, 1.0, 7.0, 61.0, 130.0, 400.0)),
