@@ -330,9 +330,9 @@ def test_restart_dump_keeps_the_deltas_and_the_waiting_data_connection() -> None
                                                       CSEQ + 6, data=b"150 x\r\n"))  # fmt: skip
     ack = seg(CLIENT, VIP, 40000, 21, CSEQ + 6, after + 8, ACK)
     assert fresh.hook_in(ack, 11.0) == (SEND, seg(CLIENT, RS1, 40000, 21, CSEQ + 6, after + 7,
-                                                  ACK))  # fmt: skip
+                                                  ACK, ttl=60))  # fmt: skip
     syn = seg(CLIENT, VIP, 40001, 50000, 7000, 0, SYN)
-    assert fresh.hook_in(syn, 11.0) == (SEND, seg(CLIENT, RS1, 40001, 50000, 7000, 0, SYN))
+    assert fresh.hook_in(syn, 11.0) == (SEND, seg(CLIENT, RS1, 40001, 50000, 7000, 0, SYN, ttl=60))
 
 
 def test_sync_carries_the_seq_option_to_the_backup() -> None:

@@ -76,7 +76,8 @@ def test_schedule_icmp_on_the_error_schedules_the_clients_connection() -> None:
     quoted[12:16] = socket.inet_aton(RS2)
     quoted[20:22] = (8000).to_bytes(2, "big")
     resum(quoted)
-    assert bytes(data) == icmp_error(ROUTER, RS2, bytes(quoted), 3, 4, mtu=1280)
+    # one hop older: ip_vs_icmp_xmit's __ip_vs_get_out_rt calls decrement_ttl
+    assert bytes(data) == icmp_error(ROUTER, RS2, bytes(quoted), 3, 4, mtu=1280, ttl=49)
     (conn,) = d.conns
     assert (conn.caddr, conn.cport, conn.vaddr, conn.vport) == (
         socket.inet_aton(CLIENT), 40000, socket.inet_aton(VIP), 80,
@@ -200,9 +201,14 @@ def _df(raw: bytearray) -> bytearray:
     return bytearray(bytes(ip))
 
 
-def _outer(inner: bytes, df: bool) -> bytes:
+def _outer(sent: bytes, df: bool) -> bytes:
     """RFC 2003's outer header as ip_vs_tunnel_xmit writes it (TOS and TTL the inner
-    ones, id 0 for the raw socket to fill, protocol 4), DF as given."""
+    ones, id 0 for the raw socket to fill, protocol 4), DF as given, around the
+    client's packet ``sent`` one hop older (__ip_vs_get_out_rt's decrement_ttl)."""
+    older = dpkt.ip.IP(sent)
+    older.ttl -= 1
+    older.sum = 0
+    inner = bytes(older)
     ip = dpkt.ip.IP(tos=inner[1], id=0, ttl=inner[8], p=4, src=socket.inet_aton(SOURCE),
                     dst=socket.inet_aton(RS_REMOTE), data=inner)  # fmt: skip
     ip.df = int(df)
