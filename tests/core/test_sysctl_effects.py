@@ -329,10 +329,12 @@ def test_cache_bypass_off_no_cache_left_is_port_unreachable() -> None:
 def test_cache_bypass_on_the_flow_goes_on_to_its_origin_server_unchanged() -> None:
     """The entry has no real server (0.0.0.0:0) and counts nothing (ip_vs_in_stats
     needs a cp->dest); the flow stays bypassed when a cache comes back, while a new
-    client is scheduled to it."""
+    client is scheduled to it.  Unchanged but for the hop ip_vs_bypass_xmit's
+    __ip_vs_get_out_rt takes (decrement_ttl: TTL 61 -> 60)."""
     d = _cache(cache_bypass="1")
     syn = tcp(CLIENT, ORIGIN, 40000, 80, SYN)
-    assert d.hook_in(bytearray(syn), 0.0, MARK) == (SEND, syn)
+    assert d.hook_in(bytearray(syn), 0.0, MARK) == (SEND, tcp(CLIENT, ORIGIN, 40000, 80, SYN,
+                                                              ttl=60))  # fmt: skip
     (conn,) = d.conns
     assert (conn.daddr, conn.dport) == (bytes(4), 0)
     svc = next(iter(d.services))
@@ -342,7 +344,8 @@ def test_cache_bypass_on_the_flow_goes_on_to_its_origin_server_unchanged() -> No
     for dest in svc.dests:
         dest.route = Route(ifindex=3, source=socket.inet_aton(SOURCE), mtu=1500)
     ack = tcp(CLIENT, ORIGIN, 40000, 80, ACK, b"GET /")
-    assert d.hook_in(bytearray(ack), 1.0, MARK) == (SEND, ack)
+    older = tcp(CLIENT, ORIGIN, 40000, 80, ACK, b"GET /", ttl=60)
+    assert d.hook_in(bytearray(ack), 1.0, MARK) == (SEND, older)
     assert d.hook_in(tcp("203.0.113.11", ORIGIN, 40000, 80, SYN), 1.0, MARK)[0] == DIRECT
     assert svc.dests[0].stats.conns == 1 and svc.stats.inpkts == 1
 

@@ -7,9 +7,9 @@ is not the director's own (a transparent cache cluster: the caches are down, the
 clients reach the origin servers directly).  Its real server is none (the entry shows
 0.0.0.0:0, as the kernel's ``daddr`` of zero), and its packets count in no statistics
 (ip_vs_in_stats counts only an entry with a real server).  The shell sends the packet
-by its destination, as __ip_vs_get_out_rt routes it (IP_VS_RT_MODE_NON_LOCAL): an
-IPv6 one has its hop limit decremented first (decrement_ttl), an IPv4 one keeps its
-TTL as every IPv4 path of the director does.
+by its destination, as __ip_vs_get_out_rt routes it (IP_VS_RT_MODE_NON_LOCAL): its
+TTL or hop limit is decremented first (decrement_ttl), and one that runs out is
+answered with time exceeded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from director.core.xmit import SEND, Verdict, Xmit, register
-from director.core.xmit.mtu import decrement_hop_limit
+from director.core.xmit.mtu import decrement_ttl
 
 if TYPE_CHECKING:
     from director.core.conn import Conn
@@ -32,8 +32,7 @@ class Bypass(Xmit):
     families = frozenset((4, 6))
 
     def xmit_in(self, conn: Conn, pkt: Packet) -> Verdict:
-        if len(pkt.daddr) == 16:
-            refused = decrement_hop_limit(pkt)
-            if refused is not None:
-                return refused
+        refused = decrement_ttl(pkt)
+        if refused is not None:
+            return refused
         return (SEND, pkt.buf)
