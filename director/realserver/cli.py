@@ -52,6 +52,17 @@ def up(
             help="TUN: kernel ipip (if loaded; IPv4 VIPs only) or the userspace decapsulator",
         ),
     ] = "auto",
+    tun_type: Annotated[
+        str,
+        typer.Option(
+            "--tun-type",
+            metavar="ipip|gue|gre",
+            help="TUN: the director's --tun-type (GUE and GRE decapsulated in userspace)",
+        ),
+    ] = "ipip",
+    tun_port: Annotated[
+        int, typer.Option("--tun-port", metavar="PORT", help="--tun-type gue: its UDP port")
+    ] = 0,
     state_dir: StateRoot = host.DEFAULT_STATE_ROOT,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="print nothing")] = False,
 ) -> None:
@@ -61,7 +72,13 @@ def up(
     if decap not in plan.DECAPS:
         raise plan.PlanError(f"--decap {decap!r}: choose auto, kernel or userspace")
     _require_root()
-    request = plan.Request(method=method, vips=tuple(vip), decap=decap)  # type: ignore[arg-type]
+    request = plan.Request(
+        method=method,  # type: ignore[arg-type]
+        vips=tuple(vip),
+        decap=decap,  # type: ignore[arg-type]
+        tun_type=tun_type,
+        tun_port=tun_port,
+    )
     plan.parse_vips(request.vips)
     directory = host.state_dir(state_dir)
     try:

@@ -19,9 +19,16 @@ header and its traffic class beside it (IPV6_RECVTCLASS).  The TUN device takes 
 families without a packet-information header (tun_get_user reads the version
 nibble).  A host without IPv6 decapsulates what IPv4 carries.
 
+GUE and GRE (``--gue-port PORT``, ``--gre``: VS/TUN's ``--tun-type gue|gre``, for a
+kernel without ``fou`` or ``gre``) come the same way: a UDP socket bound to the GUE
+port (IPv4 and IPv6) gives each datagram's payload, a raw socket of protocol 47 per
+family each GRE packet; director.realserver.gue strips their headers, and the inner
+packet is checked and written as an IPIP one.
+
 It prints ``ready`` on stdout once both ends are open, then logs only to stderr.
 SIGTERM or SIGINT stop it (the handler only wakes the loop, ExaBGP-style); on the
-way out it logs how many packets it passed and refused, by reason.
+way out it logs how many packets it passed (by tunnel: ``passed``, ``passed-gue``,
+``passed-gre``) and refused, by reason.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import socket
 import struct
 import sys
 
-from director.realserver import ipip
+from director.realserver import gue, ipip
 
 # The raw sockets read, (family, protocol): what each carries inside.
 TUNNELS: tuple[tuple[int, int], ...] = (
@@ -74,7 +81,9 @@ def open_tun(name: str, *, persist: bool | None = None) -> int:
     return fd
 
 
-def run(tun: str, vips: frozenset[bytes]) -> collections.Counter[str]:
+def run(
+    tun: str, vips: frozenset[bytes], gue_ports: tuple[int, ...] = (), gre: bool = False
+) -> collections.Counter[str]:
     """Decapsulate until SIGTERM/SIGINT; return the counters."""
     counts: collections.Counter[str] = collections.Counter()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -88,7 +97,7 @@ def run(tun: str, vips: frozenset[bytes]) -> collections.Counter[str]:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    raws = open_tunnels()
+    raws = open_tunnels() + open_gue(gue_ports) + (open_gre() if gre else [])
     tun_fd = open_tun(tun)
     os.set_blocking(tun_fd, False)
     print("ready", flush=True)
@@ -139,10 +148,57 @@ def open_tunnels() -> list[socket.socket]:
     return raws
 
 
+def open_gue(ports: tuple[int, ...]) -> list[socket.socket]:
+    """A UDP socket on each GUE port, IPv4 and IPv6 both where the host has IPv6."""
+    socks: list[socket.socket] = []
+    for port in ports:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("0.0.0.0", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def open_gre() -> list[socket.socket]:
+    """The raw sockets of protocol 47 (IPv6's only where the host has IPv6)."""
+    raws: list[socket.socket] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            raw = socket.socket(family, socket.SOCK_RAW, gue.IPPROTO_GRE)
+        except OSError:
+            if family == socket.AF_INET:
+                raise
+            continue
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        if family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
+        raw.setblocking(False)
+        raws.append(raw)
+    return raws
+
+
 def _receive(
     raw: socket.socket, view: memoryview, vips: frozenset[bytes]
 ) -> ipip.Inner | ipip.Refusal | None:
     """The next packet of ``raw`` decapsulated (None: nothing waits)."""
+    if raw.type == socket.SOCK_DGRAM:  # GUE: the UDP payload
+        try:
+            size = raw.recv_into(view)
+        except BlockingIOError:
+            return None
+        return gue.decapsulate_gue(view[:size], vips)
+    if raw.family == socket.AF_INET and raw.proto == gue.IPPROTO_GRE:
+        try:
+            size = raw.recv_into(view)
+        except BlockingIOError:
+            return None
+        return gue.decapsulate_gre(view[:size], vips)
     if raw.family == socket.AF_INET:
         try:
             size = raw.recv_into(view)
@@ -157,6 +213,8 @@ def _receive(
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IPV6 and kind == IPV6_TCLASS and len(data) >= 4:
             tclass = int.from_bytes(data[:4], sys.byteorder)
+    if raw.proto == gue.IPPROTO_GRE:
+        return gue.decapsulate_gre6(view[:size], tclass, vips)
     return ipip.decapsulate6(view[:size], raw.proto, tclass, vips)
 
 
@@ -177,9 +235,17 @@ def _relay(
             continue
         try:
             os.write(tun_fd, result.packet)
-            counts["passed"] += 1
+            counts[_passed(raw)] += 1
         except OSError as err:  # EIO while the device is down, EAGAIN when full
             counts[f"write-{errno.errorcode.get(err.errno or 0, 'error')}"] += 1
+
+
+def _passed(raw: socket.socket) -> str:
+    """The counter of what ``raw`` passed: ``passed`` (IPIP and the IPv6 tunnels),
+    ``passed-gue``, ``passed-gre``."""
+    if raw.type == socket.SOCK_DGRAM:
+        return "passed-gue"
+    return "passed-gre" if raw.proto == gue.IPPROTO_GRE else "passed"
 
 
 def _drain(fd: int) -> None:
@@ -195,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="userspace IPIP and IPv6 tunnel decapsulator")
     parser.add_argument("--tun", required=True, help="TUN device carrying the VIPs")
     parser.add_argument("--vip", action="append", required=True, help="repeatable")
+    parser.add_argument("--gue-port", action="append", type=int, default=[], help="repeatable")
+    parser.add_argument("--gre", action="store_true", help="decapsulate GRE too")
     args = parser.parse_args(argv)
     try:
         vips = ipip.vip_set(args.vip)
-        counts = run(args.tun, vips)
+        counts = run(args.tun, vips, tuple(args.gue_port), args.gre)
     except (OSError, ValueError) as err:
         print(f"decap: {err}", file=sys.stderr, flush=True)
         return 1

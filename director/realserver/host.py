@@ -203,8 +203,10 @@ def _apply(action: plan.Action, directory: Path) -> int | None:
                 )
         case plan.WriteSysctl(path=path, value=value) | plan.RestoreSysctl(path=path, value=value):
             write_sysctl(path, value)
-        case plan.StartDecap(tun=tun, vips=vips):
-            return start_decap(tun, vips, directory / DECAP_LOG)
+        case plan.StartDecap(tun=tun, vips=vips, tun_type=tun_type, tun_port=tun_port):
+            return start_decap(
+                tun, vips, directory / DECAP_LOG, tun_type=tun_type, tun_port=tun_port
+            )
         case plan.StopDecap(pid=pid):
             stop_decap(pid)
         case _:
@@ -220,11 +222,23 @@ def _index(ipr: IPRoute, name: str) -> int:
     return index
 
 
-def start_decap(tun: str, vips: tuple[str, ...], log: Path, timeout: float = 10.0) -> int:
-    """Start the decapsulator in a session of its own; wait for its ``ready``."""
+def start_decap(
+    tun: str,
+    vips: tuple[str, ...],
+    log: Path,
+    timeout: float = 10.0,
+    tun_type: str = "ipip",
+    tun_port: int = 0,
+) -> int:
+    """Start the decapsulator in a session of its own; wait for its ``ready``.  GUE
+    (``tun_port``) and GRE come through it too, beside IPIP."""
     argv = [sys.executable, "-m", DECAP_MODULE, "--tun", tun]
     for vip in vips:
         argv += ["--vip", vip]
+    if tun_type == "gue":
+        argv += ["--gue-port", str(tun_port)]
+    elif tun_type == "gre":
+        argv.append("--gre")
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log, "ab") as err:
         proc = subprocess.Popen(

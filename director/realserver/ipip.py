@@ -80,7 +80,7 @@ def vip_set(vips: Iterable[str]) -> frozenset[bytes]:
     return frozenset(ipaddress.ip_address(v).packed for v in vips)
 
 
-def _header(buf: memoryview) -> tuple[int, int, int, int, bytes] | Refusal:
+def ipv4_header(buf: memoryview) -> tuple[int, int, int, int, bytes] | Refusal:
     """(header length, total length, fragment field, protocol, destination) or why not."""
     if len(buf) < IPV4_MIN_HEADER:
         return Refusal.SHORT
@@ -102,7 +102,7 @@ def decapsulate(data: bytes | bytearray | memoryview, vips: frozenset[bytes]) ->
     unchanged.
     """
     buf = memoryview(data)
-    outer = _header(buf)
+    outer = ipv4_header(buf)
     if isinstance(outer, Refusal):
         return outer
     ihl, total, frag, proto, _dst = outer
@@ -110,7 +110,7 @@ def decapsulate(data: bytes | bytearray | memoryview, vips: frozenset[bytes]) ->
         return Refusal.NOT_IPIP
     if frag & _FRAGMENT_MASK:
         return Refusal.FRAGMENT
-    return _inner(buf[ihl:total], proto, buf[1] & ECN_MASK, vips)
+    return check_inner(buf[ihl:total], proto, buf[1] & ECN_MASK, vips)
 
 
 def decapsulate6(
@@ -121,16 +121,16 @@ def decapsulate6(
     traffic class."""
     if next_header not in (IPPROTO_IPIP, IPPROTO_IPV6):
         return Refusal.NOT_IPIP
-    return _inner(memoryview(payload), next_header, tclass & ECN_MASK, vips)
+    return check_inner(memoryview(payload), next_header, tclass & ECN_MASK, vips)
 
 
-def _inner(
+def check_inner(
     inner_buf: memoryview, proto: int, outer_ecn: int, vips: frozenset[bytes]
 ) -> Inner | Refusal:
     """The inner packet of protocol ``proto`` checked: whole, to a VIP; ECN applied."""
     if proto == IPPROTO_IPV6:
         return _inner6(inner_buf, outer_ecn, vips)
-    inner = _header(inner_buf)
+    inner = ipv4_header(inner_buf)
     if inner is Refusal.OUTER_NOT_IPV4:
         return Refusal.INNER_NOT_IPV4
     if isinstance(inner, Refusal):

@@ -46,6 +46,7 @@ Method = Literal["dr", "tun"]
 Decap = Literal["auto", "kernel", "userspace"]
 METHODS: tuple[str, ...] = ("dr", "tun")
 DECAPS: tuple[str, ...] = ("auto", "kernel", "userspace")
+TUN_TYPES: tuple[str, ...] = ("ipip", "gue", "gre")  # the director's --tun-type
 
 DUMMY_DEV = "director0"
 TUN_DEV = "dirtun0"
@@ -88,6 +89,10 @@ class Request:
     method: Method
     vips: tuple[str, ...]
     decap: Decap = "auto"
+    # VS/TUN's tunnel type (the director's --tun-type): "ipip", "gue" (with its UDP
+    # port) or "gre"; GUE and GRE take the userspace decapsulator (no fou, no gre).
+    tun_type: str = "ipip"
+    tun_port: int = 0
 
 
 @dataclass(slots=True)
@@ -103,6 +108,8 @@ class State:
     added_addrs: list[tuple[str, str]] = field(default_factory=list)
     sysctls: dict[str, tuple[int, int]] = field(default_factory=dict)  # path: (old, ours)
     decap_pid: int | None = None
+    tun_type: str = "ipip"
+    tun_port: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +122,8 @@ class State:
             "added_addrs": [list(a) for a in self.added_addrs],
             "sysctls": {k: list(v) for k, v in self.sysctls.items()},
             "decap_pid": self.decap_pid,
+            "tun_type": self.tun_type,
+            "tun_port": self.tun_port,
         }
 
     @classmethod
@@ -129,6 +138,8 @@ class State:
             added_addrs=[(str(d), str(a)) for d, a in data.get("added_addrs", [])],
             sysctls={str(k): (int(o), int(n)) for k, (o, n) in data.get("sysctls", {}).items()},
             decap_pid=None if data.get("decap_pid") is None else int(data["decap_pid"]),
+            tun_type=str(data.get("tun_type", "ipip")),
+            tun_port=int(data.get("tun_port", 0)),
         )
 
 
@@ -186,6 +197,8 @@ class RestoreSysctl:
 class StartDecap:
     tun: str
     vips: tuple[str, ...]
+    tun_type: str = "ipip"  # gue or gre: the decapsulator reads them too
+    tun_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +252,19 @@ def choose_mode(req: Request, host: Host, vips: Iterable[str] = ()) -> str:
     if req.method == "dr":
         if req.decap != "auto":
             raise PlanError("--decap is for --method tun")
+        if req.tun_type != "ipip":
+            raise PlanError("--tun-type is for --method tun")
         return "dr"
+    if req.tun_type not in TUN_TYPES:
+        raise PlanError(f"--tun-type {req.tun_type!r}: choose ipip, gue or gre")
+    if (req.tun_type == "gue") != bool(req.tun_port) or not 0 <= req.tun_port <= 65535:
+        raise PlanError("--tun-port: GUE's UDP port (1 to 65535), for --tun-type gue only")
+    if req.tun_type != "ipip":
+        if req.decap == "kernel":
+            raise PlanError(
+                f"the kernel here has no {req.tun_type} decapsulation: use --decap userspace"
+            )
+        return "tun-userspace"
     ipv6 = any(":" in vip for vip in vips)
     if req.decap == "kernel" and ipv6:
         raise PlanError("the kernel decapsulates no IPv6 tunnel here: use --decap userspace")
@@ -268,12 +293,17 @@ def plan_up(host: Host, req: Request, state: State | None) -> tuple[State, list[
     vips = parse_vips(req.vips)
     every = tuple(dict.fromkeys([*(state.vips if state is not None else ()), *vips]))
     mode = choose_mode(req, host, every)
-    if state is not None and (state.method, state.mode) != (req.method, mode):
+    if state is not None and (state.method, state.mode, state.tun_type, state.tun_port) != (
+        req.method, mode, req.tun_type, req.tun_port,
+    ):  # fmt: skip
         raise PlanError(
             f"already up for {state.mode}: run `dirctl realserver down` before changing method"
         )
     if state is None:
-        state = State(method=req.method, mode=mode, vip_dev=vip_device(mode, host))
+        state = State(
+            method=req.method, mode=mode, vip_dev=vip_device(mode, host),
+            tun_type=req.tun_type, tun_port=req.tun_port,
+        )  # fmt: skip
     dev = state.vip_dev
     actions: list[Action] = []
     created = dev not in host.links
@@ -298,9 +328,9 @@ def plan_up(host: Host, req: Request, state: State | None) -> tuple[State, list[
         wanted = tuple(dict.fromkeys([*state.vips, *vips]))
         if state.decap_pid is not None and host.decap_alive and set(wanted) != set(state.vips):
             actions.append(StopDecap(state.decap_pid))
-            actions.append(StartDecap(dev, wanted))
+            actions.append(StartDecap(dev, wanted, state.tun_type, state.tun_port))
         elif state.decap_pid is None or not host.decap_alive:
-            actions.append(StartDecap(dev, wanted))
+            actions.append(StartDecap(dev, wanted, state.tun_type, state.tun_port))
     return replace(state, vips=list(dict.fromkeys([*state.vips, *vips]))), actions
 
 
@@ -423,8 +453,9 @@ def describe(action: Action) -> str:
             return f"ip addr del {addr}/{prefixlen(addr)} dev {dev}"
         case WriteSysctl(path=path, value=value) | RestoreSysctl(path=path, value=value):
             return f"sysctl {path.replace('/', '.')}={value}"
-        case StartDecap(tun=tun, vips=vips):
-            return f"start the IPIP decapsulator into {tun} for {', '.join(vips)}"
+        case StartDecap(tun=tun, vips=vips, tun_type=tun_type):
+            kinds = "IPIP" if tun_type == "ipip" else f"IPIP and {tun_type.upper()}"
+            return f"start the {kinds} decapsulator into {tun} for {', '.join(vips)}"
         case StopDecap(pid=pid):
             return f"stop the IPIP decapsulator (pid {pid})"
         case _:
