@@ -679,7 +679,13 @@ class Director:
         if err is None:
             return self._pass("icmp_other")
         if err.tunnel_dst is not None:
-            return self._icmp_tunnel(err, now)
+            verdict = self._icmp_tunnel(err, now)
+            if verdict is not None:
+                return verdict
+            # Not about one of our GUE or GRE tunnels after all: a UDP packet's error.
+            err = parse_icmp_error(buf, mark, tunnels=False)
+            if err is None:
+                return self._pass("icmp_other")
         conn = self.conns.find_in(
             err.inner_protocol, err.inner_daddr, err.inner_dport, err.inner_saddr,
             err.inner_sport,
@@ -715,7 +721,7 @@ class Director:
             return self._count(scheduled)
         return scheduled
 
-    def _icmp_tunnel(self, err: IcmpError, now: float) -> Verdict:
+    def _icmp_tunnel(self, err: IcmpError, now: float) -> Verdict | None:
         """ip_vs_in_icmp's "ICMP for IPIP": an error about a packet the director
         tunnelled to a real server quotes the client's request (not reversed); an
         ICMPv6 one with a wrong checksum is dropped, as ip_vs_in_icmp checks it for
@@ -732,13 +738,27 @@ class Director:
         are looked through the same way, so path MTU discovery works through VS/TUN
         for IPv6 too.  Across families the error is translated as RFC 7915 4.2 / 5.2
         translate it (packet too big and fragmentation needed, time exceeded, the
-        unreachables); what has no counterpart is not relayed."""
+        unreachables); what has no counterpart is not relayed.
+
+        GUE and GRE tunnels too (ipvs_udp_decap, ipvs_gre_decap): the quote's UDP and
+        GUE or GRE header is looked through when a real server of that address has
+        that tunnel type (and, for GUE, that port: ip_vs_find_tunnel), and the MTU told
+        is less their length as well (``hlen_ipip + ulen``).  None: the quote only
+        looked like one of ours (an error about some UDP packet, read again as such)."""
         conn = self.conns.find_in(
             err.inner_protocol, err.inner_saddr, err.inner_sport, err.inner_daddr,
             err.inner_dport,
         )  # fmt: skip
-        if conn is None or conn.dest.addr != err.tunnel_dst or conn.xmit.name != "tunnel":
-            return self._pass("icmp_no_conn")
+        dest = conn.dest if conn is not None else None
+        if (
+            conn is None
+            or dest is None
+            or dest.addr != err.tunnel_dst
+            or conn.xmit.name != "tunnel"
+            or dest.tun_type != err.tunnel_type
+            or (err.tunnel_type == "gue" and dest.tun_port != err.tunnel_port)
+        ):  # ip_vs_find_tunnel: a real server of that address, tunnel type and port
+            return None if err.tunnel_type != "ipip" else self._pass("icmp_no_conn")
         buf = err.pkt.buf
         at = err.pkt.l4
         outer6 = len(err.pkt.saddr) == 16
@@ -756,7 +776,7 @@ class Director:
             translated = icmp
         mtu = 0
         if icmp == ((ICMPV6_PKT_TOOBIG, 0) if outer6 else (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED)):
-            hlen = IPV6_HLEN if outer6 else TUNNEL_HLEN
+            hlen = (IPV6_HLEN if outer6 else TUNNEL_HLEN) + err.tunnel_ulen  # hlen_ipip + ulen
             mtu = int.from_bytes(buf[at + 4 : at + 8] if outer6 else buf[at + 6 : at + 8], "big")
             route = conn.dest.route
             if route is not None:

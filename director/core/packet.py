@@ -23,7 +23,12 @@ IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_IPV6 = 41  # IPv6 in IPv6 (or in IPv4): VS/TUN's encapsulation
+IPPROTO_GRE = 47
 IPPROTO_ICMPV6 = 58
+# VS/TUN's GUE and GRE tunnels as an ICMP error quotes them (ipvs_udp_decap,
+# ipvs_gre_decap): GRE's protocol types, and its flags other than C (version 0 too).
+_GRE_PROTOCOLS = {0x0800: IPPROTO_IPIP, 0x86DD: IPPROTO_IPV6}
+_GRE_NOT_C = 0x7FFF
 
 # IPv6 extension headers (NEXTHDR_*, include/net/ipv6.h) and how ipv6_find_hdr sizes
 # each: ipv6_optlen, (hdrlen + 1) * 8 bytes; ipv6_authlen, (hdrlen + 2) * 4 bytes; the
@@ -254,7 +259,10 @@ class IcmpError:
     An error about one of the director's own tunnelled packets (VS/TUN) quotes the
     tunnel header and, inside it, the client's request: then ``tunnel_dst`` is the real
     server the tunnel went to and ``inner`` is the client's quoted request.  The
-    tunnel and the request need not be of one family (IPv4 in IPv6 and the reverse)."""
+    tunnel and the request need not be of one family (IPv4 in IPv6 and the reverse).
+    ``tunnel_type`` says which tunnel ("ipip", "gue" or "gre"), ``tunnel_port`` GUE's
+    UDP destination port and ``tunnel_ulen`` the UDP and GUE or GRE header's length
+    (ip_vs_in_icmp's ``ulen``)."""
 
     __slots__ = (
         "inner",
@@ -266,6 +274,9 @@ class IcmpError:
         "inner_sport",
         "pkt",
         "tunnel_dst",
+        "tunnel_port",
+        "tunnel_type",
+        "tunnel_ulen",
     )
 
     def __init__(
@@ -275,10 +286,12 @@ class IcmpError:
         inner_l4: int,
         tunnel_dst: bytes | None = None,
         inner_protocol: int | None = None,
+        tunnel: tuple[str, int, int] = ("ipip", 0, 0),
     ) -> None:
         buf = pkt.buf
         self.pkt = pkt
         self.tunnel_dst = tunnel_dst
+        self.tunnel_type, self.tunnel_port, self.tunnel_ulen = tunnel
         self.inner = inner
         self.inner_l4 = inner_l4
         if buf[inner] >> 4 == 6:
@@ -310,15 +323,38 @@ def _quoted(buf: bytearray, at: int, end: int) -> tuple[int, int] | None:
     return protocol, l4
 
 
-def parse_icmp_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
+def _tunnel_quote(
+    buf: bytearray, protocol: int, at: int, end: int
+) -> tuple[str, int, int, int] | None:
+    """The GUE or GRE tunnel header a quote of protocol UDP or GRE holds at ``at``, as
+    ipvs_udp_decap and ipvs_gre_decap read it: (type, GUE's port, header length, inner
+    protocol 4 or 41), or None when it is not one (GUE version 0 and C 0, its
+    proto_ctype 4 or 41; GRE with no flag but C, protocol type IPv4 or IPv6).  The
+    kernel takes only an IPv4 client's packet inside; here IPv6 ones too, as for IPIP."""
+    if protocol == IPPROTO_UDP:
+        if end < at + 12 or buf[at + 8] >> 5 or buf[at + 9] not in (IPPROTO_IPIP, IPPROTO_IPV6):
+            return None
+        port = buf[at + 2] << 8 | buf[at + 3]
+        return ("gue", port, 12 + 4 * (buf[at + 8] & 0x1F), buf[at + 9])
+    if protocol == IPPROTO_GRE and end >= at + 4:
+        flags, ethertype = _PORTS.unpack_from(buf, at)
+        if flags & _GRE_NOT_C or ethertype not in _GRE_PROTOCOLS:
+            return None
+        return ("gre", 0, 8 if flags else 4, _GRE_PROTOCOLS[ethertype])
+    return None
+
+
+def parse_icmp_error(buf: bytearray, mark: int = 0, tunnels: bool = True) -> IcmpError | None:
     """Read an ICMP error about a TCP or UDP packet; None for any other ICMP message
-    (echo and the like are the local stack's business); PacketError if malformed."""
+    (echo and the like are the local stack's business); PacketError if malformed.
+    With ``tunnels``, a quoted UDP or GRE packet that holds a GUE or GRE header is read
+    as one of VS/TUN's (the engine reads it again without when no tunnel matches)."""
     size = len(buf)
     if size < 20:
         raise PacketError("truncated")
     vihl, _tos, length, _id, frag, _ttl, protocol, _csum, saddr, daddr = _IP.unpack_from(buf)
     if vihl >> 4 == 6:
-        return parse_icmp6_error(buf, mark)
+        return parse_icmp6_error(buf, mark, tunnels)
     ihl = (vihl & 0x0F) << 2
     if vihl >> 4 != 4 or ihl < 20 or length < ihl or length > size:
         raise PacketError("bad_length" if vihl >> 4 == 4 and ihl >= 20 else "bad_header_length")
@@ -335,11 +371,16 @@ def parse_icmp_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
         raise PacketError("icmp_truncated")
     tunnel_dst = None
     inner_protocol = buf[inner + 9]
+    tunnel = ("ipip", 0, 0)
+    found = _tunnel_quote(buf, inner_protocol, inner_l4, length) if tunnels else None
+    if found is not None:
+        tunnel, inner_protocol = found[:3], found[3]
     if inner_protocol in (IPPROTO_IPIP, IPPROTO_IPV6):
-        # ICMP for IPIP: look through the tunnel header to the client's request; a
-        # quote too short to hold its ports is no use (RFC 792 asks only 8 bytes).
+        # ICMP for IPIP (and UDP/GRE): look through the tunnel header to the client's
+        # request; a quote too short to hold its ports is no use (RFC 792 asks only 8
+        # bytes).
         tunnel_dst = bytes(buf[inner + 16 : inner + 20])
-        inner = inner_l4
+        inner = inner_l4 + tunnel[2]
         quoted = _quoted(buf, inner, length)
         if quoted is None or (buf[inner] >> 4 == 4) != (inner_protocol == IPPROTO_IPIP):
             return None
@@ -351,10 +392,10 @@ def parse_icmp_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
     if length < size:
         del buf[length:]
     pkt = Packet(buf, protocol, saddr, daddr, 0, 0, ihl, length, 0, mark)
-    return IcmpError(pkt, inner, inner_l4, tunnel_dst, inner_protocol)
+    return IcmpError(pkt, inner, inner_l4, tunnel_dst, inner_protocol, tunnel)
 
 
-def parse_icmp6_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
+def parse_icmp6_error(buf: bytearray, mark: int = 0, tunnels: bool = True) -> IcmpError | None:
     """``parse_icmp_error`` for ICMPv6, as ip_vs_in_icmp_v6 / ip_vs_out_icmp_v6 read
     it: every error type (the types below 128: destination unreachable, packet too
     big, time exceeded, parameter problem), informational messages being None; an
@@ -383,9 +424,13 @@ def parse_icmp6_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
         return None
     inner_protocol, inner_l4 = quoted
     tunnel_dst = None
+    tunnel = ("ipip", 0, 0)
+    found = _tunnel_quote(buf, inner_protocol, inner_l4, length) if tunnels else None
+    if found is not None:
+        tunnel, inner_protocol = found[:3], found[3]
     if inner_protocol in (IPPROTO_IPV6, IPPROTO_IPIP):
         tunnel_dst = bytes(buf[inner + 24 : inner + 40])
-        inner = inner_l4
+        inner = inner_l4 + tunnel[2]
         quoted = _quoted(buf, inner, length)
         if quoted is None or (buf[inner] >> 4 == 4) != (inner_protocol == IPPROTO_IPIP):
             return None
@@ -399,4 +444,4 @@ def parse_icmp6_error(buf: bytearray, mark: int = 0) -> IcmpError | None:
     if length < len(buf):
         del buf[length:]
     pkt = Packet(buf, IPPROTO_ICMPV6, saddr, daddr, 0, 0, l4, length, 0, mark)
-    return IcmpError(pkt, inner, inner_l4, tunnel_dst, inner_protocol)
+    return IcmpError(pkt, inner, inner_l4, tunnel_dst, inner_protocol, tunnel)

@@ -30,6 +30,7 @@ import socket
 import struct
 
 import dpkt
+import pytest
 
 from director.core.checksum import adjust16, internet_checksum
 from director.core.engine import Director
@@ -266,3 +267,67 @@ def test_the_path_mtu_counts_the_tunnel_types_header() -> None:
         assert packet[9] == protocol and len(packet) == 1500
         if protocol == 17:
             assert struct.unpack_from("!H", packet, 22)[0] == 6080
+
+
+def _frag_needed(router: bytes, about: bytes, mtu: int) -> bytearray:
+    """A router's ICMP fragmentation needed (RFC 1191) about ``about``, to its source,
+    quoting its header and the next 548 bytes (RFC 1812 4.3.2.3: as much as fits)."""
+    quote = about[:576]
+    icmp = bytearray(struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quote)
+    struct.pack_into("!H", icmp, 2, internet_checksum(icmp))
+    header = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0, router, about[12:16])
+    )
+    struct.pack_into("!H", header, 10, internet_checksum(header))
+    return header + icmp
+
+
+@pytest.mark.parametrize(
+    ("dest", "ulen"),
+    [
+        (DestConf("198.19.0.2", 8080, "tunnel", tun_type="gue", tun_port=6080), 12),
+        (
+            DestConf("198.19.0.2", 8080, "tunnel", tun_type="gue", tun_port=6080, tun_flags="csum"),
+            12,
+        ),
+        (DestConf("198.19.0.2", 8080, "tunnel", tun_type="gre"), 4),
+        (DestConf("198.19.0.2", 8080, "tunnel", tun_type="gre", tun_flags="csum"), 8),
+    ],
+    ids=["gue", "gue-csum", "gre", "gre-csum"],
+)
+def test_an_error_about_our_gue_or_gre_packet_reaches_the_client(dest: DestConf, ulen: int) -> None:
+    """ip_vs_in_icmp with ipvs_udp_decap / ipvs_gre_decap: a router's fragmentation
+    needed about the director's GUE or GRE packet is looked through to the client's
+    request inside; the real server's path MTU is learned, and the client hears, from
+    the VIP about its own packet, that MTU less the outer IP and tunnel headers
+    (``mtu -= hlen_ipip + ulen``)."""
+    d = _director(dest, 1500)
+    request = bytearray(tcp(CLIENT, VIP, 40000, 8080, SYN, b"x" * 1000))
+    request[6] |= 0x40
+    request[10:12] = b"\0\0"
+    struct.pack_into("!H", request, 10, internet_checksum(request[:20]))
+    action, sent = d.hook_in(bytearray(request), 1.0)
+    assert action == SEND and isinstance(sent, bytearray)
+    error = _frag_needed(socket.inet_aton("198.18.0.254"), bytes(sent), 1300)
+    action, answer = d.hook_in(error, 2.0)
+    assert action == SEND and isinstance(answer, bytearray)
+    ip = dpkt.ip.IP(bytes(answer))
+    assert (socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)) == (VIP, CLIENT)
+    assert (ip.data.type, ip.data.code, ip.data.data.mtu) == (3, 4, 1300 - 20 - ulen)
+    assert bytes(ip.data.data.data)[:28] == bytes(sent[20 + ulen : 48 + ulen])  # its request
+    (live,) = (x for svc in d.services for x in svc.dests)
+    assert live.pmtu == 1300
+
+
+def test_an_error_about_another_udp_packet_is_not_a_tunnels() -> None:
+    """A quoted UDP datagram whose payload only looks like GUE, to a real server with
+    another tunnel port (ip_vs_find_tunnel finds none): not looked through."""
+    d = _director(DestConf("198.19.0.2", 8080, "tunnel", tun_type="gue", tun_port=6080), 1500)
+    sent = d.hook_in(bytearray(tcp(CLIENT, VIP, 40000, 8080, SYN)), 1.0)[1]
+    assert isinstance(sent, bytearray)
+    other = bytearray(sent)
+    struct.pack_into("!H", other, 22, 6081)
+    action, _ = d.hook_in(_frag_needed(socket.inet_aton("198.18.0.254"), bytes(other), 1300), 2.0)
+    assert action != SEND
+    (live,) = (x for svc in d.services for x in svc.dests)
+    assert live.pmtu == 0
