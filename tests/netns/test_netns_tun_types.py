@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labtools import FileServer, random_file, sha256_file
+from labtools import FileServer, random_file, route_mtu, sha256_file
 from socat32 import PORT, need_socat, transfer
 
 from director.lab import topology
@@ -86,3 +86,52 @@ def test_tun_types_two_routed_hops_away(daemon: Daemon, tunnel: str, tmp_path: P
     counts = dict(item.rsplit(" ", 1) for item in summary.split(": ", 1)[1].split(", "))
     kind = f"passed-{tunnel.split('-')[0]}"  # every packet came by the tunnel type
     assert set(counts) == {kind} and int(counts[kind]) > 100, summary
+
+
+PMTU = {  # tunnel -> (realserver up options, the server's options, outer headers' length)
+    "gue": (("--tun-type", "gue", "--tun-port", "6080"), "--tun-csum", 20 + 8 + 4),
+    "gre": (("--tun-type", "gre"), "--tun-nocsum", 20 + 4),
+    "gre-csum": (("--tun-type", "gre"), "--tun-csum", 20 + 8),
+}
+
+
+@pytest.mark.parametrize("tunnel", list(PMTU))
+def test_path_mtu_through_gue_and_gre(daemon: Daemon, tunnel: str, tmp_path: Path) -> None:
+    """Path MTU discovery through each tunnel type: a 2 MB upload of full-sized DF
+    segments arrives whole, the client learning 1500 less the outer IP and tunnel
+    headers from the director (__ip_vs_get_out_rt's MTU, ensure_mtu_is_adequate), then,
+    the router's link toward the real server narrowed to 1300, 1300 less them from the
+    router's error about the director's GUE or GRE packet, looked through
+    (ip_vs_in_icmp with ipvs_udp_decap / ipvs_gre_decap: ``mtu -= hlen_ipip + ulen``)."""
+    lab = daemon.lab
+    assert lab.router is not None
+    rs = lab.real_servers[0]
+    args, csum, overhead = PMTU[tunnel]
+    topology.realserver(lab, rs, "down", "-q")
+    topology.realserver(lab, rs, "up", "--vip", VIP, "--method", "tun", *args, "-q")
+    server = " ".join((*args, csum))
+    vip, rip = f"{VIP}:{FILE_PORT}", f"{rs.addr}:{FILE_PORT}"
+    rules = f"-A -t {vip} -s rr\n-a -t {vip} -r {rip} -i {server}\n"
+    done = daemon.dirctl("restore", input=rules)
+    assert done.returncode == 0, done.stderr
+    digest = random_file(tmp_path / "upload", 2 << 20)
+    (tmp_path / "www").mkdir()
+    upload = ["curl", "-sS", "--max-time", "10", "-H", "Expect:", "--data-binary",
+              f"@{tmp_path / 'upload'}", f"http://{VIP}:{FILE_PORT}/"]  # fmt: skip
+    try:
+        with FileServer(lab, rs.netns, FILE_PORT, tmp_path / "www"):
+            lab.run(lab.client, ["ip", "route", "flush", "cache"])
+            done = lab.run(lab.client, upload, check=False, timeout=30)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split() == [digest, str(2 << 20)]
+            assert route_mtu(lab, lab.client, VIP) == 1500 - overhead
+            lab.run(lab.client, ["ip", "route", "flush", "cache"])
+            lab.run(lab.router, ["ip", "link", "set", "br0", "mtu", "1300"])
+            done = lab.run(lab.client, upload, check=False, timeout=30)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split() == [digest, str(2 << 20)]
+            assert route_mtu(lab, lab.client, VIP) == 1300 - overhead
+    finally:
+        lab.run(lab.router, ["ip", "link", "set", "br0", "mtu", "1500"], check=False)
+        lab.run(lab.client, ["ip", "route", "flush", "cache"], check=False)
+        topology.realserver(lab, rs, "down", "-q", check=False)
