@@ -198,6 +198,18 @@ _QUOTED_INNER_SRC = "0>>22&0x3C@40"
 _QUOTED_6IN4 = "0>>22&0x3C@16>>16&0xFF=41"
 _ICMP_AT = "0>>22&0x3C@"
 _QUOTED_6IN4_SRC = 8 + 20 + 8
+# A GUE or GRE tunnel's (an IPv4 client's request): the GUE header 8 bytes into the
+# quoted UDP header (version 0, C 0, proto_ctype 4; no option: director sends none for
+# a complete checksum), the GRE header right after the quoted IP header (flags 0 or C,
+# protocol type IPv4); the client's address 12 bytes into the packet behind them.
+_QUOTED_GUE = f"{_ICMP_AT}16>>16&0xFF=17&&{_ICMP_AT}36>>16&0xE0FF=4"
+_QUOTED_GRE = f"{_ICMP_AT}16>>16&0xFF=47&&{_ICMP_AT}28=0x800"
+_QUOTED_GRE_CSUM = f"{_ICMP_AT}16>>16&0xFF=47&&{_ICMP_AT}28=0x80000800"
+_TUNNEL_QUOTES = (
+    (_QUOTED_GUE, f"{_ICMP_AT}52"),
+    (_QUOTED_GRE, f"{_ICMP_AT}44"),
+    (_QUOTED_GRE_CSUM, f"{_ICMP_AT}48"),
+)
 
 
 def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
@@ -220,10 +232,19 @@ def shard_rules(shards: Shards, queue: int, bypass: bool = False) -> list[str]:
             f"-A {SHARD_ICMP} -m u32 --u32 {_QUOTED_IPIP}&&{_QUOTED_INNER_SRC}"
             f"&{mask:#x}={addr:#x} {to(worker)}"
         )
+        others = "".join(f"-m u32 ! --u32 {quote} " for quote, _ in _TUNNEL_QUOTES)
         rules.append(
             f"-A {SHARD_ICMP} -m u32 ! --u32 {_QUOTED_IPIP} -m u32 ! --u32 {_QUOTED_6IN4} "
-            f"-m u32 --u32 {_QUOTED_DST}&{mask:#x}={addr:#x} {to(worker)}"
+            f"{others}-m u32 --u32 {_QUOTED_DST}&{mask:#x}={addr:#x} {to(worker)}"
         )
+    # A GUE or GRE tunnel's error (VS/TUN --tun-type gue|gre): by the client inside.
+    for addr, mask, worker in shards.patterns():
+        if not mask:
+            break
+        for quote, src in _TUNNEL_QUOTES:
+            rules.append(
+                f"-A {SHARD_ICMP} -m u32 --u32 {quote}&&{src}&{mask:#x}={addr:#x} {to(worker)}"
+            )
     # An IPv6 client's request the director tunnelled in IPv4 (a mixed-family pool):
     # by the IPv6 client's bits (Shards.patterns6).
     for addr, mask, worker in shards.patterns6():

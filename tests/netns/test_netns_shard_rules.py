@@ -134,8 +134,10 @@ def test_iptables_restore_takes_the_rendered_hooks(
     assert masks == sorted(" ".join(r.split()[1:4]) for r in loaded if r.split()[2] in ("-s", "-d"))
     queues = {int(q) for rule in loaded for q in re.findall(r"--queue-num (\d+)", rule)}
     assert queues == set(range(QUEUE, QUEUE + 2 * workers))
-    assert sum("-m u32" in rule for rule in loaded) == (  # and IPv6 clients tunnelled in IPv4
-        0 if workers == 1 else (2 << len(shards.bits)) + (1 << len(shards.bits6))
+    assert sum("-m u32" in rule for rule in loaded) == (  # and IPv6 clients tunnelled in IPv4,
+        0  # IPv4 ones in GUE, GRE and GRE with its checksum
+        if workers == 1
+        else (2 << len(shards.bits)) + (1 << len(shards.bits6)) + 3 * (1 << len(shards.bits))
     )
     save = ns.exec("iptables-save", "-t", "filter").stdout
     assert "-A INPUT -j DIRECTOR_IN" in save and "-A FORWARD -j DIRECTOR_FWD" in save
@@ -175,6 +177,15 @@ else:
     if "inner" in job:  # IPIP: the director's outer header, the client's packet inside
         inner = iphdr(job["inner"], job["qdst"], 6, 28) + tcp
         quoted = iphdr(job["qsrc"], job["qdst"], 4, 20 + len(inner)) + inner
+    if "gue" in job:  # GUE: the director's UDP (to the GUE port) and GUE header
+        inner = iphdr(job["gue"], job["qdst"], 6, 28) + tcp
+        head = struct.pack("!HHHH", 40001, 6080, 12 + len(inner), 0) + bytes((0, 4, 0, 0))
+        quoted = iphdr(job["qsrc"], job["qdst"], 17, 20 + len(head) + len(inner)) + head + inner
+    if "gre" in job:  # GRE (with its checksum word when "csum")
+        inner = iphdr(job["gre"], job["qdst"], 6, 28) + tcp
+        head = struct.pack("!HH", 0x8000, 0x0800) + bytes(4) if job.get("csum") else \
+            struct.pack("!HH", 0, 0x0800)
+        quoted = iphdr(job["qsrc"], job["qdst"], 47, 20 + len(head) + len(inner)) + head + inner
     if "inner6" in job:  # IPv6 in IPv4 (41): an IPv6 client's request, a mixed pool
         six = [socket.inet_pton(socket.AF_INET6, a) for a in (job["inner6"], "2001:db8:1::100")]
         inner = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + six[0] + six[1] + tcp
@@ -238,6 +249,24 @@ def test_an_icmp_error_about_a_tunnelled_request_goes_to_the_worker_of_the_inner
     the client is the inner packet's source (ip_vs_in_icmp's "ICMP for IPIP")."""
     before = counters(director)
     send(director, kind="icmp", src=router, dst=OWN, qsrc=OWN, qdst=RS, inner=client)
+    worker = int(client.rsplit(".", 1)[1]) & 1
+    assert queue_of(before, counters(director)) == ("DIRECTOR_SHARD_ICMP", QUEUE + 2 * worker)
+
+
+@pytest.mark.parametrize("tunnel", [{"gue": True}, {"gre": True}, {"gre": True, "csum": True}],
+                         ids=["gue", "gre", "gre-csum"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("router", "client"), [(EVEN_ROUTER, ODD_CLIENT), (ODD_ROUTER, EVEN_CLIENT)]
+)
+def test_an_icmp_error_about_a_gue_or_gre_request_goes_to_the_worker_of_the_inner_client(
+    director: Netns, router: str, client: str, tunnel: dict[str, bool]
+) -> None:
+    """TUN over GUE or GRE: the error quotes the director's UDP+GUE or GRE packet; the
+    client is the source of the packet behind their header (ipvs_udp_decap,
+    ipvs_gre_decap), not the real server the quote is addressed to."""
+    job = {key: client if key in ("gue", "gre") else True for key in tunnel}
+    before = counters(director)
+    send(director, kind="icmp", src=router, dst=OWN, qsrc=OWN, qdst=RS, **job)
     worker = int(client.rsplit(".", 1)[1]) & 1
     assert queue_of(before, counters(director)) == ("DIRECTOR_SHARD_ICMP", QUEUE + 2 * worker)
 

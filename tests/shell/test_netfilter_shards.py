@@ -84,8 +84,9 @@ def test_two_workers_by_the_last_address_bit(bypass: bool) -> None:
         f"-j NFQUEUE --queue-num {QUEUE + 1}{tail}",
     ]
     icmp = chain(text, SHARD_ICMP)
-    assert len(icmp) == 5
-    for rule, (value, queue) in zip(icmp[:4], [(0, 10), (0, 10), (1, 12), (1, 12)], strict=True):
+    assert len(icmp) == 11  # IPIP, other, IPIP, other, then GUE, GRE, GRE-C per worker
+    by_worker = [(0, 10)] * 2 + [(1, 12)] * 2 + [(0, 10)] * 3 + [(1, 12)] * 3
+    for rule, (value, queue) in zip(icmp[:10], by_worker, strict=True):
         assert rule.endswith(f"&0x1={value:#x} -j NFQUEUE --queue-num {queue}{tail}"), rule
     assert icmp[-1] == f"-j NFQUEUE --queue-num {QUEUE}{tail}"
     assert queues(text) == {10, 11, 12, 13}
@@ -101,11 +102,22 @@ def test_the_icmp_rules_read_the_quoted_packet() -> None:
     icmp = chain("\n".join(shard_rules(Shards(2, (8,)), 0)), SHARD_ICMP)
     ipip, sixin4 = "0>>22&0x3C@16>>16&0xFF=4", "0>>22&0x3C@16>>16&0xFF=41"
     assert icmp[0] == (f"-m u32 --u32 {ipip}&&0>>22&0x3C@40&0x100=0x0 -j NFQUEUE --queue-num 0")
+    gue = "0>>22&0x3C@16>>16&0xFF=17&&0>>22&0x3C@36>>16&0xE0FF=4"
+    gre = "0>>22&0x3C@16>>16&0xFF=47&&0>>22&0x3C@28=0x800"
+    gre_csum = "0>>22&0x3C@16>>16&0xFF=47&&0>>22&0x3C@28=0x80000800"
     assert icmp[1] == (
-        f"-m u32 ! --u32 {ipip} -m u32 ! --u32 {sixin4} -m u32 --u32 0>>22&0x3C@24&0x100=0x0"
+        f"-m u32 ! --u32 {ipip} -m u32 ! --u32 {sixin4} -m u32 ! --u32 {gue} "
+        f"-m u32 ! --u32 {gre} -m u32 ! --u32 {gre_csum} -m u32 --u32 0>>22&0x3C@24&0x100=0x0"
         " -j NFQUEUE --queue-num 0"
     )
     assert icmp[2].endswith("&0x100=0x100 -j NFQUEUE --queue-num 2")
+    # GUE and GRE (ipvs_udp_decap, ipvs_gre_decap): the client 8 + 20 + 8 + 4 + 12,
+    # 8 + 20 + 4 + 12 and 8 + 20 + 8 + 12 bytes on.
+    assert icmp[4:7] == [
+        f"-m u32 --u32 {gue}&&0>>22&0x3C@52&0x100=0x0 -j NFQUEUE --queue-num 0",
+        f"-m u32 --u32 {gre}&&0>>22&0x3C@44&0x100=0x0 -j NFQUEUE --queue-num 0",
+        f"-m u32 --u32 {gre_csum}&&0>>22&0x3C@48&0x100=0x0 -j NFQUEUE --queue-num 0",
+    ]
 
 
 def test_an_ipv6_client_tunnelled_in_ipv4_is_found_by_its_own_bits() -> None:
