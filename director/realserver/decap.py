@@ -54,6 +54,7 @@ TUNNELS: tuple[tuple[int, int], ...] = (
     (socket.AF_INET6, ipip.IPPROTO_IPIP),  # IPv4 in IPv6
 )
 IPV6_RECVTCLASS = 66  # linux/in6.h
+UDP_NO_CHECK6_RX = 102  # linux/udp.h: take IPv6 datagrams with a zero checksum
 IPV6_TCLASS = 67
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -155,6 +156,9 @@ def open_gue(ports: tuple[int, ...]) -> list[socket.socket]:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            # --tun-nocsum sends a zero UDP checksum over IPv6 too (udp6_set_csum with
+            # nocheck), which RFC 6935 allows tunnels and the socket must accept.
+            sock.setsockopt(socket.IPPROTO_UDP, UDP_NO_CHECK6_RX, 1)
             sock.bind(("::", port))
         except OSError:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

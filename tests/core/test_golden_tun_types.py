@@ -331,3 +331,35 @@ def test_an_error_about_another_udp_packet_is_not_a_tunnels() -> None:
     assert action != SEND
     (live,) = (x for svc in d.services for x in svc.dests)
     assert live.pmtu == 0
+
+
+def test_a_packet_too_big_about_our_ipv6_gue_packet_reaches_the_ipv4_client() -> None:
+    """An IPv4 client's request in GUE over IPv6 (ip_vs_tunnel_xmit_v6): the router's
+    ICMPv6 packet too big about it (RFC 4443 3.2) is looked through the IPv6, UDP and
+    GUE headers, and the client hears fragmentation needed (RFC 7915 5.2) with the MTU
+    less 40 + 12 bytes."""
+    source6 = socket.inet_pton(socket.AF_INET6, "2001:db8:2::1")
+    router6 = socket.inet_pton(socket.AF_INET6, "2001:db8:2::254")
+    d = Director()
+    dest = DestConf("2001:db8:3::2", 8080, "tunnel", tun_type="gue", tun_port=6080)
+    d.configure(Config(services=(ServiceConf("tcp", VIP, 8080, scheduler="rr", dests=(dest,)),)))
+    for svc in d.services:
+        for live in svc.dests:
+            live.route = Route(ifindex=3, source=source6, mtu=1500)
+    request = bytearray(tcp(CLIENT, VIP, 40000, 8080, SYN, b"x" * 1000))
+    request[6] |= 0x40
+    request[10:12] = b"\0\0"
+    struct.pack_into("!H", request, 10, internet_checksum(request[:20]))
+    action, sent = d.hook_in(bytearray(request), 1.0)
+    assert action == SEND and isinstance(sent, bytearray) and sent[6] == 17
+    body = bytearray(struct.pack("!BBHI", 2, 0, 0, 1400) + bytes(sent[:1232]))
+    ip6 = dpkt.ip6.IP6(src=router6, dst=source6, nxt=58, hlim=64, data=b"")
+    header = bytearray(bytes(ip6))
+    header[4:6] = struct.pack("!H", len(body))
+    pseudo = router6 + source6 + struct.pack("!I3xB", len(body), 58)
+    struct.pack_into("!H", body, 2, internet_checksum(pseudo + bytes(body)))
+    action, answer = d.hook_in(header + body, 2.0)
+    assert action == SEND and isinstance(answer, bytearray)
+    ip = dpkt.ip.IP(bytes(answer))
+    assert (socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)) == (VIP, CLIENT)
+    assert (ip.data.type, ip.data.code, ip.data.data.mtu) == (3, 4, 1400 - 40 - 12)
