@@ -61,6 +61,32 @@ def test_add_service_and_servers(target: Daemon, capsys: pytest.CaptureFixture[s
     assert load_rules(out) == load_rules(SEED) == target.config
 
 
+def test_tunnel_types_add_edit_and_list(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """dirctl add-server/edit-server --tun-type/--tun-port/--tun-*csum, saved and
+    listed (--tun-info) as ipvsadm 1.31 prints them (tests/ctl/ipvsadm131/vm_tuntype.out)."""
+    assert run(capsys, "add-service", "-t", "203.0.113.7:80", "-s", "rr")[0] == 0
+    argv = ["add-server", "-t", "203.0.113.7:80", "-r", "198.18.0.3", "-i", "--tun-type", "gue",
+            "--tun-port", "6080", "--tun-nocsum"]  # fmt: skip
+    assert run(capsys, *argv)[0] == 0
+    argv = ["add-server", "-t", "203.0.113.7:80", "-r", "198.18.0.4", "-i", "--tun-type", "gre",
+            "--tun-csum"]  # fmt: skip
+    assert run(capsys, *argv)[0] == 0
+    status, out, _ = run(capsys, "save", "-n")
+    assert out.splitlines()[1:] == [
+        "-a -t 203.0.113.7:80 -r 198.18.0.3:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-nocsum",
+        "-a -t 203.0.113.7:80 -r 198.18.0.4:80 -i -w 1 --tun-type gre --tun-csum",
+    ]
+    argv = ["edit-server", "-t", "203.0.113.7:80", "-r", "198.18.0.3", "--tun-remcsum"]
+    assert run(capsys, *argv)[0] == 0
+    status, out, _ = run(capsys, "list", "-n", "--tun-info")
+    assert status == 0
+    assert "  -> 198.18.0.3:80                Tunnel  gue:6080:r+c  1      0          0" in out
+    assert "  -> 198.18.0.4:80                Tunnel  gre:+c        1      0          0" in out
+    argv = ["add-server", "-t", "203.0.113.7:80", "-r", "198.18.0.5", "-m", "--tun-csum"]
+    status, _, err = run(capsys, *argv)
+    assert status == 2 and err.strip().endswith("Tunnel options conflict with forward method")
+
+
 def test_bare_persistent_means_360(target: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "add-service", "-t", "203.0.113.5:443", "-p", "-s", "rr")[0] == 0
     assert run(capsys, "add-service", "-f", "9", "-p")[0] == 0
