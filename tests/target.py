@@ -9,8 +9,8 @@ that need the kernel are in memory:
 - ``MemoryHooks``: the netfilter hooks record what they would select
   (``director.shell.netfilter.selection``, the production computation) instead of
   loading iptables rules and ipsets;
-- ``StaticRoutes``: route lookups answer from a table instead of netlink
-  (``Routes.annotate``, what the daemon does with it, stays).
+- ``StaticRoutes``: route lookups (and the host's links) answer from a table instead
+  of netlink (``Routes.annotate``, what the daemon does with it, stays).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from director.core.route import Route
 from director.core.shard import Shards
+from director.core.tunneled import Link
 from director.ctl.ipvsadm import load_rules
 from director.model.config import Config
 from director.shell.board import SlotKey
@@ -41,6 +42,7 @@ class MemoryHooks(Hooks):
     installed: bool = False
     selected: tuple[dict[str, set[Entry]], set[int]] = field(default_factory=lambda: ({}, set()))
     dnat: list[str] = field(default_factory=list)
+    tunneled_devs: frozenset[str] = frozenset()  # the tunnel sets' devices
 
     def install(self) -> None:
         self.installed = True
@@ -57,21 +59,32 @@ class MemoryHooks(Hooks):
     def reshard(self, shards: Shards) -> None:
         self.shards = shards
 
+    def tunneled(self, devices: frozenset[str]) -> None:
+        self.tunneled_devs = devices
+
 
 class StaticRoutes(Routes):
-    """Route lookups from a table: ``routes[addr]`` (None: no route), else ``default``."""
+    """Route lookups from a table: ``routes[addr]`` (None: no route), else ``default``;
+    the host's devices from ``links``."""
 
     def __init__(
-        self, routes: Mapping[str, Route | None] | None = None, default: Route | None = CONNECTED
+        self,
+        routes: Mapping[str, Route | None] | None = None,
+        default: Route | None = CONNECTED,
+        links: list[Link] | None = None,
     ) -> None:
         self.routes = dict(routes or {})
         self.default = default
+        self.link_table = list(links or [])
 
     def close(self) -> None:
         pass
 
     def lookup(self, addr: str) -> Route | None:
         return self.routes.get(addr, self.default)
+
+    def links(self) -> list[Link] | None:
+        return list(self.link_table)
 
 
 def settings_in(base: Path) -> Settings:

@@ -62,6 +62,11 @@ class Sysctls:
     # quotes would be, and goes to the real server chosen (ip_vs_in_icmp): for
     # directors behind ECMP, where an error may reach one that never saw the flow.
     schedule_icmp: bool = False
+    # What a tunnel device decapsulated (IPIP, GRE, sit, ip6tnl...; the userspace
+    # decapsulator's dirtun0) is left to the host, never scheduled again
+    # (ip_vs_in_hook's ipvs_property: a director that is also a real server of
+    # another director, director.core.tunneled).
+    ignore_tunneled: bool = False
     # A DF packet that does not fit a tunnel is answered with fragmentation needed; off,
     # an IPv4 packet is tunnelled without DF and fragmented (ensure_mtu_is_adequate).
     pmtu_disc: bool = True

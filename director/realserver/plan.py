@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from director.core.tunneled import DECAP_DEVICE
 from director.model.config import ConfigError
 
 Method = Literal["dr", "tun"]
@@ -49,7 +50,7 @@ DECAPS: tuple[str, ...] = ("auto", "kernel", "userspace")
 TUN_TYPES: tuple[str, ...] = ("ipip", "gue", "gre")  # the director's --tun-type
 
 DUMMY_DEV = "director0"
-TUN_DEV = "dirtun0"
+TUN_DEV = DECAP_DEVICE  # the userspace decapsulator's (the director's ignore_tunneled knows it)
 KERNEL_TUN_DEV = "tunl0"
 LOOPBACK = "lo"
 

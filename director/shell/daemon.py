@@ -46,6 +46,7 @@ from director.core.service import PROTO_NUMBERS, pack_addr, unpack_addr
 from director.core.shard import MAX_WORKERS, Shards, dotted, hex6
 from director.core.sync import mixed_family as sync_mixed_family
 from director.core.sysctl import Sysctls
+from director.core.tunneled import tunneled_devices
 from director.core.xmit import unreachable
 from director.ctl.ipvsadm import format_save, load_rules
 from director.ctl.report import CONN_PAGE, conn_page, dest_dict, snapshot
@@ -626,6 +627,19 @@ class Daemon:
                         reason,
                     )
         self._unreachable = {k: v for k, v in now.items() if v is not None}
+        self._sync_tunneled()
+
+    def _sync_tunneled(self) -> None:
+        """The hooks leave alone what the host's tunnel devices decapsulated while
+        ignore_tunneled is 1 (none at 0), read from netlink's links whenever one
+        changes; netlink refusing keeps the devices as they were."""
+        devices: frozenset[str] = frozenset()
+        if self.director.sysctls.ignore_tunneled:
+            links = self.routes.links()
+            if links is None:
+                return
+            devices = tunneled_devices(links)
+        self.hooks.tunneled(devices)
 
     def _on_netlink(self, neighbours: Neighbours) -> None:
         neighbours.on_readable()
@@ -721,6 +735,8 @@ class Daemon:
             self._runtime_sysctls = kept
         self.director.sysctls = updated
         self._each_peer("sysctls", updated)
+        if "ignore_tunneled" in changes:
+            self._step("tunneled", self._sync_tunneled)
         return updated.as_dict()
 
     def _load_sysctls(self) -> dict[str, str]:

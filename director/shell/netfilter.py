@@ -77,6 +77,13 @@ FAST_SETS: dict[str, str] = {
     FAST_SET: "hash:ip,port",  # VIP,proto:port of every fast service
     FAST_RS_SET: "hash:ip,port",  # RIP,proto:port of their NAT real servers
 }
+# ignore_tunneled (director.core.tunneled): the devices whose packets no hook queues,
+# as net,iface entries of every address (0.0.0.0/0,DEV; ::/0,DEV) matched src,src
+# (source address, input device).  Empty while the sysctl is 0.
+TUNNEL_SET = "director-tunneled"
+TUNNEL6_SET = "director-tunneled6"
+TUNNEL_SETS: dict[str, str] = {TUNNEL_SET: "hash:net,iface", TUNNEL6_SET: "hash:net,iface"}
+ANY_NET = {TUNNEL_SET: "0.0.0.0/0", TUNNEL6_SET: "::/0"}
 FWM_CHAIN = "DIRECTOR_FWM"
 FAST_DNAT_CHAIN = "DIRECTOR_FAST_DNAT"
 # The fast flows' packet and byte counters: an nftables table of director's own (native
@@ -490,11 +497,13 @@ class Hooks:
     _dnat: list[str] | None = None  # DIRECTOR_FAST_DNAT's rules; None: not known
     _acct: set[int] | None = None  # the marks the counting table counts; None: not known
     _timeouts: Timeouts | None = None  # the policies' figures; None: not known
+    _tunneled: frozenset[str] | None = None  # the tunnel sets' devices; None: not known
 
     @property
     def sets(self) -> dict[str, str]:
         """The ipsets of this mode, by name: their type (the IPv6 ones: SETS6)."""
         sets = SETS | SETS6 if self.ipv6 else dict(SETS)
+        sets |= TUNNEL_SETS if self.ipv6 else {TUNNEL_SET: TUNNEL_SETS[TUNNEL_SET]}
         return sets | FAST_SETS if self.fast else sets
 
     def install(self) -> None:
@@ -511,6 +520,7 @@ class Hooks:
         self._dnat = None
         self._acct = None
         self._timeouts = None
+        self._tunneled = None
         if self.fast:  # before the CT rules that name them
             _set_policies(self.timeouts)
             self._timeouts = self.timeouts
@@ -569,11 +579,42 @@ class Hooks:
         _remove_declared(self.text)
         if self.ipv6:
             _remove_declared(self.text6, IPV6)
-        _destroy_sets(SETS | SETS6 | FAST_SETS)
+        _destroy_sets(SETS | SETS6 | FAST_SETS | TUNNEL_SETS)
         _delete_policies()  # last: the CT rules that held them are gone
         _delete_acct_table()
         self._entries.clear()
         self._timeouts = None
+        self._tunneled = None
+
+    def tunneled(self, devices: frozenset[str]) -> None:
+        """Let the packets that come in from ``devices`` (ignore_tunneled's: the
+        tunnel devices, director.core.tunneled) through every hook unqueued, from raw
+        PREROUTING on (conntrack tracks them as the host's own traffic): the tunnel
+        sets hold exactly these devices (none: the sysctl is 0).  A failure raises and
+        leaves them unknown, for the next call to replace whole."""
+        if devices == self._tunneled:
+            return
+        have, self._tunneled = self._tunneled, None
+        names = [TUNNEL_SET, TUNNEL6_SET] if self.ipv6 else [TUNNEL_SET]
+        with IPSet() as ipset:
+            for name in names:
+                family = _set_family(name)
+                if have is None:
+                    spare = f"{name}-new"
+                    ipset.create(spare, stype=TUNNEL_SETS[name], family=family, exclusive=False)
+                    ipset.flush(spare)
+                    for dev in sorted(devices):
+                        ipset.add(spare, (ANY_NET[name], dev), etype="net,iface", family=family,
+                                  exclusive=False)  # fmt: skip
+                    ipset.swap(name, spare)
+                    ipset.destroy(spare)
+                    continue
+                for dev in sorted(have - devices):
+                    ipset.delete(name, (ANY_NET[name], dev), etype="net,iface", family=family)
+                for dev in sorted(devices - have):
+                    ipset.add(name, (ANY_NET[name], dev), etype="net,iface", family=family,
+                              exclusive=False)  # fmt: skip
+        self._tunneled = devices
 
     def sync(self, config: Config, slots: dict[SlotKey, int] | None = None) -> None:
         """Make the ipsets and the fwmark chain select exactly the services of
@@ -902,7 +943,7 @@ def _replace_set(ipset: IPSet, name: str, entries: set[Entry]) -> None:
 
 def _set_family(name: str) -> int:
     """The address family of one of director's ipsets (SETS6: inet6)."""
-    return socket.AF_INET6 if name in SETS6 else socket.AF_INET
+    return socket.AF_INET6 if name in SETS6 or name == TUNNEL6_SET else socket.AF_INET
 
 
 def _ipset_entry(entry: Entry) -> tuple[object, str]:

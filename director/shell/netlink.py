@@ -36,6 +36,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from director.core.fragment import fragment
 from director.core.route import Frame, Route
 from director.core.service import Dest, pack_addr, unpack_addr
+from director.core.tunneled import ENCAP_NONE, Link
 from director.core.xmit.dr import ethernet_frame
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,32 @@ class Routes:
             log.warning("cannot list the host's addresses: %s", err)
             return None
         return frozenset(found)
+
+    def links(self) -> list[Link] | None:
+        """Every device's name, kind and tunnel encapsulation (ignore_tunneled's
+        devices, director.core.tunneled): read again whenever netlink says a link,
+        address or route changed; None when netlink refuses."""
+        try:
+            return [link_of(msg) for msg in self.ipr.get_links()]
+        except Exception as err:
+            log.warning("cannot list the host's links: %s", err)
+            return None
+
+
+def link_of(msg: object) -> Link:
+    """One RTM_NEWLINK message as a Link: IFLA_IFNAME, IFLA_LINKINFO's IFLA_INFO_KIND and
+    the tunnel's encapsulation type (IFLA_IPIP_/SIT_/IP6TNL_/GRE_/IP6GRE_ENCAP_TYPE)."""
+    name = str(msg.get_attr("IFLA_IFNAME") or "")  # type: ignore[attr-defined]
+    info = msg.get_attr("IFLA_LINKINFO")  # type: ignore[attr-defined]
+    if info is None:
+        return Link(name)
+    kind = str(info.get_attr("IFLA_INFO_KIND") or "")
+    data = info.get_attr("IFLA_INFO_DATA")
+    encap = ENCAP_NONE
+    for attr in getattr(data, "get", lambda _: None)("attrs") or ():
+        if str(attr[0]).endswith("_ENCAP_TYPE"):
+            encap = int(attr[1] or ENCAP_NONE)
+    return Link(name, kind, encap)
 
 
 @dataclass

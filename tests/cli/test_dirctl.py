@@ -13,6 +13,7 @@ from dpkt.tcp import TH_SYN
 from typer.testing import CliRunner
 
 from director.cli import dirctl
+from director.core.tunneled import Link
 from director.ctl import protocol
 from director.ctl.dispatch import dispatch
 from director.ctl.ipvsadm import format_save, load_rules
@@ -20,6 +21,7 @@ from director.model.config import Config
 from director.shell.daemon import Daemon
 from tests.conftest import MakeTarget
 from tests.core.packets import CLIENT, VIP, tcp
+from tests.target import MemoryHooks, StaticRoutes, close, make_daemon
 
 SEED = (Path(__file__).resolve().parents[2] / "rules" / "seed-nat.rules").read_text()
 
@@ -265,6 +267,42 @@ def test_sysctl_shows_the_kernels_defaults_of_the_packet_settings_and_sets_them(
     status, _, err = run(capsys, "sysctl", "nat_icmp_send=1", "conntrack=1")
     assert status == 2 and len(err.strip().splitlines()) == 1 and "conntrack" in err
     assert target.director.sysctls.nat_icmp_send is False
+
+
+def test_sysctl_ignore_tunneled_leaves_the_tunnel_devices_to_the_host(
+    make_target: MakeTarget, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ipvs-sysctl.rst: ignore_tunneled, default 0.  At 1 the hooks leave alone what the
+    host's tunnel devices (and the userspace decapsulator's dirtun0) hand in, kept
+    current as netlink's links change; at 0 nothing; kept for the next start."""
+    routes = StaticRoutes(links=[Link("eth0", "veth"), Link("dirtun0", "tun"), Link("gre1", "gre"),
+                                 Link("fou4", "ipip", 2)])  # fmt: skip
+    daemon = make_target(SEED, routes=routes)
+    monkeypatch.setattr(
+        protocol,
+        "request",
+        lambda path, command, args=None, timeout=10.0: dispatch(
+            daemon, {"version": 1, "command": command, "args": args or {}}
+        )["result"],
+    )
+    hooks = daemon.hooks
+    assert isinstance(hooks, MemoryHooks)
+    status, out, _ = run(capsys, "sysctl")
+    assert status == 0 and "ignore_tunneled = 0" in out.splitlines()
+    assert hooks.tunneled_devs == frozenset()
+    status, out, _ = run(capsys, "sysctl", "ignore_tunneled=1")
+    assert status == 0 and "ignore_tunneled = 1" in out.splitlines()
+    assert hooks.tunneled_devs == {"dirtun0", "gre1"}
+    routes.link_table = [Link("eth0", "veth"), Link("dirtun0", "tun"), Link("t6", "ip6tnl")]
+    daemon._annotate_routes()  # what netlink's RTM_NEWLINK / RTM_DELLINK run
+    assert hooks.tunneled_devs == {"dirtun0", "t6"}
+    again = make_daemon(daemon.settings, routes=routes)
+    assert again.director.sysctls.ignore_tunneled is True
+    again.commit(load_rules(SEED), persist=False)
+    assert again.hooks.tunneled_devs == {"dirtun0", "t6"}  # type: ignore[attr-defined]
+    close(again)
+    status, out, _ = run(capsys, "sysctl", "ignore_tunneled=0")
+    assert status == 0 and hooks.tunneled_devs == frozenset()
 
 
 def test_which_prints_the_server_or_says_none(

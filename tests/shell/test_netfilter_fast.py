@@ -29,6 +29,8 @@ from director.shell.netfilter import (
     SETS6,
     SHARD_IN,
     SHARD_NEW,
+    TUNNEL_SET,
+    TUNNEL_SETS,
     VIP_SET,
     Hooks,
     acct_script,
@@ -69,6 +71,9 @@ RULES = """\
 """
 
 
+TUNNELED = f"-m set --match-set {TUNNEL_SET} src,src -j RETURN"  # ignore_tunneled's
+
+
 def chain(text: str, name: str) -> list[str]:
     head = f"-A {name} "
     return [line[len(head) :] for line in text.splitlines() if line.startswith(head)]
@@ -91,7 +96,9 @@ def test_off_is_the_every_packet_hooks_exactly() -> None:
     assert off == render(source, QUEUE, MARK, False, Shards(2, (0,)))
     assert not re.search(r"@[A-Z_]+@", off)
     assert tables(off) == ["raw", "filter"]
-    off_rules = "\n".join(line for line in off.splitlines() if not line.startswith("#"))
+    # (ignore_tunneled's RETURN, in every mode, aside)
+    off_rules = "\n".join(line for line in off.splitlines()
+                          if not line.startswith("#") and TUNNEL_SET not in line)  # fmt: skip
     for word in ("director-fast", "connmark", "conntrack", "DNAT", SHARD_NEW, "RETURN"):
         assert word not in off_rules
 
@@ -120,20 +127,23 @@ def test_raw_lets_conntrack_see_the_fast_flows() -> None:
     first_notrack = next(i for i, rule in enumerate(pre) if "--notrack" in rule)
     events = "-j CT --ctevents protoinfo,destroy --timeout"
     assert pre[:first_notrack] == [
+        TUNNELED,  # ignore_tunneled's, first in every mode
         f"-p tcp -m set --match-set {FAST_SET} dst,dst {events} director-tcp",
         f"-p udp -m set --match-set {FAST_SET} dst,dst {events} director-udp",
         f"-m set --match-set {FAST_SET} dst,dst -j RETURN",
         f"-m set --match-set {FAST_RS_SET} src,src -j RETURN",
         f"-p icmp -m u32 --u32 0>>22&0x3C@0>>24=3,11 -m set --match-set {VIP_SET} dst -j RETURN",
     ]
-    assert pre[first_notrack:] == chain(render(rules_text(), QUEUE, MARK), "DIRECTOR_PRE")
+    assert [TUNNELED, *pre[first_notrack:]] == chain(render(rules_text(), QUEUE, MARK),
+                                                     "DIRECTOR_PRE")  # fmt: skip
 
 
 def test_filter_takes_the_connmarked_flows_first() -> None:
     fast = fast_render()
     tagged = f"-m connmark --mark {FAST_TAG:#x}/{FAST_MASK:#x}"
-    assert chain(fast, "DIRECTOR_FWD")[0] == f"{tagged} -j ACCEPT"
-    assert chain(fast, "DIRECTOR_IN")[:3] == [
+    assert chain(fast, "DIRECTOR_FWD")[:2] == [TUNNELED, f"{tagged} -j ACCEPT"]
+    assert chain(fast, "DIRECTOR_IN")[:4] == [
+        TUNNELED,
         f"{tagged} -m conntrack --ctstate DNAT -j RETURN",
         f"{tagged} -j DROP",
         f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j RETURN",
@@ -149,7 +159,8 @@ def test_the_mangle_shard_chain_is_the_requests_one(shards: Shards, bypass: bool
     assert chain(fast, SHARD_NEW) == requests
     assert chain("\n".join(fast_shard_rules(shards, QUEUE, bypass)), SHARD_NEW) == requests
     assert chain(fast, "DIRECTOR_FAST") == [
-        f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j {SHARD_NEW}"
+        TUNNELED,
+        f"-m conntrack --ctstate NEW -m set --match-set {FAST_SET} dst,dst -j {SHARD_NEW}",
     ]
     mangle = fast[fast.index("*mangle") : fast.index("*nat")]
     assert "-I PREROUTING 1 -j DIRECTOR_FAST\n" in mangle
@@ -348,5 +359,5 @@ def test_a_real_server_without_a_port_takes_the_services() -> None:
 
 
 def test_hooks_sets_by_mode() -> None:
-    assert Hooks(queue=QUEUE, mark=MARK).sets == SETS | SETS6
-    assert Hooks(queue=QUEUE, mark=MARK, fast=True).sets == SETS | SETS6 | FAST_SETS
+    assert Hooks(queue=QUEUE, mark=MARK).sets == SETS | SETS6 | TUNNEL_SETS
+    assert Hooks(queue=QUEUE, mark=MARK, fast=True).sets == SETS | SETS6 | TUNNEL_SETS | FAST_SETS
