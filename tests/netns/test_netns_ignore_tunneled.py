@@ -1,0 +1,102 @@
+"""The sysctl ignore_tunneled on a director that is also a TUN real server (userspace
+decapsulator, `dirctl realserver up --method tun --decap userspace` in the director's
+own namespace): a client's UDP datagram to the VIP, tunnelled in IPIP to the
+director's address, comes out of dirtun0 into LOCAL_IN.  At 0 (the kernel's default)
+the director schedules it as any other (NAT to rs1, counted in the service's
+statistics); at 1 it is the host's, as net/netfilter/ipvs/ip_vs_core.c ip_vs_in_hook
+leaves a packet whose outer one it marked ipvs_property: a local listener on the VIP
+gets it, rs1 nothing, and the director's counters do not move.  dirtun0 appears after
+the sysctl is set: the hooks learn it from netlink's RTM_NEWLINK."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from labtools import HERE
+
+from director.ctl import protocol
+from director.lab import topology
+from director.lab.daemon import Daemon
+
+VIP = topology.VIP
+CLIENT = topology.CLIENT_ADDR
+PORT = 5454
+CPORT = 40404
+
+_LISTEN = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.bind(({addr!r}, {PORT})); s.settimeout(3); print('ready', flush=True)\n"
+    "try: print(s.recvfrom(100)[0].decode())\n"
+    "except TimeoutError: print('nothing')"
+)
+_SEND = (
+    f"import socket, sys; sys.path.insert(0, {str(HERE)!r}); import rawpkt\n"
+    f"udp = rawpkt.udp({CLIENT!r}, {VIP!r}, {CPORT}, {PORT}, b'tunnelled')\n"
+    f"inner = rawpkt.ipv4({CLIENT!r}, {VIP!r}, 17, udp)\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)\n"
+    f"s.sendto(inner, ({topology.DIRECTOR_OUTSIDE!r}, 0))"
+)
+
+
+def _stats(d: Daemon) -> dict[str, Any]:
+    result = protocol.request(str(d.socket_path), "list", {"conns": False}, 5.0)
+    (svc,) = result["services"]
+    return dict(svc["stats"])
+
+
+def _tunnel_set(d: Daemon) -> str:
+    done = d.lab.run(d.lab.director, ["ipset", "list", "director-tunneled"], check=False)
+    return done.stdout
+
+
+@pytest.mark.parametrize("on", [False, True], ids=["off", "on"])
+def test_a_packet_decapsulated_here_is_scheduled_only_with_the_sysctl_0(
+    daemon: Daemon, on: bool
+) -> None:
+    lab = daemon.lab
+    rs1 = lab.real_servers[0]
+    rules = f"-A -u {VIP}:{PORT} -s rr\n-a -u {VIP}:{PORT} -r {rs1.addr}:{PORT} -m\n"
+    done = daemon.dirctl("restore", input=rules)
+    assert done.returncode == 0, done.stderr
+    done = daemon.dirctl("sysctl", f"ignore_tunneled={int(on)}")
+    assert done.returncode == 0 and f"ignore_tunneled = {int(on)}" in done.stdout, done.stderr
+    dirctl = topology._dirctl()
+    up = [dirctl, "realserver", "up", "--vip", VIP, "--method", "tun", "--decap", "userspace"]
+    lab.run(lab.director, [*up, "-q"])
+    listeners: list[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 10
+        while on and "dirtun0" not in _tunnel_set(daemon):
+            assert time.monotonic() < deadline, _tunnel_set(daemon)
+            time.sleep(0.1)
+        if not on:
+            assert "dirtun0" not in _tunnel_set(daemon)
+        before = _stats(daemon)
+        for ns, addr in ((lab.director, VIP), (rs1.netns, "")):
+            code = _LISTEN.format(addr=addr, PORT=PORT)
+            listeners.append(subprocess.Popen(
+                lab.exec_argv(ns, [sys.executable, "-c", code]),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))  # fmt: skip
+        for proc in listeners:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        lab.run(lab.client, [sys.executable, "-c", _SEND], timeout=10)
+        local, remote = (proc.communicate(timeout=15)[0].strip() for proc in listeners)
+        after = _stats(daemon)
+    finally:
+        for proc in listeners:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        lab.run(lab.director, [dirctl, "realserver", "down", "-q"], check=False)
+    if on:
+        assert (local, remote) == ("tunnelled", "nothing")
+        assert after["conns"] == before["conns"] and after["inpkts"] == before["inpkts"], after
+    else:
+        assert (local, remote) == ("nothing", "tunnelled")
+        assert after["conns"] == before["conns"] + 1, (before, after)
+        assert after["inpkts"] == before["inpkts"] + 1, (before, after)
