@@ -33,6 +33,8 @@ from director.shell.netfilter import (
     SETS,
     SHARD_CHAINS,
     SHARD_NEW,
+    TUNNEL_SET,
+    TUNNEL_SETS,
     _fast_dnat_chain,
     fast_dnat_rules,
     fast_mark,
@@ -89,7 +91,7 @@ def test_iptables_restore_takes_the_fast_hooks(namespaces: list[Netns], workers:
     config = load_rules(RULES)
     shards = Shards.for_config(workers, config)
     ns = new(namespaces)
-    for name, stype in (SETS | FAST_SETS).items():
+    for name, stype in (SETS | FAST_SETS | {TUNNEL_SET: TUNNEL_SETS[TUNNEL_SET]}).items():
         ns.exec("ipset", "create", name, stype)
     ns.exec(sys.executable, "-c", MAKE_POLICIES)
     text = render(rules_text(), QUEUE, MARK, True, shards, fast_rules_text())

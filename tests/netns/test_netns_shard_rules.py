@@ -27,6 +27,8 @@ from director.shell.netfilter import (
     RS_SET,
     SETS,
     SHARD_CHAINS,
+    TUNNEL_SET,
+    TUNNEL_SETS,
     VIP_SET,
     render,
     rules_text,
@@ -83,7 +85,7 @@ def new(namespaces: list[Netns]) -> Netns:
 
 def hooks(ns: Netns, shards: Shards) -> None:
     """The ipsets, then the rendered hooks (bypass: no worker binds the queues)."""
-    for name, stype in SETS.items():
+    for name, stype in SETS.items() | {TUNNEL_SET: TUNNEL_SETS[TUNNEL_SET]}.items():
         ns.exec("ipset", "create", name, stype)
     ns.exec("iptables-restore", "--noflush", stdin=render(rules_text(), QUEUE, MARK, True, shards))
 
