@@ -6,7 +6,8 @@ the director schedules it as any other (NAT to rs1, counted in the service's
 statistics); at 1 it is the host's, as net/netfilter/ipvs/ip_vs_core.c ip_vs_in_hook
 leaves a packet whose outer one it marked ipvs_property: a local listener on the VIP
 gets it, rs1 nothing, and the director's counters do not move.  dirtun0 appears after
-the sysctl is set: the hooks learn it from netlink's RTM_NEWLINK."""
+the sysctl is set: the hooks learn it from netlink's RTM_NEWLINK (and its end from
+RTM_DELLINK)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ def test_a_packet_decapsulated_here_is_scheduled_only_with_the_sysctl_0(
     if on:
         assert (local, remote) == ("tunnelled", "nothing")
         assert after["conns"] == before["conns"] and after["inpkts"] == before["inpkts"], after
+        deadline = time.monotonic() + 10  # dirtun0 gone (RTM_DELLINK): out of the set
+        while "dirtun0" in _tunnel_set(daemon):
+            assert time.monotonic() < deadline, _tunnel_set(daemon)
+            time.sleep(0.1)
     else:
         assert (local, remote) == ("nothing", "tunnelled")
         assert after["conns"] == before["conns"] + 1, (before, after)
