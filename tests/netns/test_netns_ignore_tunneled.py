@@ -23,23 +23,22 @@ from director.ctl import protocol
 from director.lab import topology
 from director.lab.daemon import Daemon
 
-VIP = topology.VIP
-CLIENT = topology.CLIENT_ADDR
 PORT = 5454
 CPORT = 40404
 
 _LISTEN = (
-    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "import socket; s = socket.socket(socket.{family}, socket.SOCK_DGRAM); "
     "s.bind(({addr!r}, {PORT})); s.settimeout(3); print('ready', flush=True)\n"
     "try: print(s.recvfrom(100)[0].decode())\n"
     "except TimeoutError: print('nothing')"
 )
+# A client's datagram to the VIP in IPIP to the director's address (the kernel writes
+# the outer header: a raw socket of protocol 4); in IPv6, IPv6-in-IPv6 (41).
 _SEND = (
-    f"import socket, sys; sys.path.insert(0, {str(HERE)!r}); import rawpkt\n"
-    f"udp = rawpkt.udp({CLIENT!r}, {VIP!r}, {CPORT}, {PORT}, b'tunnelled')\n"
-    f"inner = rawpkt.ipv4({CLIENT!r}, {VIP!r}, 17, udp)\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)\n"
-    f"s.sendto(inner, ({topology.DIRECTOR_OUTSIDE!r}, 0))"
+    f"import socket, sys; sys.path.insert(0, {str(HERE)!r}); import pkt6\n"
+    "inner = pkt6.{build}({client!r}, {vip!r}, {CPORT}, {PORT}, b'tunnelled')\n"
+    "s = socket.socket(socket.{family}, socket.SOCK_RAW, {proto})\n"
+    "s.sendto(inner, ({outside!r}, 0))"
 )
 
 
@@ -50,7 +49,8 @@ def _stats(d: Daemon) -> dict[str, Any]:
 
 
 def _tunnel_set(d: Daemon) -> str:
-    done = d.lab.run(d.lab.director, ["ipset", "list", "director-tunneled"], check=False)
+    name = "director-tunneled6" if d.lab.family == 6 else "director-tunneled"
+    done = d.lab.run(d.lab.director, ["ipset", "list", name], check=False)
     return done.stdout
 
 
@@ -58,15 +58,24 @@ def _tunnel_set(d: Daemon) -> str:
 def test_a_packet_decapsulated_here_is_scheduled_only_with_the_sysctl_0(
     daemon: Daemon, on: bool
 ) -> None:
+    check(daemon, on)
+
+
+def check(daemon: Daemon, on: bool) -> None:
+    """The test, in the lab's family (test_netns_ignore_tunneled6.py: IPv6)."""
     lab = daemon.lab
     rs1 = lab.real_servers[0]
-    rules = f"-A -u {VIP}:{PORT} -s rr\n-a -u {VIP}:{PORT} -r {rs1.addr}:{PORT} -m\n"
+    six = lab.family == 6
+    vip = lab.vip
+    family = "AF_INET6" if six else "AF_INET"
+    virtual, real = topology.addr_port(vip, PORT), topology.addr_port(rs1.addr, PORT)
+    rules = f"-A -u {virtual} -s rr\n-a -u {virtual} -r {real} -m\n"
     done = daemon.dirctl("restore", input=rules)
     assert done.returncode == 0, done.stderr
     done = daemon.dirctl("sysctl", f"ignore_tunneled={int(on)}")
     assert done.returncode == 0 and f"ignore_tunneled = {int(on)}" in done.stdout, done.stderr
     dirctl = topology._dirctl()
-    up = [dirctl, "realserver", "up", "--vip", VIP, "--method", "tun", "--decap", "userspace"]
+    up = [dirctl, "realserver", "up", "--vip", vip, "--method", "tun", "--decap", "userspace"]
     lab.run(lab.director, [*up, "-q"])
     listeners: list[subprocess.Popen[str]] = []
     try:
@@ -77,15 +86,20 @@ def test_a_packet_decapsulated_here_is_scheduled_only_with_the_sysctl_0(
         if not on:
             assert "dirtun0" not in _tunnel_set(daemon)
         before = _stats(daemon)
-        for ns, addr in ((lab.director, VIP), (rs1.netns, "")):
-            code = _LISTEN.format(addr=addr, PORT=PORT)
+        for ns, addr in ((lab.director, vip), (rs1.netns, "")):
+            code = _LISTEN.format(family=family, addr=addr, PORT=PORT)
             listeners.append(subprocess.Popen(
                 lab.exec_argv(ns, [sys.executable, "-c", code]),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             ))  # fmt: skip
         for proc in listeners:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        lab.run(lab.client, [sys.executable, "-c", _SEND], timeout=10)
+        send = _SEND.format(
+            build="udp6" if six else "udp4", client=lab.client_addr, vip=vip, CPORT=CPORT,
+            PORT=PORT, family=family, proto=41 if six else 4,
+            outside=topology.DIRECTOR_OUTSIDE6 if six else topology.DIRECTOR_OUTSIDE,
+        )  # fmt: skip
+        lab.run(lab.client, [sys.executable, "-c", send], timeout=10)
         local, remote = (proc.communicate(timeout=15)[0].strip() for proc in listeners)
         after = _stats(daemon)
     finally:
