@@ -144,25 +144,7 @@ def parse(buf: bytearray, mark: int = 0, skb_info: int = 0) -> Packet:
         raise PacketError("bad_length")
     if frag & (_IP_MF | _IP_OFFMASK):
         raise PacketError("fragment")
-    if protocol == IPPROTO_TCP:
-        if length < ihl + 20:
-            raise PacketError("truncated")
-        sport, dport = _PORTS.unpack_from(buf, ihl)
-        if buf[ihl + 12] >> 4 < 5:
-            raise PacketError("bad_header_length")
-        flags = buf[ihl + 13]
-    elif protocol == IPPROTO_UDP:
-        if length < ihl + 8:
-            raise PacketError("truncated")
-        sport, dport = _PORTS.unpack_from(buf, ihl)
-        flags = 0
-    else:
-        raise PacketError("unhandled_protocol", protocol == IPPROTO_ICMP)
-    if not sport or not dport:
-        raise PacketError("zero_port")
-    if length < size:
-        del buf[length:]  # link-layer padding is not part of the packet
-    return Packet(buf, protocol, saddr, daddr, sport, dport, ihl, length, flags, mark, skb_info)
+    return _transport(buf, protocol, saddr, daddr, ihl, length, mark, skb_info, IPPROTO_ICMP)
 
 
 def ipv6_length(buf: bytearray, skb_info: int = 0) -> int:
@@ -220,6 +202,22 @@ def parse6(buf: bytearray, mark: int = 0, skb_info: int = 0) -> Packet:
     _vtf, _plen, nexthdr, _hlim, saddr, daddr = _IP6.unpack_from(buf)
     length = ipv6_length(buf, skb_info)
     protocol, l4, _frag = find_hdr(buf, IPV6_HLEN, nexthdr, length)
+    return _transport(buf, protocol, saddr, daddr, l4, length, mark, skb_info, IPPROTO_ICMPV6)
+
+
+def _transport(
+    buf: bytearray,
+    protocol: int,
+    saddr: bytes,
+    daddr: bytes,
+    l4: int,
+    length: int,
+    mark: int,
+    skb_info: int,
+    icmp: int,
+) -> Packet:
+    """The TCP or UDP header at ``l4`` of a packet of ``length`` bytes, IPv4 or IPv6
+    (``icmp``: the family's ICMP protocol, whose messages are the ICMP handlers')."""
     if protocol == IPPROTO_TCP:
         if length < l4 + 20:
             raise PacketError("truncated")
@@ -233,11 +231,11 @@ def parse6(buf: bytearray, mark: int = 0, skb_info: int = 0) -> Packet:
         sport, dport = _PORTS.unpack_from(buf, l4)
         flags = 0
     else:
-        raise PacketError("unhandled_protocol", protocol == IPPROTO_ICMPV6)
+        raise PacketError("unhandled_protocol", protocol == icmp)
     if not sport or not dport:
         raise PacketError("zero_port")
     if length < len(buf):
-        del buf[length:]
+        del buf[length:]  # link-layer padding is not part of the packet
     return Packet(buf, protocol, saddr, daddr, sport, dport, l4, length, flags, mark, skb_info)
 
 
