@@ -31,7 +31,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from director.ctl.ipvsadm import RawArgs, build_op, parse_number, parse_service_key
+from director.ctl.ipvsadm import TUN_OPTIONS as SHARED_TUN_OPTIONS
+from director.ctl.ipvsadm import (
+    RawArgs,
+    build_op,
+    parse_number,
+    parse_service_key,
+    tunnel_opt_check,
+)
 from director.ctl.ops import (
     MAX_FWMARK,
     MAX_THRESHOLD,
@@ -40,7 +47,7 @@ from director.ctl.ops import (
     ServiceKey,
     normalize_sched_flags,
 )
-from director.model.config import DEFAULT_SCHEDULER, MAX_WEIGHT, ConfigError
+from director.model.config import DEFAULT_SCHEDULER, MAX_WEIGHT, TUN_TYPES, ConfigError
 
 VERSION_LINE = "ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)"
 TRY_HELP = "Try `{prog} -h' or '{prog} --help' for more information."
@@ -229,10 +236,8 @@ _OPTC: dict[str, str] = {
     "tun-remcsum": "tun-remcsum",
 }  # fmt: skip
 
-TUN_TYPES = ("ipip", "gue", "gre")
-# tunnel_types_v_options, over --tun-port, --tun-nocsum, --tun-csum, --tun-remcsum.
-TUN_OPTIONS = ("tun-port", "tun-nocsum", "tun-csum", "tun-remcsum")
-TUNNEL_TYPES_V_OPTIONS: dict[str, str] = {"ipip": "xxxx", "gue": "+111", "gre": "x11x"}
+# The tunnel options tunnel_types_v_options rules (director.ctl.ipvsadm.TUN_OPTIONS).
+TUN_OPTIONS = tuple(name.replace("_", "-") for name in SHARED_TUN_OPTIONS)
 
 METHOD_FLAGS: dict[str, str] = {"m": "m", "i": "i", "g": "g"}
 PROTOCOLS: dict[str, str] = {"t": "tcp", "u": "udp", "sctp": "sctp", "f": "fwm"}
@@ -666,24 +671,12 @@ def _command_checks(state: _State) -> None:
 
 
 def _tunnel_opt_check(tun_type: str, given: set[str]) -> None:
-    last: str | None = None
-    for name, rule in zip(TUN_OPTIONS, TUNNEL_TYPES_V_OPTIONS[tun_type], strict=True):
-        if name not in given:
-            if rule == "+":
-                raise fail(
-                    f"You need to supply the '{name}' option for the '{tun_type}' tunnel type"
-                )
-            continue
-        if rule == "x":
-            raise fail(f"Illegal '{name}' option with the '{tun_type}' tunnel type")
-        if rule == "1":
-            if last is None:
-                last = name
-                continue
-            raise fail(
-                f"The option '{name}' conflicts with the '{last}' option "
-                f"in the '{tun_type}' tunnel type"
-            )
+    """ipvsadm's tunnel_opt_check (director.ctl.ipvsadm's), its refusal as ipvsadm's
+    fail(2, ...)."""
+    try:
+        tunnel_opt_check(tun_type, [name.replace("-", "_") for name in given])
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 def _unsupported(cmd: Command) -> None:
