@@ -14,10 +14,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from labtools import HERE
+from labtools import HERE, running
 
 from director.ctl import protocol
 from director.lab import topology
@@ -61,8 +62,18 @@ def test_a_packet_decapsulated_here_is_scheduled_only_with_the_sysctl_0(
     check(daemon, on)
 
 
-def check(daemon: Daemon, on: bool) -> None:
-    """The test, in the lab's family (test_netns_ignore_tunneled6.py: IPv6)."""
+@pytest.mark.parametrize("on", [False, True], ids=["off", "on"])
+def test_with_the_kernel_fast_path_too(lab: topology.Lab, tmp_path: Path, on: bool) -> None:
+    """--fast-path kernel: the datagram is a fast service's opening packet, queued from
+    mangle PREROUTING and DNATed at 0; at 1 it opens no fast flow."""
+    with running(Daemon(lab, tmp_path / "d", ["--fast-path", "kernel"])) as d:
+        check(d, on, CPORT + 1 + on)
+
+
+def check(daemon: Daemon, on: bool, cport: int = CPORT) -> None:
+    """The test, in the lab's family (test_netns_ignore_tunneled6.py: IPv6), from the
+    client's port ``cport`` (a flow conntrack carries from an earlier test, as the
+    fast path's are, keeps its DNAT whatever the hooks say now)."""
     lab = daemon.lab
     rs1 = lab.real_servers[0]
     six = lab.family == 6
@@ -95,7 +106,7 @@ def check(daemon: Daemon, on: bool) -> None:
         for proc in listeners:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         send = _SEND.format(
-            build="udp6" if six else "udp4", client=lab.client_addr, vip=vip, CPORT=CPORT,
+            build="udp6" if six else "udp4", client=lab.client_addr, vip=vip, CPORT=cport,
             PORT=PORT, family=family, proto=41 if six else 4,
             outside=topology.DIRECTOR_OUTSIDE6 if six else topology.DIRECTOR_OUTSIDE,
         )  # fmt: skip
