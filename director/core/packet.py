@@ -342,6 +342,37 @@ def _tunnel_quote(
     return None
 
 
+def _through_tunnel(
+    buf: bytearray, inner: int, inner_l4: int, inner_protocol: int, end: int, tunnels: bool
+) -> tuple[int, int, int, bytes | None, tuple[str, int, int]] | None:
+    """An ICMP error's quote of one of VS/TUN's packets (IPIP, IPv6 in IPv6 or across
+    families, GUE or GRE: the quoted header at ``inner`` of protocol ``inner_protocol``,
+    its payload at ``inner_l4``) looked through to the client's request inside, as
+    ip_vs_in_icmp does for IPIP: (the request's header offset, its transport offset,
+    its protocol, the real server the tunnel went to, (tunnel type, GUE port, tunnel
+    header length)); any other quote as it is, with no real server.  None where the
+    request inside cannot be read or is too short to hold its ports (RFC 792 asks only
+    8 bytes of a quote)."""
+    tunnel = ("ipip", 0, 0)
+    found = _tunnel_quote(buf, inner_protocol, inner_l4, end) if tunnels else None
+    if found is not None:
+        tunnel, inner_protocol = found[:3], found[3]
+    if inner_protocol not in (IPPROTO_IPIP, IPPROTO_IPV6):
+        return inner, inner_l4, inner_protocol, None, tunnel
+    if buf[inner] >> 4 == 4:
+        tunnel_dst = bytes(buf[inner + 16 : inner + 20])
+    else:
+        tunnel_dst = bytes(buf[inner + 24 : inner + 40])
+    inner = inner_l4 + tunnel[2]
+    quoted = _quoted(buf, inner, end)
+    if quoted is None or (buf[inner] >> 4 == 4) != (inner_protocol == IPPROTO_IPIP):
+        return None
+    inner_protocol, inner_l4 = quoted
+    if end < inner_l4 + 8:
+        return None
+    return inner, inner_l4, inner_protocol, tunnel_dst, tunnel
+
+
 def parse_icmp_error(buf: bytearray, mark: int = 0, tunnels: bool = True) -> IcmpError | None:
     """Read an ICMP error about a TCP or UDP packet; None for any other ICMP message
     (echo and the like are the local stack's business); PacketError if malformed.
@@ -367,24 +398,10 @@ def parse_icmp_error(buf: bytearray, mark: int = 0, tunnels: bool = True) -> Icm
     inner_l4 = inner + inner_ihl
     if buf[inner] >> 4 != 4 or inner_ihl < 20 or length < inner_l4 + 8:
         raise PacketError("icmp_truncated")
-    tunnel_dst = None
-    inner_protocol = buf[inner + 9]
-    tunnel = ("ipip", 0, 0)
-    found = _tunnel_quote(buf, inner_protocol, inner_l4, length) if tunnels else None
-    if found is not None:
-        tunnel, inner_protocol = found[:3], found[3]
-    if inner_protocol in (IPPROTO_IPIP, IPPROTO_IPV6):
-        # ICMP for IPIP (and UDP/GRE): look through the tunnel header to the client's
-        # request; a quote too short to hold its ports is no use (RFC 792 asks only 8
-        # bytes).
-        tunnel_dst = bytes(buf[inner + 16 : inner + 20])
-        inner = inner_l4 + tunnel[2]
-        quoted = _quoted(buf, inner, length)
-        if quoted is None or (buf[inner] >> 4 == 4) != (inner_protocol == IPPROTO_IPIP):
-            return None
-        inner_protocol, inner_l4 = quoted
-        if length < inner_l4 + 8:
-            return None
+    through = _through_tunnel(buf, inner, inner_l4, buf[inner + 9], length, tunnels)
+    if through is None:
+        return None
+    inner, inner_l4, inner_protocol, tunnel_dst, tunnel = through
     if inner_protocol not in (IPPROTO_TCP, IPPROTO_UDP):
         return None
     if length < size:
@@ -420,21 +437,10 @@ def parse_icmp6_error(buf: bytearray, mark: int = 0, tunnels: bool = True) -> Ic
     quoted = _quoted(buf, inner, length)
     if quoted is None:
         return None
-    inner_protocol, inner_l4 = quoted
-    tunnel_dst = None
-    tunnel = ("ipip", 0, 0)
-    found = _tunnel_quote(buf, inner_protocol, inner_l4, length) if tunnels else None
-    if found is not None:
-        tunnel, inner_protocol = found[:3], found[3]
-    if inner_protocol in (IPPROTO_IPV6, IPPROTO_IPIP):
-        tunnel_dst = bytes(buf[inner + 24 : inner + 40])
-        inner = inner_l4 + tunnel[2]
-        quoted = _quoted(buf, inner, length)
-        if quoted is None or (buf[inner] >> 4 == 4) != (inner_protocol == IPPROTO_IPIP):
-            return None
-        inner_protocol, inner_l4 = quoted
-        if length < inner_l4 + 8:
-            return None
+    through = _through_tunnel(buf, inner, quoted[1], quoted[0], length, tunnels)
+    if through is None:
+        return None
+    inner, inner_l4, inner_protocol, tunnel_dst, tunnel = through
     if inner_protocol not in (IPPROTO_TCP, IPPROTO_UDP):
         return None
     if length < inner_l4 + 8:
