@@ -131,8 +131,15 @@ def run(
 
 def open_tunnels() -> list[socket.socket]:
     """The raw socket of each of TUNNELS (the IPv6 ones only where the host has IPv6)."""
+    return _open_raws(TUNNELS)
+
+
+def _open_raws(kinds: tuple[tuple[int, int], ...]) -> list[socket.socket]:
+    """A raw socket of each (family, protocol), non-blocking with a large buffer (the
+    IPv6 ones with the traffic class of what they receive, for ECN); an IPv6 one the
+    host cannot open is left out, an IPv4 one is an error."""
     raws: list[socket.socket] = []
-    for family, proto in TUNNELS:
+    for family, proto in kinds:
         try:
             raw = socket.socket(family, socket.SOCK_RAW, proto)
         except OSError:
@@ -171,20 +178,7 @@ def open_gue(ports: tuple[int, ...]) -> list[socket.socket]:
 
 def open_gre() -> list[socket.socket]:
     """The raw sockets of protocol 47 (IPv6's only where the host has IPv6)."""
-    raws: list[socket.socket] = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            raw = socket.socket(family, socket.SOCK_RAW, gue.IPPROTO_GRE)
-        except OSError:
-            if family == socket.AF_INET:
-                raise
-            continue
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        if family == socket.AF_INET6:
-            raw.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
-        raw.setblocking(False)
-        raws.append(raw)
-    return raws
+    return _open_raws(((socket.AF_INET, gue.IPPROTO_GRE), (socket.AF_INET6, gue.IPPROTO_GRE)))
 
 
 def _receive(
