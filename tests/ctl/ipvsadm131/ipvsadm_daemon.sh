@@ -16,5 +16,5 @@ c ipvsadm --stop-daemon backup
 c ipvsadm --start-daemon primary
 c ipvsadm --stop-daemon primary
 c ipvsadm --start-daemon master --syncid 256
-c ipvsadm --start-daemon master --mcast-group 10.0.0.1
+c ipvsadm --start-daemon master --mcast-group 198.51.100.7
 c ipvsadm -L --daemon
