@@ -2,12 +2,13 @@
 
 One packet: copy the payload, hand it to the core with the time, carry out the verdict.
 ACCEPT reinjects the packet (with its rewritten bytes if any); SEND drops the queued
-original and sends the rewritten packet from a raw socket of its family (IPv4 or
-IPv6, IPPROTO_RAW: the header included), routed by its new destination, marked so the
-director's own OUTPUT rules leave it alone (in fragments when it is an IPv4 packet
-larger than the way out that may be fragmented); DIRECT drops the
-original and hands the unchanged packet to the real server's MAC (VS/DR); DROP drops.
-An exception on one packet is counted and that packet dropped; the worker goes on.
+original and sends the rewritten packet, at the batch's end, from a raw socket of its
+family (IPv4 or IPv6, IPPROTO_RAW: the header included), routed by its new
+destination, marked so the director's own OUTPUT rules leave it alone (in fragments
+when it is an IPv4 packet larger than the way out that may be fragmented); DIRECT
+drops the original and hands the unchanged packet to the real server's MAC (VS/DR),
+at the batch's end too; DROP drops.  An exception on one packet is counted and that
+packet dropped; the worker goes on.
 
 One worker per queue: requests (LOCAL_IN) on one, NAT replies (FORWARD) on the next.
 A queue carries both families: the ip6tables hooks send IPv6 packets to the same
@@ -27,6 +28,12 @@ itself on the queue's socket (director/shell/nfqueue.py):
 - Fewer system calls: the verdicts of one batch (the packets that were waiting, up to
   BATCH) go to the kernel as consecutive NFQNL_MSG_VERDICT messages, payloads
   included, in one sendmsg; the send buffer is sized for such a batch.
+- The interpreter's work of a batch together, then the kernel's: the packets a batch
+  sends itself (SEND, DIRECT) leave after every packet of the batch had its verdict
+  decided, in their order.  Each such send does the receiver's work in the sender's
+  context (a veth peer's whole receive path, the real server's TCP stack in a lab);
+  sent one by one between packets it would leave the interpreter's caches cold for
+  the next.
 """
 
 from __future__ import annotations
@@ -155,6 +162,7 @@ class Worker:
         self._starts: list[int] = []  # where in _out each verdict message begins
         self._out_bytes = 0
         self._send_limit = SEND_CHUNK  # set by bind() from the buffer it got
+        self._pending: list[bytearray | Frame] = []  # the batch's own sends, in order
 
     def bind(self) -> None:
         self.nfq.bind(self.queue, _unused, max_len=QUEUE_MAXLEN, sock_len=SOCK_RCVBUF)
@@ -208,7 +216,9 @@ class Worker:
             if answer is not None:
                 self._flush()
                 return answer
-            self._message(got, self.clock())
+            now = self.clock()
+            self._message(got, now)
+            self._send_pending(now)
 
     def fileno(self) -> int:
         fd: int = self.nfq.get_fd()
@@ -238,6 +248,7 @@ class Worker:
                     continue
                 message(got, now)
         finally:
+            self._send_pending(now)
             self._flush()
 
     def close(self) -> None:
@@ -324,16 +335,28 @@ class Worker:
                 # found it INVALID: out of window, ...) reached the host: dropped, as a
                 # firewall drops INVALID, not answered with a reset by the host's stack.
                 self.errors["fast_invalid"] += 1
-            if action == SEND:
-                assert isinstance(data, bytearray)
-                self._send(data)
-            elif action == DIRECT:
-                assert isinstance(data, Frame)
-                self.neighbours.send(data, now)
+            if action in (SEND, DIRECT):
+                assert isinstance(data, bytearray | Frame)
+                self._pending.append(data)  # sent at the batch's end (_send_pending)
         except Exception:
             self.errors["worker_exception"] += 1
             log.exception("packet handling failed; packet dropped")
         return NF_DROP, None, 0
+
+    def _send_pending(self, now: float) -> None:
+        """Send what the batch's packets left to send, in their order: rewritten
+        packets by the raw sockets, VS/DR frames to their real server's MAC."""
+        pending = self._pending
+        for data in pending:
+            try:
+                if isinstance(data, Frame):
+                    self.neighbours.send(data, now)
+                else:
+                    self._send(data)
+            except Exception:
+                self.errors["worker_exception"] += 1
+                log.exception("sending a packet failed; packet dropped")
+        pending.clear()
 
     def _flush(self) -> None:
         """Send the pending verdicts, all in one sendmsg (one by one if that fails)."""
