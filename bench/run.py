@@ -68,7 +68,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from director.core.shard import MAX_WORKERS, shard_bits_needed
@@ -115,6 +115,44 @@ class Figure:
     keepalive_cpu_us: float | None = None
     failed: int = 0
     note: str = ""
+    # With --rounds: each round's (new_rps, keepalive_rps); the figures above are their
+    # medians.
+    rounds: list[tuple[float | None, float | None]] = field(default_factory=list)
+
+
+def combined(runs: list[Figure]) -> Figure:
+    """One case's figures over rounds: the median of each rate and CPU figure, the
+    failures summed, the notes kept, every round's rates remembered."""
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    first = runs[0]
+    return Figure(
+        first.case,
+        first.body,
+        median([f.new_rps for f in runs]),
+        median([f.keepalive_rps for f in runs]),
+        median([f.new_cpu_us for f in runs]),
+        median([f.keepalive_cpu_us for f in runs]),
+        sum(f.failed for f in runs),
+        " ".join(dict.fromkeys(f.note.strip() for f in runs if f.note.strip())),
+        [(f.new_rps, f.keepalive_rps) for f in runs],
+    )
+
+
+def ratio_of(mine: Figure, other: Figure, kind: str) -> tuple[float | None, list[float]]:
+    """``mine`` over ``other`` for ``kind`` ("new" or "keepalive"): with rounds, the
+    median of the rounds' own ratios (each of two cases measured minutes apart, not a
+    whole case apart: robust to a machine whose speed drifts), and those ratios."""
+    at = 0 if kind == "new" else 1
+    pairs = [(a[at], b[at]) for a, b in zip(mine.rounds, other.rounds, strict=False)]
+    per_round = [a / b for a, b in pairs if a and b]
+    if len(per_round) > 1:
+        return statistics.median(per_round), per_round
+    a, b = getattr(mine, f"{kind}_rps"), getattr(other, f"{kind}_rps")
+    return (a / b if a and b else None), per_round
 
 
 @dataclass(frozen=True)
@@ -757,8 +795,14 @@ def _fmt_us(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if not a or not b else f"{a / b:.2f}x"
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _rounds(per_round: list[float]) -> str:
+    if len(per_round) < 2:
+        return ""
+    return f", the median of {len(per_round)} rounds: " + " ".join(f"{r:.2f}" for r in per_round)
 
 
 def _size(body: int) -> str:
@@ -802,10 +846,8 @@ def report(figures: list[Figure], args: argparse.Namespace, settings: Settings) 
         print(f"{'director NAT relative to':<38} {'new conn':>11} {'keep-alive':>21}")
         for f in rows:
             if f is not mine:
-                print(
-                    f"{f.case:<38} {_ratio(mine.new_rps, f.new_rps):>11} "
-                    f"{_ratio(mine.keepalive_rps, f.keepalive_rps):>21}"
-                )
+                new, keepalive = ratio_of(mine, f, "new")[0], ratio_of(mine, f, "keepalive")[0]
+                print(f"{f.case:<38} {_times(new):>11} {_times(keepalive):>21}")
         _goals(rows, mine, body, settings)
 
 
@@ -816,36 +858,37 @@ def _goals(rows: list[Figure], mine: Figure, body: int, settings: Settings) -> N
     for goal_body, kind, goal in HAPROXY_GOALS:
         if proxy is None or goal_body != body:
             continue
-        a, b = getattr(mine, f"{kind}_rps"), getattr(proxy, f"{kind}_rps")
-        if a and b:
-            verdict = "meets" if a / b >= goal else "misses"
+        times, per_round = ratio_of(mine, proxy, kind)
+        if times is not None:
+            verdict = "meets" if times >= goal else "misses"
             what = "keep-alive" if kind == "keepalive" else "new connections"
             lines.append(
-                f"director NAT {what} vs {proxy.case}: {a / b:.2f}x "
+                f"director NAT {what} vs {proxy.case}: {times:.2f}x{_rounds(per_round)} "
                 f"({verdict} issue 11's {goal}x goal, set for one worker)"
             )
     fast = next((f for f in rows if f.case == title_of("director-fast", settings)), None)
     for kind in ("new", "keepalive"):
-        a = getattr(fast, f"{kind}_rps", None)
-        b = getattr(proxy, f"{kind}_rps", None)
-        if a and b:
-            verdict = "meets" if a / b >= FAST_GOAL else "misses"
+        times, per_round = ratio_of(fast, proxy, kind) if fast and proxy else (None, [])
+        if proxy is not None and times is not None:
+            verdict = "meets" if times >= FAST_GOAL else "misses"
             what = "keep-alive" if kind == "keepalive" else "new connections"
-            lines.append(f"director fast path {what} vs {proxy.case if proxy else ''}: "
-                         f"{a / b:.2f}x ({verdict} issue 12's {FAST_GOAL}x goal)")  # fmt: skip
+            lines.append(
+                f"director fast path {what} vs {proxy.case}: {times:.2f}x"
+                f"{_rounds(per_round)} ({verdict} issue 12's {FAST_GOAL}x goal)"
+            )
     ceiling = next((f for f in rows if f.case == title_of("ceiling", settings)), None)
-    if ceiling is not None and mine.keepalive_rps and ceiling.keepalive_rps:
+    times, per_round = ratio_of(mine, ceiling, "keepalive") if ceiling else (None, [])
+    if times is not None:
         lines.append(
-            f"director NAT keep-alive vs the accept-only ceiling: "
-            f"{mine.keepalive_rps / ceiling.keepalive_rps:.2f}x (1.00x is all an "
-            "every-packet design can reach here)"
+            f"director NAT keep-alive vs the accept-only ceiling: {times:.2f}x"
+            f"{_rounds(per_round)} (1.00x is all an every-packet design can reach here)"
         )
     dr = next((f for f in rows if f.case == title_of("director-dr", settings)), None)
-    if dr is not None and dr.keepalive_rps and mine.keepalive_rps:
-        ratio = dr.keepalive_rps / mine.keepalive_rps
-        verdict = "meets" if ratio >= DR_GOAL else "misses"
+    times, per_round = ratio_of(dr, mine, "keepalive") if dr else (None, [])
+    if times is not None:
+        verdict = "meets" if times >= DR_GOAL else "misses"
         lines.append(
-            f"director DR keep-alive vs director NAT: {ratio:.2f}x "
+            f"director DR keep-alive vs director NAT: {times:.2f}x{_rounds(per_round)} "
             f"({verdict} the {DR_GOAL}x goal of issue 3)"
         )
     if lines:
@@ -892,20 +935,28 @@ def _run_size(
     size_work = work / f"{lab.kind}-{body}"
     size_work.mkdir(mode=0o711)
     start_backends(lab, size_work, args.backend, body)
+    runs: dict[str, list[Figure]] = {key: [] for key in keys}
     try:
-        for key in keys:
-            setup = CASES[key][1]
-            figure = Figure(title_of(key, settings), body)
-            figures.append(figure)
-            print(f"measuring: {figure.case}, {_size(body)}", file=sys.stderr, flush=True)
-            try:
-                with setup(lab, size_work, settings) as target:
-                    measure(lab, figure, target, args)
-            except Exception as err:  # one broken case must not hide the others
-                errors += 1
-                figure.note = f"error: {err}".splitlines()[0][:200]
+        for turn in range(args.rounds):
+            # Each round's cases have their files apart too (directord's state).
+            round_work = size_work / f"round-{turn + 1}"
+            round_work.mkdir(mode=0o711)
+            for key in keys:
+                setup = CASES[key][1]
+                figure = Figure(title_of(key, settings), body)
+                runs[key].append(figure)
+                said = f", round {turn + 1} of {args.rounds}" if args.rounds > 1 else ""
+                print(f"measuring: {figure.case}, {_size(body)}{said}", file=sys.stderr,
+                      flush=True)  # fmt: skip
+                try:
+                    with setup(lab, round_work, settings) as target:
+                        measure(lab, figure, target, args)
+                except Exception as err:  # one broken case must not hide the others
+                    errors += 1
+                    figure.note = f"error: {err}".splitlines()[0][:200]
     finally:
         stop_backends(lab)
+        figures.extend(combined(r) for r in runs.values() if r)
     return errors
 
 
@@ -924,6 +975,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--requests", type=int, default=20000, help="per ab run")
     parser.add_argument("-c", "--concurrency", type=int, default=32)
     parser.add_argument("-r", "--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every case in turn this many times (each time -r runs); figures are "
+        "the medians over rounds, ratios the median of each round's own ratio",
+    )
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     parser.add_argument("--run-timeout", type=float, default=120.0, help="seconds per ab run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -966,6 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
     args.requests = max(1, min(args.requests, 100_000))  # bounded load
     args.concurrency = max(1, min(args.concurrency, 200))
     args.repeat = max(1, min(args.repeat, 10))
+    args.rounds = max(1, min(args.rounds, 10))
     args.body_sizes = list(dict.fromkeys(max(0, min(b, 1 << 20)) for b in args.body_sizes))
     if not 1 <= args.workers <= MAX_WORKERS:
         parser.error(f"--workers: 1 to {MAX_WORKERS} (directord's limit)")
