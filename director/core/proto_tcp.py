@@ -121,6 +121,11 @@ def flag_row(flags: int) -> int:
     return -1
 
 
+# flag_row for every value of a segment's flags byte, looked up once per packet (the
+# flags come from one byte of the TCP header).
+FLAG_ROWS: tuple[int, ...] = tuple(flag_row(flags) for flags in range(256))
+
+
 def next_state(
     direction: int,
     flags: int,
@@ -128,7 +133,7 @@ def next_state(
     table: tuple[tuple[tuple[int, ...], ...], ...] = TCP_STATES,
 ) -> int:
     """set_tcp_state(): the state a packet with ``flags`` moves a connection to."""
-    row = flag_row(flags)
+    row = FLAG_ROWS[flags]
     if row < 0:
         return CLOSE
     return table[direction][row][state]
