@@ -42,7 +42,6 @@ from director.core.packet import (
     IPPROTO_ICMPV6,
     IPV6_HLEN,
     SKB_CSUMNOTREADY,
-    TH_ACK,
     TH_RST,
     TH_SYN,
     IcmpError,
@@ -52,7 +51,6 @@ from director.core.packet import (
     parse_icmp_error,
 )
 from director.core.proto_tcp import (
-    ACK_ROW,
     CLOSE,
     FIN_WAIT,
     INPUT,
@@ -61,6 +59,8 @@ from director.core.proto_tcp import (
     SYN_RECV,
     TIME_WAIT,
     TcpProtocol,
+    flag_row,
+    move,
 )
 from director.core.proto_udp import UdpProtocol
 from director.core.service import IPPROTO_TCP, IPPROTO_UDP, Dest, Service, ServiceTable
@@ -100,7 +100,13 @@ _FRAG = 0x3FFF  # MF and the fragment offset
 # 64-bit halves each), the two ports (the transport header right after 40 bytes).
 _FUSED6 = struct.Struct("!4xHBxQQQQHH")
 _TH_DOFF5 = 0x50  # a TCP data offset of 5 words, in the high nibble of byte 12
-_TH_NOT_ACK_ROW = 0x07  # FIN, SYN or RST: a row other than ACK's (tcp_state_idx)
+# The fused path's row of the TCP state table for each flags byte (tcp_state_idx:
+# proto_tcp.flag_row), -1 for what it leaves to the general path: a segment with none
+# of RST, SYN, FIN and ACK (it moves the connection to CLOSE by no row) and, on the
+# way in, any SYN (is_new_conn: conn_reuse_mode may schedule it afresh).  A reply's
+# SYN has no such question (ip_vs_out has no is_new_conn).
+_ROWS_IN: tuple[int, ...] = tuple(-1 if f & TH_SYN else flag_row(f) for f in range(256))
+_ROWS_OUT: tuple[int, ...] = tuple(flag_row(f) for f in range(256))
 
 
 # ICMP errors about a tunnelled packet of the other family than its client's, as RFC
@@ -358,13 +364,14 @@ class Director:
         """LOCAL_IN: a packet from a client to a VIP.
 
         The common case is fused: a packet of a known connection whose real server is
-        still there, that changes no state (a TCP segment of the ACK row leaving the
-        state as it is, or a UDP datagram), and that the connection's transmitter can
-        send without a refusal (``Xmit.fused_in``), is counted, timed and rewritten
-        here in a few steps.  Everything else, and anything the fused path is not
-        sure of, takes the general path (``hook_in_general``), which does the same
-        work step by step; the property tests prove the two give the same bytes,
-        verdicts, connection state, counters and timers."""
+        still there (a TCP segment of the ACK, FIN or RST row, whatever state it moves
+        the connection to, or a UDP datagram), and that the connection's transmitter
+        can send without a refusal (``Xmit.fused_in``), is counted, moved (set_tcp_state
+        by the same table and ``proto_tcp.move``), timed and rewritten here in a few
+        steps.  Everything else (a SYN: is_new_conn; a segment of no row), and anything
+        the fused path is not sure of, takes the general path (``hook_in_general``),
+        which does the same work step by step; the property tests prove the two give
+        the same bytes, verdicts, connection state, counters and timers."""
         if self.backup_only:
             return self._pass("backup_only")
         if self.fused and len(buf) >= 28:
@@ -374,23 +381,21 @@ class Director:
                 if conn is not None and conn.dest.available:
                     proto = conn.proto
                     if proto is self.tcp:
-                        flags = buf[33] if length >= 40 else _TH_NOT_ACK_ROW
-                        state = conn.state
-                        table = proto.table[INPUT_ONLY if conn.nooutput else INPUT][ACK_ROW]
-                        if (
-                            flags & _TH_NOT_ACK_ROW
-                            or not flags & TH_ACK
-                            or buf[32] < _TH_DOFF5
-                            or table[state] != state
-                        ):
+                        row = _ROWS_IN[buf[33]] if length >= 40 else -1
+                        if row < 0 or buf[32] < _TH_DOFF5:
                             return self._in_general(buf, now, mark, conn)
-                        timeout = proto.timeouts[state]
+                        state = conn.state
+                        new = proto.table[INPUT_ONLY if conn.nooutput else INPUT][row][state]
+                        timeout = proto.timeouts[new]
                     elif proto is self.udp:
+                        state = new = 0  # UDP has one state
                         timeout = proto.timeouts[0]
                     else:
                         return self._in_general(buf, now, mark, conn)
                     verdict = conn.xmit.fused_in(conn, buf, length)
                     if verdict is not None:
+                        if new != state:
+                            move(conn, new)  # set_tcp_state, after the send asked nothing
                         stats = conn.dest.stats  # ip_vs_in_stats, unrolled
                         stats.inpkts += 1
                         stats.inbytes += length
@@ -430,24 +435,22 @@ class Director:
             return self._in_general(buf, now, mark, conn)
         proto = conn.proto
         if proto is self.tcp:
-            flags = buf[53] if length >= 60 else _TH_NOT_ACK_ROW
-            state = conn.state
-            table = proto.table[INPUT_ONLY if conn.nooutput else INPUT][ACK_ROW]
-            if (
-                flags & _TH_NOT_ACK_ROW
-                or not flags & TH_ACK
-                or buf[52] < _TH_DOFF5
-                or table[state] != state
-            ):
+            row = _ROWS_IN[buf[53]] if length >= 60 else -1
+            if row < 0 or buf[52] < _TH_DOFF5:
                 return self._in_general(buf, now, mark, conn)
-            timeout = proto.timeouts[state]
+            state = conn.state
+            new = proto.table[INPUT_ONLY if conn.nooutput else INPUT][row][state]
+            timeout = proto.timeouts[new]
         elif proto is self.udp:
+            state = new = 0  # UDP has one state
             timeout = proto.timeouts[0]
         else:
             return self._in_general(buf, now, mark, conn)
         verdict = conn.xmit.fused_in6(conn, buf, length)
         if verdict is None:
             return self._in_general(buf, now, mark, conn)
+        if new != state:
+            move(conn, new)  # set_tcp_state
         for stats in (conn.dest.stats, conn.svc.stats, self.totals):  # ip_vs_in_stats
             stats.inpkts += 1
             stats.inbytes += length
@@ -528,8 +531,9 @@ class Director:
         """FORWARD: a packet from a real server; NAT replies are rewritten.  ``skb_info``:
         the queue's NFQA_SKB_INFO flags (a GSO super-packet, a partial checksum).
 
-        Fused as hook_in is: a reply of a known connection that changes no state
-        (and is not the first the connection sees: that clears its NOOUTPUT) and that
+        Fused as hook_in is: a reply of a known connection, a TCP segment of any row
+        (the server's SYN-ACK too: ip_vs_out has no is_new_conn) or a UDP datagram,
+        that is not the first the connection sees (that clears its NOOUTPUT) and that
         its transmitter rewrites without a question (``Xmit.fused_out``, or
         ``Xmit.fused_out_partial`` for a packet whose checksum is the kernel's partial
         seed).  backup_only does not hold replies back (ip_vs_out_hook has no such
@@ -541,17 +545,14 @@ class Director:
                 if conn is not None and not conn.nooutput:
                     proto = conn.proto
                     if proto is self.tcp:
-                        flags = buf[33] if length >= 40 else _TH_NOT_ACK_ROW
-                        state = conn.state
-                        if (
-                            flags & _TH_NOT_ACK_ROW
-                            or not flags & TH_ACK
-                            or buf[32] < _TH_DOFF5
-                            or proto.table[OUTPUT][ACK_ROW][state] != state
-                        ):
+                        row = _ROWS_OUT[buf[33]] if length >= 40 else -1
+                        if row < 0 or buf[32] < _TH_DOFF5:
                             return self._out_general(buf, now, conn, skb_info)
-                        timeout = proto.timeouts[state]
+                        state = conn.state
+                        new = proto.table[OUTPUT][row][state]
+                        timeout = proto.timeouts[new]
                     elif proto is self.udp:
+                        state = new = 0  # UDP has one state
                         timeout = proto.timeouts[0]
                     else:
                         return self._out_general(buf, now, conn, skb_info)
@@ -561,6 +562,8 @@ class Director:
                         else conn.xmit.fused_out(conn, buf)
                     )
                     if verdict is not None:
+                        if new != state:
+                            move(conn, new)  # set_tcp_state
                         stats = conn.dest.stats  # ip_vs_out_stats, unrolled
                         stats.outpkts += 1
                         stats.outbytes += length
@@ -597,23 +600,22 @@ class Director:
             return self._out_general(buf, now, conn, skb_info)
         proto = conn.proto
         if proto is self.tcp:
-            flags = buf[53] if length >= 60 else _TH_NOT_ACK_ROW
-            state = conn.state
-            if (
-                flags & _TH_NOT_ACK_ROW
-                or not flags & TH_ACK
-                or buf[52] < _TH_DOFF5
-                or proto.table[OUTPUT][ACK_ROW][state] != state
-            ):
+            row = _ROWS_OUT[buf[53]] if length >= 60 else -1
+            if row < 0 or buf[52] < _TH_DOFF5:
                 return self._out_general(buf, now, conn, skb_info)
-            timeout = proto.timeouts[state]
+            state = conn.state
+            new = proto.table[OUTPUT][row][state]
+            timeout = proto.timeouts[new]
         elif proto is self.udp:
+            state = new = 0  # UDP has one state
             timeout = proto.timeouts[0]
         else:
             return self._out_general(buf, now, conn, skb_info)
         verdict = conn.xmit.fused_out6(conn, buf, skb_info)
         if verdict is None:
             return self._out_general(buf, now, conn, skb_info)
+        if new != state:
+            move(conn, new)  # set_tcp_state
         for stats in (conn.dest.stats, conn.svc.stats, self.totals):  # ip_vs_out_stats
             stats.outpkts += 1
             stats.outbytes += length

@@ -21,8 +21,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from director.core.engine import Director
-from director.core.packet import parse
+from director.core.packet import IPPROTO_UDP, parse
+from director.core.proto_tcp import (
+    CLOSE,
+    ESTABLISHED,
+    FIN_WAIT,
+    SYN_RECV,
+    TIME_WAIT,
+)
 from director.core.route import Route
+from director.core.sync import IP_VS_STATE_MASTER, Master
 from director.core.xmit import ACCEPT, DIRECT, SEND, Verdict
 from director.core.xmit.nat import rewrite, rewrite_fused
 from director.model.config import Config, DestConf, ServiceConf
@@ -87,7 +95,8 @@ def build(d: Director) -> Director:
 def change(d: Director, what: str, on: bool) -> None:
     """What else moves between packets: the configuration (a real server removed,
     so its connections see an unavailable one), routes, secure_tcp's state table
-    (the defence switches it), expire_nodest_conn."""
+    (the defence switches it), a sync master (which syncs an entry on its state
+    changes: ip_vs_sync_conn_needed), expire_nodest_conn."""
     if what == "config":
         d.configure(config(fewer=on))
         routes(d)
@@ -95,6 +104,8 @@ def change(d: Director, what: str, on: bool) -> None:
         routes(d, lost=on)
     elif what == "secure":
         d.tcp.secure(on)
+    elif what == "sync":
+        d.set_sync(IP_VS_STATE_MASTER, Master(0, 1472, d.sysctls)) if on else d.set_sync(0, None)
     else:
         d.sysctls.expire_nodest_conn = int(on)
 
@@ -106,15 +117,21 @@ def director(fused: bool) -> Director:
 
 
 def state(d: Director) -> tuple[Any, ...]:
-    """Everything a packet may change: each entry's fields and timer, every counter."""
+    """Everything a packet may change: each entry's fields, timer and sync record,
+    every counter, what the sync master queued."""
     conns = sorted(
         (
             c.template, c.protocol, c.caddr, c.cport, c.vaddr, c.vport, c.daddr, c.dport,
             c.state, c.timeout, c.expires, c.in_pkts, c.inactive, c.nooutput, c.n_control,
             None if c.control is None else (c.control.caddr, c.control.vport), c.xmit.name,
+            c.sync,
         )
         for c in d.conns.all()
     )  # fmt: skip
+    m = d.sync_master
+    sync = None
+    if m is not None:
+        sync = (m.entries, m.dropped, list(m.queue), m.buff and (m.buff.message(), m.buff.firstuse))
     dests = [
         (dest.key, dest.activeconns, dest.inactconns, dest.persistconns, dest.overloaded,
          dest.stats.counts())
@@ -123,7 +140,7 @@ def state(d: Director) -> tuple[Any, ...]:
     ]  # fmt: skip
     services = [svc.stats.counts() for svc in d.services]
     return (conns, dests, services, d.totals.counts(), dict(d.verdicts), dict(d.drops),
-            dict(d.passes), len(d.conns))  # fmt: skip
+            dict(d.passes), len(d.conns), sync)  # fmt: skip
 
 
 def packet(
@@ -170,9 +187,13 @@ def same(a: Verdict, b: Verdict) -> bool:
     return a[1] == b[1]
 
 
+# Segments of every row of the state table (tcp_state_idx): the ACK row, which moves
+# a connection out of SYN_RECV, FIN_WAIT, LAST_ACK..., FIN and RST (each with ACK or
+# not, FIN with RST), SYN, and none (CLOSE).
 FLAGS = st.sampled_from(
-    (ACK, ACK | PSH, ACK, ACK, SYN, SYN | ACK, FIN | ACK, FIN, RST, RST | ACK, 0, PSH, SYN | FIN)
-)
+    (ACK, ACK | PSH, ACK, ACK, SYN, SYN | ACK, FIN | ACK, FIN | ACK, FIN | ACK | PSH, FIN, RST,
+     RST | ACK, RST | FIN, 0, PSH, SYN | FIN)
+)  # fmt: skip
 # A flow: (service, client, client port).  Each example picks a few and its packets
 # belong to them, so that connections are made, used, changed and refused in turn.
 FLOW = st.tuples(
@@ -181,7 +202,9 @@ FLOW = st.tuples(
     st.integers(0, len(PORTS) - 1),
 )
 STEP = st.tuples(
-    st.sampled_from(("in",) * 6 + ("out",) * 6 + ("expire", "config", "route", "secure", "nodest")),
+    st.sampled_from(
+        ("in",) * 6 + ("out",) * 6 + ("expire", "config", "route", "secure", "sync", "nodest")
+    ),
     st.integers(0, 2),
     st.integers(0, 1),
     FLAGS,
@@ -196,9 +219,52 @@ STEP = st.tuples(
 Step = tuple[str, int, int, int, int, int, int, int, float]
 
 
+class Spy(Director):
+    """A director that counts the packets its general path takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.general = 0
+
+    def _in_general(self, buf: bytearray, now: float, mark: int, found: Any) -> Verdict:
+        self.general += 1
+        return super()._in_general(buf, now, mark, found)
+
+    def _out_general(self, buf: bytearray, now: float, found: Any, skb_info: int = 0) -> Verdict:
+        self.general += 1
+        return super()._out_general(buf, now, found, skb_info)
+
+
+def must_fuse(d: Director, out: bool, raw: bytearray) -> bool:
+    """Whether the fused path is to take this packet, as ``d`` (the general director,
+    before the packet) stands: a TCP segment of a state table row (any row but SYN's
+    on the way in, is_new_conn's) or a UDP datagram, of a known connection, that its
+    method sends without a question: NAT and the local node, DR and TUN while their
+    route is there; on the way out, a NAT reply past the first.  Whether it changes
+    the connection's state does not matter.  For an unspoilt packet only (no DF, no
+    TTL of 1, no padding...)."""
+    pkt = parse(bytearray(raw))
+    flags = pkt.tcp_flags
+    if pkt.protocol != IPPROTO_UDP and not flags & (FIN | SYN | RST | ACK):
+        return False  # no row: CLOSE
+    if flags & SYN and not out:
+        return False  # is_new_conn
+    if out:
+        conn = d.conns.find_out(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+        return conn is not None and not conn.nooutput and conn.xmit.name == "masq"
+    conn = d.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+    if conn is None or not conn.dest.available:
+        return False
+    if conn.xmit.name in ("droute", "tunnel"):
+        return conn.dest.route is not None
+    return conn.xmit.name in ("masq", "local")
+
+
 def run(flows: list[tuple[int, int, int]], steps: list[Step]) -> None:
-    """The same steps through a fused director and a general one, compared after each."""
-    fused, general = director(True), director(False)
+    """The same steps through a fused director and a general one, compared after each;
+    an unspoilt packet the fused path is to take (``must_fuse``) must not reach the
+    fused director's general path."""
+    fused, general = build(Spy()), director(False)
     now = 1.0
     for kind, flow, dest, flags, size, spoil, at, value, dt in steps:
         service, client, port = flows[flow % len(flows)]
@@ -212,12 +278,15 @@ def run(flows: list[tuple[int, int, int]], steps: list[Step]) -> None:
             raw = variant(packet(kind == "out", service, client, port, dest, flags, size),
                           spoil, at, value)  # fmt: skip
             a, b = bytearray(raw), bytearray(raw)
+            expected = not spoil and must_fuse(general, kind == "out", raw)
+            before = fused.general
             if kind == "in":
                 va, vb = fused.hook_in(a, now), general.hook_in(b, now)
             else:
                 va, vb = fused.hook_out(a, now), general.hook_out(b, now)
             assert same(va, vb), (va, vb)
             assert a == b  # the buffer as rewritten in place
+            assert not expected or fused.general == before, "fell back to the general path"
         assert state(fused) == state(general)
 
 
@@ -272,22 +341,6 @@ def test_every_case_the_fused_path_leaves_alone_agrees():
             raise AssertionError(f"{name}: {err}") from err
 
 
-class Spy(Director):
-    """A director that counts the packets its general path takes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.general = 0
-
-    def _in_general(self, buf: bytearray, now: float, mark: int, found: Any) -> Verdict:
-        self.general += 1
-        return super()._in_general(buf, now, mark, found)
-
-    def _out_general(self, buf: bytearray, now: float, found: Any, skb_info: int = 0) -> Verdict:
-        self.general += 1
-        return super()._out_general(buf, now, found, skb_info)
-
-
 def test_the_common_case_takes_the_fused_path():
     """Established TCP both ways, UDP both ways (a persistent service's reply too), DR,
     TUN and the local node: none of these packets reaches the general path, and each
@@ -312,11 +365,89 @@ def test_the_common_case_takes_the_fused_path():
     assert d.hook_in(udp(c, VIP, 40000, 5353, b"q"), 2.0)[0] == SEND
     assert d.hook_in(tcp(c, VIP, 40000, 9000, ACK, b"x"), 2.0) == (ACCEPT, None)
     assert d.general == 0
-    # A state change, a SYN, an unknown flow: the general path.
-    d.hook_in(tcp(c, VIP, 40000, 80, FIN | ACK), 3.0)
+    # A segment of no row, a SYN, an unknown flow: the general path.
+    d.hook_in(tcp(c, VIP, 40000, 80, PSH), 3.0)
     d.hook_in(tcp(c, VIP, 40001, 80, SYN), 3.0)
     d.hook_out(tcp(rs, c, rport, 40009, ACK), 3.0)
     assert d.general == 3
+
+
+# A short HTTP connection (ab without -k) as the client and the real server send it:
+# (out, flags, bytes of payload), then the state each segment leaves the connection in,
+# by tcp_states[] of net/netfilter/ipvs/ip_vs_proto_tcp.c: INPUT and OUTPUT for NAT,
+# INPUT-ONLY for DR and TUN, whose replies the director never sees.
+SHORT_NAT = (
+    ((False, SYN, 0), SYN_RECV),  # sNO -> sSR (INPUT syn)
+    ((True, SYN | ACK, 0), SYN_RECV),  # sSR -> sSR (OUTPUT syn)
+    ((False, ACK, 0), ESTABLISHED),  # sSR -> sES (INPUT ack)
+    ((False, ACK | PSH, 100), ESTABLISHED),
+    ((True, ACK | PSH, 100), ESTABLISHED),
+    ((True, FIN | ACK, 0), FIN_WAIT),  # sES -> sFW (OUTPUT fin)
+    ((False, ACK, 0), FIN_WAIT),  # sFW -> sFW (INPUT ack)
+    ((False, FIN | ACK, 0), TIME_WAIT),  # sFW -> sTW (INPUT fin)
+    ((True, ACK, 0), TIME_WAIT),  # sTW -> sTW (OUTPUT ack)
+)
+SHORT_INPUT_ONLY = (
+    ((False, SYN, 0), SYN_RECV),  # sNO -> sSR (INPUT-ONLY syn)
+    ((False, ACK, 0), ESTABLISHED),  # sSR -> sES (INPUT-ONLY ack)
+    ((False, ACK | PSH, 100), ESTABLISHED),
+    ((False, ACK, 0), ESTABLISHED),
+    ((False, FIN | ACK, 0), FIN_WAIT),  # sES -> sFW (INPUT-ONLY fin)
+    ((False, ACK, 0), FIN_WAIT),  # sFW -> sFW (INPUT-ONLY ack)
+    ((False, RST, 0), CLOSE),  # sFW -> sCL (INPUT-ONLY rst)
+)
+# The same NAT connection closed by the client first, then reset by the real server.
+CLIENT_CLOSES = (
+    ((False, SYN, 0), SYN_RECV),
+    ((True, SYN | ACK, 0), SYN_RECV),
+    ((False, ACK | PSH, 100), ESTABLISHED),  # sSR -> sES (INPUT ack)
+    ((False, FIN | ACK, 0), 7),  # sES -> sCW (INPUT fin): CLOSE_WAIT
+    ((True, FIN | ACK, 0), TIME_WAIT),  # sCW -> sTW (OUTPUT fin)
+    ((True, RST, 0), TIME_WAIT),  # sTW -> sTW (OUTPUT rst)
+    ((False, RST | ACK, 0), CLOSE),  # sTW -> sCL (INPUT rst)
+)
+
+
+def test_a_short_connection_takes_the_fused_path_but_for_its_syn():
+    """Every segment after the client's SYN is fused, those that move the state too
+    (SYN_RECV to ESTABLISHED, the FINs to FIN_WAIT, CLOSE_WAIT and TIME_WAIT, a RST to
+    CLOSE) and the real server's SYN-ACK, through NAT both ways, DR, TUN and the local
+    node, a persistent service's (8443) too, with secure_tcp's tables and without,
+    with a sync master and without; each lands in the kernel's state, and the fused
+    director agrees with the general one on everything after every segment (the
+    real server's active and inactive counters, the template assured, what the
+    sync master queued)."""
+    cases = [
+        (0, SHORT_NAT), (0, CLIENT_CLOSES), (7, SHORT_NAT),
+        (3, SHORT_INPUT_ONLY), (4, SHORT_INPUT_ONLY), (6, SHORT_INPUT_ONLY),
+    ]  # fmt: skip
+    for secure in (False, True):
+        for synced in (False, True):
+            for service, segments in cases:
+                fused, general = build(Spy()), director(False)
+                for d in (fused, general):
+                    change(d, "secure", secure)
+                    change(d, "sync", synced)
+                now = 1.0
+                rs = 0  # the real server rr chose, once it did
+                for (out, flags, size), expected in segments:
+                    now += 0.25
+                    raw = packet(out, service, 0, 0, rs, flags, size)
+                    a, b = bytearray(raw), bytearray(raw)
+                    before = fused.general
+                    if out:
+                        va, vb = fused.hook_out(a, now), general.hook_out(b, now)
+                    else:
+                        va, vb = fused.hook_in(a, now), general.hook_in(b, now)
+                    assert same(va, vb) and a == b
+                    assert state(fused) == state(general)
+                    assert fused.general == before + (flags == SYN), (service, flags)
+                    (conn,) = fused.conns
+                    rs = [socket.inet_aton(a) for a, _, _ in SERVICES[service][4]].index(conn.daddr)
+                    if not secure:  # secure_tcp holds a NAT connection in SYN_RECV longer
+                        assert conn.state == expected, (service, flags, conn.state)
+                dest = conn.dest
+                assert (dest.activeconns, dest.inactconns) == (0, 1)
 
 
 @settings(max_examples=500)
