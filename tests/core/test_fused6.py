@@ -15,12 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from director.core.engine import Director
-from director.core.packet import SKB_CSUMNOTREADY, SKB_GSO
+from director.core.packet import IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO, parse
 from director.core.route import Route
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, FIN, RST, SYN
 from tests.core.packets6 import CLIENT6, HOP, RS6_1, RS6_2, VIP6, a6, options, tcp6, udp6
-from tests.core.test_fused import same, state
+from tests.core.test_fused import (
+    CLIENT_CLOSES,
+    SHORT_INPUT_ONLY,
+    SHORT_NAT,
+    Spy,
+    change,
+    same,
+    state,
+)
 from tests.core.test_golden6 import seed6
 
 PSH = dpkt.tcp.TH_PUSH
@@ -41,7 +49,7 @@ ROUTES6 = {
 
 
 def director(fused: bool, fewer: bool = False) -> Director:
-    d = Director()
+    d = Spy() if fused else Director()
     d.fused = fused
     configure(d, fewer)
     return d
@@ -87,7 +95,35 @@ def variant(raw: bytearray, spoil: int, at: int, value: int) -> bytearray:
     return raw
 
 
-FLAGS = st.sampled_from((ACK, ACK | PSH, ACK, ACK, SYN, SYN | ACK, FIN | ACK, RST, 0, PSH))
+FLAGS = st.sampled_from(
+    (ACK, ACK | PSH, ACK, ACK, SYN, SYN | ACK, FIN | ACK, FIN | ACK | PSH, FIN, RST, RST | ACK,
+     0, PSH)
+)  # fmt: skip
+
+
+def must_fuse(d: Director, out: bool, raw: bytearray) -> bool:
+    """test_fused.must_fuse for an unspoilt IPv6 packet (no extension header, a hop
+    limit above 1, a UDP checksum): of a known connection, any row of the state
+    table but a client's SYN's; NAT's on the way in when it fits its path (no DF in
+    IPv6: a packet too big is always answered), the local node's."""
+    pkt = parse(bytearray(raw))
+    flags = pkt.tcp_flags
+    if pkt.protocol != IPPROTO_UDP and not flags & (FIN | SYN | RST | ACK):
+        return False  # no row: CLOSE
+    if flags & SYN and not out:
+        return False  # is_new_conn
+    if out:
+        conn = d.conns.find_out(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+        return conn is not None and not conn.nooutput and conn.xmit.name == "masq"
+    conn = d.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
+    if conn is None or not conn.dest.available:
+        return False
+    route = conn.dest.route
+    if conn.xmit.name == "masq":
+        return route is None or pkt.length <= conn.dest.path_mtu(route)
+    return conn.xmit.name == "local"
+
+
 FLOW = st.tuples(
     st.integers(0, len(SERVICES6) - 1),
     st.integers(0, len(CLIENTS6) - 1),
@@ -125,6 +161,8 @@ def test_fused_and_general_paths_agree_on_everything_for_ipv6(flows, steps):
                 value,
             )  # fmt: skip
             a, b = bytearray(raw), bytearray(raw)
+            expected = not spoil and must_fuse(general, kind != "in", raw)
+            before = fused.general
             if kind == "in":
                 va, vb = fused.hook_in(a, now), general.hook_in(b, now)
             else:
@@ -132,6 +170,7 @@ def test_fused_and_general_paths_agree_on_everything_for_ipv6(flows, steps):
                 va, vb = fused.hook_out(a, now, info), general.hook_out(b, now, info)
             assert same(va, vb), (va, vb)
             assert a == b
+            assert not expected or fused.general == before, "fell back to the general path"
         assert state(fused) == state(general)
 
 
@@ -156,3 +195,39 @@ def test_an_established_ipv6_flow_takes_the_fused_path():
     _, data = d.hook_out(reply, 2.0, SKB_CSUMNOTREADY)
     assert bytes(data) == bytes(tcp6(VIP6, CLIENT6, 80, 40000, ACK, b"z"))
     assert calls == []
+
+
+def test_a_short_ipv6_connection_takes_the_fused_path_but_for_its_syn():
+    """test_fused's short connections in IPv6: through NAT (closed by the real server
+    first, or by the client and then reset) and the local node, every segment after
+    the client's SYN is fused, those that change the state too, with secure_tcp's
+    tables and without, with a sync master and without, and each lands in the state
+    of tcp_states[] (net/netfilter/ipvs/ip_vs_proto_tcp.c), the fused director
+    agreeing with the general one on everything after every segment."""
+    for secure in (False, True):
+        for synced in (False, True):
+            for service, segments in ((0, SHORT_NAT), (0, CLIENT_CLOSES), (2, SHORT_INPUT_ONLY)):
+                fused, general = director(True), director(False)
+                assert isinstance(fused, Spy)
+                for d in (fused, general):
+                    change(d, "secure", secure)
+                    change(d, "sync", synced)
+                now = 1.0
+                rs = 0  # the real server rr chose, once it did
+                for (out, flags, size), expected in segments:
+                    now += 0.25
+                    raw = packet(out, service, 0, 0, rs, flags, size, 0)
+                    a, b = bytearray(raw), bytearray(raw)
+                    before = fused.general
+                    if out:
+                        va, vb = fused.hook_out(a, now), general.hook_out(b, now)
+                    else:
+                        va, vb = fused.hook_in(a, now), general.hook_in(b, now)
+                    assert same(va, vb) and a == b
+                    assert state(fused) == state(general)
+                    assert fused.general == before + (flags == SYN), (service, flags)
+                    (conn,) = fused.conns
+                    rs = [a6(addr) for addr, _, _ in SERVICES6[service][3]].index(conn.daddr)
+                    if not secure:  # secure_tcp holds a NAT connection in SYN_RECV longer
+                        assert conn.state == expected, (service, flags, conn.state)
+                assert (conn.dest.activeconns, conn.dest.inactconns) == (0, 1)

@@ -25,3 +25,6 @@ class LocalNode(Xmit):
 
     def fused_in(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
         return (ACCEPT, None)
+
+    def fused_in6(self, conn: Conn, buf: bytearray, length: int) -> Verdict | None:
+        return (ACCEPT, None)
