@@ -53,13 +53,13 @@ from director.core.packet import (
 from director.core.proto_tcp import (
     CLOSE,
     FIN_WAIT,
+    FLAG_ROWS,
     INPUT,
     INPUT_ONLY,
     OUTPUT,
     SYN_RECV,
     TIME_WAIT,
     TcpProtocol,
-    flag_row,
     move,
 )
 from director.core.proto_udp import UdpProtocol
@@ -101,12 +101,12 @@ _FRAG = 0x3FFF  # MF and the fragment offset
 _FUSED6 = struct.Struct("!4xHBxQQQQHH")
 _TH_DOFF5 = 0x50  # a TCP data offset of 5 words, in the high nibble of byte 12
 # The fused path's row of the TCP state table for each flags byte (tcp_state_idx:
-# proto_tcp.flag_row), -1 for what it leaves to the general path: a segment with none
+# proto_tcp.FLAG_ROWS), -1 for what it leaves to the general path: a segment with none
 # of RST, SYN, FIN and ACK (it moves the connection to CLOSE by no row) and, on the
 # way in, any SYN (is_new_conn: conn_reuse_mode may schedule it afresh).  A reply's
 # SYN has no such question (ip_vs_out has no is_new_conn).
-_ROWS_IN: tuple[int, ...] = tuple(-1 if f & TH_SYN else flag_row(f) for f in range(256))
-_ROWS_OUT: tuple[int, ...] = tuple(flag_row(f) for f in range(256))
+_ROWS_IN: tuple[int, ...] = tuple(-1 if f & TH_SYN else FLAG_ROWS[f] for f in range(256))
+_ROWS_OUT = FLAG_ROWS
 
 
 # ICMP errors about a tunnelled packet of the other family than its client's, as RFC
