@@ -54,7 +54,7 @@ from director.core.engine import Director
 from director.core.fragment import fragment
 from director.core.packet import SKB_CSUMNOTREADY, SKB_GSO
 from director.core.route import Frame
-from director.core.xmit import ACCEPT, DIRECT, MARK, SEND
+from director.core.xmit import ACCEPT, DIRECT, DROP, MARK, SEND
 from director.shell.netlink import Neighbours
 from director.shell.nfqueue import (
     NF_ACCEPT,
@@ -272,7 +272,10 @@ class Worker:
         }
 
     def _message(self, got: int, now: float) -> None:
-        """One message from the kernel: a packet gets its verdict queued."""
+        """One message from the kernel: a packet gets its verdict queued.  The core is
+        called here rather than through ``handle`` (the same steps, one call less a
+        packet), and a rewritten packet to reinject, the common verdict, is queued
+        without a call more."""
         try:
             packet_id, hook, mark, skb_info, at, length, _ = self._parse(self._view, got)
         except ValueError:
@@ -281,17 +284,25 @@ class Worker:
         self.packets += 1
         if skb_info:
             self._count_skb_info(skb_info)
-        verdict, payload, mark = self.handle(hook, mark, skb_info, self._buffer[at : at + length],
-                                             now)  # fmt: skip
-        self._starts.append(len(self._out))
-        if payload is None:
-            head = self._heads.head(packet_id, verdict, 0, mark)
-            self._out.append(head)
-            self._out_bytes += len(head)  # 32 bytes, 40 with a mark
-        else:
-            size = len(payload)
-            self._out += (self._heads.head(packet_id, verdict, size), payload, pad(size))
+        buf = self._buffer[at : at + length]
+        try:
+            if hook == NF_INET_FORWARD:
+                action, data = self.director.hook_out(buf, now, skb_info)
+            else:
+                action, data = self.director.hook_in(buf, now, mark)
+        except Exception:
+            action, data = self._failed()
+        out = self._out
+        self._starts.append(len(out))
+        if action == ACCEPT and isinstance(data, bytearray):
+            size = len(data)
+            out += (self._heads.head(packet_id, NF_ACCEPT, size), data, pad(size))
             self._out_bytes += size + 40
+        else:
+            verdict, mark = self._carry_out(hook, action, data, now)
+            head = self._heads.head(packet_id, verdict, 0, mark)
+            out.append(head)
+            self._out_bytes += len(head)  # 32 bytes, 40 with a mark
         self.verdicts += 1
         if self._out_bytes >= self._send_limit:
             self._flush()
@@ -318,30 +329,43 @@ class Worker:
         self, hook: int, mark: int, skb_info: int, buf: bytearray, now: float
     ) -> tuple[int, bytearray | None, int]:
         """The verdict on one packet (NF_ACCEPT or NF_DROP), its new bytes if any, and
-        the firewall mark it goes on with (0: its own).  A request comes at LOCAL_IN,
-        or at PRE_ROUTING as a new flow of the kernel fast path; a reply at FORWARD."""
+        the firewall mark it goes on with (0: its own), as ``_message`` gives it.  A
+        request comes at LOCAL_IN, or at PRE_ROUTING as a new flow of the kernel fast
+        path; a reply at FORWARD."""
         try:
             if hook == NF_INET_FORWARD:
                 action, data = self.director.hook_out(buf, now, skb_info)
             else:
                 action, data = self.director.hook_in(buf, now, mark)
-            if action == ACCEPT:
-                return NF_ACCEPT, data if isinstance(data, bytearray) else None, 0
-            if action == MARK:
-                assert isinstance(data, int)
-                if hook != NF_INET_LOCAL_IN:
-                    return NF_ACCEPT, None, data
-                # A packet of a fast-path connection that conntrack did not take (it
-                # found it INVALID: out of window, ...) reached the host: dropped, as a
-                # firewall drops INVALID, not answered with a reset by the host's stack.
-                self.errors["fast_invalid"] += 1
-            if action in (SEND, DIRECT):
-                assert isinstance(data, bytearray | Frame)
-                self._pending.append(data)  # sent at the batch's end (_send_pending)
         except Exception:
-            self.errors["worker_exception"] += 1
-            log.exception("packet handling failed; packet dropped")
-        return NF_DROP, None, 0
+            action, data = self._failed()
+        if action == ACCEPT and isinstance(data, bytearray):
+            return NF_ACCEPT, data, 0
+        verdict, mark = self._carry_out(hook, action, data, now)
+        return verdict, None, mark
+
+    def _carry_out(self, hook: int, action: int, data: object, now: float) -> tuple[int, int]:
+        """The verdict (and the mark to go on with, 0: its own) for what the core said
+        of a packet that is not reinjected rewritten: SEND and DIRECT leave at the
+        batch's end (``_send_pending``) and drop the original."""
+        if action == ACCEPT:
+            return NF_ACCEPT, 0
+        if action == MARK and isinstance(data, int):
+            if hook != NF_INET_LOCAL_IN:
+                return NF_ACCEPT, data
+            # A packet of a fast-path connection that conntrack did not take (it
+            # found it INVALID: out of window, ...) reached the host: dropped, as a
+            # firewall drops INVALID, not answered with a reset by the host's stack.
+            self.errors["fast_invalid"] += 1
+        elif action in (SEND, DIRECT) and isinstance(data, bytearray | Frame):
+            self._pending.append(data)
+        return NF_DROP, 0
+
+    def _failed(self) -> tuple[int, None]:
+        """The core raised on a packet: counted, logged, the packet dropped."""
+        self.errors["worker_exception"] += 1
+        log.exception("packet handling failed; packet dropped")
+        return DROP, None
 
     def _send_pending(self, now: float) -> None:
         """Send what the batch's packets left to send, in their order: rewritten
