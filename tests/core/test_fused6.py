@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from director.core.engine import Director
 from director.core.packet import IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO, parse
 from director.core.route import Route
+from director.core.xmit.nat import IP6_DADDR, IP6_SADDR, rewrite6, rewrite_fused6
 from director.model.config import Config, DestConf, ServiceConf
 from tests.core.packets import ACK, FIN, RST, SYN
 from tests.core.packets6 import CLIENT6, HOP, RS6_1, RS6_2, VIP6, a6, options, tcp6, udp6
@@ -231,3 +232,33 @@ def test_a_short_ipv6_connection_takes_the_fused_path_but_for_its_syn():
                     if not secure:  # secure_tcp holds a NAT connection in SYN_RECV longer
                         assert conn.state == expected, (service, flags, conn.state)
                 assert (conn.dest.activeconns, conn.dest.inactconns) == (0, 1)
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from((6, 17)),
+    st.binary(min_size=16, max_size=16),
+    st.integers(1, 65535),
+    st.sampled_from((1, 0xFFFE, 0xFFFF)) | st.integers(1, 0xFFFF),
+    st.binary(min_size=32, max_size=32),
+    st.integers(1, 65535),
+    st.integers(1, 65535),
+    st.booleans(),
+)
+def test_the_fused_rewrite6_is_rewrite6(protocol, new_addr, new_port, l4_csum, addrs, sport,
+                                        dport, inward):  # fmt: skip
+    """Whatever the transport checksum held (all ones, garbage; a UDP datagram without
+    one is not the fused path's), the one-sum IPv6 update writes the bytes the
+    word-by-word update (RFC 1624, adjust128 then adjust16) writes, both ways: the
+    general path uses either."""
+    raw = (tcp6 if protocol == 6 else udp6)(CLIENT6, VIP6, sport, dport, data=b"p")
+    raw[8:40] = addrs
+    csum_at = 56 if protocol == 6 else 46
+    raw[csum_at : csum_at + 2] = l4_csum.to_bytes(2, "big")
+    a, b = bytearray(raw), bytearray(raw)
+    addr_at, port_at = (IP6_DADDR, 2) if inward else (IP6_SADDR, 0)
+    old = int.from_bytes(raw[addr_at : addr_at + 16], "big") << 16 | (sport, dport)[port_at // 2]
+    rewrite6(parse(a), addr_at, port_at, new_addr, new_port)
+    rewrite_fused6(b, protocol, addr_at, 40 + port_at, old,
+                   int.from_bytes(new_addr, "big") << 16 | new_port)  # fmt: skip
+    assert a == b

@@ -45,7 +45,13 @@ from director.core.checksum import (
     replace128_partial,
     word_sum,
 )
-from director.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO
+from director.core.packet import (
+    IPPROTO_ICMPV6,
+    IPPROTO_UDP,
+    IPV6_HLEN,
+    SKB_CSUMNOTREADY,
+    SKB_GSO,
+)
 from director.core.xmit import ACCEPT, SEND, Verdict, Xmit, register
 from director.core.xmit.mtu import (
     IP_DF,
@@ -276,7 +282,13 @@ class Masquerade(Xmit):
         return (SEND, pkt.buf)
 
     def _xmit_in6(self, conn: Conn, pkt: Packet) -> Verdict:
-        """ip_vs_nat_xmit_v6: hop limit, path MTU, then the destination rewritten."""
+        """ip_vs_nat_xmit_v6: hop limit, path MTU, then the destination rewritten (in
+        one sum, ``fused_in6``, when no extension header comes first and the packet
+        needs no answer nor a whole checksum)."""
+        if pkt.l4 == IPV6_HLEN and not pkt.skb_info:
+            verdict = self.fused_in6(conn, pkt.buf, pkt.length)
+            if verdict is not None:
+                return verdict
         refused = decrement_hop_limit(pkt)
         route = conn.dest.route
         if refused is None and route is not None:
@@ -297,6 +309,10 @@ class Masquerade(Xmit):
             if verdict is not None:
                 return verdict
         if len(pkt.saddr) == 16:
+            if pkt.l4 == IPV6_HLEN and not pkt.skb_info:
+                verdict = self.fused_out6(conn, pkt.buf, 0)
+                if verdict is not None:
+                    return verdict
             rewrite6(pkt, IP6_SADDR, 0, conn.vaddr, conn.vport)
             return (ACCEPT, pkt.buf)
         rewrite(pkt, 12, 0, conn.vaddr, conn.vport)
