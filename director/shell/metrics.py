@@ -270,7 +270,7 @@ QUEUE_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
     ("partial_checksum_packets", "director_nfqueue_partial_checksum_packets", "counter",
      "Packets whose transport checksum the kernel had left partial (NFQA_SKB_CSUMNOTREADY)."),
     ("verdicts", "director_nfqueue_verdicts", "counter",
-     "Verdict messages the worker sent (one per packet)."),
+     "Verdicts the worker gave (one per packet; a run of plain ones in one batch message)."),
     ("verdict_sends", "director_nfqueue_verdict_sends", "counter",
      "System calls that carried them (one per batch of waiting packets)."),
     ("waiting", "director_nfqueue_waiting", "gauge",

@@ -10,7 +10,8 @@ linux/netfilter/nfnetlink_queue.h) and net/netfilter/nfnetlink_queue.c reads the
 - ``verdict_head``: the head of an NFQNL_MSG_VERDICT (NFQA_VERDICT_HDR, then the header
   of an NFQA_PAYLOAD when the packet was rewritten), read by nfqnl_recv_verdict.  The
   kernel takes several such messages in one send (netlink_rcv_skb walks them all);
-  NFQNL_MSG_VERDICT_BATCH would carry no payload.
+  ``VerdictHeads.batch``: an NFQNL_MSG_VERDICT_BATCH, one verdict (no payload, no
+  mark) for every packet still queued up to an id, read by nfqnl_recv_verdict_batch.
 - ``queue_table``: /proc/net/netfilter/nfnetlink_queue (seq_show): per queue the
   packets waiting, those the kernel dropped, and its packet id sequence.
 
@@ -28,9 +29,11 @@ NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = 0
 NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_CONFIG = 2
+NFQNL_MSG_VERDICT_BATCH = 3
 PACKET_TYPE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
 VERDICT_TYPE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT
 CONFIG_TYPE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
+VERDICT_BATCH_TYPE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT_BATCH
 
 # enum nfqnl_attr_type
 NFQA_PACKET_HDR = 1
@@ -250,6 +253,16 @@ class VerdictHeads:
     def __init__(self, queue: int) -> None:
         self._nfgen = _nfgen(queue)
         self._size = _HEAD + 4 + _VERDICT_HDR.size
+
+    def batch(self, packet_id: int, verdict: int) -> bytes:
+        """An NFQNL_MSG_VERDICT_BATCH: nfqnl_recv_verdict_batch gives ``verdict`` to
+        every packet of the queue's list (in id order, only packets the socket took:
+        __nfqnl_enqueue_packet lists an entry after nfnetlink_unicast succeeded) whose
+        id is not after ``packet_id`` (nfq_id_after: modulo 2**32); the same layout
+        as a plain verdict."""
+        return self._PLAIN.pack(self._size, VERDICT_BATCH_TYPE, NLM_F_REQUEST, 0, 0,
+                                self._nfgen, 4 + _VERDICT_HDR.size, NFQA_VERDICT_HDR,
+                                socket.htonl(verdict), socket.htonl(packet_id))  # fmt: skip
 
     def head(self, packet_id: int, verdict: int, payload_len: int = 0, mark: int = 0) -> bytes:
         """The head of a verdict; with ``mark``, the packet goes on with that firewall

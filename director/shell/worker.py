@@ -27,7 +27,14 @@ itself on the queue's socket (director/shell/nfqueue.py):
   no super-packets.
 - Fewer system calls: the verdicts of one batch (the packets that were waiting, up to
   BATCH) go to the kernel as consecutive NFQNL_MSG_VERDICT messages, payloads
-  included, in one sendmsg; the send buffer is sized for such a batch.
+  included, in one sendmsg; the send buffer is sized for such a batch.  A run of
+  consecutive plain verdicts alike (no payload, no mark: the request queue's drops
+  after SEND) goes as one NFQNL_MSG_VERDICT_BATCH for the run's last id.  The kernel
+  gives it to every packet still in the queue's list up to that id; the list holds,
+  in id order, only the packets the socket was handed, and every one read before had
+  its verdict earlier in the same stream, so the batch covers exactly the run (and a
+  packet whose message could not be read, which would otherwise wait for the queue's
+  end, dropped there as well).
 - The interpreter's work of a batch together, then the kernel's: the packets a batch
   sends itself (SEND, DIRECT) leave after every packet of the batch had its verdict
   decided, in their order.  Each such send does the receiver's work in the sender's
@@ -145,16 +152,20 @@ class Worker:
         self.clock = clock
         # One tally of what the shell could not do (send errors, unresolved neighbours).
         self.errors = errors
-        # What passed: packets taken, of them GSO and partial-checksum ones, verdict
-        # messages and the sends that carried them.
+        # What passed: packets taken (each gets one verdict), of them GSO and
+        # partial-checksum ones, and the sends that carried the verdicts.
         self.packets = self.gso_packets = self.partial_packets = 0
-        self.verdicts = self.verdict_sends = 0
+        self.verdict_sends = 0
         self.sock: socket.socket | None = None
         # The identification of the datagrams it fragments itself whose id is 0 (a
         # tunnel's outer header): the raw socket would fill one per fragment
         # (ip_select_ident), and fragments of differing ids never reassemble.
         self._ident = int.from_bytes(os.urandom(2), "big")
         self._heads = VerdictHeads(queue)
+        self._head, self._batch = self._heads.head, self._heads.batch
+        # The verdict of the plain verdicts (no payload, no mark) that end the pending
+        # ones, -1 if none do: the next packet's same verdict joins them in a batch.
+        self._run = -1
         self._parse = PacketParser().parse
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
@@ -267,7 +278,7 @@ class Worker:
             "packets": self.packets,
             "gso_packets": self.gso_packets,
             "partial_checksum_packets": self.partial_packets,
-            "verdicts": self.verdicts,
+            "verdicts": self.packets,
             "verdict_sends": self.verdict_sends,
         }
 
@@ -293,17 +304,23 @@ class Worker:
         except Exception:
             action, data = self._failed()
         out = self._out
-        self._starts.append(len(out))
         if action == ACCEPT and isinstance(data, bytearray):
             size = len(data)
-            out += (self._heads.head(packet_id, NF_ACCEPT, size), data, pad(size))
+            self._starts.append(len(out))
+            out += (self._head(packet_id, NF_ACCEPT, size), data, pad(size))
             self._out_bytes += size + 40
+            self._run = -1
         else:
             verdict, mark = self._carry_out(hook, action, data, now)
-            head = self._heads.head(packet_id, verdict, 0, mark)
-            out.append(head)
-            self._out_bytes += len(head)  # 32 bytes, 40 with a mark
-        self.verdicts += 1
+            if verdict == self._run and not mark:
+                # The previous packet's plain verdict was the same: one batch verdict
+                # for both (and the run before them), in its place.
+                out[-1] = self._batch(packet_id, verdict)
+            else:
+                self._starts.append(len(out))
+                out.append(self._head(packet_id, verdict, 0, mark))
+                self._out_bytes += 40 if mark else 32
+                self._run = -1 if mark else verdict
         if self._out_bytes >= self._send_limit:
             self._flush()
 
@@ -388,6 +405,7 @@ class Worker:
         if not out or self.sock is None:
             return
         self._out_bytes = 0
+        self._run = -1
         if not self._sendmsg(out):
             for begin, end in zip(starts, [*starts[1:], len(out)], strict=True):
                 self._sendmsg(out[begin:end])

@@ -210,3 +210,16 @@ def test_verdict_with_a_mark() -> None:
     assert struct.unpack_from("!II", head, 24) == (1, 0x11223344)  # NF_ACCEPT, id
     assert struct.unpack_from("=HH", head, 32) == (8, 3)  # NFQA_MARK
     assert struct.unpack_from("!I", head, 36) == (0x4C000007,)
+
+
+def test_batch_verdict_layout() -> None:
+    """NFQNL_MSG_VERDICT_BATCH = 3 (linux/netfilter/nfnetlink_queue.h): nlmsghdr,
+    nfgenmsg with the queue, then NFQA_VERDICT_HDR (verdict, the highest id: be32
+    each), all nfqnl_recv_verdict_batch reads (nfqa_verdict_batch_policy)."""
+    head = VerdictHeads(queue=5).batch(packet_id=0x01020304, verdict=0)
+    assert head == (
+        struct.pack("=IHHII", 32, 0x0303, 0x1, 0, 0)  # NLM_F_REQUEST, no ack asked
+        + bytes([0, 0, 0, 5])  # AF_UNSPEC, NFNETLINK_V0, res_id 5
+        + struct.pack("=HH", 12, 2)
+        + struct.pack("!II", 0, 0x01020304)  # NF_DROP up to that id
+    )

@@ -122,3 +122,67 @@ def test_a_fast_path_packet_at_local_in_is_dropped_not_delivered() -> None:
     late = tcp(CLIENT, VIP, 40000, 80, flags=0x10)
     assert worker.handle(NF_INET_LOCAL_IN, 0, 0, late, 2.0) == (NF_DROP, None, 0)
     assert worker.errors["fast_invalid"] == 1
+
+
+class _Scripted:
+    """A core that answers each packet as told, in order (the shell's part alone)."""
+
+    def __init__(self, answers: list[tuple[int, object]]) -> None:
+        self.answers = answers
+
+    def hook_in(self, buf: bytearray, now: float, mark: int = 0) -> tuple[int, object]:
+        return self.answers.pop(0)
+
+    hook_out = hook_in
+
+
+def _verdicts(sent: bytes) -> list[tuple[int, int, int, int]]:
+    """(message type, verdict, id, length) of each message of one send."""
+    found, at = [], 0
+    while at < len(sent):
+        length, kind = struct.unpack_from("=IH", sent, at)
+        verdict, packet_id = struct.unpack_from("!II", sent, at + 24)
+        found.append((kind, verdict, packet_id, length))
+        at += length
+    return found
+
+
+def test_a_run_of_plain_verdicts_goes_as_one_batch_verdict() -> None:
+    """Consecutive plain verdicts alike (the drops after SEND) become one
+    NFQNL_MSG_VERDICT_BATCH (type 3 << 8 | 3) for the run's last id, which
+    nfqnl_recv_verdict_batch (net/netfilter/nfnetlink_queue.c) gives to every packet
+    still queued up to that id; a rewritten packet, a mark or another verdict ends the
+    run, and a lone plain verdict stays an NFQNL_MSG_VERDICT."""
+    from director.core.xmit import ACCEPT, DROP, MARK, SEND
+
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        worker = _worker(ours)
+        rewritten = bytearray(tcp("198.18.0.2", "203.0.113.10", 80, 40000))
+        answers: list[tuple[int, object]] = [
+            (SEND, bytearray(b"x")), (SEND, bytearray(b"y")), (DROP, None),  # 1-3: drops
+            (ACCEPT, rewritten),  # 4: its payload
+            (DROP, None),  # 5: alone
+            (ACCEPT, None), (ACCEPT, None),  # 6-7: plain accepts
+            (MARK, 0x4C000001), (MARK, 0x4C000001),  # 8-9: marks, each its own
+            (DROP, None), (DROP, None),  # 10-11
+        ]  # fmt: skip
+        worker.director = _Scripted(answers)  # type: ignore[assignment]
+        buffer = worker._buffer
+        for packet_id in range(1, 12):
+            msg = _queued_packet(packet_id)
+            buffer[: len(msg)] = msg
+            worker._message(len(msg), 1.0)
+        worker._flush()
+        batch, verdict = 3 << 8 | 3, 3 << 8 | 1
+        assert _verdicts(kernel.recv(1 << 16)) == [
+            (batch, 0, 3, 32),
+            (verdict, 1, 4, 36 + len(rewritten) + (-len(rewritten) % 4)),
+            (verdict, 0, 5, 32),
+            (batch, 1, 7, 32),
+            (verdict, 1, 8, 40),
+            (verdict, 1, 9, 40),
+            (batch, 0, 11, 32),
+        ]
+        assert worker.counters()["verdicts"] == 11
+        assert worker._pending == [bytearray(b"x"), bytearray(b"y")]
