@@ -350,7 +350,8 @@ def new_conn(
     """ip_vs_conn_new's entry with ip_vs_bind_app: an AppConn bound to the helper of
     its virtual port when there is one (a NAT connection of a watched port), else a
     plain Conn."""
-    app = director.apps.lookup(protocol, vport, xmit.name)
+    apps = director.apps
+    app = apps.lookup(protocol, vport, xmit.name) if apps.incs else None
     if app is None:
         return Conn(proto, protocol, caddr, cport, vaddr, vport, svc, dest, xmit, dport)
     conn = AppConn(proto, protocol, caddr, cport, vaddr, vport, svc, dest, APP_MASQ, dport)

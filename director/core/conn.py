@@ -146,7 +146,10 @@ class Conn:
         dport: int | None = None,
     ) -> None:
         self.proto = proto
-        self.ckey = client_key(protocol, caddr, cport)
+        if len(caddr) == 4:  # client_key, inline for IPv4
+            self.ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
+        else:
+            self.ckey = client_key(protocol, caddr, cport)
         vkey = svc.vkey
         if vaddr != svc.key[1] or vport != vkey & 0xFFFF:
             vkey = int.from_bytes(vaddr, "big") << 16 | vport  # fwmark, port-zero
@@ -304,6 +307,9 @@ class ConnTable:
         self._wheel: dict[int, list[Conn]] = {}
         self._clock: int | None = None  # next slot the collector looks at
         self._due: list[Conn] = []  # what is left of the slot being collected
+        # The client key in_get last missed and its hash (_link's to take again).
+        self._miss_key = -1
+        self._miss_hash = 0
 
     def __len__(self) -> int:
         return self._count
@@ -327,15 +333,28 @@ class ConnTable:
         return h & (self._low << 1 | 1) if i < self._split else i
 
     def in_get(self, ckey: int, vkey: int) -> Conn | None:
-        """ip_vs_conn_in_get: the entry of a client's packet to a virtual service."""
-        conn = self._buckets[self.bucket(ckey)]
+        """ip_vs_conn_in_get: the entry of a client's packet to a virtual service.  A
+        miss remembers the key's hash, which the SYN's insert (``_link``) takes again
+        rather than hashing the same key twice."""
+        h = hash(ckey.to_bytes(20, "little"))  # _hash and bucket, inline (every packet)
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn = self._buckets[i]
         while conn is not None and (conn.ckey != ckey or conn.vkey != vkey):
             conn = conn.next
+        if conn is None:
+            self._miss_key = ckey
+            self._miss_hash = h
         return conn
 
     def out_get(self, ckey: int, dkey: int) -> Conn | None:
         """ip_vs_conn_out_get: the entry of a real server's reply to a client."""
-        conn = self._buckets[self.bucket(ckey)]
+        h = hash(ckey.to_bytes(20, "little"))  # _hash and bucket, inline (every packet)
+        i = h & self._low
+        if i < self._split:
+            i = h & (self._low << 1 | 1)
+        conn = self._buckets[i]
         while conn is not None and (conn.ckey != ckey or conn.dkey != dkey):
             conn = conn.next
         return conn
@@ -379,7 +398,8 @@ class ConnTable:
     def _link(self, conn: Conn) -> None:
         """Put a connection in its bucket and at the newest end of the order."""
         buckets = self._buckets
-        h = _hash(conn.ckey)
+        ckey = conn.ckey
+        h = self._miss_hash if ckey == self._miss_key else _hash(ckey)
         i = h & self._low
         if i < self._split:
             i = h & (self._low << 1 | 1)
@@ -431,7 +451,7 @@ class ConnTable:
         while conn is not None:
             following = conn.next
             conn.next = None
-            if _hash(conn.ckey) & high == old:
+            if hash(conn.ckey.to_bytes(20, "little")) & high == old:  # _hash, inline
                 if keep is None:
                     buckets[old] = conn
                 else:

@@ -170,7 +170,8 @@ class TcpProtocol:
                 conn.nooutput = False
             else:
                 direction = INPUT_ONLY
-        new = next_state(direction, flags, conn.state, self.table)
+        row = FLAG_ROWS[flags]  # next_state, inline
+        new = CLOSE if row < 0 else self.table[direction][row][conn.state]
         if new != conn.state:
             move(conn, new)
         conn.timeout = self.timeouts[new]
