@@ -158,3 +158,24 @@ def test_ipv6_keys_never_meet_ipv4_ones():
     assert d.conns.find_in(6, caddr4, 40000, svc4.key[1], 80) is conn4
     assert d.conns.find_in(17, caddr6, 40000, svc6.key[1], 80) is None
     assert conn4.caddr == caddr4 and conn4.protocol == 6
+
+
+def test_an_insert_after_a_miss_of_another_key_is_found_by_its_own():
+    """in_get's miss keeps the key's hash for the insert that follows it (_link): an
+    entry inserted after a miss of another client key must still land in its own
+    bucket, as ip_vs_conn_hash hashes the entry's own tuple (net/netfilter/ipvs/
+    ip_vs_conn.c).  With the kept hash taken whatever the key, the 200 entries here
+    would sit in the buckets of the missed keys and most lookups would fail."""
+    d = director()
+    svc = d.services.lookup(6, socket.inet_aton(VIP), 80)
+    dest = svc.dests[0]
+    client = socket.inet_aton(CLIENT)
+    conns = []
+    for port in range(20000, 20200):
+        assert d.conns.find_in(6, client, port + 1000, svc.key[1], 80) is None  # a miss
+        conn = Conn(d.tcp, 6, client, port, svc.key[1], 80, svc, dest, bind_xmit(dest))
+        d.conns.add(conn)
+        conns.append(conn)
+    for port, conn in zip(range(20000, 20200), conns, strict=True):
+        assert d.conns.find_in(6, client, port, svc.key[1], 80) is conn
+        assert d.conns.find_out(6, socket.inet_aton(RS1), 80, client, port) is conn
