@@ -283,12 +283,15 @@ class VerdictHeads:
                                     4 + payload_len, NFQA_PAYLOAD)  # fmt: skip
 
 
-_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
+# The head of a rewritten packet's verdict, the only one of its length (36 bytes; 32
+# plain or batch, 40 with a mark): the packet and its padding follow it.
+REWRITTEN_HEAD = VerdictHeads._REWRITTEN.size
+PADS = (b"", b"\0\0\0", b"\0\0", b"\0")  # by size & 3
 
 
 def pad(size: int) -> bytes:
     """The zero bytes that align an attribute of ``size`` bytes of data to 4."""
-    return _PADS[size % 4]
+    return PADS[size % 4]
 
 
 @dataclass(frozen=True, slots=True)

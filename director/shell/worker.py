@@ -69,6 +69,8 @@ from director.shell.nfqueue import (
     NFQA_CFG_F_GSO,
     NLMSG_ERROR,
     PACKET_TYPE,
+    PADS,
+    REWRITTEN_HEAD,
     KernelQueue,
     PacketParser,
     VerdictHeads,
@@ -76,7 +78,6 @@ from director.shell.nfqueue import (
     config_message,
     error_code,
     message_type,
-    pad,
 )
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,6 @@ class Worker:
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._out: list[bytes | bytearray] = []  # the pending verdicts, piece by piece
-        self._starts: list[int] = []  # where in _out each verdict message begins
         self._out_bytes = 0
         self._send_limit = SEND_CHUNK  # set by bind() from the buffer it got
         self._pending: list[bytearray | Frame] = []  # the batch's own sends, in order
@@ -230,6 +230,16 @@ class Worker:
             now = self.clock()
             self._message(got, now)
             self._send_pending(now)
+
+    @property
+    def director(self) -> Director:
+        return self._director
+
+    @director.setter
+    def director(self, director: Director) -> None:
+        """The core, and its two hooks as bound methods (one lookup less a packet)."""
+        self._director = director
+        self._hook_in, self._hook_out = director.hook_in, director.hook_out
 
     def fileno(self) -> int:
         fd: int = self.nfq.get_fd()
@@ -298,16 +308,15 @@ class Worker:
         buf = self._buffer[at : at + length]
         try:
             if hook == NF_INET_FORWARD:
-                action, data = self.director.hook_out(buf, now, skb_info)
+                action, data = self._hook_out(buf, now, skb_info)
             else:
-                action, data = self.director.hook_in(buf, now, mark)
+                action, data = self._hook_in(buf, now, mark)
         except Exception:
             action, data = self._failed()
         out = self._out
         if action == ACCEPT and isinstance(data, bytearray):
             size = len(data)
-            self._starts.append(len(out))
-            out += (self._head(packet_id, NF_ACCEPT, size), data, pad(size))
+            out += (self._head(packet_id, NF_ACCEPT, size), data, PADS[size & 3])
             self._out_bytes += size + 40
             self._run = -1
         else:
@@ -317,7 +326,6 @@ class Worker:
                 # for both (and the run before them), in its place.
                 out[-1] = self._batch(packet_id, verdict)
             else:
-                self._starts.append(len(out))
                 out.append(self._head(packet_id, verdict, 0, mark))
                 self._out_bytes += 40 if mark else 32
                 self._run = -1 if mark else verdict
@@ -401,16 +409,18 @@ class Worker:
 
     def _flush(self) -> None:
         """Send the pending verdicts, all in one sendmsg (one by one if that fails)."""
-        out, starts = self._out, self._starts
+        out = self._out
         if not out or self.sock is None:
             return
         self._out_bytes = 0
         self._run = -1
         if not self._sendmsg(out):
-            for begin, end in zip(starts, [*starts[1:], len(out)], strict=True):
+            begin = 0
+            while begin < len(out):  # a rewritten packet's message: head, packet, padding
+                end = begin + (3 if len(out[begin]) == REWRITTEN_HEAD else 1)
                 self._sendmsg(out[begin:end])
-        out.clear()  # in place: run_once holds these lists
-        starts.clear()
+                begin = end
+        out.clear()  # in place: run_once holds this list
 
     def _sendmsg(self, pieces: list[bytes | bytearray]) -> bool:
         assert self.sock is not None

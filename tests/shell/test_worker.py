@@ -186,3 +186,48 @@ def test_a_run_of_plain_verdicts_goes_as_one_batch_verdict() -> None:
         ]
         assert worker.counters()["verdicts"] == 11
         assert worker._pending == [bytearray(b"x"), bytearray(b"y")]
+
+
+class _OneAtATime:
+    """A socket that refuses a send of more than one netlink message (as the kernel
+    refuses a send larger than the socket's buffer) and keeps what it took."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendmsg(self, pieces: list[bytes | bytearray]) -> int:
+        data = b"".join(pieces)
+        if struct.unpack_from("=I", data)[0] != len(data):
+            raise OSError(errno.EMSGSIZE, "too long")
+        self.sent.append(data)
+        return len(data)
+
+
+def test_a_refused_send_goes_again_one_whole_message_at_a_time() -> None:
+    """When the batch's one sendmsg fails, each verdict message goes alone, whole (its
+    head, the rewritten packet and its padding: nlmsg_len bytes), in order."""
+    from director.core.xmit import ACCEPT, DROP
+
+    sock = _OneAtATime()
+    worker = _worker(sock)  # type: ignore[arg-type]
+    odd = bytearray(tcp("198.18.0.2", "203.0.113.10", 80, 40000, data=b"abc"))
+    even = bytearray(tcp("198.18.0.2", "203.0.113.10", 80, 40000))
+    answers: list[tuple[int, object]] = [
+        (ACCEPT, odd), (DROP, None), (DROP, None), (ACCEPT, even), (ACCEPT, None),
+    ]  # fmt: skip
+    worker.director = _Scripted(answers)  # type: ignore[assignment]
+    for packet_id in range(1, 6):
+        msg = _queued_packet(packet_id)
+        worker._buffer[: len(msg)] = msg
+        worker._message(len(msg), 1.0)
+    worker._flush()
+    batch, verdict = 3 << 8 | 3, 3 << 8 | 1
+    assert [_verdicts(m)[0] for m in sock.sent] == [
+        (verdict, 1, 1, 36 + len(odd) + (-len(odd) % 4)),
+        (batch, 0, 3, 32),
+        (verdict, 1, 4, 36 + len(even)),
+        (verdict, 1, 5, 32),
+    ]
+    assert sock.sent[0][36 : 36 + len(odd)] == odd and len(odd) % 4
+    assert worker.errors["verdict_send_EMSGSIZE"] == 1
+    assert worker.verdict_sends == 4
