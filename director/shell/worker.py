@@ -54,6 +54,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable
+from socket import inet_ntoa
 
 from netfilterqueue import NetfilterQueue
 
@@ -394,12 +395,22 @@ class Worker:
 
     def _send_pending(self, now: float) -> None:
         """Send what the batch's packets left to send, in their order: rewritten
-        packets by the raw sockets, VS/DR frames to their real server's MAC."""
+        packets by the raw sockets, VS/DR frames to their real server's MAC.  An IPv4
+        packet's send is tried here, without a call more (``_send`` for the rest)."""
         pending = self._pending
+        if not pending:
+            return
+        sendto = self.raw.sendto
         for data in pending:
             try:
                 if isinstance(data, Frame):
                     self.neighbours.send(data, now)
+                elif data[0] >> 4 == 4:
+                    destination = (inet_ntoa(data[16:20]), 0)
+                    try:
+                        sendto(data, destination)
+                    except OSError as err:
+                        self._send_failed(data, self.raw, destination, err)
                 else:
                     self._send(data)
             except Exception:
@@ -433,11 +444,8 @@ class Worker:
         return True
 
     def _send(self, data: bytearray) -> None:
-        """Send a rewritten packet from the raw socket of its family.  An IPv4 one
-        larger than the way out (a datagram the kernel reassembled before LOCAL_IN) goes
-        as fragments, as the kernel's output path would send it (a raw socket with the
-        header included never fragments); an IPv6 one is counted (``send_90``: the core
-        answered what did not fit its route with its own "packet too big")."""
+        """Send a rewritten packet from the raw socket of its family; when that fails,
+        ``_send_failed``."""
         if data[0] >> 4 == 6:
             if self.raw6 is None:
                 self.errors["send_no_ipv6"] += 1
@@ -446,12 +454,19 @@ class Worker:
             destination: tuple[str, int] = (socket.inet_ntop(socket.AF_INET6, data[24:40]), 0)
         else:
             sock = self.raw
-            destination = (socket.inet_ntoa(data[16:20]), 0)
+            destination = (inet_ntoa(data[16:20]), 0)
         try:
             sock.sendto(data, destination)
-            return
         except OSError as err:
-            failed = err
+            self._send_failed(data, sock, destination, err)
+
+    def _send_failed(self, data: bytearray, sock: socket.socket,
+                     destination: tuple[str, int], failed: OSError) -> None:  # fmt: skip
+        """A send refused: an IPv4 packet larger than the way out (a datagram the
+        kernel reassembled before LOCAL_IN) goes as fragments, as the kernel's output
+        path would send it (a raw socket with the header included never fragments); an
+        IPv6 one is counted (``send_90``: the core answered what did not fit its route
+        with its own "packet too big"), as is any other error."""
         too_big = failed.errno == errno.EMSGSIZE and sock is self.raw
         if too_big and not data[4] | data[5]:
             self._ident = (self._ident + 1) & 0xFFFF or 1

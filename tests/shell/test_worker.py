@@ -8,6 +8,7 @@ copy_range; __u8 copy_mode; } with NFQNL_COPY_PACKET = 2
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import time
@@ -231,3 +232,41 @@ def test_a_refused_send_goes_again_one_whole_message_at_a_time() -> None:
     assert sock.sent[0][36 : 36 + len(odd)] == odd and len(odd) % 4
     assert worker.errors["verdict_send_EMSGSIZE"] == 1
     assert worker.verdict_sends == 4
+
+
+class _Raw:
+    """A raw socket that keeps what it was given, or refuses it with ``refuse``."""
+
+    def __init__(self, family: int, refuse: int = 0) -> None:
+        self.family, self.refuse = family, refuse
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytearray, destination: tuple[str, int]) -> int:
+        self.sent.append((bytes(data), destination))
+        if self.refuse:
+            raise OSError(self.refuse, os.strerror(self.refuse))
+        return len(data)
+
+
+def test_the_batch_sends_each_packet_from_its_familys_raw_socket_in_order() -> None:
+    """SEND: each rewritten packet leaves, after the batch's verdicts were decided, from
+    the raw socket of its IP version, to its own destination address (port 0: a raw
+    socket's sendto names no port); a refused send is counted by its errno, once."""
+    from tests.core.packets6 import tcp6
+
+    worker = _worker(None)  # type: ignore[arg-type]
+    worker.raw = _Raw(socket.AF_INET)  # type: ignore[assignment]
+    worker.raw6 = _Raw(socket.AF_INET6)  # type: ignore[assignment]
+    four = tcp("203.0.113.10", "198.18.0.2", 40000, 80)
+    six = tcp6("2001:db8::10", "2001:db8:1::2", 40000, 80)
+    other = tcp("203.0.113.10", "198.18.0.3", 40000, 80)
+    worker._pending += [four, six, other]
+    worker._send_pending(1.0)
+    assert worker.raw.sent == [(four, ("198.18.0.2", 0)), (other, ("198.18.0.3", 0))]  # type: ignore[attr-defined]
+    assert worker.raw6.sent == [(six, ("2001:db8:1::2", 0))]  # type: ignore[union-attr]
+    assert worker._pending == [] and not worker.errors
+    worker.raw = _Raw(socket.AF_INET, refuse=errno.EPERM)  # type: ignore[assignment]
+    worker._pending.append(four)
+    worker._send_pending(1.0)
+    assert len(worker.raw.sent) == 1  # type: ignore[attr-defined]
+    assert worker.errors == Counter({f"send_{errno.EPERM}": 1})
