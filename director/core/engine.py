@@ -49,6 +49,7 @@ from director.core.packet import (
     PacketError,
     parse,
     parse_icmp_error,
+    parse_plain4,
 )
 from director.core.proto_tcp import (
     CLOSE,
@@ -412,6 +413,12 @@ class Director:
                         if self.sync_master is not None:
                             self.sync_master.sync_conn(conn, now)
                         return verdict
+                elif conn is None:
+                    # No entry (a client's SYN, most often): the general path takes
+                    # the packet as parse would read it, and looks nothing up again.
+                    pkt = parse_plain4(buf, protocol, saddr, daddr, sport, dport, mark)
+                    if pkt is not None:
+                        return self._in_general(buf, now, mark, None, pkt)
                 return self._in_general(buf, now, mark, conn)
             if vihl >> 4 == 6:
                 return self._in_fused6(buf, now, mark)
@@ -469,16 +476,23 @@ class Director:
         return self._in_general(buf, now, mark, _LOOKUP)
 
     def _in_general(
-        self, buf: bytearray, now: float, mark: int, found: Conn | _Unseen | None
+        self,
+        buf: bytearray,
+        now: float,
+        mark: int,
+        found: Conn | _Unseen | None,
+        pkt: Packet | None = None,
     ) -> Verdict:
         """The general path, given the connection the fused path found for the same
-        packet (or None), or ``_LOOKUP`` to look it up."""
-        try:
-            pkt = parse(buf, mark)
-        except PacketError as err:
-            if err.icmp:
-                return self._icmp_in(buf, mark, now)
-            return self._refuse(err.reason)
+        packet (or None), or ``_LOOKUP`` to look it up; and the packet as ``parse``
+        reads it, when the fused path has it (``parse_plain4``)."""
+        if pkt is None:
+            try:
+                pkt = parse(buf, mark)
+            except PacketError as err:
+                if err.icmp:
+                    return self._icmp_in(buf, mark, now)
+                return self._refuse(err.reason)
         created = False
         if found is _LOOKUP:
             conn = self.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
@@ -504,10 +518,18 @@ class Director:
             svc = self.services.lookup(pkt.protocol, pkt.daddr, pkt.dport, mark)
             if svc is None:
                 return self._pass("no_service")
-            if pkt.protocol == IPPROTO_TCP and not self._may_schedule(pkt.tcp_flags):
-                # tcp_conn_schedule: only a SYN opens a connection; anything else is
-                # left to the local stack, which answers it with a reset.
-                return self._pass("not_syn")
+            if pkt.protocol == IPPROTO_TCP:
+                # tcp_conn_schedule: only a SYN without RST opens a connection (SYN+ACK
+                # too, for active FTP, as the kernel allows; with sloppy_tcp anything
+                # but a RST); anything else is left to the local stack, which answers
+                # it with a reset.
+                flags = pkt.tcp_flags
+                if (
+                    flags & TH_RST
+                    if self._sysctls.sloppy_tcp
+                    else flags & (TH_SYN | TH_RST) != TH_SYN
+                ):
+                    return self._pass("not_syn")
             scheduled = self._schedule(svc, pkt, now)
             if isinstance(scheduled, tuple):
                 return self._count(scheduled)
@@ -952,13 +974,6 @@ class Director:
             self.conns.add(template)
         template.expires = now + template.timeout
         return template
-
-    def _may_schedule(self, flags: int) -> bool:
-        """tcp_conn_schedule: a SYN without RST may open a connection (SYN+ACK too, for
-        active FTP, as the kernel allows); with sloppy_tcp anything but a RST."""
-        if self._sysctls.sloppy_tcp:
-            return not flags & TH_RST
-        return flags & (TH_SYN | TH_RST) == TH_SYN
 
     @staticmethod
     def _is_new_conn(pkt: Packet) -> bool:

@@ -147,6 +147,34 @@ def parse(buf: bytearray, mark: int = 0, skb_info: int = 0) -> Packet:
     return _transport(buf, protocol, saddr, daddr, ihl, length, mark, skb_info, IPPROTO_ICMP)
 
 
+def parse_plain4(
+    buf: bytearray, protocol: int, saddr: int, daddr: int, sport: int, dport: int, mark: int = 0
+) -> Packet | None:
+    """``parse`` of an IPv4 packet whose fixed header the fused paths have read already
+    and found plain: version 4 with no options (a 20-byte header), a total length that
+    is the buffer's, not a fragment; the addresses come as integers.  The Packet
+    ``parse`` makes of it, or None where ``parse`` would raise (a truncated TCP header,
+    a short data offset, a zero port, a protocol not TCP or UDP): the caller parses
+    then, for the error."""
+    length = len(buf)
+    if protocol == IPPROTO_TCP:
+        if length < 40 or buf[32] < 0x50:  # the data offset's 5 words, in the high nibble
+            return None
+        flags = buf[33]
+    elif protocol == IPPROTO_UDP:
+        if length < 28:
+            return None
+        flags = 0
+    else:
+        return None
+    if not sport or not dport:
+        return None
+    return Packet(
+        buf, protocol, saddr.to_bytes(4, "big"), daddr.to_bytes(4, "big"), sport, dport, 20,
+        length, flags, mark,
+    )  # fmt: skip
+
+
 def ipv6_length(buf: bytearray, skb_info: int = 0) -> int:
     """The length of the IPv6 packet in ``buf`` (its fixed header read by the caller
     to be there): 40 plus the payload length.  A payload length of 0 is a GSO

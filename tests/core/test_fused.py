@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from director.core.engine import Director
-from director.core.packet import IPPROTO_UDP, parse
+from director.core.packet import IPPROTO_UDP, PacketError, parse, parse_plain4
 from director.core.proto_tcp import (
     CLOSE,
     ESTABLISHED,
@@ -226,9 +226,11 @@ class Spy(Director):
         super().__init__()
         self.general = 0
 
-    def _in_general(self, buf: bytearray, now: float, mark: int, found: Any) -> Verdict:
+    def _in_general(
+        self, buf: bytearray, now: float, mark: int, found: Any, pkt: Any = None
+    ) -> Verdict:
         self.general += 1
-        return super()._in_general(buf, now, mark, found)
+        return super()._in_general(buf, now, mark, found, pkt)
 
     def _out_general(self, buf: bytearray, now: float, found: Any, skb_info: int = 0) -> Verdict:
         self.general += 1
@@ -499,3 +501,36 @@ def test_the_fused_rewrite_equals_a_full_recompute(protocol, new_addr, new_port,
     if protocol == 17 and expected.data.sum == 0:
         expected.data.sum = 0xFFFF
     assert bytes(raw) == bytes(expected)
+
+
+PACKET_FIELDS = ("buf", "protocol", "saddr", "daddr", "sport", "dport", "l4", "length",
+                 "tcp_flags", "mark", "skb_info")  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(
+    st.sampled_from((6, 17, 1, 47)),
+    st.binary(min_size=8, max_size=60),
+    st.sampled_from((0, 0, 1, 0x20)),
+    st.integers(0, 0xFFFFFFFF),
+)
+def test_parse_plain4_reads_what_parse_reads(protocol, rest, padding, mark):
+    """A client's packet without an entry goes to the general path as parse_plain4
+    read it from the fused path's view of the header (hook_in): for every plain IPv4
+    header (20 bytes, total length the buffer's, not a fragment) and any transport
+    bytes after it, the same Packet as ``parse`` (every field), or None where
+    ``parse`` raises or hands the packet to the ICMP handlers."""
+    body = bytes(rest) + b"\x00" * padding
+    raw = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0x4000, 64,
+                                protocol, 0, socket.inet_aton("203.0.113.10"),
+                                socket.inet_aton(VIP)) + body)  # fmt: skip
+    saddr, daddr = struct.unpack_from("!II", raw, 12)
+    sport, dport = struct.unpack_from("!HH", raw, 20)
+    plain = parse_plain4(bytearray(raw), protocol, saddr, daddr, sport, dport, mark)
+    try:
+        pkt = parse(bytearray(raw), mark)
+    except PacketError:
+        assert plain is None
+        return
+    assert plain is not None
+    assert [getattr(plain, f) for f in PACKET_FIELDS] == [getattr(pkt, f) for f in PACKET_FIELDS]
