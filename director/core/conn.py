@@ -393,14 +393,7 @@ class ConnTable:
                 control.n_control += 1
         if dest.u_threshold and dest.activeconns + dest.inactconns >= dest.u_threshold:
             dest.overloaded = True
-        slot = int(conn.expires)  # _file, inline
-        if self._clock is not None and slot < self._clock:
-            slot = self._clock
-        bucket = self._wheel.get(slot)
-        if bucket is None:
-            self._wheel[slot] = [conn]
-        else:
-            bucket.append(conn)
+        self._file(conn, int(conn.expires))
 
     def _link(self, conn: Conn) -> None:
         """Put a connection in its bucket and at the newest end of the order."""
