@@ -844,30 +844,17 @@ class Director:
     def _count_in(self, conn: Conn, length: int) -> None:
         """ip_vs_in_stats: whole IP packets, per real server, service and in total;
         none for a cache_bypass entry, which has no real server."""
-        dest = conn.dest
-        if dest.port == 0 and dest is conn.svc.bypass_dest:
+        if conn.dest.port == 0 and conn.dest is conn.svc.bypass_dest:
             return
-        stats = dest.stats  # unrolled, as on the fused path
-        stats.inpkts += 1
-        stats.inbytes += length
-        stats = conn.svc.stats
-        stats.inpkts += 1
-        stats.inbytes += length
-        stats = self.totals
-        stats.inpkts += 1
-        stats.inbytes += length
+        for stats in (conn.dest.stats, conn.svc.stats, self.totals):
+            stats.inpkts += 1
+            stats.inbytes += length
 
     def _count_out(self, conn: Conn, length: int) -> None:
         """ip_vs_out_stats."""
-        stats = conn.dest.stats  # unrolled, as on the fused path
-        stats.outpkts += 1
-        stats.outbytes += length
-        stats = conn.svc.stats
-        stats.outpkts += 1
-        stats.outbytes += length
-        stats = self.totals
-        stats.outpkts += 1
-        stats.outbytes += length
+        for stats in (conn.dest.stats, conn.svc.stats, self.totals):
+            stats.outpkts += 1
+            stats.outbytes += length
 
     def _schedule(
         self, svc: Service, pkt: Packet, now: float, icmp: bool = False
