@@ -20,8 +20,9 @@ import dpkt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from director.core.conn import Conn
 from director.core.engine import Director
-from director.core.packet import IPPROTO_UDP, PacketError, parse, parse_plain4
+from director.core.packet import IPPROTO_UDP, Packet, PacketError, parse, parse_plain4
 from director.core.proto_tcp import (
     CLOSE,
     ESTABLISHED,
@@ -237,26 +238,40 @@ class Spy(Director):
         return super()._out_general(buf, now, found, skb_info)
 
 
-def must_fuse(d: Director, out: bool, raw: bytearray) -> bool:
-    """Whether the fused path is to take this packet, as ``d`` (the general director,
-    before the packet) stands: a TCP segment of a state table row (any row but SYN's
-    on the way in, is_new_conn's) or a UDP datagram, of a known connection, that its
-    method sends without a question: NAT and the local node, DR and TUN while their
-    route is there; on the way out, a NAT reply past the first.  Whether it changes
-    the connection's state does not matter.  For an unspoilt packet only (no DF, no
-    TTL of 1, no padding...)."""
+def fusable(d: Director, out: bool, raw: bytearray) -> tuple[Packet, Conn] | None:
+    """The packet and the known connection the fused path is to take it for, before
+    the transmitter's own question, as ``d`` (the general director, before the packet)
+    stands: a TCP segment of a state table row (any row but SYN's on the way in,
+    is_new_conn's) or a UDP datagram; on the way out a NAT reply past the first, on the
+    way in one whose real server is still there."""
     pkt = parse(bytearray(raw))
     flags = pkt.tcp_flags
     if pkt.protocol != IPPROTO_UDP and not flags & (FIN | SYN | RST | ACK):
-        return False  # no row: CLOSE
+        return None  # no row: CLOSE
     if flags & SYN and not out:
-        return False  # is_new_conn
+        return None  # is_new_conn
     if out:
         conn = d.conns.find_out(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
-        return conn is not None and not conn.nooutput and conn.xmit.name == "masq"
+        if conn is None or conn.nooutput or conn.xmit.name != "masq":
+            return None
+        return pkt, conn
     conn = d.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
     if conn is None or not conn.dest.available:
+        return None
+    return pkt, conn
+
+
+def must_fuse(d: Director, out: bool, raw: bytearray) -> bool:
+    """Whether the fused path is to take this packet (``fusable``, and its method sends
+    it without a question: NAT and the local node, DR and TUN while their route is
+    there).  Whether it changes the connection's state does not matter.  For an
+    unspoilt packet only (no DF, no TTL of 1, no padding...)."""
+    found = fusable(d, out, raw)
+    if found is None:
         return False
+    _, conn = found
+    if out:
+        return True
     if conn.xmit.name in ("droute", "tunnel"):
         return conn.dest.route is not None
     return conn.xmit.name in ("masq", "local")

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from director.core.engine import Director
-from director.core.packet import IPPROTO_UDP, SKB_CSUMNOTREADY, SKB_GSO, parse
+from director.core.packet import SKB_CSUMNOTREADY, SKB_GSO, parse
 from director.core.route import Route
 from director.core.xmit.nat import IP6_DADDR, IP6_SADDR, rewrite6, rewrite_fused6
 from director.model.config import Config, DestConf, ServiceConf
@@ -27,6 +27,7 @@ from tests.core.test_fused import (
     SHORT_NAT,
     Spy,
     change,
+    fusable,
     same,
     state,
 )
@@ -107,18 +108,12 @@ def must_fuse(d: Director, out: bool, raw: bytearray) -> bool:
     limit above 1, a UDP checksum): of a known connection, any row of the state
     table but a client's SYN's; NAT's on the way in when it fits its path (no DF in
     IPv6: a packet too big is always answered), the local node's."""
-    pkt = parse(bytearray(raw))
-    flags = pkt.tcp_flags
-    if pkt.protocol != IPPROTO_UDP and not flags & (FIN | SYN | RST | ACK):
-        return False  # no row: CLOSE
-    if flags & SYN and not out:
-        return False  # is_new_conn
-    if out:
-        conn = d.conns.find_out(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
-        return conn is not None and not conn.nooutput and conn.xmit.name == "masq"
-    conn = d.conns.find_in(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport)
-    if conn is None or not conn.dest.available:
+    found = fusable(d, out, raw)
+    if found is None:
         return False
+    pkt, conn = found
+    if out:
+        return True
     route = conn.dest.route
     if conn.xmit.name == "masq":
         return route is None or pkt.length <= conn.dest.path_mtu(route)
