@@ -395,22 +395,14 @@ class Worker:
 
     def _send_pending(self, now: float) -> None:
         """Send what the batch's packets left to send, in their order: rewritten
-        packets by the raw sockets, VS/DR frames to their real server's MAC.  An IPv4
-        packet's send is tried here, without a call more (``_send`` for the rest)."""
+        packets by the raw sockets, VS/DR frames to their real server's MAC."""
         pending = self._pending
         if not pending:
             return
-        sendto = self.raw.sendto
         for data in pending:
             try:
                 if isinstance(data, Frame):
                     self.neighbours.send(data, now)
-                elif data[0] >> 4 == 4:
-                    destination = (inet_ntoa(data[16:20]), 0)
-                    try:
-                        sendto(data, destination)
-                    except OSError as err:
-                        self._send_failed(data, self.raw, destination, err)
                 else:
                     self._send(data)
             except Exception:
