@@ -146,10 +146,7 @@ class Conn:
         dport: int | None = None,
     ) -> None:
         self.proto = proto
-        if len(caddr) == 4:  # client_key, inline for IPv4
-            self.ckey = protocol << 48 | int.from_bytes(caddr, "big") << 16 | cport
-        else:
-            self.ckey = client_key(protocol, caddr, cport)
+        self.ckey = client_key(protocol, caddr, cport)
         vkey = svc.vkey
         if vaddr != svc.key[1] or vport != vkey & 0xFFFF:
             vkey = int.from_bytes(vaddr, "big") << 16 | vport  # fwmark, port-zero
@@ -451,7 +448,7 @@ class ConnTable:
         while conn is not None:
             following = conn.next
             conn.next = None
-            if hash(conn.ckey.to_bytes(20, "little")) & high == old:  # _hash, inline
+            if _hash(conn.ckey) & high == old:
                 if keep is None:
                     buckets[old] = conn
                 else:

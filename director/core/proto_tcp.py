@@ -170,8 +170,7 @@ class TcpProtocol:
                 conn.nooutput = False
             else:
                 direction = INPUT_ONLY
-        row = FLAG_ROWS[flags]  # next_state, inline
-        new = CLOSE if row < 0 else self.table[direction][row][conn.state]
+        new = next_state(direction, flags, conn.state, self.table)
         if new != conn.state:
             move(conn, new)
         conn.timeout = self.timeouts[new]

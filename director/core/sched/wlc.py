@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from director.core.sched import Scheduler, register
+from director.core.sched import Scheduler, register, usable
 from director.core.sched.lc import conn_overhead
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def weighted_least(svc: Service, overhead: Callable[[Dest], int]) -> Dest | None
     """The two-stage walk wlc and sed share: the smallest ``overhead / weight``."""
     dests = iter(svc.dests)
     for least in dests:
-        if not least.overloaded and least.weight > 0:  # usable, inline
+        if usable(least):
             break
     else:
         return None  # the kernel logs "no destination available"
